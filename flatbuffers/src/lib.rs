@@ -18,6 +18,7 @@ pub mod frame;
     dead_code
 )]
 pub mod generated {
+    #[rustfmt::skip]
     #[path = "record_generated.rs"]
     pub mod record_generated;
 }

@@ -2,611 +2,465 @@
 // @generated
 extern crate alloc;
 
+
 #[allow(unused_imports, dead_code)]
 pub mod strom {
 
-    #[allow(unused_imports, dead_code)]
-    pub mod record {
+#[allow(unused_imports, dead_code)]
+pub mod record {
 
-        pub enum RecordHeaderOffset {}
-        #[derive(Copy, Clone, PartialEq)]
 
-        /// One record header: an application-defined key and opaque value.
-        pub struct RecordHeader<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
+pub enum RecordHeaderOffset {}
+#[derive(Copy, Clone, PartialEq)]
 
-        impl<'a> ::flatbuffers::Follow<'a> for RecordHeader<'a> {
-            type Inner = RecordHeader<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
+/// One record header: an application-defined key and opaque value.
+pub struct RecordHeader<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
 
-        impl<'a> RecordHeader<'a> {
-            pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
-            pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+impl<'a> ::flatbuffers::Follow<'a> for RecordHeader<'a> {
+  type Inner = RecordHeader<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
 
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                RecordHeader { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args RecordHeaderArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<RecordHeader<'bldr>> {
-                let mut builder = RecordHeaderBuilder::new(_fbb);
-                if let Some(x) = args.value {
-                    builder.add_value(x);
-                }
-                if let Some(x) = args.key {
-                    builder.add_key(x);
-                }
-                builder.finish()
-            }
+impl<'a> RecordHeader<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
 
-            #[inline]
-            pub fn key(&self) -> Option<&'a str> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<&str>>(RecordHeader::VT_KEY, None)
-                }
-            }
-            #[inline]
-            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            RecordHeader::VT_VALUE,
-                            None,
-                        )
-                }
-            }
-        }
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RecordHeader { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RecordHeaderArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RecordHeader<'bldr>> {
+    let mut builder = RecordHeaderBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
 
-        impl ::flatbuffers::Verifiable for RecordHeader<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
-                        "key",
-                        Self::VT_KEY,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "value",
-                        Self::VT_VALUE,
-                        false,
-                    )?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct RecordHeaderArgs<'a> {
-            pub key: Option<::flatbuffers::WIPOffset<&'a str>>,
-            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-        }
-        impl<'a> Default for RecordHeaderArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                RecordHeaderArgs {
-                    key: None,
-                    value: None,
-                }
-            }
-        }
 
-        pub struct RecordHeaderBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecordHeaderBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<&'b str>) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(RecordHeader::VT_KEY, key);
-            }
-            #[inline]
-            pub fn add_value(
-                &mut self,
-                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(RecordHeader::VT_VALUE, value);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> RecordHeaderBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                RecordHeaderBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<RecordHeader<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
+  #[inline]
+  pub fn key(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RecordHeader::VT_KEY, None)}
+  }
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RecordHeader::VT_VALUE, None)}
+  }
+}
 
-        impl ::core::fmt::Debug for RecordHeader<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("RecordHeader");
-                ds.field("key", &self.key());
-                ds.field("value", &self.value());
-                ds.finish()
-            }
-        }
-        pub enum RecordOffset {}
-        #[derive(Copy, Clone, PartialEq)]
+impl ::flatbuffers::Verifiable for RecordHeader<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecordHeaderArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RecordHeaderArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecordHeaderArgs {
+      key: None,
+      value: None,
+    }
+  }
+}
 
-        /// One record. Offsets and timestamps are deltas against the frame header's
-        /// base offset and first timestamp.
-        pub struct Record<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
+pub struct RecordHeaderBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecordHeaderBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecordHeader::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecordHeader::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecordHeaderBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RecordHeaderBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RecordHeader<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
 
-        impl<'a> ::flatbuffers::Follow<'a> for Record<'a> {
-            type Inner = Record<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
+impl ::core::fmt::Debug for RecordHeader<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RecordHeader");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum RecordOffset {}
+#[derive(Copy, Clone, PartialEq)]
 
-        impl<'a> Record<'a> {
-            pub const VT_OFFSET_DELTA: ::flatbuffers::VOffsetT = 4;
-            pub const VT_TIMESTAMP_DELTA_MS: ::flatbuffers::VOffsetT = 6;
-            pub const VT_KEY: ::flatbuffers::VOffsetT = 8;
-            pub const VT_VALUE: ::flatbuffers::VOffsetT = 10;
-            pub const VT_HEADERS: ::flatbuffers::VOffsetT = 12;
+/// One record. Offsets and timestamps are deltas against the frame header's
+/// base offset and first timestamp.
+pub struct Record<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
 
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                Record { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args RecordArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<Record<'bldr>> {
-                let mut builder = RecordBuilder::new(_fbb);
-                builder.add_timestamp_delta_ms(args.timestamp_delta_ms);
-                if let Some(x) = args.headers {
-                    builder.add_headers(x);
-                }
-                if let Some(x) = args.value {
-                    builder.add_value(x);
-                }
-                if let Some(x) = args.key {
-                    builder.add_key(x);
-                }
-                builder.add_offset_delta(args.offset_delta);
-                builder.finish()
-            }
+impl<'a> ::flatbuffers::Follow<'a> for Record<'a> {
+  type Inner = Record<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
 
-            /// Must equal the record's index in the batch (offsets are dense).
-            #[inline]
-            pub fn offset_delta(&self) -> u32 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<u32>(Record::VT_OFFSET_DELTA, Some(0))
-                        .unwrap()
-                }
-            }
-            /// Milliseconds after the frame header's first_timestamp_ms (>= 0).
-            #[inline]
-            pub fn timestamp_delta_ms(&self) -> i64 {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<i64>(Record::VT_TIMESTAMP_DELTA_MS, Some(0))
-                        .unwrap()
-                }
-            }
-            /// Absent means a null key; present and empty means an empty key.
-            #[inline]
-            pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Record::VT_KEY,
-                            None,
-                        )
-                }
-            }
-            /// Absent means a null value (a tombstone); present and empty means empty.
-            #[inline]
-            pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab
-                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
-                            Record::VT_VALUE,
-                            None,
-                        )
-                }
-            }
-            #[inline]
-            pub fn headers(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordHeader<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordHeader>>,
-                    >>(Record::VT_HEADERS, None)
-                }
-            }
-        }
+impl<'a> Record<'a> {
+  pub const VT_OFFSET_DELTA: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TIMESTAMP_DELTA_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HEADERS: ::flatbuffers::VOffsetT = 12;
 
-        impl ::flatbuffers::Verifiable for Record<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<u32>("offset_delta", Self::VT_OFFSET_DELTA, false)?
-                    .visit_field::<i64>("timestamp_delta_ms", Self::VT_TIMESTAMP_DELTA_MS, false)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "key",
-                        Self::VT_KEY,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
-                        "value",
-                        Self::VT_VALUE,
-                        false,
-                    )?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RecordHeader>>,
-                    >>("headers", Self::VT_HEADERS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct RecordArgs<'a> {
-            pub offset_delta: u32,
-            pub timestamp_delta_ms: i64,
-            pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-            pub headers: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordHeader<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for RecordArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                RecordArgs {
-                    offset_delta: 0,
-                    timestamp_delta_ms: 0,
-                    key: None,
-                    value: None,
-                    headers: None,
-                }
-            }
-        }
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Record { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RecordArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Record<'bldr>> {
+    let mut builder = RecordBuilder::new(_fbb);
+    builder.add_timestamp_delta_ms(args.timestamp_delta_ms);
+    if let Some(x) = args.headers { builder.add_headers(x); }
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_offset_delta(args.offset_delta);
+    builder.finish()
+  }
 
-        pub struct RecordBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecordBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_offset_delta(&mut self, offset_delta: u32) {
-                self.fbb_
-                    .push_slot::<u32>(Record::VT_OFFSET_DELTA, offset_delta, 0);
-            }
-            #[inline]
-            pub fn add_timestamp_delta_ms(&mut self, timestamp_delta_ms: i64) {
-                self.fbb_
-                    .push_slot::<i64>(Record::VT_TIMESTAMP_DELTA_MS, timestamp_delta_ms, 0);
-            }
-            #[inline]
-            pub fn add_key(
-                &mut self,
-                key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Record::VT_KEY, key);
-            }
-            #[inline]
-            pub fn add_value(
-                &mut self,
-                value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Record::VT_VALUE, value);
-            }
-            #[inline]
-            pub fn add_headers(
-                &mut self,
-                headers: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<RecordHeader<'b>>>,
-                >,
-            ) {
-                self.fbb_
-                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Record::VT_HEADERS, headers);
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> RecordBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                RecordBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<Record<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
 
-        impl ::core::fmt::Debug for Record<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("Record");
-                ds.field("offset_delta", &self.offset_delta());
-                ds.field("timestamp_delta_ms", &self.timestamp_delta_ms());
-                ds.field("key", &self.key());
-                ds.field("value", &self.value());
-                ds.field("headers", &self.headers());
-                ds.finish()
-            }
-        }
-        pub enum RecordBatchOffset {}
-        #[derive(Copy, Clone, PartialEq)]
+  /// Must equal the record's index in the batch (offsets are dense).
+  #[inline]
+  pub fn offset_delta(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Record::VT_OFFSET_DELTA, Some(0)).unwrap()}
+  }
+  /// Milliseconds after the frame header's first_timestamp_ms (>= 0).
+  #[inline]
+  pub fn timestamp_delta_ms(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(Record::VT_TIMESTAMP_DELTA_MS, Some(0)).unwrap()}
+  }
+  /// Absent means a null key; present and empty means an empty key.
+  #[inline]
+  pub fn key(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Record::VT_KEY, None)}
+  }
+  /// Absent means a null value (a tombstone); present and empty means empty.
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Record::VT_VALUE, None)}
+  }
+  #[inline]
+  pub fn headers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordHeader<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordHeader>>>>(Record::VT_HEADERS, None)}
+  }
+}
 
-        pub struct RecordBatch<'a> {
-            pub _tab: ::flatbuffers::Table<'a>,
-        }
+impl ::flatbuffers::Verifiable for Record<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("offset_delta", Self::VT_OFFSET_DELTA, false)?
+     .visit_field::<i64>("timestamp_delta_ms", Self::VT_TIMESTAMP_DELTA_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RecordHeader>>>>("headers", Self::VT_HEADERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecordArgs<'a> {
+    pub offset_delta: u32,
+    pub timestamp_delta_ms: i64,
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub headers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordHeader<'a>>>>>,
+}
+impl<'a> Default for RecordArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecordArgs {
+      offset_delta: 0,
+      timestamp_delta_ms: 0,
+      key: None,
+      value: None,
+      headers: None,
+    }
+  }
+}
 
-        impl<'a> ::flatbuffers::Follow<'a> for RecordBatch<'a> {
-            type Inner = RecordBatch<'a>;
-            #[inline]
-            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
-                Self {
-                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
-                }
-            }
-        }
+pub struct RecordBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecordBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_offset_delta(&mut self, offset_delta: u32) {
+    self.fbb_.push_slot::<u32>(Record::VT_OFFSET_DELTA, offset_delta, 0);
+  }
+  #[inline]
+  pub fn add_timestamp_delta_ms(&mut self, timestamp_delta_ms: i64) {
+    self.fbb_.push_slot::<i64>(Record::VT_TIMESTAMP_DELTA_MS, timestamp_delta_ms, 0);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Record::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Record::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_headers(&mut self, headers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<RecordHeader<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Record::VT_HEADERS, headers);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecordBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RecordBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Record<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
 
-        impl<'a> RecordBatch<'a> {
-            pub const VT_RECORDS: ::flatbuffers::VOffsetT = 4;
+impl ::core::fmt::Debug for Record<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Record");
+      ds.field("offset_delta", &self.offset_delta());
+      ds.field("timestamp_delta_ms", &self.timestamp_delta_ms());
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.field("headers", &self.headers());
+      ds.finish()
+  }
+}
+pub enum RecordBatchOffset {}
+#[derive(Copy, Clone, PartialEq)]
 
-            #[inline]
-            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
-                RecordBatch { _tab: table }
-            }
-            #[allow(unused_mut)]
-            pub fn create<
-                'bldr: 'args,
-                'args: 'mut_bldr,
-                'mut_bldr,
-                A: ::flatbuffers::Allocator + 'bldr,
-            >(
-                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-                args: &'args RecordBatchArgs<'args>,
-            ) -> ::flatbuffers::WIPOffset<RecordBatch<'bldr>> {
-                let mut builder = RecordBatchBuilder::new(_fbb);
-                if let Some(x) = args.records {
-                    builder.add_records(x);
-                }
-                builder.finish()
-            }
+pub struct RecordBatch<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
 
-            #[inline]
-            pub fn records(
-                &self,
-            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record<'a>>>>
-            {
-                // Safety:
-                // Created from valid Table for this object
-                // which contains a valid value in this slot
-                unsafe {
-                    self._tab.get::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record>>,
-                    >>(RecordBatch::VT_RECORDS, None)
-                }
-            }
-        }
+impl<'a> ::flatbuffers::Follow<'a> for RecordBatch<'a> {
+  type Inner = RecordBatch<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
 
-        impl ::flatbuffers::Verifiable for RecordBatch<'_> {
-            #[inline]
-            fn run_verifier(
-                v: &mut ::flatbuffers::Verifier,
-                pos: usize,
-            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
-                v.visit_table(pos)?
-                    .visit_field::<::flatbuffers::ForwardsUOffset<
-                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Record>>,
-                    >>("records", Self::VT_RECORDS, false)?
-                    .finish();
-                Ok(())
-            }
-        }
-        pub struct RecordBatchArgs<'a> {
-            pub records: Option<
-                ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record<'a>>>,
-                >,
-            >,
-        }
-        impl<'a> Default for RecordBatchArgs<'a> {
-            #[inline]
-            fn default() -> Self {
-                RecordBatchArgs { records: None }
-            }
-        }
+impl<'a> RecordBatch<'a> {
+  pub const VT_RECORDS: ::flatbuffers::VOffsetT = 4;
 
-        pub struct RecordBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
-            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
-        }
-        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecordBatchBuilder<'a, 'b, A> {
-            #[inline]
-            pub fn add_records(
-                &mut self,
-                records: ::flatbuffers::WIPOffset<
-                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Record<'b>>>,
-                >,
-            ) {
-                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
-                    RecordBatch::VT_RECORDS,
-                    records,
-                );
-            }
-            #[inline]
-            pub fn new(
-                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            ) -> RecordBatchBuilder<'a, 'b, A> {
-                let start = _fbb.start_table();
-                RecordBatchBuilder {
-                    fbb_: _fbb,
-                    start_: start,
-                }
-            }
-            #[inline]
-            pub fn finish(self) -> ::flatbuffers::WIPOffset<RecordBatch<'a>> {
-                let o = self.fbb_.end_table(self.start_);
-                ::flatbuffers::WIPOffset::new(o.value())
-            }
-        }
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RecordBatch { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RecordBatchArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RecordBatch<'bldr>> {
+    let mut builder = RecordBatchBuilder::new(_fbb);
+    if let Some(x) = args.records { builder.add_records(x); }
+    builder.finish()
+  }
 
-        impl ::core::fmt::Debug for RecordBatch<'_> {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                let mut ds = f.debug_struct("RecordBatch");
-                ds.field("records", &self.records());
-                ds.finish()
-            }
-        }
-        #[inline]
-        /// Verifies that a buffer of bytes contains a `RecordBatch`
-        /// and returns it.
-        /// Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `root_as_record_batch_unchecked`.
-        pub fn root_as_record_batch(
-            buf: &[u8],
-        ) -> Result<RecordBatch<'_>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::root::<RecordBatch>(buf)
-        }
-        #[inline]
-        /// Verifies that a buffer of bytes contains a size prefixed
-        /// `RecordBatch` and returns it.
-        /// Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `size_prefixed_root_as_record_batch_unchecked`.
-        pub fn size_prefixed_root_as_record_batch(
-            buf: &[u8],
-        ) -> Result<RecordBatch<'_>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::size_prefixed_root::<RecordBatch>(buf)
-        }
-        #[inline]
-        /// Verifies, with the given options, that a buffer of bytes
-        /// contains a `RecordBatch` and returns it.
-        /// Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `root_as_record_batch_unchecked`.
-        pub fn root_as_record_batch_with_opts<'b, 'o>(
-            opts: &'o ::flatbuffers::VerifierOptions,
-            buf: &'b [u8],
-        ) -> Result<RecordBatch<'b>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::root_with_opts::<RecordBatch<'b>>(opts, buf)
-        }
-        #[inline]
-        /// Verifies, with the given verifier options, that a buffer of
-        /// bytes contains a size prefixed `RecordBatch` and returns
-        /// it. Note that verification is still experimental and may not
-        /// catch every error, or be maximally performant. For the
-        /// previous, unchecked, behavior use
-        /// `root_as_record_batch_unchecked`.
-        pub fn size_prefixed_root_as_record_batch_with_opts<'b, 'o>(
-            opts: &'o ::flatbuffers::VerifierOptions,
-            buf: &'b [u8],
-        ) -> Result<RecordBatch<'b>, ::flatbuffers::InvalidFlatbuffer> {
-            ::flatbuffers::size_prefixed_root_with_opts::<RecordBatch<'b>>(opts, buf)
-        }
-        #[inline]
-        /// Assumes, without verification, that a buffer of bytes contains a RecordBatch and returns it.
-        /// # Safety
-        /// Callers must trust the given bytes do indeed contain a valid `RecordBatch`.
-        pub unsafe fn root_as_record_batch_unchecked(buf: &[u8]) -> RecordBatch<'_> {
-            unsafe { ::flatbuffers::root_unchecked::<RecordBatch>(buf) }
-        }
-        #[inline]
-        /// Assumes, without verification, that a buffer of bytes contains a size prefixed RecordBatch and returns it.
-        /// # Safety
-        /// Callers must trust the given bytes do indeed contain a valid size prefixed `RecordBatch`.
-        pub unsafe fn size_prefixed_root_as_record_batch_unchecked(buf: &[u8]) -> RecordBatch<'_> {
-            unsafe { ::flatbuffers::size_prefixed_root_unchecked::<RecordBatch>(buf) }
-        }
-        #[inline]
-        pub fn finish_record_batch_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
-            fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            root: ::flatbuffers::WIPOffset<RecordBatch<'a>>,
-        ) {
-            fbb.finish(root, None);
-        }
 
-        #[inline]
-        pub fn finish_size_prefixed_record_batch_buffer<
-            'a,
-            'b,
-            A: ::flatbuffers::Allocator + 'a,
-        >(
-            fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
-            root: ::flatbuffers::WIPOffset<RecordBatch<'a>>,
-        ) {
-            fbb.finish_size_prefixed(root, None);
-        }
-    } // pub mod record
-} // pub mod strom
+  #[inline]
+  pub fn records(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record>>>>(RecordBatch::VT_RECORDS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RecordBatch<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Record>>>>("records", Self::VT_RECORDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RecordBatchArgs<'a> {
+    pub records: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record<'a>>>>>,
+}
+impl<'a> Default for RecordBatchArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RecordBatchArgs {
+      records: None,
+    }
+  }
+}
+
+pub struct RecordBatchBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RecordBatchBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_records(&mut self, records: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Record<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RecordBatch::VT_RECORDS, records);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RecordBatchBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RecordBatchBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RecordBatch<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RecordBatch<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RecordBatch");
+      ds.field("records", &self.records());
+      ds.finish()
+  }
+}
+#[inline]
+/// Verifies that a buffer of bytes contains a `RecordBatch`
+/// and returns it.
+/// Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `root_as_record_batch_unchecked`.
+pub fn root_as_record_batch(buf: &[u8]) -> Result<RecordBatch<'_>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::root::<RecordBatch>(buf)
+}
+#[inline]
+/// Verifies that a buffer of bytes contains a size prefixed
+/// `RecordBatch` and returns it.
+/// Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `size_prefixed_root_as_record_batch_unchecked`.
+pub fn size_prefixed_root_as_record_batch(buf: &[u8]) -> Result<RecordBatch<'_>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::size_prefixed_root::<RecordBatch>(buf)
+}
+#[inline]
+/// Verifies, with the given options, that a buffer of bytes
+/// contains a `RecordBatch` and returns it.
+/// Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `root_as_record_batch_unchecked`.
+pub fn root_as_record_batch_with_opts<'b, 'o>(
+  opts: &'o ::flatbuffers::VerifierOptions,
+  buf: &'b [u8],
+) -> Result<RecordBatch<'b>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::root_with_opts::<RecordBatch<'b>>(opts, buf)
+}
+#[inline]
+/// Verifies, with the given verifier options, that a buffer of
+/// bytes contains a size prefixed `RecordBatch` and returns
+/// it. Note that verification is still experimental and may not
+/// catch every error, or be maximally performant. For the
+/// previous, unchecked, behavior use
+/// `root_as_record_batch_unchecked`.
+pub fn size_prefixed_root_as_record_batch_with_opts<'b, 'o>(
+  opts: &'o ::flatbuffers::VerifierOptions,
+  buf: &'b [u8],
+) -> Result<RecordBatch<'b>, ::flatbuffers::InvalidFlatbuffer> {
+  ::flatbuffers::size_prefixed_root_with_opts::<RecordBatch<'b>>(opts, buf)
+}
+#[inline]
+/// Assumes, without verification, that a buffer of bytes contains a RecordBatch and returns it.
+/// # Safety
+/// Callers must trust the given bytes do indeed contain a valid `RecordBatch`.
+pub unsafe fn root_as_record_batch_unchecked(buf: &[u8]) -> RecordBatch<'_> {
+  unsafe { ::flatbuffers::root_unchecked::<RecordBatch>(buf) }
+}
+#[inline]
+/// Assumes, without verification, that a buffer of bytes contains a size prefixed RecordBatch and returns it.
+/// # Safety
+/// Callers must trust the given bytes do indeed contain a valid size prefixed `RecordBatch`.
+pub unsafe fn size_prefixed_root_as_record_batch_unchecked(buf: &[u8]) -> RecordBatch<'_> {
+  unsafe { ::flatbuffers::size_prefixed_root_unchecked::<RecordBatch>(buf) }
+}
+#[inline]
+pub fn finish_record_batch_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(
+    fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+    root: ::flatbuffers::WIPOffset<RecordBatch<'a>>) {
+  fbb.finish(root, None);
+}
+
+#[inline]
+pub fn finish_size_prefixed_record_batch_buffer<'a, 'b, A: ::flatbuffers::Allocator + 'a>(fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>, root: ::flatbuffers::WIPOffset<RecordBatch<'a>>) {
+  fbb.finish_size_prefixed(root, None);
+}
+}  // pub mod record
+}  // pub mod strom
+
