@@ -1,0 +1,51 @@
+//! Every limit and default of the engine, in one place. Units are in the
+//! names (`_bytes`, `_ms`, `_max`). Hard caps (`*_MAX`) bound what any
+//! configuration may ask for; defaults (`DEFAULT_*`) are what a topic gets
+//! when it says nothing.
+
+/// Largest frame a partition accepts (a topic may configure less).
+pub const FRAME_BYTES_MAX: usize = strom_flatbuffers::FRAME_BYTES_MAX;
+/// Default cap on one frame (Kafka's message.max.bytes is about 1 MiB; ours
+/// admits the 1 MiB batches of the benchmarks with headroom).
+pub const DEFAULT_FRAME_BYTES_MAX: usize = 8 << 20;
+
+/// Default segment size before a roll (Kafka and Iggy use 1 GiB).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+/// Smallest segment size a topic may configure.
+pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+/// Largest segment: positions in the offset index are u32.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Segment files are grown with fallocate in steps of this many bytes.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 32 << 20;
+
+/// One sparse offset-index entry per this many log bytes (as Kafka).
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Entries of one index file; 1 GiB / 4 KiB with headroom.
+pub const INDEX_ENTRIES_MAX: usize = 1 << 20;
+
+/// The largest aligned buffer one append is copied into before a write.
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// The smallest write buffer the engine allocates.
+pub const WRITE_BUFFER_BYTES_MIN: usize = 64 << 10;
+/// Appended bytes not yet handed to the disk before an append must wait for
+/// a write (back-pressure instead of an unbounded queue).
+pub const DEFAULT_UNWRITTEN_BYTES_MAX: usize = 16 << 20;
+
+/// Default per-partition tail cache budget.
+pub const DEFAULT_CACHE_BYTES_MAX: usize = 16 << 20;
+/// Frames a single read returns at most (bounds response assembly work).
+pub const READ_FRAMES_MAX: usize = 4096;
+/// Default read-ahead for sequential readers of data no longer cached.
+pub const DEFAULT_READ_AHEAD_BYTES: usize = 1 << 20;
+/// Smallest disk read the read path issues.
+pub const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
+
+/// A recovery checkpoint is written after this many newly durable bytes, so
+/// that start-up after a crash scans at most about this much.
+pub const DEFAULT_CHECKPOINT_INTERVAL_BYTES: u64 = 64 << 20;
+
+/// Largest checkpoint or index header file read at start-up.
+pub const META_FILE_BYTES_MAX: usize = 64 << 10;
+
+/// Segments one partition may hold open at once (files are opened lazily).
+pub const OPEN_SEGMENTS_MAX: usize = 4096;

@@ -1,0 +1,1520 @@
+//! The partition log: an ordered list of segments on a [`Storage`], written
+//! with block-aligned direct writes, read through a tail cache, recovered
+//! from a checkpoint after a crash.
+//!
+//! Invariants (asserted where cheap, checked by the simulation otherwise):
+//! - Offsets are dense: segment `i+1` starts at the offset after the last
+//!   record of segment `i`; frames inside a segment follow each other with no
+//!   gap, in bytes and in offsets.
+//! - `log_start_offset <= durable_offset <= written_offset <= next_offset`
+//!   (the first is only a lower bound after retention by whole segments).
+//! - Bytes of the active segment below `written_len` are on disk; bytes from
+//!   `align_down(written_len)` up to `len_bytes` live in the pending write
+//!   buffers. A block that was written partially is rewritten whole by the
+//!   next write (the tail block), never padded with a gap inside the log.
+//! - Write buffers of one `write_pending` call cover disjoint blocks, so they
+//!   are issued concurrently; calls are serialized by `&mut self`.
+//! - Every frame returned by `read` passed `verify_stored` (checksums) either
+//!   on append (cache) or when read from disk. A corrupt frame is an error,
+//!   never data.
+//! - Closed segments are truncated to their exact length, fully synced, and
+//!   have index files, before the checkpoint moves past them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use strom_flatbuffers::{stamp_base_offset, validate_incoming, FrameHeader, FrameLimits};
+
+use crate::checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_FILE};
+use crate::config::{FlushPolicy, LogConfig};
+use crate::error::EngineError;
+use crate::index::SegmentIndex;
+use crate::limits::*;
+use crate::scan::{scan, ScanStop};
+use crate::storage::{align_down, align_up, Storage, StorageFile, WriteBuf, BLOCK_BYTES};
+
+/// What an append assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub append_time_ms: i64,
+}
+
+/// Frames returned by a read, whole and verified.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatch {
+    pub frames: Vec<Bytes>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl ReadBatch {
+    pub fn bytes(&self) -> usize {
+        self.frames.iter().map(|f| f.len()).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offsets {
+    pub log_start_offset: u64,
+    /// The offset the next append gets (Kafka's log end offset; readers see
+    /// everything below it).
+    pub high_watermark: u64,
+    /// Offsets below this are fdatasync'd.
+    pub durable_offset: u64,
+    /// Offsets below this have been handed to the disk (survive a process
+    /// crash, not a power loss).
+    pub written_offset: u64,
+}
+
+/// What recovery did at open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub clean_shutdown: bool,
+    pub segments: usize,
+    pub scanned_bytes: u64,
+    pub truncated_bytes: u64,
+    pub truncation_reason: Option<String>,
+    pub rebuilt_indexes: usize,
+    pub removed_segments: usize,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub appended_frames: u64,
+    pub appended_bytes: u64,
+    pub writes: u64,
+    pub fdatasyncs: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub disk_read_bytes: u64,
+    pub segments: u64,
+    pub log_bytes: u64,
+}
+
+struct Segment<F> {
+    base_offset: u64,
+    file: Option<Rc<F>>,
+    len_bytes: u64,
+    /// Loaded lazily for closed segments; always present for the active one.
+    index: Option<SegmentIndex>,
+    /// When the first frame was appended in this process (for roll by age).
+    first_append_ms: Option<i64>,
+}
+
+/// Write state of the active segment.
+struct Pending<B> {
+    /// The buffer being filled; starts at file position `buf_pos` (aligned).
+    buf: Option<B>,
+    buf_pos: u64,
+    buf_fill: usize,
+    /// Full buffers waiting to be written: (position, buffer).
+    sealed: Vec<(u64, B)>,
+    /// Bytes of the partial last block (`len % BLOCK`), kept to start the
+    /// next buffer when `buf` is None.
+    tail: Vec<u8>,
+    /// Frame ends not yet written: (end position, next offset).
+    frame_ends: VecDeque<(u64, u64)>,
+    unwritten_bytes: usize,
+}
+
+struct ReadAhead {
+    segment_base: u64,
+    position: u64,
+    bytes: Bytes,
+}
+
+pub struct Log<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    limits: FrameLimits,
+    segments: BTreeMap<u64, Segment<S::File>>,
+    pending: Pending<<S::File as StorageFile>::Buf>,
+    next_offset: u64,
+    log_start_offset: u64,
+    written_offset: u64,
+    /// End of the last complete frame written.
+    written_frame_len: u64,
+    /// Bytes of the active segment handed to the disk.
+    written_len: u64,
+    durable_offset: u64,
+    durable_len: u64,
+    checkpoint: Checkpoint,
+    unflushed_bytes: u64,
+    oldest_unflushed_ms: Option<i64>,
+    cache: VecDeque<Bytes>,
+    cache_bytes: usize,
+    read_ahead: Option<ReadAhead>,
+    preallocated_len: u64,
+    failed: Option<String>,
+    stats: LogStats,
+}
+
+pub fn segment_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+fn index_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.index")
+}
+
+fn time_index_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.timeindex")
+}
+
+/// Parses `<20 digits>.log`; anything else is not a segment.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens (or creates) the log in `dir`, recovering after an unclean stop.
+    pub async fn open(
+        storage: S,
+        dir: &Path,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<(Self, RecoveryReport), EngineError> {
+        config.validate()?;
+        storage.create_dir_all(dir).await?;
+        let mut report = RecoveryReport::default();
+        let cp_path = dir.join(CHECKPOINT_FILE);
+        let checkpoint = match storage.read_all(&cp_path, META_FILE_BYTES_MAX).await? {
+            None => None,
+            Some(bytes) => match Checkpoint::decode(&bytes) {
+                Ok(c) => Some(c),
+                Err(CheckpointError::UnsupportedVersion { found }) => {
+                    return Err(EngineError::UnsupportedFormat {
+                        path: cp_path,
+                        found,
+                        supported: crate::checkpoint::CHECKPOINT_VERSION,
+                    })
+                }
+                // A damaged checkpoint costs a full scan, never data.
+                Err(_) => None,
+            },
+        };
+        let names = storage.list(dir).await?;
+        let mut bases: Vec<u64> = Vec::new();
+        for name in &names {
+            if name.ends_with(crate::storage::TMP_SUFFIX) {
+                storage.remove(&dir.join(name)).await?;
+            } else if let Some(base) = parse_segment_file_name(name) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let cp = checkpoint.unwrap_or(Checkpoint {
+            log_start_offset: bases.first().copied().unwrap_or(0),
+            recovery_segment_base: bases.first().copied().unwrap_or(0),
+            recovery_position: 0,
+            recovery_offset: bases.first().copied().unwrap_or(0),
+            clean: false,
+        });
+        report.clean_shutdown = cp.clean;
+        let log_start = cp.log_start_offset;
+
+        // Segments entirely below the log start were deleted by retention
+        // after the checkpoint advanced; finish the job.
+        while bases.len() >= 2 && bases[1] <= log_start {
+            let base = bases.remove(0);
+            remove_segment_files(&storage, dir, base).await?;
+            report.removed_segments += 1;
+        }
+
+        let mut log = Log {
+            storage: storage.clone(),
+            dir: dir.to_path_buf(),
+            limits: FrameLimits {
+                frame_bytes_max: config.frame_bytes_max,
+                records_max: strom_flatbuffers::frame::FRAME_RECORDS_MAX,
+            },
+            config,
+            segments: BTreeMap::new(),
+            pending: Pending {
+                buf: None,
+                buf_pos: 0,
+                buf_fill: 0,
+                sealed: Vec::new(),
+                tail: Vec::new(),
+                frame_ends: VecDeque::new(),
+                unwritten_bytes: 0,
+            },
+            next_offset: 0,
+            log_start_offset: log_start,
+            written_offset: 0,
+            written_frame_len: 0,
+            written_len: 0,
+            durable_offset: 0,
+            durable_len: 0,
+            checkpoint: cp,
+            unflushed_bytes: 0,
+            oldest_unflushed_ms: None,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            read_ahead: None,
+            preallocated_len: 0,
+            failed: None,
+            stats: LogStats::default(),
+        };
+
+        if bases.is_empty() {
+            let base = log_start.max(cp.recovery_offset);
+            let file = storage.create(&dir.join(segment_file_name(base))).await?;
+            log.segments.insert(
+                base,
+                Segment {
+                    base_offset: base,
+                    file: Some(Rc::new(file)),
+                    len_bytes: 0,
+                    index: Some(SegmentIndex::new()),
+                    first_append_ms: None,
+                },
+            );
+            log.next_offset = base;
+            log.log_start_offset = log_start.max(base);
+        } else {
+            for &base in &bases {
+                let path = dir.join(segment_file_name(base));
+                let file = storage
+                    .open(&path)
+                    .await?
+                    .ok_or_else(|| EngineError::Corrupt {
+                        path: path.clone(),
+                        position: 0,
+                        reason: "segment vanished during open".into(),
+                    })?;
+                let len = file.size().await?;
+                log.segments.insert(
+                    base,
+                    Segment {
+                        base_offset: base,
+                        file: Some(Rc::new(file)),
+                        len_bytes: len,
+                        index: None,
+                        first_append_ms: None,
+                    },
+                );
+            }
+            log.recover(&bases, &mut report).await?;
+        }
+        let _ = now_ms;
+        report.segments = log.segments.len();
+        log.written_offset = log.next_offset;
+        log.durable_offset = log.next_offset;
+        let active_len = log.active().len_bytes;
+        log.written_len = active_len;
+        log.written_frame_len = active_len;
+        log.durable_len = active_len;
+        // Keep the partial tail block to start the next write buffer.
+        let tail_len = (active_len % BLOCK_BYTES as u64) as usize;
+        if tail_len > 0 {
+            let file = log.active_file();
+            let tail = file.read_at(align_down(active_len), tail_len).await?;
+            log.pending.tail = tail.to_vec();
+        }
+        log.preallocated_len = 0;
+        // A new checkpoint: recovery point at the end, not clean any more.
+        log.write_checkpoint(false).await?;
+        log.log_start_offset = log.log_start_offset.min(log.next_offset);
+        log.check_invariants();
+        Ok((log, report))
+    }
+
+    /// Scans from the recovery point, truncates at the first torn or corrupt
+    /// frame, loads or rebuilds the active segment's index.
+    async fn recover(
+        &mut self,
+        bases: &[u64],
+        report: &mut RecoveryReport,
+    ) -> Result<(), EngineError> {
+        let cp = self.checkpoint;
+        let last_base = *bases.last().expect("at least one segment");
+        let mut stop_here: Option<(u64, u64)> = None; // (segment base, valid len)
+        let mut next_offset = cp.recovery_offset;
+        let start_i = bases
+            .iter()
+            .rposition(|&b| b <= cp.recovery_segment_base)
+            .unwrap_or(0);
+        for (i, &base) in bases.iter().enumerate().skip(start_i) {
+            let seg_len = self.segments[&base].len_bytes;
+            let (from_pos, from_offset) = if base == cp.recovery_segment_base {
+                (cp.recovery_position.min(seg_len), cp.recovery_offset)
+            } else {
+                (0, base)
+            };
+            if i > start_i && base != next_offset {
+                // A segment that does not continue the offsets: drop it and what follows.
+                stop_here = Some((bases[i - 1], self.segments[&bases[i - 1]].len_bytes));
+                report.truncation_reason =
+                    Some(format!("segment {base} does not start at {next_offset}"));
+                break;
+            }
+            let is_last = base == last_base;
+            let need_index = is_last;
+            // Load the checkpointed index of this segment when it is the active one.
+            let mut index = None;
+            if need_index {
+                index = self.load_index_file(base, seg_len).await?;
+                if let Some(ix) = &index {
+                    if ix.covered_bytes != from_pos {
+                        index = None;
+                    }
+                }
+            }
+            let (scan_from_pos, scan_from_offset, mut ix) = match index {
+                Some(ix) => (from_pos, from_offset, Some(ix)),
+                None if need_index => {
+                    report.rebuilt_indexes += 1;
+                    (0, base, Some(SegmentIndex::new()))
+                }
+                None => (from_pos, from_offset, None),
+            };
+            let (valid_end, end_offset, reason) = self
+                .scan_segment(
+                    base,
+                    scan_from_pos,
+                    scan_from_offset,
+                    seg_len,
+                    ix.as_mut(),
+                    report,
+                )
+                .await?;
+            next_offset = end_offset;
+            if valid_end < seg_len {
+                report.truncated_bytes += seg_len - valid_end;
+                report.truncation_reason = reason;
+                stop_here = Some((base, valid_end));
+                if let Some(ix) = ix {
+                    self.segments.get_mut(&base).expect("segment").index = Some(ix);
+                }
+                break;
+            }
+            if let Some(ix) = ix {
+                self.segments.get_mut(&base).expect("segment").index = Some(ix);
+            }
+        }
+        if let Some((base, valid_len)) = stop_here {
+            // Drop every later segment: its offsets would not be dense.
+            let later: Vec<u64> = self.segments.range(base + 1..).map(|(&b, _)| b).collect();
+            for b in later {
+                if let Some(seg) = self.segments.remove(&b) {
+                    drop(seg);
+                }
+                remove_segment_files(&self.storage, &self.dir, b).await?;
+                report.removed_segments += 1;
+            }
+            let seg = self.segments.get_mut(&base).expect("segment");
+            if seg.len_bytes != valid_len {
+                seg.file.as_ref().expect("open").truncate(valid_len).await?;
+                seg.len_bytes = valid_len;
+            }
+            if seg.index.is_none() {
+                // the stop segment becomes active: it needs its index
+                let mut ix = SegmentIndex::new();
+                let len = seg.len_bytes;
+                self.scan_segment(base, 0, base, len, Some(&mut ix), report)
+                    .await?;
+                self.segments.get_mut(&base).expect("segment").index = Some(ix);
+                report.rebuilt_indexes += 1;
+            }
+        }
+        // next_offset comes from the active segment's scan.
+        let active_base = *self.segments.keys().next_back().expect("segment");
+        if active_base != last_base || stop_here.is_some() {
+            // recompute from the active segment's index/scan end
+        }
+        self.next_offset = next_offset;
+        let active = self.active_mut();
+        let len = active.len_bytes;
+        let file = active.file.clone().expect("open");
+        // The data we scanned came from the device; make it durable before the
+        // checkpoint says so.
+        file.fdatasync().await?;
+        let _ = len;
+        Ok(())
+    }
+
+    /// Scans `[from_pos, seg_len)` of a segment in chunks, verifying frames and
+    /// feeding `index`. Returns (valid end, next offset, truncation reason).
+    async fn scan_segment(
+        &mut self,
+        base: u64,
+        from_pos: u64,
+        from_offset: u64,
+        seg_len: u64,
+        mut index: Option<&mut SegmentIndex>,
+        report: &mut RecoveryReport,
+    ) -> Result<(u64, u64, Option<String>), EngineError> {
+        let file = self.segments[&base].file.clone().expect("open");
+        let interval = self.config.index_interval_bytes;
+        let mut pos = from_pos;
+        let mut expected = from_offset;
+        let mut chunk = DEFAULT_READ_AHEAD_BYTES;
+        while pos < seg_len {
+            let want = chunk.min((seg_len - pos) as usize);
+            let buf = file.read_at(pos, want).await?;
+            report.scanned_bytes += buf.len() as u64;
+            let (frames, stop) = scan(&buf, pos, expected);
+            for f in &frames {
+                if let Some(ix) = index.as_deref_mut() {
+                    ix.observe(
+                        (f.base_offset - base) as u32,
+                        f.position,
+                        f.len_bytes,
+                        f.max_timestamp_ms,
+                        interval,
+                    );
+                }
+                expected = f.next_offset;
+                pos = f.position + f.len_bytes;
+            }
+            match stop {
+                ScanStop::End => {}
+                ScanStop::Incomplete { needed_bytes } => {
+                    if pos + needed_bytes > seg_len {
+                        return Ok((pos, expected, Some(format!("torn frame at byte {pos}"))));
+                    }
+                    chunk = chunk.max(needed_bytes as usize);
+                }
+                ScanStop::Zeros => {
+                    return Ok((
+                        pos,
+                        expected,
+                        Some(format!("end of written data at byte {pos}")),
+                    ))
+                }
+                ScanStop::Corrupt(e) => {
+                    return Ok((
+                        pos,
+                        expected,
+                        Some(format!("corrupt frame at byte {pos}: {e}")),
+                    ))
+                }
+                ScanStop::OffsetGap { expected: x, found } => {
+                    return Ok((
+                        pos,
+                        expected,
+                        Some(format!(
+                            "offset gap at byte {pos}: expected {x}, found {found}"
+                        )),
+                    ))
+                }
+            }
+            if buf.len() < want {
+                return Ok((pos, expected, Some(format!("short read at byte {pos}"))));
+            }
+        }
+        Ok((pos, expected, None))
+    }
+
+    async fn load_index_file(
+        &self,
+        base: u64,
+        seg_len: u64,
+    ) -> Result<Option<SegmentIndex>, EngineError> {
+        let o = self
+            .storage
+            .read_all(&self.dir.join(index_file_name(base)), 64 << 20)
+            .await?;
+        let t = self
+            .storage
+            .read_all(&self.dir.join(time_index_file_name(base)), 64 << 20)
+            .await?;
+        match (o, t) {
+            (Some(o), Some(t)) => Ok(SegmentIndex::decode(&o, &t, base, seg_len).ok()),
+            _ => Ok(None),
+        }
+    }
+
+    fn active(&self) -> &Segment<S::File> {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment<S::File> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_file(&self) -> Rc<S::File> {
+        self.active()
+            .file
+            .clone()
+            .expect("the active segment is open")
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Changes the configuration; takes effect from the next operation.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<(), EngineError> {
+        config.validate()?;
+        self.limits.frame_bytes_max = config.frame_bytes_max;
+        self.config = config;
+        Ok(())
+    }
+
+    pub fn offsets(&self) -> Offsets {
+        Offsets {
+            log_start_offset: self.log_start_offset,
+            high_watermark: self.next_offset,
+            durable_offset: self.durable_offset,
+            written_offset: self.written_offset,
+        }
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let mut s = self.stats;
+        s.segments = self.segments.len() as u64;
+        s.log_bytes = self.segments.values().map(|s| s.len_bytes).sum();
+        s
+    }
+
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Marks the log failed (used when an fdatasync fails outside it).
+    pub fn fail(&mut self, reason: String) {
+        self.failed.get_or_insert(reason);
+    }
+
+    fn check_not_failed(&self) -> Result<(), EngineError> {
+        match &self.failed {
+            Some(reason) => Err(EngineError::Failed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Validates and appends one producer frame, assigning its offsets. The
+    /// frame is stamped in place, kept in the tail cache, and copied once into
+    /// aligned write buffers; it is not yet on disk (see `write_pending`,
+    /// `flush`).
+    pub async fn append(
+        &mut self,
+        mut frame: BytesMut,
+        now_ms: i64,
+    ) -> Result<AppendInfo, EngineError> {
+        self.check_not_failed()?;
+        if frame.len() > self.config.frame_bytes_max {
+            return Err(EngineError::FrameTooLarge {
+                len_bytes: frame.len(),
+                max_bytes: self.config.frame_bytes_max,
+            });
+        }
+        let summary = validate_incoming(&frame, &self.limits)?;
+        let frame_len = frame.len() as u64;
+        if self.should_roll(frame_len, now_ms) {
+            self.roll(now_ms).await?;
+        }
+        // Reserve disk space first: ENOSPC is reported here, before any state changes.
+        let active_len = self.active().len_bytes;
+        let need = align_up(active_len + frame_len);
+        if need > self.preallocated_len {
+            let step = self.config.preallocate_bytes.max(BLOCK_BYTES as u64);
+            let target = align_up(need.div_ceil(step) * step)
+                .min(align_up(self.config.segment_bytes).max(need));
+            self.active_file().pre_allocate(target).await?;
+            self.preallocated_len = target;
+        }
+        if self.pending.unwritten_bytes + frame.len() > self.config.unwritten_bytes_max {
+            self.write_pending().await?;
+        }
+        let base_offset = self.next_offset;
+        stamp_base_offset(&mut frame, base_offset);
+        let frame = frame.freeze();
+        let header = FrameHeader::ref_from(&frame).expect("validated frame has a header");
+        let next = header.next_offset();
+        debug_assert_eq!(header.record_count.get(), summary.record_count);
+        self.copy_into_buffers(&frame);
+        let interval = self.config.index_interval_bytes;
+        let seg = self.active_mut();
+        let position = seg.len_bytes;
+        let rel = (base_offset - seg.base_offset) as u32;
+        seg.index.as_mut().expect("active index").observe(
+            rel,
+            position,
+            frame_len,
+            summary.max_timestamp_ms,
+            interval,
+        );
+        seg.len_bytes += frame_len;
+        seg.first_append_ms.get_or_insert(now_ms);
+        let end = seg.len_bytes;
+        self.pending.frame_ends.push_back((end, next));
+        self.next_offset = next;
+        self.unflushed_bytes += frame_len;
+        self.oldest_unflushed_ms.get_or_insert(now_ms);
+        self.stats.appended_frames += 1;
+        self.stats.appended_bytes += frame_len;
+        self.cache_push(frame);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            append_time_ms: now_ms,
+        })
+    }
+
+    fn should_roll(&self, frame_len: u64, now_ms: i64) -> bool {
+        let a = self.active();
+        if a.len_bytes == 0 {
+            return false;
+        }
+        if a.len_bytes + frame_len > self.config.segment_bytes {
+            return true;
+        }
+        match (self.config.segment_ms, a.first_append_ms) {
+            (Some(ms), Some(first)) => {
+                now_ms.saturating_sub(first) >= i64::try_from(ms).unwrap_or(i64::MAX)
+            }
+            _ => false,
+        }
+    }
+
+    fn copy_into_buffers(&mut self, mut bytes: &[u8]) {
+        let active_len = self.active().len_bytes;
+        let file = self.active_file();
+        let p = &mut self.pending;
+        p.unwritten_bytes += bytes.len();
+        while !bytes.is_empty() {
+            if p.buf.is_none() {
+                let pos = align_down(
+                    active_len + (bytes.as_ptr() as usize - bytes.as_ptr() as usize) as u64,
+                );
+                let _ = pos;
+                let start = p.buf_pos_for_new(active_len, &self.segments);
+                let want = align_up((p.tail.len() + bytes.len()) as u64) as usize;
+                let cap = want.clamp(
+                    WRITE_BUFFER_BYTES_MIN,
+                    self.config.write_buffer_bytes.max(WRITE_BUFFER_BYTES_MIN),
+                );
+                let mut buf = file.alloc_buf(cap);
+                buf.as_mut_slice()[..p.tail.len()].copy_from_slice(&p.tail);
+                p.buf_fill = p.tail.len();
+                p.buf_pos = start;
+                p.buf = Some(buf);
+            }
+            let buf = p.buf.as_mut().expect("buffer");
+            let room = buf.len() - p.buf_fill;
+            let n = room.min(bytes.len());
+            buf.as_mut_slice()[p.buf_fill..p.buf_fill + n].copy_from_slice(&bytes[..n]);
+            p.buf_fill += n;
+            bytes = &bytes[n..];
+            if p.buf_fill == buf.len() {
+                let full = p.buf.take().expect("buffer");
+                let pos = p.buf_pos;
+                p.sealed.push((pos, full));
+                p.tail.clear();
+                p.buf_pos = pos + p.buf_fill as u64;
+                p.buf_fill = 0;
+            } else {
+                // keep `tail` equal to the partial last block of the buffer
+                let block_start = align_down(p.buf_fill as u64) as usize;
+                p.tail.clear();
+                p.tail
+                    .extend_from_slice(&buf.as_slice()[block_start..p.buf_fill]);
+            }
+        }
+    }
+
+    /// Hands every pending buffer to the disk (concurrently; they cover
+    /// disjoint blocks) and waits for the writes. Afterwards everything
+    /// appended survives a process crash.
+    pub async fn write_pending(&mut self) -> Result<(), EngineError> {
+        self.check_not_failed()?;
+        let file = self.active_file();
+        let mut ops: Vec<(u64, <S::File as StorageFile>::Buf)> =
+            std::mem::take(&mut self.pending.sealed);
+        let mut end = ops.last().map(|(pos, b)| pos + b.len() as u64).unwrap_or(0);
+        if let Some(mut buf) = self.pending.buf.take() {
+            let fill = self.pending.buf_fill;
+            let pos = self.pending.buf_pos;
+            if pos + fill as u64 > self.written_len || !ops.is_empty() || fill > 0 {
+                buf.trim_to(align_up(fill as u64) as usize);
+                end = pos + fill as u64;
+                ops.push((pos, buf));
+            }
+            // the next buffer restarts at the partial block, from `tail`
+            self.pending.buf_fill = 0;
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let active_len = self.active().len_bytes;
+        debug_assert!(end <= active_len.max(end));
+        let n = ops.len() as u64;
+        let futures: Vec<_> = ops
+            .into_iter()
+            .map(|(pos, buf)| file.write_at(buf, pos))
+            .collect();
+        let mut result = Ok(());
+        for f in futures {
+            if let Err(e) = f.await {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        if let Err(e) = result {
+            // The buffers are gone; only a reopen (recovery) can rebuild a
+            // consistent view of the tail. Refuse writes until then.
+            self.failed = Some(e.to_string());
+            return Err(e.into());
+        }
+        self.stats.writes += n;
+        self.written_len = active_len;
+        self.pending.unwritten_bytes = 0;
+        while let Some(&(e, next)) = self.pending.frame_ends.front() {
+            if e <= self.written_len {
+                self.written_offset = next;
+                self.written_frame_len = e;
+                self.pending.frame_ends.pop_front();
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle to sync: the active file and what an fdatasync of it now
+    /// covers (offset and byte length). Call after `write_pending`.
+    pub fn sync_target(&self) -> (Rc<S::File>, u64, u64) {
+        (
+            self.active_file(),
+            self.written_offset,
+            self.written_frame_len,
+        )
+    }
+
+    /// Records that an fdatasync covering `sync_target()`'s values completed.
+    pub fn mark_durable(&mut self, offset: u64, len: u64, now_ms: i64) {
+        let _ = now_ms;
+        self.stats.fdatasyncs += 1;
+        if offset > self.durable_offset {
+            // `len` belongs to the active segment it was taken from; after a
+            // roll the new segment's durable length restarts at 0.
+            self.durable_offset = offset;
+            if len >= self.durable_len || offset == self.next_offset {
+                self.durable_len = len;
+            }
+        }
+        if self.durable_offset >= self.next_offset {
+            self.unflushed_bytes = 0;
+            self.oldest_unflushed_ms = None;
+        }
+    }
+
+    /// Write everything pending and fdatasync; returns the durable offset.
+    pub async fn flush(&mut self, now_ms: i64) -> Result<u64, EngineError> {
+        self.write_pending().await?;
+        let (file, offset, len) = self.sync_target();
+        if offset > self.durable_offset {
+            file.fdatasync().await.inspect_err(|_| {})?;
+            self.mark_durable(offset, len, now_ms);
+        }
+        self.maybe_checkpoint().await?;
+        Ok(self.durable_offset)
+    }
+
+    /// Whether the flush policy wants an fdatasync now.
+    pub fn flush_due(&self, now_ms: i64) -> bool {
+        if self.next_offset == self.durable_offset {
+            return false;
+        }
+        match self.config.flush {
+            FlushPolicy::EveryAppend => true,
+            FlushPolicy::IntervalMs(ms) => self
+                .oldest_unflushed_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= i64::try_from(ms).unwrap_or(i64::MAX)),
+            FlushPolicy::Bytes(b) => self.unflushed_bytes >= b,
+            FlushPolicy::Never => false,
+        }
+    }
+
+    /// Writes a checkpoint (and the active index) once enough durable bytes
+    /// accumulated past the last one, bounding the next recovery scan.
+    pub async fn maybe_checkpoint(&mut self) -> Result<(), EngineError> {
+        let active_base = self.active().base_offset;
+        let behind = if self.checkpoint.recovery_segment_base == active_base {
+            self.durable_len
+                .saturating_sub(self.checkpoint.recovery_position)
+        } else {
+            u64::MAX
+        };
+        if behind >= self.config.checkpoint_interval_bytes
+            && self.durable_offset == self.written_offset_at(self.durable_len)
+        {
+            self.write_checkpoint(false).await?;
+        }
+        Ok(())
+    }
+
+    fn written_offset_at(&self, _len: u64) -> u64 {
+        self.durable_offset
+    }
+
+    /// Persists the active index up to the durable point, then the checkpoint.
+    async fn write_checkpoint(&mut self, clean: bool) -> Result<(), EngineError> {
+        let seg = self.active();
+        let base = seg.base_offset;
+        let durable_len = if self.durable_offset == self.next_offset {
+            seg.len_bytes
+        } else {
+            self.durable_len
+        };
+        let durable_offset = self.durable_offset.max(base);
+        let ix = seg.index.as_ref().expect("active index");
+        let rel_limit = (durable_offset - base) as u32;
+        let o = ix.encode_offsets(base, durable_len);
+        let t = ix.encode_times(base, durable_len, rel_limit);
+        self.storage
+            .write_atomic(&self.dir.join(index_file_name(base)), &o)
+            .await?;
+        self.storage
+            .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
+            .await?;
+        let cp = Checkpoint {
+            log_start_offset: self.log_start_offset,
+            recovery_segment_base: base,
+            recovery_position: durable_len,
+            recovery_offset: durable_offset,
+            clean,
+        };
+        self.storage
+            .write_atomic(&self.dir.join(CHECKPOINT_FILE), &cp.encode())
+            .await?;
+        self.checkpoint = cp;
+        Ok(())
+    }
+
+    /// Closes the active segment (synced, truncated to size, indexed) and
+    /// starts a new one at the next offset.
+    async fn roll(&mut self, now_ms: i64) -> Result<(), EngineError> {
+        self.flush(now_ms).await?;
+        let base = self.active().base_offset;
+        let len = self.active().len_bytes;
+        let file = self.active_file();
+        file.truncate(len).await?;
+        let ix = self.active().index.as_ref().expect("index");
+        let rel_limit = (self.next_offset - base) as u32;
+        let o = ix.encode_offsets(base, len);
+        let t = ix.encode_times(base, len, rel_limit);
+        self.storage
+            .write_atomic(&self.dir.join(index_file_name(base)), &o)
+            .await?;
+        self.storage
+            .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
+            .await?;
+        let new_base = self.next_offset;
+        let new_file = self
+            .storage
+            .create(&self.dir.join(segment_file_name(new_base)))
+            .await?;
+        self.segments.insert(
+            new_base,
+            Segment {
+                base_offset: new_base,
+                file: Some(Rc::new(new_file)),
+                len_bytes: 0,
+                index: Some(SegmentIndex::new()),
+                first_append_ms: None,
+            },
+        );
+        self.pending = Pending {
+            buf: None,
+            buf_pos: 0,
+            buf_fill: 0,
+            sealed: Vec::new(),
+            tail: Vec::new(),
+            frame_ends: VecDeque::new(),
+            unwritten_bytes: 0,
+        };
+        self.written_len = 0;
+        self.written_frame_len = 0;
+        self.durable_len = 0;
+        self.preallocated_len = 0;
+        self.read_ahead = None;
+        self.write_checkpoint(false).await?;
+        self.close_excess_files();
+        Ok(())
+    }
+
+    fn close_excess_files(&mut self) {
+        let open = self.segments.values().filter(|s| s.file.is_some()).count();
+        if open > OPEN_SEGMENTS_MAX {
+            let n = open - OPEN_SEGMENTS_MAX;
+            for seg in self.segments.values_mut().take(n) {
+                seg.file = None;
+                seg.index = None;
+            }
+        }
+    }
+
+    fn cache_push(&mut self, frame: Bytes) {
+        self.cache_bytes += frame.len();
+        self.cache.push_back(frame);
+        while self.cache_bytes > self.config.cache_bytes_max {
+            match self.cache.pop_front() {
+                Some(f) => self.cache_bytes -= f.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn cache_first_offset(&self) -> Option<u64> {
+        self.cache.front().map(|f| {
+            FrameHeader::ref_from(f)
+                .expect("cached frame")
+                .base_offset()
+        })
+    }
+
+    /// Whole frames from the one holding `from_offset`, up to `max_bytes`
+    /// (at least one frame whenever one exists at `from_offset`).
+    pub async fn read(
+        &mut self,
+        from_offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, EngineError> {
+        let mut out = ReadBatch {
+            frames: Vec::new(),
+            high_watermark: self.next_offset,
+            log_start_offset: self.log_start_offset,
+        };
+        if from_offset < self.log_start_offset || from_offset > self.next_offset {
+            return Err(EngineError::OffsetOutOfRange {
+                offset: from_offset,
+                log_start_offset: self.log_start_offset,
+                high_watermark: self.next_offset,
+            });
+        }
+        if from_offset == self.next_offset {
+            return Ok(out);
+        }
+        if let Some(first) = self.cache_first_offset() {
+            if first <= from_offset {
+                self.stats.cache_hits += 1;
+                let i = self.cache.partition_point(|f| {
+                    FrameHeader::ref_from(f)
+                        .expect("cached frame")
+                        .next_offset()
+                        <= from_offset
+                });
+                let mut total = 0;
+                for f in self.cache.iter().skip(i) {
+                    if !out.frames.is_empty()
+                        && (total + f.len() > max_bytes || out.frames.len() >= READ_FRAMES_MAX)
+                    {
+                        break;
+                    }
+                    total += f.len();
+                    out.frames.push(f.clone());
+                }
+                return Ok(out);
+            }
+        }
+        self.stats.cache_misses += 1;
+        self.read_from_disk(from_offset, max_bytes, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    async fn read_from_disk(
+        &mut self,
+        from_offset: u64,
+        max_bytes: usize,
+        out: &mut ReadBatch,
+    ) -> Result<(), EngineError> {
+        let (&base, _) = self.segments.range(..=from_offset).next_back().ok_or(
+            EngineError::OffsetOutOfRange {
+                offset: from_offset,
+                log_start_offset: self.log_start_offset,
+                high_watermark: self.next_offset,
+            },
+        )?;
+        let active_base = self.active().base_offset;
+        if base == active_base && self.written_offset <= from_offset {
+            self.write_pending().await?;
+        }
+        self.ensure_loaded(base).await?;
+        let seg = &self.segments[&base];
+        let readable_end = if base == active_base {
+            self.written_frame_len
+        } else {
+            seg.len_bytes
+        };
+        let rel = (from_offset - base) as u32;
+        let (_, mut pos) = seg.index.as_ref().expect("loaded").lookup(rel);
+        let file = seg.file.clone().expect("loaded");
+        let path = self.dir.join(segment_file_name(base));
+        let mut total = 0usize;
+        let sequential = self
+            .read_ahead
+            .as_ref()
+            .is_some_and(|r| r.segment_base == base);
+        loop {
+            if pos >= readable_end || out.frames.len() >= READ_FRAMES_MAX {
+                break;
+            }
+            // Serve from the read-ahead buffer when it holds `pos`.
+            let chunk = match &self.read_ahead {
+                Some(r)
+                    if r.segment_base == base
+                        && r.position <= pos
+                        && pos < r.position + r.bytes.len() as u64 =>
+                {
+                    r.bytes.slice((pos - r.position) as usize..)
+                }
+                _ => {
+                    let want = if sequential {
+                        self.config.read_ahead_bytes
+                    } else {
+                        READ_CHUNK_BYTES_MIN
+                    };
+                    let want = want
+                        .max(max_bytes.min(FRAME_BYTES_MAX))
+                        .min((readable_end - pos) as usize);
+                    let b = file.read_at(pos, want).await?;
+                    self.stats.disk_read_bytes += b.len() as u64;
+                    self.read_ahead = Some(ReadAhead {
+                        segment_base: base,
+                        position: pos,
+                        bytes: b.clone(),
+                    });
+                    b
+                }
+            };
+            let chunk = chunk.slice(..chunk.len().min((readable_end - pos) as usize));
+            let mut at = 0usize;
+            let mut progressed = false;
+            while at + strom_flatbuffers::FRAME_HEADER_BYTES <= chunk.len() {
+                let len = match strom_flatbuffers::peek_frame_len(&chunk[at..], FRAME_BYTES_MAX) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(EngineError::Corrupt {
+                            path,
+                            position: pos + at as u64,
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                if at + len > chunk.len() {
+                    break;
+                }
+                let frame = chunk.slice(at..at + len);
+                let header =
+                    strom_flatbuffers::verify_stored(&frame).map_err(|e| EngineError::Corrupt {
+                        path: path.clone(),
+                        position: pos + at as u64,
+                        reason: e.to_string(),
+                    })?;
+                let next = header.next_offset();
+                at += len;
+                progressed = true;
+                if next <= from_offset {
+                    continue;
+                }
+                if !out.frames.is_empty()
+                    && (total + len > max_bytes || out.frames.len() >= READ_FRAMES_MAX)
+                {
+                    return Ok(());
+                }
+                total += len;
+                out.frames.push(frame);
+                if total >= max_bytes {
+                    return Ok(());
+                }
+            }
+            pos += at as u64;
+            if !progressed {
+                // A frame larger than the chunk: read exactly it.
+                let header = file
+                    .read_at(pos, strom_flatbuffers::FRAME_HEADER_BYTES)
+                    .await?;
+                let len = match strom_flatbuffers::peek_frame_len(&header, FRAME_BYTES_MAX) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => {
+                        return Err(EngineError::Corrupt {
+                            path,
+                            position: pos,
+                            reason: "short frame header".into(),
+                        })
+                    }
+                    Err(e) => {
+                        return Err(EngineError::Corrupt {
+                            path,
+                            position: pos,
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                let b = file.read_at(pos, len).await?;
+                self.stats.disk_read_bytes += b.len() as u64;
+                self.read_ahead = Some(ReadAhead {
+                    segment_base: base,
+                    position: pos,
+                    bytes: b,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_loaded(&mut self, base: u64) -> Result<(), EngineError> {
+        let seg = self.segments.get(&base).expect("segment exists");
+        if seg.file.is_none() {
+            let path = self.dir.join(segment_file_name(base));
+            let file = self
+                .storage
+                .open(&path)
+                .await?
+                .ok_or_else(|| EngineError::Corrupt {
+                    path: path.clone(),
+                    position: 0,
+                    reason: "segment file missing".into(),
+                })?;
+            self.segments.get_mut(&base).expect("segment").file = Some(Rc::new(file));
+        }
+        if self.segments[&base].index.is_none() {
+            let len = self.segments[&base].len_bytes;
+            let ix = match self.load_index_file(base, len).await? {
+                Some(ix) if ix.covered_bytes == len => ix,
+                _ => {
+                    let mut ix = SegmentIndex::new();
+                    let mut report = RecoveryReport::default();
+                    let (end, _, reason) = self
+                        .scan_segment(base, 0, base, len, Some(&mut ix), &mut report)
+                        .await?;
+                    if end < len {
+                        // Keep the damaged region out of every read.
+                        return Err(EngineError::Corrupt {
+                            path: self.dir.join(segment_file_name(base)),
+                            position: end,
+                            reason: reason.unwrap_or_default(),
+                        });
+                    }
+                    let o = ix.encode_offsets(base, len);
+                    let rel_limit = u32::MAX;
+                    let t = ix.encode_times(base, len, rel_limit);
+                    self.storage
+                        .write_atomic(&self.dir.join(index_file_name(base)), &o)
+                        .await?;
+                    self.storage
+                        .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
+                        .await?;
+                    ix
+                }
+            };
+            self.segments.get_mut(&base).expect("segment").index = Some(ix);
+        }
+        Ok(())
+    }
+
+    /// The first offset whose record timestamp is >= `ts_ms`, or None.
+    pub async fn offset_for_timestamp(&mut self, ts_ms: i64) -> Result<Option<u64>, EngineError> {
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        for base in bases {
+            if self.segments[&base].len_bytes == 0 {
+                continue;
+            }
+            self.ensure_loaded(base).await?;
+            let ix = self.segments[&base].index.as_ref().expect("loaded");
+            if ix.max_timestamp_ms < ts_ms {
+                continue;
+            }
+            let rel = ix.lookup_time(ts_ms);
+            let mut from = (base + u64::from(rel)).max(self.log_start_offset);
+            let seg_end = self
+                .segments
+                .range(base + 1..)
+                .next()
+                .map(|(&b, _)| b)
+                .unwrap_or(self.next_offset);
+            while from < seg_end {
+                let batch = self.read(from, 1 << 20).await?;
+                if batch.frames.is_empty() {
+                    break;
+                }
+                for f in &batch.frames {
+                    let h = FrameHeader::ref_from(f).expect("verified");
+                    from = h.next_offset();
+                    if h.max_timestamp_ms.get() < ts_ms {
+                        continue;
+                    }
+                    let recs = strom_flatbuffers::records(f).map_err(EngineError::InvalidFrame)?;
+                    for r in recs {
+                        if r.timestamp_ms >= ts_ms && r.offset >= self.log_start_offset {
+                            return Ok(Some(r.offset));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole closed segments past retention; returns how many.
+    pub async fn apply_retention(&mut self, now_ms: i64) -> Result<usize, EngineError> {
+        if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
+            return Ok(0);
+        }
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        let mut infos = Vec::with_capacity(bases.len());
+        for (i, &base) in bases.iter().enumerate() {
+            if i + 1 < bases.len() && self.config.retention_ms.is_some() {
+                self.ensure_loaded(base).await?;
+            }
+            let seg = &self.segments[&base];
+            infos.push(crate::retention::SegmentInfo {
+                base_offset: base,
+                len_bytes: seg.len_bytes,
+                max_timestamp_ms: seg
+                    .index
+                    .as_ref()
+                    .map(|i| i.max_timestamp_ms)
+                    .unwrap_or(i64::MIN),
+            });
+        }
+        let n = crate::retention::segments_to_delete(
+            &infos,
+            self.config.retention_bytes,
+            self.config.retention_ms,
+            now_ms,
+        );
+        if n == 0 {
+            return Ok(0);
+        }
+        let new_start = bases[n];
+        self.advance_log_start(new_start).await?;
+        Ok(n)
+    }
+
+    /// Advances the log start offset (Kafka's DeleteRecords); returns it.
+    pub async fn delete_records_before(&mut self, offset: u64) -> Result<u64, EngineError> {
+        if offset > self.next_offset {
+            return Err(EngineError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset,
+                high_watermark: self.next_offset,
+            });
+        }
+        if offset > self.log_start_offset {
+            self.advance_log_start(offset).await?;
+        }
+        Ok(self.log_start_offset)
+    }
+
+    /// Persists the new start first, then deletes segments wholly below it
+    /// (a crash in between leaves files that the next open removes).
+    async fn advance_log_start(&mut self, new_start: u64) -> Result<(), EngineError> {
+        assert!(new_start <= self.next_offset);
+        self.log_start_offset = new_start.max(self.log_start_offset);
+        let mut cp = self.checkpoint;
+        cp.log_start_offset = self.log_start_offset;
+        self.storage
+            .write_atomic(&self.dir.join(CHECKPOINT_FILE), &cp.encode())
+            .await?;
+        self.checkpoint = cp;
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        for w in bases.windows(2) {
+            if w[1] <= self.log_start_offset {
+                self.segments.remove(&w[0]);
+                remove_segment_files(&self.storage, &self.dir, w[0]).await?;
+                if self
+                    .read_ahead
+                    .as_ref()
+                    .is_some_and(|r| r.segment_base == w[0])
+                {
+                    self.read_ahead = None;
+                }
+            }
+        }
+        while let Some(first) = self.cache_first_offset() {
+            let f = self.cache.front().expect("non-empty");
+            if FrameHeader::ref_from(f).expect("cached").next_offset() <= self.log_start_offset
+                && first < self.log_start_offset
+            {
+                let f = self.cache.pop_front().expect("non-empty");
+                self.cache_bytes -= f.len();
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every record at or after `offset` (rounded down to the start
+    /// of the frame holding it). Returns the new high watermark.
+    pub async fn truncate_to(&mut self, offset: u64) -> Result<u64, EngineError> {
+        self.check_not_failed()?;
+        if offset >= self.next_offset {
+            return Ok(self.next_offset);
+        }
+        let offset = offset.max(self.log_start_offset);
+        self.write_pending().await?;
+        // Drop whole segments at or after the offset, keeping at least one.
+        let first_base = *self.segments.keys().next().expect("segment");
+        let later: Vec<u64> = self
+            .segments
+            .range(offset.max(first_base + 1)..)
+            .map(|(&b, _)| b)
+            .collect();
+        for b in later {
+            self.segments.remove(&b);
+            remove_segment_files(&self.storage, &self.dir, b).await?;
+        }
+        let base = self.active().base_offset;
+        self.ensure_loaded(base).await?;
+        // Find the frame boundary at or below `offset` by scanning the segment.
+        let seg_len = self.active().len_bytes;
+        let mut ix = SegmentIndex::new();
+        let mut report = RecoveryReport::default();
+        let file = self.active_file();
+        let mut cut_pos = 0u64;
+        let mut cut_offset = base;
+        {
+            let mut pos = 0u64;
+            while pos < seg_len {
+                let h = file
+                    .read_at(pos, strom_flatbuffers::FRAME_HEADER_BYTES)
+                    .await?;
+                let Some(hdr) = FrameHeader::ref_from(&h) else {
+                    break;
+                };
+                if hdr.next_offset() > offset {
+                    break;
+                }
+                pos += hdr.frame_len() as u64;
+                cut_pos = pos;
+                cut_offset = hdr.next_offset();
+            }
+        }
+        self.scan_segment(base, 0, base, cut_pos, Some(&mut ix), &mut report)
+            .await?;
+        file.truncate(cut_pos).await?;
+        file.fdatasync().await?;
+        let seg = self.active_mut();
+        seg.len_bytes = cut_pos;
+        seg.index = Some(ix);
+        self.next_offset = cut_offset;
+        self.written_offset = cut_offset;
+        self.durable_offset = cut_offset;
+        self.written_len = cut_pos;
+        self.written_frame_len = cut_pos;
+        self.durable_len = cut_pos;
+        self.preallocated_len = 0;
+        self.read_ahead = None;
+        self.pending = Pending {
+            buf: None,
+            buf_pos: 0,
+            buf_fill: 0,
+            sealed: Vec::new(),
+            tail: Vec::new(),
+            frame_ends: VecDeque::new(),
+            unwritten_bytes: 0,
+        };
+        let tail_len = (cut_pos % BLOCK_BYTES as u64) as usize;
+        if tail_len > 0 {
+            self.pending.tail = file.read_at(align_down(cut_pos), tail_len).await?.to_vec();
+        }
+        while let Some(f) = self.cache.back() {
+            if FrameHeader::ref_from(f).expect("cached").base_offset() >= cut_offset {
+                let f = self.cache.pop_back().expect("non-empty");
+                self.cache_bytes -= f.len();
+            } else {
+                break;
+            }
+        }
+        self.write_checkpoint(false).await?;
+        self.check_invariants();
+        Ok(self.next_offset)
+    }
+
+    /// Flushes, writes the indexes and a clean checkpoint, closes files.
+    pub async fn close(mut self, now_ms: i64) -> Result<(), EngineError> {
+        self.check_not_failed()?;
+        self.flush(now_ms).await?;
+        let len = self.active().len_bytes;
+        let file = self.active_file();
+        file.truncate(len).await?;
+        self.write_checkpoint(true).await?;
+        for (_, seg) in std::mem::take(&mut self.segments) {
+            if let Some(f) = seg.file {
+                if let Ok(f) = Rc::try_unwrap(f) {
+                    f.close().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.durable_offset <= self.next_offset);
+        assert!(self.written_offset <= self.next_offset);
+        assert!(self.durable_offset <= self.written_offset);
+        let mut prev: Option<u64> = None;
+        for &b in self.segments.keys() {
+            if let Some(p) = prev {
+                assert!(p < b, "segments out of order");
+            }
+            prev = Some(b);
+        }
+        assert!(self.active().base_offset <= self.next_offset);
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl<B> Pending<B> {
+    /// Where a new buffer starts: the block holding the end of the log.
+    fn buf_pos_for_new<F>(&self, active_len: u64, _segments: &BTreeMap<u64, Segment<F>>) -> u64 {
+        if self.buf.is_none()
+            && self.buf_fill == 0
+            && !self.sealed.is_empty()
+            && self.tail.is_empty()
+        {
+            // right after a sealed full buffer
+            return self.buf_pos;
+        }
+        align_down(active_len)
+    }
+}
+
+async fn remove_segment_files<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base: u64,
+) -> Result<(), EngineError> {
+    storage.remove(&dir.join(segment_file_name(base))).await?;
+    storage.remove(&dir.join(index_file_name(base))).await?;
+    storage
+        .remove(&dir.join(time_index_file_name(base)))
+        .await?;
+    Ok(())
+}
+
+/// Removes a whole partition directory (after its log was closed).
+pub async fn remove_log_dir<S: Storage>(storage: &S, dir: &Path) -> Result<(), EngineError> {
+    storage.remove_dir_all(dir).await?;
+    Ok(())
+}
