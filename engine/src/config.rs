@@ -99,7 +99,9 @@ impl LogConfig {
             return err("index_interval_bytes", "0".into(), "must be positive");
         }
         if self.write_buffer_bytes < WRITE_BUFFER_BYTES_MIN
-            || self.write_buffer_bytes % crate::storage::BLOCK_BYTES != 0
+            || !self
+                .write_buffer_bytes
+                .is_multiple_of(crate::storage::BLOCK_BYTES)
         {
             return err(
                 "write_buffer_bytes",

@@ -347,11 +347,17 @@ impl<S: Storage> Log<S> {
             .unwrap_or(0);
         for (i, &base) in bases.iter().enumerate().skip(start_i) {
             let seg_len = self.segments[&base].len_bytes;
-            let (from_pos, from_offset) = if base == cp.recovery_segment_base {
-                (cp.recovery_position.min(seg_len), cp.recovery_offset)
-            } else {
-                (0, base)
-            };
+            let (from_pos, from_offset) =
+                if base == cp.recovery_segment_base && cp.recovery_position <= seg_len {
+                    (cp.recovery_position, cp.recovery_offset)
+                } else if base == cp.recovery_segment_base {
+                    // The segment was truncated after the checkpoint was written
+                    // (truncate_to, then a crash before the new checkpoint): the
+                    // recovery point is void, scan the whole segment.
+                    (0, base)
+                } else {
+                    (0, base)
+                };
             if i > start_i && base != next_offset {
                 // A segment that does not continue the offsets: drop it and what follows.
                 stop_here = Some((bases[i - 1], self.segments[&bases[i - 1]].len_bytes));
@@ -923,6 +929,12 @@ impl<S: Storage> Log<S> {
             .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
             .await?;
         let new_base = self.next_offset;
+        self.storage
+            .remove(&self.dir.join(index_file_name(new_base)))
+            .await?;
+        self.storage
+            .remove(&self.dir.join(time_index_file_name(new_base)))
+            .await?;
         let new_file = self
             .storage
             .create(&self.dir.join(segment_file_name(new_base)))
@@ -1377,7 +1389,8 @@ impl<S: Storage> Log<S> {
             .range(offset.max(first_base + 1)..)
             .map(|(&b, _)| b)
             .collect();
-        for b in later {
+        // Newest first, so a crash half-way leaves a contiguous log.
+        for b in later.into_iter().rev() {
             self.segments.remove(&b);
             remove_segment_files(&self.storage, &self.dir, b).await?;
         }
@@ -1415,6 +1428,9 @@ impl<S: Storage> Log<S> {
         seg.len_bytes = cut_pos;
         seg.index = Some(ix);
         self.next_offset = cut_offset;
+        // The frame holding the log start may be cut: the log is then empty
+        // and starts at the cut (as Kafka's truncate-fully).
+        self.log_start_offset = self.log_start_offset.min(cut_offset);
         self.written_offset = cut_offset;
         self.durable_offset = cut_offset;
         self.written_len = cut_pos;
@@ -1480,6 +1496,62 @@ impl<S: Storage> Log<S> {
         assert!(self.active().base_offset <= self.next_offset);
     }
 
+    /// Checks every index entry of every segment against a full scan of the
+    /// segment: each must point at the start of a frame with the offset it
+    /// names. For tests and `strom-server` diagnostics; reads every byte.
+    pub async fn check_indexes_against_scan(&mut self) -> Result<(), String> {
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        let active_base = self.active().base_offset;
+        for base in bases {
+            self.ensure_loaded(base).await.map_err(|e| e.to_string())?;
+            let seg = &self.segments[&base];
+            let len = if base == active_base {
+                self.written_frame_len
+            } else {
+                seg.len_bytes
+            };
+            let file = seg.file.clone().expect("loaded");
+            let bytes = file
+                .read_at(0, len as usize)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (frames, stop) = scan(&bytes, 0, base);
+            if !matches!(stop, ScanStop::End) {
+                return Err(format!("segment {base}: scan stopped early: {stop:?}"));
+            }
+            let starts: std::collections::HashMap<u64, u64> =
+                frames.iter().map(|f| (f.position, f.base_offset)).collect();
+            let bases_set: std::collections::HashSet<u64> =
+                frames.iter().map(|f| f.base_offset).collect();
+            let ix = seg.index.as_ref().expect("loaded");
+            for e in &ix.offsets {
+                let pos = u64::from(e.position.get());
+                let off = base + u64::from(e.relative_offset.get());
+                if pos >= len && base == active_base {
+                    continue; // not yet written
+                }
+                match starts.get(&pos) {
+                    Some(&b) if b == off => {}
+                    other => {
+                        return Err(format!(
+                            "segment {base}: entry ({off}, {pos}) but scan has {other:?}"
+                        ))
+                    }
+                }
+            }
+            for t in &ix.times {
+                let off = base + u64::from(t.relative_offset.get());
+                if !(bases_set.contains(&off) || base == active_base && off >= self.written_offset)
+                {
+                    return Err(format!(
+                        "segment {base}: time entry at {off} is not a frame start"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -1505,11 +1577,14 @@ async fn remove_segment_files<S: Storage>(
     dir: &Path,
     base: u64,
 ) -> Result<(), EngineError> {
-    storage.remove(&dir.join(segment_file_name(base))).await?;
+    // Indexes first: a crash in between leaves a segment without indexes
+    // (rebuilt on demand), never indexes without their segment that a later
+    // segment with the same base could mistake for its own.
     storage.remove(&dir.join(index_file_name(base))).await?;
     storage
         .remove(&dir.join(time_index_file_name(base)))
         .await?;
+    storage.remove(&dir.join(segment_file_name(base))).await?;
     Ok(())
 }
 

@@ -47,7 +47,7 @@ impl WriteBuf for MemBuf {
     }
     fn trim_to(&mut self, len: usize) {
         assert!(
-            len > 0 && len <= self.0.len() && len % BLOCK_BYTES == 0,
+            len > 0 && len <= self.0.len() && len.is_multiple_of(BLOCK_BYTES),
             "trim_to {len}"
         );
         self.0.truncate(len);
