@@ -1,0 +1,479 @@
+//! Operations, owner side: what a shard does with an [`Op`] for partitions
+//! (or a group, or, on shard 0, the metadata) it owns. Runs the same whether
+//! the op came from a local connection or over the mesh.
+
+use crate::engine::{Durability, EngineError};
+use crate::error::{engine_to_wire, WireError};
+use crate::handlers::fan_out;
+use crate::limits::*;
+use crate::metadata::{self, Metadata, TopicMeta};
+use crate::offsets::Committed;
+use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
+use crate::shard::Shard;
+use crate::shutdown::first_of;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+use strom_flatbuffers::protocol::*;
+
+pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
+    match op {
+        Op::Produce { items, durability } => {
+            Reply::Produce(produce(shard, items, durability).await)
+        }
+        Op::Fetch { items } => Reply::Fetch(fetch(shard, items).await),
+        Op::Wait { items, wait_ms } => {
+            wait(shard, items, wait_ms).await;
+            Reply::Done
+        }
+        Op::ListOffsets { items } => Reply::ListOffsets(list_offsets(shard, items).await),
+        Op::Describe { items } => Reply::Describe(describe(shard, items)),
+        Op::OffsetCommit(r) => Reply::OffsetCommit(offset_commit(shard, r).await),
+        Op::OffsetFetch(r) => match offset_fetch(shard, r).await {
+            Ok(r) => Reply::OffsetFetch(r),
+            Err(e) => Reply::Failed(e),
+        },
+        Op::Admin(a) => {
+            if shard.id != 0 {
+                return Reply::Failed(WireError::new(ErrorCode::Internal, "admin op off shard 0"));
+            }
+            Reply::Topics(admin(shard, a).await)
+        }
+        Op::Apply(m) => {
+            shard.apply(m).await;
+            Reply::Done
+        }
+    }
+}
+
+/// Appends each partition's batches in request order; partitions run
+/// concurrently.
+async fn produce(
+    shard: &Rc<Shard>,
+    items: Vec<ProduceItem>,
+    durability: Durability,
+) -> Vec<(usize, ProduceResult)> {
+    let mut groups: BTreeMap<(String, u32), Vec<ProduceItem>> = BTreeMap::new();
+    for it in items {
+        groups
+            .entry((it.topic.clone(), it.partition))
+            .or_default()
+            .push(it);
+    }
+    let mut tasks = Vec::with_capacity(groups.len());
+    for ((topic, p), items) in groups {
+        let part = shard.partition(&topic, p);
+        tasks.push(glommio::spawn_local(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for it in items {
+                let mut res = ProduceResult {
+                    topic: it.topic.clone(),
+                    partition: it.partition,
+                    ..Default::default()
+                };
+                match &part {
+                    Err(e) => {
+                        res.error = e.code;
+                        res.message = e.message.clone();
+                    }
+                    Ok(part) => match part.append(it.frame, durability).await {
+                        Ok(info) => {
+                            res.base_offset = info.base_offset;
+                            res.last_offset = info.last_offset;
+                            res.append_time_ms = info.append_time_ms;
+                            res.log_start_offset = part.offsets().log_start_offset;
+                        }
+                        Err(e) => {
+                            let w = engine_to_wire(&topic, p, &e);
+                            res.error = w.code;
+                            res.message = w.message;
+                        }
+                    },
+                }
+                out.push((it.index, res));
+            }
+            out
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(t.await);
+    }
+    out
+}
+
+async fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        let mut o = FetchOut {
+            index: it.index,
+            error: None,
+            high_watermark: 0,
+            log_start_offset: 0,
+            frames: Vec::new(),
+        };
+        match shard.partition(&it.topic, it.partition) {
+            Err(e) => o.error = Some(e),
+            Ok(part) => match part.read(it.offset, it.max_bytes).await {
+                Ok(b) => {
+                    o.high_watermark = b.high_watermark;
+                    o.log_start_offset = b.log_start_offset;
+                    o.frames = b.frames;
+                }
+                Err(e) => {
+                    let off = part.offsets();
+                    o.high_watermark = off.high_watermark;
+                    o.log_start_offset = off.log_start_offset;
+                    if let EngineError::OffsetOutOfRange { .. } = e {
+                        o.error = Some(WireError::new(
+                            ErrorCode::OffsetOutOfRange,
+                            format!(
+                                "{}/{}: offset {} is outside [{}, {}]",
+                                it.topic,
+                                it.partition,
+                                it.offset,
+                                off.log_start_offset,
+                                off.high_watermark
+                            ),
+                        ));
+                    } else {
+                        o.error = Some(engine_to_wire(&it.topic, it.partition, &e));
+                    }
+                }
+            },
+        }
+        out.push(o);
+    }
+    out
+}
+
+async fn wait(shard: &Rc<Shard>, items: Vec<(String, u32, u64)>, wait_ms: u64) {
+    let mut futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(items.len() + 2);
+    for (topic, p, offset) in items {
+        if let Ok(part) = shard.partition(&topic, p) {
+            futs.push(Box::pin(async move { part.wait_for(offset).await }));
+        }
+    }
+    futs.push(Box::pin(glommio::timer::sleep(Duration::from_millis(
+        wait_ms,
+    ))));
+    futs.push(Box::pin(shard.shutdown.wait()));
+    first_of(futs).await;
+}
+
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    items: Vec<(usize, ListOffsetsPartition)>,
+) -> Vec<(usize, ListOffsetsResult)> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, p) in items {
+        let mut res = ListOffsetsResult {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            offset: -1,
+            ..Default::default()
+        };
+        let found: Result<i64, WireError> = match shard.partition(&p.topic, p.partition) {
+            Err(e) => Err(e),
+            Ok(part) => match p.timestamp {
+                LIST_OFFSETS_EARLIEST => Ok(part.offsets().log_start_offset as i64),
+                LIST_OFFSETS_LATEST => Ok(part.offsets().high_watermark as i64),
+                ts if ts < 0 => Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("timestamp {ts}: use -2 (earliest), -1 (latest) or a time in ms"),
+                )),
+                ts => match part.offset_for_timestamp(ts).await {
+                    Ok(Some(o)) => Ok(o as i64),
+                    Ok(None) => Ok(-1),
+                    Err(e) => Err(engine_to_wire(&p.topic, p.partition, &e)),
+                },
+            },
+        };
+        match found {
+            Ok(o) => res.offset = o,
+            Err(e) => {
+                res.error = e.code;
+                res.message = e.message;
+            }
+        }
+        out.push((i, res));
+    }
+    out
+}
+
+fn describe(shard: &Rc<Shard>, items: Vec<(String, u32)>) -> Vec<PartitionDescription> {
+    items
+        .into_iter()
+        .map(|(topic, p)| {
+            let mut d = PartitionDescription {
+                partition: p,
+                owner_shard: shard.id as u16,
+                ..Default::default()
+            };
+            match shard.partition(&topic, p) {
+                Ok(part) => {
+                    let o = part.offsets();
+                    d.log_start_offset = o.log_start_offset;
+                    d.high_watermark = o.high_watermark;
+                }
+                Err(e) => {
+                    d.error = e.code;
+                    d.message = e.message;
+                }
+            }
+            d
+        })
+        .collect()
+}
+
+fn check_topic_partition(meta: &Metadata, topic: &str, partition: u32) -> Result<(), WireError> {
+    match meta.topics.get(topic) {
+        None => Err(WireError::unknown_topic(topic)),
+        Some(t) if partition >= t.partitions => Err(WireError::unknown_partition(topic, partition)),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn offset_commit(shard: &Rc<Shard>, r: OffsetCommitRequest) -> OffsetCommitResponse {
+    let meta = shard.metadata.borrow().clone();
+    let mut results = Vec::with_capacity(r.partitions.len());
+    let mut commits = Vec::new();
+    let mut ok_indexes = Vec::new();
+    for p in r.partitions {
+        let mut res = OffsetCommitResult {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            ..Default::default()
+        };
+        let check = check_topic_partition(&meta, &p.topic, p.partition).and_then(|()| {
+            if p.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "metadata of {} bytes, the limit is {OFFSET_METADATA_BYTES_MAX}",
+                        p.metadata.len()
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        match check {
+            Ok(()) => {
+                ok_indexes.push(results.len());
+                commits.push((
+                    p.topic,
+                    p.partition,
+                    Committed {
+                        offset: p.offset,
+                        metadata: p.metadata,
+                    },
+                ));
+            }
+            Err(e) => {
+                res.error = e.code;
+                res.message = e.message;
+            }
+        }
+        results.push(res);
+    }
+    if !commits.is_empty() {
+        if let Err(e) = shard.offsets.commit(&r.group, commits).await {
+            for i in ok_indexes {
+                results[i].error = e.code;
+                results[i].message = e.message.clone();
+            }
+        }
+    }
+    OffsetCommitResponse { results }
+}
+
+async fn offset_fetch(
+    shard: &Rc<Shard>,
+    r: OffsetFetchRequest,
+) -> Result<OffsetFetchResponse, WireError> {
+    let g = shard.offsets.get(&r.group).await?;
+    let wanted: Vec<TopicPartition> = if r.partitions.is_empty() {
+        g.offsets
+            .iter()
+            .flat_map(|(t, ps)| {
+                ps.keys().map(move |p| TopicPartition {
+                    topic: t.clone(),
+                    partition: *p,
+                })
+            })
+            .collect()
+    } else {
+        r.partitions
+    };
+    let results = wanted
+        .into_iter()
+        .map(|tp| {
+            let c = g
+                .offsets
+                .get(&tp.topic)
+                .and_then(|ps| ps.get(&tp.partition));
+            OffsetFetchResult {
+                topic: tp.topic,
+                partition: tp.partition,
+                offset: c.map(|c| c.offset as i64).unwrap_or(-1),
+                metadata: c.map(|c| c.metadata.clone()).unwrap_or_default(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    Ok(OffsetFetchResponse { results })
+}
+
+fn result(name: &str, e: Result<(), WireError>) -> TopicResult {
+    match e {
+        Ok(()) => TopicResult {
+            name: name.to_owned(),
+            ..Default::default()
+        },
+        Err(e) => TopicResult {
+            name: name.to_owned(),
+            error: e.code,
+            message: e.message,
+        },
+    }
+}
+
+fn create_one(meta: &mut Metadata, t: CreateTopic) -> Result<(), WireError> {
+    metadata::validate_topic_name(&t.name)?;
+    metadata::validate_partition_count(t.partitions)?;
+    let mut configs = BTreeMap::new();
+    for (k, v) in t.configs {
+        if configs.insert(k.clone(), v).is_some() {
+            return Err(WireError::new(
+                ErrorCode::InvalidConfig,
+                format!("config {k} given twice"),
+            ));
+        }
+    }
+    metadata::log_config(&configs)?;
+    if meta.topics.contains_key(&t.name) {
+        return Err(WireError::new(
+            ErrorCode::TopicAlreadyExists,
+            format!("topic {:?} already exists", t.name),
+        ));
+    }
+    if meta.topics.len() >= TOPICS_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!("the broker holds {TOPICS_MAX} topics already"),
+        ));
+    }
+    let id = meta.next_topic_id;
+    meta.next_topic_id += 1;
+    meta.topics.insert(
+        t.name.clone(),
+        TopicMeta {
+            name: t.name,
+            id,
+            partitions: t.partitions,
+            configs,
+        },
+    );
+    Ok(())
+}
+
+/// Shard 0 only: validates, persists, then broadcasts a metadata change and
+/// answers once every shard has applied it.
+async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
+    let Ok(_guard) = shard.admin_lock.acquire_permit(1).await else {
+        return TopicResults::default();
+    };
+    let mut meta = shard.metadata.borrow().clone();
+    let mut results = Vec::new();
+    let mut deleted = Vec::new();
+    let too_many = |n: usize| {
+        (n > TOPICS_PER_REQUEST_MAX).then(|| {
+            WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("{n} topics named, the limit is {TOPICS_PER_REQUEST_MAX}"),
+            )
+        })
+    };
+    match op {
+        AdminOp::CreateTopics(r) => {
+            if let Some(e) = too_many(r.topics.len()) {
+                return TopicResults {
+                    results: vec![result("", Err(e))],
+                };
+            }
+            for t in r.topics {
+                let name = t.name.clone();
+                results.push(result(&name, create_one(&mut meta, t)));
+            }
+        }
+        AdminOp::DeleteTopics(r) => {
+            if let Some(e) = too_many(r.names.len()) {
+                return TopicResults {
+                    results: vec![result("", Err(e))],
+                };
+            }
+            for name in r.names {
+                let res = if meta.topics.remove(&name).is_some() {
+                    deleted.push(name.clone());
+                    Ok(())
+                } else {
+                    Err(WireError::unknown_topic(&name))
+                };
+                results.push(result(&name, res));
+            }
+        }
+        AdminOp::CreatePartitions(r) => {
+            if let Some(e) = too_many(r.topics.len()) {
+                return TopicResults {
+                    results: vec![result("", Err(e))],
+                };
+            }
+            for inc in r.topics {
+                let res = match meta.topics.get_mut(&inc.name) {
+                    None => Err(WireError::unknown_topic(&inc.name)),
+                    Some(t) if inc.total <= t.partitions => Err(WireError::new(
+                        ErrorCode::InvalidPartitions,
+                        format!(
+                            "topic {:?} has {} partitions; the new total {} must be larger",
+                            inc.name, t.partitions, inc.total
+                        ),
+                    )),
+                    Some(t) => metadata::validate_partition_count(inc.total)
+                        .map(|()| t.partitions = inc.total),
+                };
+                results.push(result(&inc.name, res));
+            }
+        }
+    }
+    if results.iter().all(|r| r.error != ErrorCode::None) {
+        return TopicResults { results };
+    }
+    meta.shard_count = shard.shards as u32;
+    let data_dir = shard.data_dir.clone();
+    let to_store = meta.clone();
+    let stored = glommio::executor()
+        .spawn_blocking(move || metadata::store(&data_dir, &to_store))
+        .await;
+    if let Err(e) = stored {
+        for r in results.iter_mut().filter(|r| r.error == ErrorCode::None) {
+            r.error = ErrorCode::Internal;
+            r.message = format!("metadata not saved, nothing changed: {e}");
+        }
+        return TopicResults { results };
+    }
+    let ops: Vec<(usize, Op)> = (0..shard.shards)
+        .map(|s| (s, Op::Apply(meta.clone())))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for _ in 0..n {
+        let _ = rx.recv().await;
+    }
+    for name in deleted {
+        let _ = std::fs::remove_dir(shard.data_dir.join("topics").join(&name));
+    }
+    TopicResults { results }
+}

@@ -1,0 +1,670 @@
+//! Request handlers, coordinator side: turn one decoded request into
+//! per-shard [`Op`]s, run them (in place or over the mesh), and assemble the
+//! response in request order. The owner side is in `execute.rs`.
+
+use crate::connection::Outgoing;
+use crate::engine::Durability;
+use crate::error::WireError;
+use crate::execute::execute;
+use crate::limits::*;
+use crate::metadata;
+use crate::metrics::ShardMetrics;
+use crate::offsets::group_owner;
+use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
+use crate::shard::Shard;
+use crate::shutdown::first_of;
+use bytes::{Bytes, BytesMut};
+use glommio::channels::local_channel::{self, LocalReceiver};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use strom_flatbuffers::protocol::*;
+
+/// Runs `op` on `target`: in place when this shard owns it, else over the
+/// mesh. Boxed because admin operations call back into it.
+pub fn call(shard: &Rc<Shard>, target: usize, op: Op) -> Pin<Box<dyn Future<Output = Reply>>> {
+    let shard = shard.clone();
+    Box::pin(async move {
+        if target == shard.id {
+            execute(&shard, op).await
+        } else {
+            ShardMetrics::add(&shard.metrics().forwarded, 1);
+            shard.router.forward(target, op).await
+        }
+    })
+}
+
+/// Runs every op in its own detached task (so that a caller giving up
+/// cancels nothing half-done) and delivers the replies as they come.
+pub fn fan_out(shard: &Rc<Shard>, ops: Vec<(usize, Op)>) -> LocalReceiver<(usize, Reply)> {
+    let (tx, rx) = local_channel::new_bounded(ops.len().max(1));
+    let tx = Rc::new(tx);
+    for (target, op) in ops {
+        let fut = call(shard, target, op);
+        let tx = tx.clone();
+        glommio::spawn_local(async move {
+            let reply = fut.await;
+            let _ = tx.try_send((target, reply));
+        })
+        .detach();
+    }
+    rx
+}
+
+/// Collects up to `n` replies, or as many as arrive before `deadline`.
+async fn collect(
+    rx: &LocalReceiver<(usize, Reply)>,
+    n: usize,
+    deadline: Option<Instant>,
+) -> Vec<(usize, Reply)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let next = async { rx.recv().await };
+        let got = match deadline {
+            None => next.await,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let timer = async {
+                    glommio::timer::sleep(left).await;
+                    None
+                };
+                futures_lite::future::or(next, timer).await
+            }
+        };
+        match got {
+            Some(r) => out.push(r),
+            None => break,
+        }
+    }
+    out
+}
+
+fn unexpected(reply: Reply) -> WireError {
+    match reply {
+        Reply::Failed(e) => e,
+        _ => WireError::new(ErrorCode::Internal, "unexpected reply kind"),
+    }
+}
+
+fn respond(cid: u64, body: &ResponseBody, trailer: Vec<Bytes>) -> Outgoing {
+    let head = encode_response(cid, body).unwrap_or_else(|e| {
+        encode_error_response(
+            cid,
+            ErrorCode::Internal,
+            &format!("encoding the response: {e}"),
+        )
+    });
+    Outgoing { head, trailer }
+}
+
+pub fn error_outgoing(cid: u64, e: &WireError) -> Outgoing {
+    Outgoing {
+        head: encode_error_response(cid, e.code, &e.message),
+        trailer: Vec::new(),
+    }
+}
+
+pub fn api_versions(shard: &Shard, r: &ApiVersionsRequest) -> (bool, ApiVersionsResponse) {
+    let ok = r.min_version <= PROTOCOL_VERSION_MAX && r.max_version >= PROTOCOL_VERSION_MIN;
+    let (error, message) = if ok {
+        (ErrorCode::None, String::new())
+    } else {
+        (
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "client speaks versions {}..={}, server {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}",
+                r.min_version, r.max_version
+            ),
+        )
+    };
+    let resp = ApiVersionsResponse {
+        error,
+        message,
+        min_version: PROTOCOL_VERSION_MIN,
+        max_version: PROTOCOL_VERSION_MAX,
+        message_bytes_max: REQUEST_BYTES_MAX as u32,
+        frame_bytes_max: FRAME_BYTES_LIMIT as u32,
+        inflight_requests_max: INFLIGHT_REQUESTS_MAX as u32,
+        fetch_partitions_max: FETCH_PARTITIONS_MAX as u32,
+        fetch_wait_max_ms: FETCH_WAIT_MAX_MS,
+        server_version: format!("strom-server {}", env!("CARGO_PKG_VERSION")),
+        shard_count: shard.shards as u16,
+    };
+    (ok, resp)
+}
+
+/// Handles one request (the handshake is handled by the connection). `None`
+/// means no response goes out (produce with acks=None).
+pub async fn handle(
+    shard: &Rc<Shard>,
+    cid: u64,
+    body: RequestBody,
+    trailer: BytesMut,
+) -> Option<Outgoing> {
+    let result: Result<ResponseBody, WireError> = match body {
+        RequestBody::ApiVersions(r) => Ok(ResponseBody::ApiVersions(api_versions(shard, &r).1)),
+        RequestBody::CreateTopics(r) => admin(shard, AdminOp::CreateTopics(r))
+            .await
+            .map(ResponseBody::CreateTopics),
+        RequestBody::DeleteTopics(r) => admin(shard, AdminOp::DeleteTopics(r))
+            .await
+            .map(ResponseBody::DeleteTopics),
+        RequestBody::CreatePartitions(r) => admin(shard, AdminOp::CreatePartitions(r))
+            .await
+            .map(ResponseBody::CreatePartitions),
+        RequestBody::ListTopics => Ok(ResponseBody::ListTopics(list_topics(shard))),
+        RequestBody::DescribeTopics(r) => {
+            describe(shard, r).await.map(ResponseBody::DescribeTopics)
+        }
+        RequestBody::Produce(r) => {
+            let acks = r.acks;
+            let resp = produce(shard, r, trailer).await;
+            if acks == Acks::None {
+                return None;
+            }
+            Ok(ResponseBody::Produce(resp))
+        }
+        RequestBody::Fetch(r) => match fetch(shard, r).await {
+            Ok((resp, frames)) => return Some(respond(cid, &ResponseBody::Fetch(resp), frames)),
+            Err(e) => Err(e),
+        },
+        RequestBody::ListOffsets(r) => list_offsets(shard, r).await.map(ResponseBody::ListOffsets),
+        RequestBody::OffsetCommit(r) => offset_commit(shard, r)
+            .await
+            .map(ResponseBody::OffsetCommit),
+        RequestBody::OffsetFetch(r) => offset_fetch(shard, r).await.map(ResponseBody::OffsetFetch),
+    };
+    Some(match result {
+        Ok(body) => respond(cid, &body, Vec::new()),
+        Err(e) => {
+            ShardMetrics::add(&shard.metrics().errors, 1);
+            error_outgoing(cid, &e)
+        }
+    })
+}
+
+async fn admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicResults, WireError> {
+    match call(shard, 0, Op::Admin(op)).await {
+        Reply::Topics(t) => Ok(t),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn list_topics(shard: &Shard) -> ListTopicsResponse {
+    ListTopicsResponse {
+        topics: shard
+            .metadata
+            .borrow()
+            .topics
+            .values()
+            .map(|t| TopicListing {
+                name: t.name.clone(),
+                partitions: t.partitions,
+            })
+            .collect(),
+    }
+}
+
+async fn describe(
+    shard: &Rc<Shard>,
+    r: DescribeTopicsRequest,
+) -> Result<DescribeTopicsResponse, WireError> {
+    if r.names.len() > TOPICS_PER_REQUEST_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{} topics named, the limit is {TOPICS_PER_REQUEST_MAX}",
+                r.names.len()
+            ),
+        ));
+    }
+    let meta = shard.metadata.borrow().clone();
+    let names: Vec<String> = if r.names.is_empty() {
+        meta.topics.keys().cloned().collect()
+    } else {
+        r.names
+    };
+    let mut topics = Vec::with_capacity(names.len());
+    // Per owner: the (topic index, partition) it describes, in order.
+    let mut per_shard: BTreeMap<usize, Vec<(usize, u32)>> = BTreeMap::new();
+    for (ti, name) in names.iter().enumerate() {
+        let Some(t) = meta.topics.get(name) else {
+            let e = WireError::unknown_topic(name);
+            topics.push(TopicDescription {
+                name: name.clone(),
+                error: e.code,
+                message: e.message,
+                ..Default::default()
+            });
+            continue;
+        };
+        topics.push(TopicDescription {
+            name: name.clone(),
+            configs: t
+                .configs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            partitions: (0..t.partitions)
+                .map(|p| PartitionDescription {
+                    partition: p,
+                    owner_shard: metadata::owner_shard(t.id, p, shard.shards) as u16,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        for p in 0..t.partitions {
+            per_shard
+                .entry(metadata::owner_shard(t.id, p, shard.shards))
+                .or_default()
+                .push((ti, p));
+        }
+    }
+    let ops: Vec<(usize, Op)> = per_shard
+        .iter()
+        .map(|(s, items)| {
+            let items = items
+                .iter()
+                .map(|(ti, p)| (names[*ti].clone(), *p))
+                .collect();
+            (*s, Op::Describe { items })
+        })
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (target, reply) in collect(&rx, n, None).await {
+        let idx = &per_shard[&target];
+        match reply {
+            Reply::Describe(ds) => {
+                for ((ti, p), d) in idx.iter().zip(ds) {
+                    topics[*ti].partitions[*p as usize] = d;
+                }
+            }
+            other => {
+                let e = unexpected(other);
+                for (ti, p) in idx {
+                    let pd = &mut topics[*ti].partitions[*p as usize];
+                    pd.error = e.code;
+                    pd.message = e.message.clone();
+                }
+            }
+        }
+    }
+    Ok(DescribeTopicsResponse { topics })
+}
+
+async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> ProduceResponse {
+    let mut results: Vec<ProduceResult> = r
+        .batches
+        .iter()
+        .map(|b| ProduceResult {
+            topic: b.topic.clone(),
+            partition: b.partition,
+            ..Default::default()
+        })
+        .collect();
+    let fail_all = |results: &mut Vec<ProduceResult>, e: WireError| {
+        for res in results.iter_mut() {
+            res.error = e.code;
+            res.message = e.message.clone();
+        }
+    };
+    if r.batches.len() > PRODUCE_BATCHES_MAX {
+        let e = WireError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{} batches in one request, the limit is {PRODUCE_BATCHES_MAX}",
+                r.batches.len()
+            ),
+        );
+        fail_all(&mut results, e);
+        return ProduceResponse { results };
+    }
+    let Some(frames) = split_trailer_mut(trailer, r.batches.iter().map(|b| b.batch_len as usize))
+    else {
+        fail_all(
+            &mut results,
+            WireError::new(
+                ErrorCode::InvalidRequest,
+                "batch lengths do not match the trailer",
+            ),
+        );
+        return ProduceResponse { results };
+    };
+    let durability = if r.acks == Acks::Durable {
+        Durability::Durable
+    } else {
+        Durability::Buffered
+    };
+    let mut per_shard: BTreeMap<usize, Vec<ProduceItem>> = BTreeMap::new();
+    for (index, (b, frame)) in r.batches.into_iter().zip(frames).enumerate() {
+        match shard.owner(&b.topic, b.partition) {
+            Ok(s) => per_shard.entry(s).or_default().push(ProduceItem {
+                index,
+                topic: b.topic,
+                partition: b.partition,
+                frame,
+            }),
+            Err(e) => {
+                results[index].error = e.code;
+                results[index].message = e.message;
+            }
+        }
+    }
+    let mut waiting: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| {
+            waiting.insert(s, items.iter().map(|i| i.index).collect());
+            (s, Op::Produce { items, durability })
+        })
+        .collect();
+    let n = ops.len();
+    let timeout_ms = match r.timeout_ms {
+        0 => PRODUCE_TIMEOUT_MAX_MS,
+        t => t.min(PRODUCE_TIMEOUT_MAX_MS),
+    };
+    let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+    let rx = fan_out(shard, ops);
+    for (target, reply) in collect(&rx, n, Some(deadline)).await {
+        let indexes = waiting.remove(&target).unwrap_or_default();
+        match reply {
+            Reply::Produce(rs) => {
+                for (i, res) in rs {
+                    results[i] = res;
+                }
+            }
+            other => {
+                let e = unexpected(other);
+                for i in indexes {
+                    results[i].error = e.code;
+                    results[i].message = e.message.clone();
+                }
+            }
+        }
+    }
+    for (_, indexes) in waiting {
+        for i in indexes {
+            results[i].error = ErrorCode::Timeout;
+            results[i].message =
+                format!("no answer within {timeout_ms} ms (the batch may still be appended)");
+        }
+    }
+    let errors = results
+        .iter()
+        .filter(|r| r.error != ErrorCode::None)
+        .count();
+    ShardMetrics::add(&shard.metrics().errors, errors as u64);
+    ProduceResponse { results }
+}
+
+fn out_of_reach(index: usize, e: WireError) -> FetchOut {
+    FetchOut {
+        index,
+        error: Some(e),
+        high_watermark: 0,
+        log_start_offset: 0,
+        frames: Vec::new(),
+    }
+}
+
+/// Reads every partition once (no waiting); results by request index.
+async fn read_all(shard: &Rc<Shard>, parts: &[FetchPartition], max_bytes: usize) -> Vec<FetchOut> {
+    let mut outs: Vec<Option<FetchOut>> = (0..parts.len()).map(|_| None).collect();
+    let mut per_shard: BTreeMap<usize, Vec<FetchItem>> = BTreeMap::new();
+    for (index, p) in parts.iter().enumerate() {
+        match shard.owner(&p.topic, p.partition) {
+            Ok(s) => per_shard.entry(s).or_default().push(FetchItem {
+                index,
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: p.offset,
+                max_bytes: match p.partition_max_bytes as usize {
+                    0 => max_bytes,
+                    n => n.min(max_bytes),
+                },
+            }),
+            Err(e) => outs[index] = Some(out_of_reach(index, e)),
+        }
+    }
+    let mut waiting: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| {
+            waiting.insert(s, items.iter().map(|i| i.index).collect());
+            (s, Op::Fetch { items })
+        })
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (target, reply) in collect(&rx, n, None).await {
+        let indexes = waiting.remove(&target).unwrap_or_default();
+        match reply {
+            Reply::Fetch(fs) => {
+                for f in fs {
+                    let i = f.index;
+                    outs[i] = Some(f);
+                }
+            }
+            other => {
+                let e = unexpected(other);
+                for i in indexes {
+                    outs[i] = Some(out_of_reach(i, e.clone()));
+                }
+            }
+        }
+    }
+    outs.into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            o.unwrap_or_else(|| out_of_reach(i, WireError::new(ErrorCode::Internal, "no answer")))
+        })
+        .collect()
+}
+
+fn bytes_of(outs: &[FetchOut]) -> usize {
+    outs.iter()
+        .flat_map(|o| o.frames.iter())
+        .map(|f| f.len())
+        .sum()
+}
+
+async fn fetch(
+    shard: &Rc<Shard>,
+    r: FetchRequest,
+) -> Result<(FetchResponse, Vec<Bytes>), WireError> {
+    if r.partitions.len() > FETCH_PARTITIONS_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{} partitions in one fetch, the limit is {FETCH_PARTITIONS_MAX}",
+                r.partitions.len()
+            ),
+        ));
+    }
+    let max_bytes = match r.max_bytes as usize {
+        0 => FETCH_BYTES_MAX,
+        n => n.min(FETCH_BYTES_MAX),
+    };
+    let wait_ms = r.max_wait_ms.min(FETCH_WAIT_MAX_MS);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
+    let mut outs = read_all(shard, &r.partitions, max_bytes).await;
+    let min_bytes = (r.min_bytes as usize).max(1);
+    if bytes_of(&outs) < min_bytes && wait_ms > 0 && !shard.shutdown.is_fired() {
+        // Long poll: wake when any partition grows past what we saw, or at
+        // the deadline, then read again.
+        let mut per_shard: BTreeMap<usize, Vec<(String, u32, u64)>> = BTreeMap::new();
+        for (p, o) in r.partitions.iter().zip(&outs) {
+            if o.error.is_some() {
+                continue;
+            }
+            if let Ok(s) = shard.owner(&p.topic, p.partition) {
+                let seen = o.high_watermark.max(p.offset);
+                per_shard
+                    .entry(s)
+                    .or_default()
+                    .push((p.topic.clone(), p.partition, seen));
+            }
+        }
+        if !per_shard.is_empty() {
+            let ops: Vec<(usize, Op)> = per_shard
+                .into_iter()
+                .map(|(s, items)| {
+                    (
+                        s,
+                        Op::Wait {
+                            items,
+                            wait_ms: u64::from(wait_ms),
+                        },
+                    )
+                })
+                .collect();
+            let rx = fan_out(shard, ops);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = vec![
+                Box::pin(async move {
+                    let _ = rx.recv().await;
+                }),
+                Box::pin(glommio::timer::sleep(left)),
+                Box::pin(shard.shutdown.wait()),
+            ];
+            first_of(futs).await;
+            outs = read_all(shard, &r.partitions, max_bytes).await;
+        }
+    }
+    // Trim to max_bytes, whole frames only; the first frame always goes so
+    // that a frame larger than max_bytes cannot stall a consumer.
+    let mut budget = max_bytes;
+    let mut any = false;
+    let mut results = Vec::with_capacity(outs.len());
+    let mut trailer = Vec::new();
+    for (p, o) in r.partitions.iter().zip(outs) {
+        let mut len = 0usize;
+        for f in o.frames {
+            if any && f.len() > budget {
+                break;
+            }
+            budget = budget.saturating_sub(f.len());
+            any = true;
+            len += f.len();
+            trailer.push(f);
+        }
+        let (error, message) = match o.error {
+            Some(e) => (e.code, e.message),
+            None => (ErrorCode::None, String::new()),
+        };
+        results.push(FetchResult {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            error,
+            message,
+            high_watermark: o.high_watermark,
+            log_start_offset: o.log_start_offset,
+            bytes_len: len as u32,
+        });
+    }
+    let errors = results
+        .iter()
+        .filter(|r| r.error != ErrorCode::None)
+        .count();
+    ShardMetrics::add(&shard.metrics().errors, errors as u64);
+    Ok((FetchResponse { results }, trailer))
+}
+
+async fn list_offsets(
+    shard: &Rc<Shard>,
+    r: ListOffsetsRequest,
+) -> Result<ListOffsetsResponse, WireError> {
+    if r.partitions.len() > FETCH_PARTITIONS_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "too many partitions",
+        ));
+    }
+    let mut results: Vec<ListOffsetsResult> = r
+        .partitions
+        .iter()
+        .map(|p| ListOffsetsResult {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            offset: -1,
+            ..Default::default()
+        })
+        .collect();
+    let mut per_shard: BTreeMap<usize, Vec<(usize, ListOffsetsPartition)>> = BTreeMap::new();
+    for (i, p) in r.partitions.into_iter().enumerate() {
+        match shard.owner(&p.topic, p.partition) {
+            Ok(s) => per_shard.entry(s).or_default().push((i, p)),
+            Err(e) => {
+                results[i].error = e.code;
+                results[i].message = e.message;
+            }
+        }
+    }
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| (s, Op::ListOffsets { items }))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (_, reply) in collect(&rx, n, None).await {
+        match reply {
+            Reply::ListOffsets(rs) => {
+                for (i, res) in rs {
+                    results[i] = res;
+                }
+            }
+            other => return Err(unexpected(other)),
+        }
+    }
+    Ok(ListOffsetsResponse { results })
+}
+
+fn check_group(group: &str) -> Result<(), WireError> {
+    if group.is_empty() || group.len() > GROUP_NAME_BYTES_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidGroup,
+            format!("group name must be 1 to {GROUP_NAME_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+async fn offset_commit(
+    shard: &Rc<Shard>,
+    r: OffsetCommitRequest,
+) -> Result<OffsetCommitResponse, WireError> {
+    check_group(&r.group)?;
+    if r.partitions.len() > FETCH_PARTITIONS_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "too many partitions",
+        ));
+    }
+    let owner = group_owner(&r.group, shard.shards);
+    match call(shard, owner, Op::OffsetCommit(r)).await {
+        Reply::OffsetCommit(c) => Ok(c),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn offset_fetch(
+    shard: &Rc<Shard>,
+    r: OffsetFetchRequest,
+) -> Result<OffsetFetchResponse, WireError> {
+    check_group(&r.group)?;
+    if r.partitions.len() > FETCH_PARTITIONS_MAX {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "too many partitions",
+        ));
+    }
+    let owner = group_owner(&r.group, shard.shards);
+    match call(shard, owner, Op::OffsetFetch(r)).await {
+        Reply::OffsetFetch(c) => Ok(c),
+        other => Err(unexpected(other)),
+    }
+}

@@ -1,0 +1,51 @@
+//! Every bound the server enforces, in one place. Units come last in each
+//! name (`_bytes`, `_ms`, `_max`). Connection-level limits protect a shard
+//! from one client; shard-level limits protect the process.
+
+use strom_flatbuffers::protocol::MESSAGE_BYTES_MAX;
+use strom_flatbuffers::FRAME_BYTES_MAX;
+
+/// Largest `total_len` a request may declare (one maximal batch + table).
+pub const REQUEST_BYTES_MAX: usize = MESSAGE_BYTES_MAX;
+/// Largest batch frame any topic may accept.
+pub const FRAME_BYTES_LIMIT: usize = FRAME_BYTES_MAX;
+/// Requests one connection may have in flight; past it the server stops
+/// reading that socket (back-pressure) until an answer goes out.
+pub const INFLIGHT_REQUESTS_MAX: usize = 128;
+/// Connections one shard serves at once; more are accepted and closed.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
+/// A connection with nothing in flight that sends nothing for this long is
+/// closed.
+pub const IDLE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+/// Partitions one fetch may name.
+pub const FETCH_PARTITIONS_MAX: usize = 1_000;
+/// Batches one produce request may carry.
+pub const PRODUCE_BATCHES_MAX: usize = 10_000;
+/// Longest long-poll wait honoured (longer requests are clamped).
+pub const FETCH_WAIT_MAX_MS: u32 = 30_000;
+/// Largest fetch response trailer.
+pub const FETCH_BYTES_MAX: usize = 64 << 20;
+/// Longest produce timeout honoured.
+pub const PRODUCE_TIMEOUT_MAX_MS: u32 = 5 * 60 * 1000;
+/// Topics one create/delete/describe request may name.
+pub const TOPICS_PER_REQUEST_MAX: usize = 1_000;
+/// Partitions one topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
+/// Topics the broker holds.
+pub const TOPICS_MAX: usize = 100_000;
+/// Longest consumer group name.
+pub const GROUP_NAME_BYTES_MAX: usize = 249;
+/// Longest committed-offset metadata string.
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// Initial read buffer of a connection.
+pub const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Messages queued on one inter-shard channel.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// io_uring registered buffer memory per executor.
+pub const IO_MEMORY_BYTES: usize = 2 << 20;
+/// How long shutdown waits for in-flight requests before closing anyway.
+pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// How often a shard checks the process-wide shutdown flag.
+pub const SHUTDOWN_POLL_MS: u64 = 20;
+/// Longest HTTP request head read on the metrics port.
+pub const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;

@@ -1,0 +1,235 @@
+//! `strom-server`: the Strom broker. Parses the configuration, raises the
+//! memlock limit io_uring needs, loads the topic metadata, starts one pinned
+//! glommio executor per shard, prints where it listens once every shard is
+//! ready, and shuts down cleanly on SIGINT/SIGTERM (stop accepting, finish
+//! in-flight requests, close every partition, exit 0).
+
+mod config;
+mod connection;
+mod error;
+mod execute;
+mod handlers;
+mod http;
+mod limits;
+mod metadata;
+mod metrics;
+mod offsets;
+mod router;
+mod shard;
+mod shutdown;
+
+/// The storage engine API the server codes against.
+mod engine {
+    pub use strom_engine::*;
+}
+
+use clap::Parser;
+use config::{Args, ServerConfig};
+use error::ServerError;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use shard::{ShardStart, Shared};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("strom-server: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// io_uring registers each executor's `io_memory` (and its rings) as locked
+/// memory. Root raises the limit; anyone else is told how.
+fn ensure_memlock(shards: usize) {
+    let need = (shards * (limits::IO_MEMORY_BYTES + (1 << 20))) as u64;
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) } != 0 {
+        return;
+    }
+    if cur.rlim_cur == libc::RLIM_INFINITY || cur.rlim_cur >= need {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+            return;
+        }
+    }
+    if cur.rlim_max == libc::RLIM_INFINITY || cur.rlim_max >= need {
+        let raised = libc::rlimit {
+            rlim_cur: cur.rlim_max,
+            rlim_max: cur.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit
+        // up to the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            return;
+        }
+    }
+    eprintln!(
+        "strom-server: the locked-memory limit (RLIMIT_MEMLOCK) is {} KiB but {} shards need about {} KiB \
+         for io_uring. Raise it with `ulimit -l unlimited` (shell), LimitMEMLOCK=infinity (systemd), \
+         or `--ulimit memlock=-1` (docker); or start fewer shards with --cores.",
+        cur.rlim_cur / 1024,
+        shards,
+        need / 1024
+    );
+}
+
+fn run(args: Args) -> Result<(), ServerError> {
+    let cfg = ServerConfig::resolve(args)?;
+    ensure_memlock(cfg.shards);
+    std::fs::create_dir_all(cfg.data_dir.join("meta")).map_err(|e| ServerError::Io {
+        op: "create dir",
+        path: cfg.data_dir.join("meta"),
+        source: e,
+    })?;
+    let mut meta = metadata::load(&cfg.data_dir)?;
+    if meta.shard_count != cfg.shards as u32 {
+        if meta.shard_count != 0 {
+            eprintln!(
+                "strom-server: shard count changed from {} to {}; partition ownership is recomputed",
+                meta.shard_count, cfg.shards
+            );
+        }
+        meta.shard_count = cfg.shards as u32;
+        metadata::store(&cfg.data_dir, &meta)?;
+    }
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| ServerError::Io {
+            op: "register signal handler",
+            path: "-".into(),
+            source: e,
+        })?;
+    }
+    let shared = Arc::new(Shared {
+        shards: cfg.shards,
+        data_dir: cfg.data_dir.clone(),
+        shutdown: AtomicBool::new(false),
+        ready: AtomicUsize::new(0),
+        drained: AtomicUsize::new(0),
+        exited: AtomicUsize::new(0),
+        metrics: metrics::Metrics::new(cfg.shards),
+        peers: (0..cfg.shards)
+            .map(|_| AtomicUsize::new(usize::MAX))
+            .collect(),
+        initial_metadata: meta,
+    });
+    let mesh =
+        (cfg.shards > 1).then(|| MeshBuilder::full(cfg.shards, limits::MESH_CHANNEL_CAPACITY));
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    let mut listen = cfg.listen;
+    let mut addrs = None;
+    for id in 0..cfg.shards {
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let start = ShardStart {
+            id,
+            listen,
+            http: (id == 0).then_some(cfg.http),
+            shared: shared.clone(),
+            mesh: mesh.clone(),
+            bound: bound_tx,
+            ready: ready_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            .name(&format!("strom-shard-{id}"))
+            .io_memory(limits::IO_MEMORY_BYTES)
+            .spawn(move || shard::run(start))
+            .map_err(|e| ServerError::Executor(format!("shard {id}: {e}")))?;
+        handles.push(handle);
+        // Every shard binds the port shard 0 got (port 0 works).
+        match bound_rx.recv() {
+            Ok(Ok((native, http))) => {
+                if id == 0 {
+                    listen = native;
+                    addrs = Some((native, http));
+                }
+            }
+            Ok(Err(e)) => return Err(fail(&shared, handles, ServerError::Executor(e))),
+            Err(_) => {
+                return Err(fail(
+                    &shared,
+                    handles,
+                    ServerError::Executor(format!("shard {id} exited during start-up")),
+                ))
+            }
+        }
+    }
+    for _ in 0..cfg.shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(fail(&shared, handles, ServerError::Executor(e))),
+            Err(_) => {
+                return Err(fail(
+                    &shared,
+                    handles,
+                    ServerError::Executor("a shard exited during start-up".into()),
+                ))
+            }
+        }
+    }
+    let (native, http) = addrs.expect("shard 0 reported its addresses");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening native={native}");
+        if let Some(h) = http {
+            let _ = writeln!(out, "listening http={h}");
+        }
+        let _ = writeln!(
+            out,
+            "ready shards={} data_dir={}",
+            cfg.shards,
+            cfg.data_dir.display()
+        );
+        let _ = out.flush();
+    }
+    while !shutdown.load(Ordering::SeqCst) {
+        if shared.exited.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    shared.shutdown.store(true, Ordering::SeqCst);
+    let mut failed = false;
+    for h in handles {
+        if h.join().is_err() {
+            failed = true;
+        }
+    }
+    let _ = writeln!(std::io::stdout(), "stopped");
+    if failed {
+        return Err(ServerError::Executor("a shard failed".into()));
+    }
+    Ok(())
+}
+
+fn fail(
+    shared: &Shared,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    e: ServerError,
+) -> ServerError {
+    shared.shutdown.store(true, Ordering::SeqCst);
+    drop(handles);
+    e
+}
