@@ -240,15 +240,7 @@ impl<S: Storage> Log<S> {
             },
             config,
             segments: BTreeMap::new(),
-            pending: Pending {
-                buf: None,
-                buf_pos: 0,
-                buf_fill: 0,
-                sealed: Vec::new(),
-                tail: Vec::new(),
-                frame_ends: VecDeque::new(),
-                unwritten_bytes: 0,
-            },
+            pending: Pending::empty(),
             next_offset: 0,
             log_start_offset: log_start,
             written_offset: 0,
@@ -434,11 +426,7 @@ impl<S: Storage> Log<S> {
                 report.rebuilt_indexes += 1;
             }
         }
-        // next_offset comes from the active segment's scan.
-        let active_base = *self.segments.keys().next_back().expect("segment");
-        if active_base != last_base || stop_here.is_some() {
-            // recompute from the active segment's index/scan end
-        }
+        // next_offset comes from the scan of the last segment kept.
         self.next_offset = next_offset;
         let active = self.active_mut();
         let len = active.len_bytes;
@@ -701,10 +689,6 @@ impl<S: Storage> Log<S> {
         p.unwritten_bytes += bytes.len();
         while !bytes.is_empty() {
             if p.buf.is_none() {
-                let pos = align_down(
-                    active_len + (bytes.as_ptr() as usize - bytes.as_ptr() as usize) as u64,
-                );
-                let _ = pos;
                 let start = p.buf_pos_for_new(active_len, &self.segments);
                 let want = align_up((p.tail.len() + bytes.len()) as u64) as usize;
                 let cap = want.clamp(
@@ -864,16 +848,10 @@ impl<S: Storage> Log<S> {
         } else {
             u64::MAX
         };
-        if behind >= self.config.checkpoint_interval_bytes
-            && self.durable_offset == self.written_offset_at(self.durable_len)
-        {
+        if behind >= self.config.checkpoint_interval_bytes {
             self.write_checkpoint(false).await?;
         }
         Ok(())
-    }
-
-    fn written_offset_at(&self, _len: u64) -> u64 {
-        self.durable_offset
     }
 
     /// Persists the active index up to the durable point, then the checkpoint.
@@ -888,14 +866,7 @@ impl<S: Storage> Log<S> {
         let durable_offset = self.durable_offset.max(base);
         let ix = seg.index.as_ref().expect("active index");
         let rel_limit = (durable_offset - base) as u32;
-        let o = ix.encode_offsets(base, durable_len);
-        let t = ix.encode_times(base, durable_len, rel_limit);
-        self.storage
-            .write_atomic(&self.dir.join(index_file_name(base)), &o)
-            .await?;
-        self.storage
-            .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
-            .await?;
+        write_index_files(&self.storage, &self.dir, base, ix, durable_len, rel_limit).await?;
         let cp = Checkpoint {
             log_start_offset: self.log_start_offset,
             recovery_segment_base: base,
@@ -920,14 +891,7 @@ impl<S: Storage> Log<S> {
         file.truncate(len).await?;
         let ix = self.active().index.as_ref().expect("index");
         let rel_limit = (self.next_offset - base) as u32;
-        let o = ix.encode_offsets(base, len);
-        let t = ix.encode_times(base, len, rel_limit);
-        self.storage
-            .write_atomic(&self.dir.join(index_file_name(base)), &o)
-            .await?;
-        self.storage
-            .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
-            .await?;
+        write_index_files(&self.storage, &self.dir, base, ix, len, rel_limit).await?;
         let new_base = self.next_offset;
         self.storage
             .remove(&self.dir.join(index_file_name(new_base)))
@@ -949,15 +913,7 @@ impl<S: Storage> Log<S> {
                 first_append_ms: None,
             },
         );
-        self.pending = Pending {
-            buf: None,
-            buf_pos: 0,
-            buf_fill: 0,
-            sealed: Vec::new(),
-            tail: Vec::new(),
-            frame_ends: VecDeque::new(),
-            unwritten_bytes: 0,
-        };
+        self.pending = Pending::empty();
         self.written_len = 0;
         self.written_frame_len = 0;
         self.durable_len = 0;
@@ -1223,15 +1179,7 @@ impl<S: Storage> Log<S> {
                             reason: reason.unwrap_or_default(),
                         });
                     }
-                    let o = ix.encode_offsets(base, len);
-                    let rel_limit = u32::MAX;
-                    let t = ix.encode_times(base, len, rel_limit);
-                    self.storage
-                        .write_atomic(&self.dir.join(index_file_name(base)), &o)
-                        .await?;
-                    self.storage
-                        .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
-                        .await?;
+                    write_index_files(&self.storage, &self.dir, base, &ix, len, u32::MAX).await?;
                     ix
                 }
             };
@@ -1438,15 +1386,7 @@ impl<S: Storage> Log<S> {
         self.durable_len = cut_pos;
         self.preallocated_len = 0;
         self.read_ahead = None;
-        self.pending = Pending {
-            buf: None,
-            buf_pos: 0,
-            buf_fill: 0,
-            sealed: Vec::new(),
-            tail: Vec::new(),
-            frame_ends: VecDeque::new(),
-            unwritten_bytes: 0,
-        };
+        self.pending = Pending::empty();
         let tail_len = (cut_pos % BLOCK_BYTES as u64) as usize;
         if tail_len > 0 {
             self.pending.tail = file.read_at(align_down(cut_pos), tail_len).await?.to_vec();
@@ -1558,6 +1498,18 @@ impl<S: Storage> Log<S> {
 }
 
 impl<B> Pending<B> {
+    fn empty() -> Self {
+        Pending {
+            buf: None,
+            buf_pos: 0,
+            buf_fill: 0,
+            sealed: Vec::new(),
+            tail: Vec::new(),
+            frame_ends: VecDeque::new(),
+            unwritten_bytes: 0,
+        }
+    }
+
     /// Where a new buffer starts: the block holding the end of the log.
     fn buf_pos_for_new<F>(&self, active_len: u64, _segments: &BTreeMap<u64, Segment<F>>) -> u64 {
         if self.buf.is_none()
@@ -1570,6 +1522,27 @@ impl<B> Pending<B> {
         }
         align_down(active_len)
     }
+}
+
+/// Writes a segment's offset and time index files (each atomically),
+/// covering its first `covered_len` bytes and relative offsets below `rel_limit`.
+async fn write_index_files<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base: u64,
+    ix: &SegmentIndex,
+    covered_len: u64,
+    rel_limit: u32,
+) -> Result<(), EngineError> {
+    let o = ix.encode_offsets(base, covered_len);
+    let t = ix.encode_times(base, covered_len, rel_limit);
+    storage
+        .write_atomic(&dir.join(index_file_name(base)), &o)
+        .await?;
+    storage
+        .write_atomic(&dir.join(time_index_file_name(base)), &t)
+        .await?;
+    Ok(())
 }
 
 async fn remove_segment_files<S: Storage>(
