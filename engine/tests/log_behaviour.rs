@@ -1,0 +1,231 @@
+//! Targeted behaviours of the partition log over the in-memory and
+//! fault-injecting storages (no io_uring needed): corruption is never served,
+//! recovery scans only the tail, timestamp look-ups, format versioning,
+//! retention, frames larger than a read chunk.
+
+use std::path::Path;
+
+use bytes::BytesMut;
+use futures_lite::future::block_on;
+use strom_engine::storage::{FaultyStorage, MemoryStorage, Storage};
+use strom_engine::{EngineError, FlushPolicy, Log, LogConfig};
+use strom_flatbuffers::{BatchBuilder, FrameHeader, RecordIn};
+
+fn cfg() -> LogConfig {
+    LogConfig {
+        segment_bytes: 256 << 10,
+        frame_bytes_max: 128 << 10,
+        cache_bytes_max: 0,
+        write_buffer_bytes: 64 << 10,
+        unwritten_bytes_max: 256 << 10,
+        checkpoint_interval_bytes: 64 << 10,
+        preallocate_bytes: 64 << 10,
+        flush: FlushPolicy::Never,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+fn frame(ts: i64, records: usize, value_len: usize) -> BytesMut {
+    let mut b = BatchBuilder::new();
+    let v = vec![7u8; value_len];
+    for i in 0..records {
+        b.push(&RecordIn {
+            timestamp_ms: ts + i as i64,
+            key: None,
+            value: Some(&v),
+            headers: &[],
+        });
+    }
+    BytesMut::from(&b.finish()[..])
+}
+
+#[test]
+fn a_flipped_bit_on_disk_is_an_error_never_data() {
+    block_on(async {
+        let storage = FaultyStorage::new(1);
+        let dir = Path::new("/p");
+        let (mut log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("open");
+        for i in 0..200 {
+            log.append(frame(i, 2, 1000), i).await.expect("append");
+        }
+        log.close(0).await.expect("close");
+        // Flip one payload byte of the first frame of the first segment.
+        storage.corrupt_byte(&dir.join("00000000000000000000.log"), 500);
+        let (mut log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("reopen");
+        match log.read(0, 1 << 20).await {
+            Err(EngineError::Corrupt { position, .. }) => assert_eq!(position, 0),
+            other => panic!("corrupt frame served or wrong error: {other:?}"),
+        }
+        // Data in later segments is still served.
+        let hw = log.offsets().high_watermark;
+        let b = log
+            .read(hw - 2, 1 << 20)
+            .await
+            .expect("later data readable");
+        assert_eq!(b.frames.len(), 1);
+    });
+}
+
+#[test]
+fn recovery_scans_only_past_the_checkpoint() {
+    block_on(async {
+        let storage = FaultyStorage::new(2);
+        let dir = Path::new("/p");
+        let mut config = cfg();
+        config.segment_bytes = 64 << 20;
+        config.frame_bytes_max = 1 << 20;
+        config.checkpoint_interval_bytes = 256 << 10;
+        let (mut log, _) = Log::open(storage.clone(), dir, config.clone(), 0)
+            .await
+            .expect("open");
+        let mut total = 0u64;
+        while total < 16 << 20 {
+            let f = frame(0, 4, 4000);
+            total += f.len() as u64;
+            log.append(f, 0).await.expect("append");
+            log.flush(0).await.expect("flush");
+        }
+        let hw = log.offsets().high_watermark;
+        storage.crash_lose_all_unsynced();
+        drop(log);
+        let (log, report) = Log::open(storage.clone(), dir, config, 0)
+            .await
+            .expect("recover");
+        assert_eq!(log.offsets().high_watermark, hw, "durable data lost");
+        assert!(!report.clean_shutdown);
+        assert!(
+            report.scanned_bytes <= 512 << 10,
+            "scanned {} bytes of a {} byte log",
+            report.scanned_bytes,
+            total
+        );
+    });
+}
+
+#[test]
+fn offset_for_timestamp_matches_brute_force() {
+    block_on(async {
+        let storage = MemoryStorage::new();
+        let (mut log, _) = Log::open(storage, Path::new("/p"), cfg(), 0)
+            .await
+            .expect("open");
+        // Non-monotonic timestamps across batches, as Kafka allows.
+        let mut all: Vec<(u64, i64)> = Vec::new();
+        for i in 0..300i64 {
+            let ts = (i * 37) % 500 + i;
+            let info = log.append(frame(ts, 3, 300), 0).await.expect("append");
+            for r in 0..3 {
+                all.push((info.base_offset + r, ts + r as i64));
+            }
+        }
+        for target in [-5, 0, 10, 250, 499, 700, 797, 798, 10_000] {
+            let expected = all.iter().find(|(_, ts)| *ts >= target).map(|(o, _)| *o);
+            let got = log.offset_for_timestamp(target).await.expect("lookup");
+            assert_eq!(got, expected, "timestamp {target}");
+        }
+    });
+}
+
+#[test]
+fn a_newer_checkpoint_version_is_refused_not_misread() {
+    block_on(async {
+        let storage = MemoryStorage::new();
+        let dir = Path::new("/p");
+        let (log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("open");
+        log.close(0).await.expect("close");
+        let cp = dir.join("checkpoint");
+        let mut bytes = storage
+            .read_all(&cp, 1 << 10)
+            .await
+            .expect("read")
+            .expect("exists")
+            .to_vec();
+        bytes[4] = 9; // version field
+        storage.write_atomic(&cp, &bytes).await.expect("write");
+        match Log::open(storage, dir, cfg(), 0).await {
+            Err(EngineError::UnsupportedFormat { found: 9, .. }) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a newer format was opened"),
+        }
+    });
+}
+
+#[test]
+fn retention_deletes_closed_segments_only_and_advances_the_start() {
+    block_on(async {
+        let storage = MemoryStorage::new();
+        let dir = Path::new("/p");
+        let mut config = cfg();
+        config.retention_ms = Some(1_000);
+        let (mut log, _) = Log::open(storage.clone(), dir, config.clone(), 0)
+            .await
+            .expect("open");
+        for i in 0..600 {
+            log.append(frame(i, 1, 2000), i).await.expect("append");
+        }
+        let before = storage
+            .list(dir)
+            .await
+            .expect("list")
+            .iter()
+            .filter(|n| n.ends_with(".log"))
+            .count();
+        assert!(before >= 3, "expected several segments, got {before}");
+        // Everything is older than the retention: all closed segments go.
+        let deleted = log.apply_retention(1_000_000).await.expect("retention");
+        assert_eq!(deleted, before - 1);
+        let after = storage
+            .list(dir)
+            .await
+            .expect("list")
+            .iter()
+            .filter(|n| n.ends_with(".log"))
+            .count();
+        assert_eq!(after, 1, "the active segment stays");
+        let o = log.offsets();
+        assert!(o.log_start_offset > 0);
+        assert!(matches!(
+            log.read(0, 100).await,
+            Err(EngineError::OffsetOutOfRange { .. })
+        ));
+        let b = log
+            .read(o.log_start_offset, 100)
+            .await
+            .expect("start readable");
+        let h = FrameHeader::ref_from(&b.frames[0]).expect("header");
+        assert_eq!(h.base_offset(), o.log_start_offset);
+        // The new start survives a restart.
+        log.close(0).await.expect("close");
+        let (log, _) = Log::open(storage, dir, config, 0).await.expect("reopen");
+        assert_eq!(log.offsets().log_start_offset, o.log_start_offset);
+    });
+}
+
+#[test]
+fn a_frame_larger_than_a_read_chunk_is_read_whole_from_disk() {
+    block_on(async {
+        let storage = MemoryStorage::new();
+        let dir = Path::new("/p");
+        let (mut log, _) = Log::open(storage, dir, cfg(), 0).await.expect("open");
+        log.append(frame(0, 1, 10), 0).await.expect("small");
+        let big = frame(0, 1, 100_000);
+        let big_len = big.len();
+        log.append(big, 0).await.expect("big");
+        log.flush(0).await.expect("flush");
+        let b = log.read(1, 10).await.expect("read");
+        assert_eq!(
+            b.frames.len(),
+            1,
+            "at least one whole frame even past max_bytes"
+        );
+        assert_eq!(b.frames[0].len(), big_len);
+        strom_flatbuffers::verify_stored(&b.frames[0]).expect("whole and valid");
+    });
+}
