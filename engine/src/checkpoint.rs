@@ -72,6 +72,16 @@ impl Checkpoint {
     }
 
     pub fn decode(buf: &[u8]) -> Result<Checkpoint, CheckpointError> {
+        // Magic and version come first and sit at fixed places in every
+        // version, so a newer checkpoint of another length is refused as
+        // newer, not mistaken for a damaged one.
+        if buf.len() >= 8 {
+            let magic = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let version = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            if magic == CHECKPOINT_MAGIC && version > CHECKPOINT_VERSION {
+                return Err(CheckpointError::UnsupportedVersion { found: version });
+            }
+        }
         if buf.len() != CHECKPOINT_BYTES {
             return Err(CheckpointError::Length {
                 len_bytes: buf.len(),
@@ -83,7 +93,6 @@ impl Checkpoint {
         if raw.magic.get() != CHECKPOINT_MAGIC {
             return Err(CheckpointError::BadMagic);
         }
-        // Version before checksum: a newer layout must be refused, not called corrupt.
         if raw.version.get() != CHECKPOINT_VERSION {
             return Err(CheckpointError::UnsupportedVersion {
                 found: raw.version.get(),

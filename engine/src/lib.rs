@@ -16,6 +16,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod index;
 pub mod io_error;
 pub mod limits;

@@ -22,6 +22,10 @@ pub const DEFAULT_PREALLOCATE_BYTES: u64 = 32 << 20;
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
 /// Entries of one index file; 1 GiB / 4 KiB with headroom.
 pub const INDEX_ENTRIES_MAX: usize = 1 << 20;
+const _: () = assert!(
+    INDEX_ENTRIES_MAX * 12 + crate::index::INDEX_FILE_HEADER_BYTES
+        <= crate::storage::ATOMIC_FILE_BYTES_MAX
+);
 
 /// The largest aligned buffer one append is copied into before a write.
 pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 1 << 20;

@@ -487,6 +487,13 @@ impl<S: Storage> Log<S> {
                         Some(format!("end of written data at byte {pos}")),
                     ))
                 }
+                ScanStop::NewerVersion { found } => {
+                    return Err(EngineError::UnsupportedFormat {
+                        path: self.dir.join(segment_file_name(base)),
+                        found: u32::from(found),
+                        supported: u32::from(strom_flatbuffers::frame::FRAME_VERSION),
+                    })
+                }
                 ScanStop::Corrupt(e) => {
                     return Ok((
                         pos,

@@ -28,6 +28,9 @@ pub enum ScanStop {
     Zeros,
     /// A frame failed verification.
     Corrupt(FrameError),
+    /// A frame of a newer format version than this build reads: refuse, do
+    /// not truncate (it is not damage, it is a newer writer's data).
+    NewerVersion { found: u8 },
     /// A valid frame whose base offset breaks the dense sequence.
     OffsetGap { expected: u64, found: u64 },
 }
@@ -112,6 +115,11 @@ pub fn scan(
                         needed_bytes: FRAME_HEADER_BYTES as u64,
                     },
                 )
+            }
+            Err(FrameError::UnsupportedVersion { found })
+                if found > strom_flatbuffers::frame::FRAME_VERSION =>
+            {
+                return (frames, ScanStop::NewerVersion { found })
             }
             Err(e) => return (frames, ScanStop::Corrupt(e)),
         }

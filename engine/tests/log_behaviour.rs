@@ -229,3 +229,47 @@ fn a_frame_larger_than_a_read_chunk_is_read_whole_from_disk() {
         strom_flatbuffers::verify_stored(&b.frames[0]).expect("whole and valid");
     });
 }
+
+/// A frame written by a newer Strom (a higher frame version) in the tail
+/// that recovery scans must stop start-up with a clear error: truncating it
+/// as if it were damage would destroy a newer writer's data.
+#[test]
+fn a_newer_frame_version_in_the_tail_is_refused_not_truncated() {
+    use strom_engine::storage::{StorageFile, WriteBuf};
+    block_on(async {
+        let storage = FaultyStorage::new(3);
+        let dir = Path::new("/p");
+        let (mut log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("open");
+        for i in 0..3 {
+            log.append(frame(i, 1, 100), 0).await.expect("append");
+        }
+        log.flush(0).await.expect("flush");
+        storage.crash_lose_all_unsynced();
+        drop(log);
+        let seg = dir.join("00000000000000000000.log");
+        let file = storage.open(&seg).await.expect("open").expect("exists");
+        let size = file.size().await.expect("size") as usize;
+        let old = file.read_at(0, size).await.expect("read");
+        // The file is padded to a block: the log ends after the last frame.
+        let (frames, _) = strom_engine::scan::scan(&old, 0, 0);
+        assert_eq!(frames.len(), 3);
+        let len = frames.last().map(|f| (f.position + f.len_bytes) as usize).expect("frames");
+        let old = old.slice(..len);
+        let mut newer = frame(9, 1, 100).to_vec();
+        strom_flatbuffers::stamp_base_offset(&mut newer, 3);
+        newer[4] = 2; // frame version
+        let total = len + newer.len();
+        let mut buf = file.alloc_buf(total.div_ceil(4096) * 4096);
+        buf.as_mut_slice()[..len].copy_from_slice(&old);
+        buf.as_mut_slice()[len..total].copy_from_slice(&newer);
+        file.write_at(buf, 0).await.expect("write");
+        file.fdatasync().await.expect("sync");
+        match Log::open(storage.clone(), dir, cfg(), 0).await {
+            Err(EngineError::UnsupportedFormat { found: 2, .. }) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a newer frame was truncated or misread"),
+        }
+    });
+}

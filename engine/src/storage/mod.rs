@@ -51,7 +51,9 @@ pub use memory::{MemBuf, MemFile, MemoryStorage};
 pub const BLOCK_BYTES: usize = 4096;
 
 /// Largest file `write_atomic` accepts: it is meant for small metadata files.
-pub const ATOMIC_FILE_BYTES_MAX: usize = 1 << 20;
+/// Index files of a full segment are the largest (`INDEX_ENTRIES_MAX` 12-byte
+/// entries, 12 MiB), so the cap sits above them.
+pub const ATOMIC_FILE_BYTES_MAX: usize = 16 << 20;
 
 /// Largest single `read_at` (asserted): callers read records in bounded chunks.
 pub const READ_BYTES_MAX: usize = 64 << 20;

@@ -175,7 +175,8 @@ impl<'a> Record<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Record::VT_OFFSET_DELTA, Some(0)).unwrap()}
   }
-  /// Milliseconds after the frame header's first_timestamp_ms (>= 0).
+  /// Milliseconds relative to the frame header's first_timestamp_ms: 0 for
+  /// the first record; later records may be earlier (negative), as in Kafka.
   #[inline]
   pub fn timestamp_delta_ms(&self) -> i64 {
     // Safety:

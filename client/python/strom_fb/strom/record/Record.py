@@ -34,7 +34,8 @@ class Record(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
-    # Milliseconds after the frame header's first_timestamp_ms (>= 0).
+    # Milliseconds relative to the frame header's first_timestamp_ms: 0 for
+    # the first record; later records may be earlier (negative), as in Kafka.
     # Record
     def TimestampDeltaMs(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
