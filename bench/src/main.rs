@@ -4,6 +4,7 @@
 //! One subcommand per mode, one module per mode.
 
 mod baseline;
+mod engine;
 mod report;
 
 use std::process::ExitCode;
@@ -22,12 +23,19 @@ enum Command {
     /// Measure this machine's raw limits: O_DIRECT write/read, 4 KiB
     /// write+fdatasync latency, loopback TCP.
     Baseline(baseline::BaselineArgs),
+    /// Benchmark the partition log: append throughput, durable appends, recovery after SIGKILL.
+    Engine(engine::EngineArgs),
+    /// Internal: the child the engine mode kills with SIGKILL.
+    #[command(hide = true)]
+    EngineCrashChild(engine::CrashChildArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Baseline(args) => baseline::main(args),
+        Command::Engine(args) => engine::main(args),
+        Command::EngineCrashChild(args) => engine::crash_child(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -744,7 +744,10 @@ impl<S: Storage> Log<S> {
             let fill = self.pending.buf_fill;
             let pos = self.pending.buf_pos;
             if pos + fill as u64 > self.written_len || !ops.is_empty() || fill > 0 {
-                buf.trim_to(align_up(fill as u64) as usize);
+                let padded = align_up(fill as u64) as usize;
+                buf.trim_to(padded);
+                // Buffers are not zeroed on allocation: zero the padding.
+                buf.as_mut_slice()[fill..padded].fill(0);
                 end = pos + fill as u64;
                 ops.push((pos, buf));
             }

@@ -4,11 +4,13 @@
 //! never sent to another thread (`Rc` inside).
 //!
 //! Group commit: appends go into the log under a lock; a caller that needs
-//! durability becomes the syncer if nobody is syncing, writes everything
-//! pending, releases the lock, and runs one fdatasync that covers every
-//! append made before it; callers arriving meanwhile wait for the next round,
-//! which covers all of them with one more fdatasync. So N concurrent durable
-//! appends cost about two fdatasyncs, not N.
+//! durability and is not covered by a sync already in flight becomes a
+//! syncer: it writes everything pending, releases the lock, and runs one
+//! fdatasync that covers every append made before it. Up to
+//! `SYNCS_IN_FLIGHT_MAX` syncs overlap, so callers arriving during a sync
+//! start the next one at once instead of waiting a whole round: N concurrent
+//! durable appends cost a few fdatasyncs, not N, and each waits about one
+//! round, not two.
 //!
 //! Invariants: `offsets` mirrors the log after every operation; the
 //! published durable offset only grows; an fdatasync failure fails the log
@@ -40,6 +42,9 @@ pub enum Durability {
     Durable,
 }
 
+/// Overlapping fdatasyncs of one partition (pipelined group commit).
+pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
+
 /// How often the background task looks at retention.
 pub const RETENTION_CHECK_MS: u64 = 10_000;
 /// Longest background sleep (bounds shutdown and policy reaction time).
@@ -59,7 +64,9 @@ struct Inner<S: Storage> {
     flush_policy: Cell<FlushPolicy>,
     data_event: Event,
     sync_event: Event,
-    syncing: Cell<bool>,
+    syncs_in_flight: Cell<usize>,
+    /// The highest offset that a sync in flight (or done) covers.
+    sync_covered: Cell<u64>,
     closed: Cell<bool>,
     dir: PathBuf,
     recovery: RefCell<RecoveryReport>,
@@ -78,12 +85,21 @@ impl<S: Storage> Clone for Partition<S> {
     }
 }
 
-/// Resets the syncing flag and wakes waiters however the sync ends.
+/// Counts a sync in flight and wakes waiters however it ends.
 struct SyncGuard<'a, S: Storage>(&'a Inner<S>);
+
+impl<'a, S: Storage> SyncGuard<'a, S> {
+    fn new(inner: &'a Inner<S>) -> Self {
+        inner.syncs_in_flight.set(inner.syncs_in_flight.get() + 1);
+        SyncGuard(inner)
+    }
+}
 
 impl<S: Storage> Drop for SyncGuard<'_, S> {
     fn drop(&mut self) {
-        self.0.syncing.set(false);
+        let n = self.0.syncs_in_flight.get();
+        debug_assert!(n > 0);
+        self.0.syncs_in_flight.set(n - 1);
         self.0.sync_event.notify(usize::MAX);
     }
 }
@@ -114,7 +130,8 @@ impl<S: Storage> Partition<S> {
             log: async_lock::Mutex::new(Some(log)),
             data_event: Event::new(),
             sync_event: Event::new(),
-            syncing: Cell::new(false),
+            syncs_in_flight: Cell::new(0),
+            sync_covered: Cell::new(0),
             closed: Cell::new(false),
             dir: dir.to_path_buf(),
             recovery: RefCell::new(report),
@@ -198,16 +215,19 @@ impl<S: Storage> Partition<S> {
             if self.inner.offsets.get().durable_offset >= target {
                 return Ok(());
             }
-            if self.inner.syncing.get() {
+            let in_flight = self.inner.syncs_in_flight.get();
+            let covered = in_flight > 0 && self.inner.sync_covered.get() >= target;
+            if covered || in_flight >= SYNCS_IN_FLIGHT_MAX {
+                // A sync in flight covers us, or the pipeline is full: wait
+                // for one to finish and look again.
                 let listener = self.inner.sync_event.listen();
-                if !self.inner.syncing.get() {
+                if self.inner.syncs_in_flight.get() != in_flight {
                     continue;
                 }
                 listener.await;
                 continue;
             }
-            self.inner.syncing.set(true);
-            let _guard = SyncGuard(&self.inner);
+            let _guard = SyncGuard::new(&self.inner);
             let (file, offset, len) = {
                 let mut guard = self.inner.log.lock().await;
                 let log = guard.as_mut().ok_or(EngineError::Closed)?;
@@ -216,6 +236,9 @@ impl<S: Storage> Partition<S> {
                 r?;
                 log.sync_target()
             };
+            self.inner
+                .sync_covered
+                .set(self.inner.sync_covered.get().max(offset));
             if offset < target && self.inner.offsets.get().high_watermark < target {
                 // The log was truncated below the target meanwhile.
                 return Err(EngineError::Closed);

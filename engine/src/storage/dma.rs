@@ -101,6 +101,17 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// Makes the entries of `dir` durable.
 async fn sync_dir(op: &'static str, dir: &Path) -> Result<(), IoError> {
+    // glommio's Directory fails with EBADF on relative paths such as ".":
+    // resolve against the working directory first.
+    let absolute;
+    let dir = if dir.is_relative() {
+        absolute = std::env::current_dir()
+            .map_err(wrap_std(op, dir))?
+            .join(dir);
+        absolute.as_path()
+    } else {
+        dir
+    };
     let handle = Directory::open(dir).await.map_err(wrap(op, dir))?;
     handle.sync().await.map_err(wrap(op, dir))?;
     handle.close().await.map_err(wrap(op, dir))
@@ -261,9 +272,10 @@ impl StorageFile for DmaStorageFile {
 
     fn alloc_buf(&self, len: usize) -> DmaBuf {
         assert_buf_len(len);
-        let mut buf = self.file.alloc_dma_buffer(len);
-        buf.as_bytes_mut().fill(0);
-        DmaBuf(buf)
+        // Not zeroed: callers write every byte they hand to the disk (the log
+        // zeroes only the padding past its data), and zeroing a 1 MiB buffer
+        // per write cost 15% of the append path's CPU.
+        DmaBuf(self.file.alloc_dma_buffer(len))
     }
 
     async fn write_at(&self, buf: DmaBuf, pos: u64) -> Result<(), IoError> {
@@ -328,7 +340,9 @@ impl StorageFile for DmaStorageFile {
     }
 
     async fn pre_allocate(&self, len_bytes: u64) -> Result<(), IoError> {
-        let keep_size = true;
+        // Extend the file: O_DIRECT writes past EOF take ext4's slow,
+        // serialized size-extending path (measured 1.33 vs 1.96 GB/s).
+        let keep_size = false;
         self.file
             .pre_allocate(len_bytes, keep_size)
             .await
@@ -454,13 +468,20 @@ mod tests {
     }
 
     #[test]
-    fn pre_allocate_keeps_size_and_truncate_sets_it() {
+    fn pre_allocate_extends_with_zeros_and_truncate_sets_size() {
         run(|dir| async move {
             let storage = DmaStorage::new();
             let file = storage.create(&dir.join("seg")).await.unwrap();
             write(&file, 0, &pattern(BLOCK_BYTES)).await;
             file.pre_allocate(1 << 20).await.unwrap();
-            assert_eq!(file.size().await.unwrap(), B);
+            assert_eq!(file.size().await.unwrap(), 1 << 20);
+            let tail = file.read_at(B, BLOCK_BYTES).await.unwrap();
+            assert!(
+                tail.iter().all(|&b| b == 0),
+                "preallocated space reads as zeros"
+            );
+            file.pre_allocate(1 << 10).await.unwrap();
+            assert_eq!(file.size().await.unwrap(), 1 << 20, "never shrinks");
             file.truncate(100).await.unwrap();
             assert_eq!(file.size().await.unwrap(), 100);
             assert_eq!(

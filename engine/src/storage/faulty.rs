@@ -306,7 +306,7 @@ impl StorageFile for FaultyFile {
     type Buf = MemBuf;
 
     fn alloc_buf(&self, len: usize) -> MemBuf {
-        MemBuf::zeroed(len)
+        MemBuf::filled(len, 0xA5)
     }
 
     async fn write_at(&self, buf: MemBuf, pos: u64) -> Result<(), IoError> {
@@ -332,7 +332,13 @@ impl StorageFile for FaultyFile {
 
     async fn pre_allocate(&self, len_bytes: u64) -> Result<(), IoError> {
         self.begin("pre_allocate")?;
-        check_size("pre_allocate", &self.path, len_bytes)
+        check_size("pre_allocate", &self.path, len_bytes)?;
+        // Zero-extending the size is metadata: durable at once in this model.
+        let mut inode = self.inode.borrow_mut();
+        if (inode.current.len() as u64) < len_bytes {
+            inode.truncate(len_bytes);
+        }
+        Ok(())
     }
 
     async fn truncate(&self, len_bytes: u64) -> Result<(), IoError> {

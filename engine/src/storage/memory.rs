@@ -29,9 +29,9 @@ pub const MEMORY_FILE_BYTES_MAX: u64 = 1 << 32;
 pub struct MemBuf(pub(crate) Vec<u8>);
 
 impl MemBuf {
-    pub(crate) fn zeroed(len: usize) -> Self {
+    pub(crate) fn filled(len: usize, byte: u8) -> Self {
         assert_buf_len(len);
-        Self(vec![0; len])
+        MemBuf(vec![byte; len])
     }
 }
 
@@ -255,7 +255,9 @@ impl StorageFile for MemFile {
     type Buf = MemBuf;
 
     fn alloc_buf(&self, len: usize) -> MemBuf {
-        MemBuf::zeroed(len)
+        // Garbage, not zeros: the real DMA buffers are not zeroed either, and
+        // the simulation must catch a caller that relies on it.
+        MemBuf::filled(len, 0xA5)
     }
 
     async fn write_at(&self, buf: MemBuf, pos: u64) -> Result<(), IoError> {
@@ -274,7 +276,12 @@ impl StorageFile for MemFile {
     }
 
     async fn pre_allocate(&self, len_bytes: u64) -> Result<(), IoError> {
-        check_size("pre_allocate", &self.path, len_bytes)
+        check_size("pre_allocate", &self.path, len_bytes)?;
+        let mut data = self.data.borrow_mut();
+        if (data.len() as u64) < len_bytes {
+            data.resize(len_bytes as usize, 0);
+        }
+        Ok(())
     }
 
     async fn truncate(&self, len_bytes: u64) -> Result<(), IoError> {
@@ -322,7 +329,7 @@ mod tests {
             assert_eq!(&tail[..], &[7u8; 5][..]);
             assert!(file.read_at(1 << 20, 10).await.unwrap().is_empty());
             file.pre_allocate(1 << 20).await.unwrap();
-            assert_eq!(file.size().await.unwrap(), 3 * BLOCK_BYTES as u64);
+            assert_eq!(file.size().await.unwrap(), 1 << 20, "zero-extended");
             file.truncate(100).await.unwrap();
             assert_eq!(file.size().await.unwrap(), 100);
         });

@@ -195,7 +195,8 @@ pub trait Storage: Clone + 'static {
 pub trait StorageFile {
     type Buf: WriteBuf;
 
-    /// An aligned zeroed buffer; `len` must be a positive multiple of [`BLOCK_BYTES`]
+    /// An aligned buffer with unspecified contents (callers write every byte
+    /// they hand to the disk); `len` must be a positive multiple of [`BLOCK_BYTES`]
     /// (asserted).
     fn alloc_buf(&self, len: usize) -> Self::Buf;
 
@@ -210,8 +211,9 @@ pub trait StorageFile {
     /// Make the content written so far durable.
     async fn fdatasync(&self) -> Result<(), IoError>;
 
-    /// Reserve space up to `len_bytes` without changing the file size (fallocate
-    /// KEEP_SIZE).
+    /// Reserve space up to `len_bytes` and extend the file to that size with
+    /// zeros (fallocate mode 0); a file already larger is unchanged. Extending
+    /// the size is metadata, durable when this returns.
     async fn pre_allocate(&self, len_bytes: u64) -> Result<(), IoError>;
 
     /// Set the file size to `len_bytes` (shrinking or zero-extending), durably.
