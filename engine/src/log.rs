@@ -119,7 +119,6 @@ struct Pending<B> {
     tail: Vec<u8>,
     /// Frame ends not yet written: (end position, next offset).
     frame_ends: VecDeque<(u64, u64)>,
-    unwritten_bytes: usize,
 }
 
 struct ReadAhead {
@@ -135,6 +134,10 @@ pub struct Log<S: Storage> {
     limits: FrameLimits,
     segments: BTreeMap<u64, Segment<S::File>>,
     pending: Pending<<S::File as StorageFile>::Buf>,
+    /// Writes of full buffers in flight, oldest first: (end position, ticket).
+    in_flight: VecDeque<(u64, <S::File as StorageFile>::WriteTicket)>,
+    /// A background fallocate of the active segment: (target size, ticket).
+    prealloc_in_flight: Option<(u64, <S::File as StorageFile>::WriteTicket)>,
     next_offset: u64,
     log_start_offset: u64,
     written_offset: u64,
@@ -241,6 +244,8 @@ impl<S: Storage> Log<S> {
             config,
             segments: BTreeMap::new(),
             pending: Pending::empty(),
+            in_flight: VecDeque::new(),
+            prealloc_in_flight: None,
             next_offset: 0,
             log_start_offset: log_start,
             written_offset: 0,
@@ -629,14 +634,34 @@ impl<S: Storage> Log<S> {
         let active_len = self.active().len_bytes;
         let need = align_up(active_len + frame_len);
         if need > self.preallocated_len {
-            let step = self.config.preallocate_bytes.max(BLOCK_BYTES as u64);
+            self.settle_prealloc().await?;
+        }
+        let step = self.config.preallocate_bytes.max(BLOCK_BYTES as u64);
+        if need > self.preallocated_len {
             let target = align_up(need.div_ceil(step) * step)
                 .min(align_up(self.config.segment_bytes).max(need));
             self.active_file().pre_allocate(target).await?;
             self.preallocated_len = target;
         }
-        if self.pending.unwritten_bytes + frame.len() > self.config.unwritten_bytes_max {
-            self.write_pending().await?;
+        // Reserve the next step in the background once half of the current
+        // one is used, so appends rarely wait for fallocate.
+        let segment_cap = align_up(self.config.segment_bytes);
+        if self.prealloc_in_flight.is_none()
+            && self.preallocated_len < segment_cap
+            && self.preallocated_len - need < step / 2
+        {
+            let target = (self.preallocated_len + step).min(segment_cap);
+            let ticket = self.active_file().spawn_pre_allocate(target);
+            self.prealloc_in_flight = Some((target, ticket));
+        }
+        // Back-pressure: wait for the oldest writes (or write everything)
+        // before more than `unwritten_bytes_max` waits for the disk.
+        while self.unwritten_bytes() + frame.len() as u64 > self.config.unwritten_bytes_max as u64 {
+            if self.in_flight.is_empty() {
+                self.write_pending().await?;
+                break;
+            }
+            self.complete_oldest_write().await?;
         }
         let base_offset = self.next_offset;
         stamp_base_offset(&mut frame, base_offset);
@@ -645,6 +670,8 @@ impl<S: Storage> Log<S> {
         let next = header.next_offset();
         debug_assert_eq!(header.record_count.get(), summary.record_count);
         self.copy_into_buffers(&frame);
+        // Full buffers go to the disk now, while the next appends are copied.
+        self.start_sealed_writes();
         let interval = self.config.index_interval_bytes;
         let seg = self.active_mut();
         let position = seg.len_bytes;
@@ -690,18 +717,23 @@ impl<S: Storage> Log<S> {
     }
 
     fn copy_into_buffers(&mut self, mut bytes: &[u8]) {
+        // Size buffers by the whole frame, not by what is left of it: a
+        // 1.05 MB frame must not leave a 64 KiB buffer behind that turns every
+        // other write into a small one.
+        let frame_len = bytes.len();
         let active_len = self.active().len_bytes;
         let file = self.active_file();
         let p = &mut self.pending;
-        p.unwritten_bytes += bytes.len();
         while !bytes.is_empty() {
             if p.buf.is_none() {
                 let start = p.buf_pos_for_new(active_len, &self.segments);
-                let want = align_up((p.tail.len() + bytes.len()) as u64) as usize;
-                let cap = want.clamp(
-                    WRITE_BUFFER_BYTES_MIN,
-                    self.config.write_buffer_bytes.max(WRITE_BUFFER_BYTES_MIN),
-                );
+                let want = align_up((p.tail.len() + frame_len) as u64) as usize;
+                let max = self.config.write_buffer_bytes.max(WRITE_BUFFER_BYTES_MIN);
+                // End buffers on multiples of the buffer size, so that full
+                // buffers land as aligned `max`-byte writes.
+                let to_boundary = (max as u64 - start % max as u64) as usize;
+                let cap = want.clamp(WRITE_BUFFER_BYTES_MIN, max).min(to_boundary);
+                debug_assert!(cap > p.tail.len() && cap % BLOCK_BYTES == 0);
                 let mut buf = file.alloc_buf(cap);
                 buf.as_mut_slice()[..p.tail.len()].copy_from_slice(&p.tail);
                 p.buf_fill = p.tail.len();
@@ -736,51 +768,80 @@ impl<S: Storage> Log<S> {
     /// appended survives a process crash.
     pub async fn write_pending(&mut self) -> Result<(), EngineError> {
         self.check_not_failed()?;
-        let file = self.active_file();
-        let mut ops: Vec<(u64, <S::File as StorageFile>::Buf)> =
-            std::mem::take(&mut self.pending.sealed);
-        let mut end = ops.last().map(|(pos, b)| pos + b.len() as u64).unwrap_or(0);
-        if let Some(mut buf) = self.pending.buf.take() {
-            let fill = self.pending.buf_fill;
-            let pos = self.pending.buf_pos;
-            if pos + fill as u64 > self.written_len || !ops.is_empty() || fill > 0 {
-                let padded = align_up(fill as u64) as usize;
-                buf.trim_to(padded);
-                // Buffers are not zeroed on allocation: zero the padding.
-                buf.as_mut_slice()[fill..padded].fill(0);
-                end = pos + fill as u64;
-                ops.push((pos, buf));
-            }
-            // the next buffer restarts at the partial block, from `tail`
-            self.pending.buf_fill = 0;
+        self.start_sealed_writes();
+        while !self.in_flight.is_empty() {
+            self.complete_oldest_write().await?;
         }
-        if ops.is_empty() {
+        let Some(mut buf) = self.pending.buf.take() else {
+            return Ok(());
+        };
+        let fill = self.pending.buf_fill;
+        let pos = self.pending.buf_pos;
+        // the next buffer restarts at the partial block, from `tail`
+        self.pending.buf_fill = 0;
+        let end = pos + fill as u64;
+        if end <= self.written_len {
             return Ok(());
         }
-        let active_len = self.active().len_bytes;
-        debug_assert!(end <= active_len.max(end));
-        let n = ops.len() as u64;
-        let futures: Vec<_> = ops
-            .into_iter()
-            .map(|(pos, buf)| file.write_at(buf, pos))
-            .collect();
-        let mut result = Ok(());
-        for f in futures {
-            if let Err(e) = f.await {
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-        if let Err(e) = result {
-            // The buffers are gone; only a reopen (recovery) can rebuild a
+        let padded = align_up(fill as u64) as usize;
+        buf.trim_to(padded);
+        // Buffers are not zeroed on allocation: zero the padding.
+        buf.as_mut_slice()[fill..padded].fill(0);
+        // Every earlier write has completed: rewriting the tail block now
+        // cannot race an older write of it.
+        debug_assert!(self.in_flight.is_empty());
+        let file = self.active_file();
+        if let Err(e) = file.write_at(buf, pos).await {
+            // The buffer is gone; only a reopen (recovery) can rebuild a
             // consistent view of the tail. Refuse writes until then.
             self.failed = Some(e.to_string());
             return Err(e.into());
         }
-        self.stats.writes += n;
-        self.written_len = active_len;
-        self.pending.unwritten_bytes = 0;
+        self.stats.writes += 1;
+        self.mark_written(end);
+        Ok(())
+    }
+
+    /// Starts the writes of every full (sealed) buffer at once. Full buffers
+    /// cover disjoint blocks, and the tail block they may start with was
+    /// written by a `write_pending` that has completed, so none overlaps a
+    /// write in flight.
+    fn start_sealed_writes(&mut self) {
+        if self.pending.sealed.is_empty() {
+            return;
+        }
+        let file = self.active_file();
+        for (pos, buf) in std::mem::take(&mut self.pending.sealed) {
+            let end = pos + buf.len() as u64;
+            debug_assert!(self.in_flight.back().is_none_or(|(e, _)| *e <= pos));
+            let ticket = file.clone().spawn_write(buf, pos);
+            self.in_flight.push_back((end, ticket));
+            self.stats.writes += 1;
+        }
+    }
+
+    /// Waits for the oldest write in flight (writes complete in order of
+    /// start for our accounting: `written_len` only moves forward over a
+    /// contiguous prefix).
+    async fn complete_oldest_write(&mut self) -> Result<(), EngineError> {
+        let Some((end, ticket)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        if let Err(e) = ticket.await {
+            self.failed = Some(e.to_string());
+            // Let the other writes finish before reporting: they hold buffers.
+            while let Some((_, t)) = self.in_flight.pop_front() {
+                let _ = t.await;
+            }
+            return Err(e.into());
+        }
+        self.mark_written(end);
+        Ok(())
+    }
+
+    /// Bytes up to `end` of the active segment are on the disk.
+    fn mark_written(&mut self, end: u64) {
+        self.written_len = self.written_len.max(end);
         while let Some(&(e, next)) = self.pending.frame_ends.front() {
             if e <= self.written_len {
                 self.written_offset = next;
@@ -790,7 +851,21 @@ impl<S: Storage> Log<S> {
                 break;
             }
         }
+    }
+
+    /// Waits for a background fallocate, if any. Must run before the active
+    /// file is truncated or closed, so a late fallocate cannot grow a file
+    /// after it was cut to its exact length.
+    async fn settle_prealloc(&mut self) -> Result<(), EngineError> {
+        if let Some((target, ticket)) = self.prealloc_in_flight.take() {
+            ticket.await?;
+            self.preallocated_len = self.preallocated_len.max(target);
+        }
         Ok(())
+    }
+
+    fn unwritten_bytes(&self) -> u64 {
+        self.active().len_bytes - self.written_len
     }
 
     /// A handle to sync: the active file and what an fdatasync of it now
@@ -895,6 +970,7 @@ impl<S: Storage> Log<S> {
     /// starts a new one at the next offset.
     async fn roll(&mut self, now_ms: i64) -> Result<(), EngineError> {
         self.flush(now_ms).await?;
+        self.settle_prealloc().await?;
         let base = self.active().base_offset;
         let len = self.active().len_bytes;
         let file = self.active_file();
@@ -923,6 +999,7 @@ impl<S: Storage> Log<S> {
                 first_append_ms: None,
             },
         );
+        debug_assert!(self.in_flight.is_empty());
         self.pending = Pending::empty();
         self.written_len = 0;
         self.written_frame_len = 0;
@@ -1340,6 +1417,7 @@ impl<S: Storage> Log<S> {
         }
         let offset = offset.max(self.log_start_offset);
         self.write_pending().await?;
+        self.settle_prealloc().await?;
         // Drop whole segments at or after the offset, keeping at least one.
         let first_base = *self.segments.keys().next().expect("segment");
         let later: Vec<u64> = self
@@ -1396,6 +1474,7 @@ impl<S: Storage> Log<S> {
         self.durable_len = cut_pos;
         self.preallocated_len = 0;
         self.read_ahead = None;
+        debug_assert!(self.in_flight.is_empty());
         self.pending = Pending::empty();
         let tail_len = (cut_pos % BLOCK_BYTES as u64) as usize;
         if tail_len > 0 {
@@ -1418,6 +1497,7 @@ impl<S: Storage> Log<S> {
     pub async fn close(mut self, now_ms: i64) -> Result<(), EngineError> {
         self.check_not_failed()?;
         self.flush(now_ms).await?;
+        self.settle_prealloc().await?;
         let len = self.active().len_bytes;
         let file = self.active_file();
         file.truncate(len).await?;
@@ -1516,7 +1596,6 @@ impl<B> Pending<B> {
             sealed: Vec::new(),
             tail: Vec::new(),
             frame_ends: VecDeque::new(),
-            unwritten_bytes: 0,
         }
     }
 

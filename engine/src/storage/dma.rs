@@ -269,6 +269,16 @@ impl DmaStorageFile {
 
 impl StorageFile for DmaStorageFile {
     type Buf = DmaBuf;
+    type WriteTicket = glommio::Task<Result<(), IoError>>;
+
+    fn spawn_write(self: Rc<Self>, buf: DmaBuf, pos: u64) -> Self::WriteTicket {
+        assert_write_aligned(pos, buf.len());
+        glommio::spawn_local(async move { self.write_at(buf, pos).await })
+    }
+
+    fn spawn_pre_allocate(self: Rc<Self>, len_bytes: u64) -> Self::WriteTicket {
+        glommio::spawn_local(async move { self.pre_allocate(len_bytes).await })
+    }
 
     fn alloc_buf(&self, len: usize) -> DmaBuf {
         assert_buf_len(len);

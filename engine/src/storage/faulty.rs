@@ -304,6 +304,16 @@ impl Storage for FaultyStorage {
 
 impl StorageFile for FaultyFile {
     type Buf = MemBuf;
+    type WriteTicket = std::future::Ready<Result<(), IoError>>;
+
+    fn spawn_write(self: std::rc::Rc<Self>, buf: MemBuf, pos: u64) -> Self::WriteTicket {
+        // The model's writes complete at once: do it now, deterministically.
+        std::future::ready(futures_lite::future::block_on(self.write_at(buf, pos)))
+    }
+
+    fn spawn_pre_allocate(self: std::rc::Rc<Self>, len_bytes: u64) -> Self::WriteTicket {
+        std::future::ready(futures_lite::future::block_on(self.pre_allocate(len_bytes)))
+    }
 
     fn alloc_buf(&self, len: usize) -> MemBuf {
         MemBuf::filled(len, 0xA5)

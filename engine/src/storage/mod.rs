@@ -192,8 +192,23 @@ pub trait Storage: Clone + 'static {
 
 /// An open file. Writes are whole aligned blocks; reads are any range.
 #[allow(async_fn_in_trait)]
-pub trait StorageFile {
+pub trait StorageFile: Sized + 'static {
     type Buf: WriteBuf;
+    /// A write started by [`StorageFile::spawn_write`]: resolves when it is done.
+    type WriteTicket: std::future::Future<Output = Result<(), IoError>> + 'static;
+
+    /// Starts writing `buf` at `pos` now, in the background, and returns a
+    /// ticket to await its end (the real implementation spawns a task on the
+    /// current executor; the memory models write at once). Lets the log copy
+    /// the next buffer while the previous ones are on their way to the disk.
+    /// Same alignment rules as `write_at`; the caller must not start another
+    /// write that overlaps this one before the ticket resolves.
+    fn spawn_write(self: std::rc::Rc<Self>, buf: Self::Buf, pos: u64) -> Self::WriteTicket;
+
+    /// Starts `pre_allocate(len_bytes)` in the background (same ticket rules
+    /// as `spawn_write`): the log reserves the next step of its segment
+    /// while it keeps appending below the current one.
+    fn spawn_pre_allocate(self: std::rc::Rc<Self>, len_bytes: u64) -> Self::WriteTicket;
 
     /// An aligned buffer with unspecified contents (callers write every byte
     /// they hand to the disk); `len` must be a positive multiple of [`BLOCK_BYTES`]
