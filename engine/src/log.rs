@@ -422,12 +422,24 @@ impl<S: Storage> Log<S> {
                 seg.len_bytes = valid_len;
             }
             if seg.index.is_none() {
-                // the stop segment becomes active: it needs its index
+                // The stop segment becomes active: rebuild its index by a
+                // full scan, and believe the scan, not the checkpoint, about
+                // where its valid data ends (damage below the recovery
+                // point must truncate here, not crash the next append).
                 let mut ix = SegmentIndex::new();
                 let len = seg.len_bytes;
-                self.scan_segment(base, 0, base, len, Some(&mut ix), report)
+                let (end, end_offset, reason) = self
+                    .scan_segment(base, 0, base, len, Some(&mut ix), report)
                     .await?;
-                self.segments.get_mut(&base).expect("segment").index = Some(ix);
+                let seg = self.segments.get_mut(&base).expect("segment");
+                if end < len {
+                    seg.file.as_ref().expect("open").truncate(end).await?;
+                    seg.len_bytes = end;
+                    report.truncated_bytes += len - end;
+                    report.truncation_reason = reason;
+                }
+                seg.index = Some(ix);
+                next_offset = end_offset;
                 report.rebuilt_indexes += 1;
             }
         }
@@ -733,7 +745,7 @@ impl<S: Storage> Log<S> {
                 // buffers land as aligned `max`-byte writes.
                 let to_boundary = (max as u64 - start % max as u64) as usize;
                 let cap = want.clamp(WRITE_BUFFER_BYTES_MIN, max).min(to_boundary);
-                debug_assert!(cap > p.tail.len() && cap % BLOCK_BYTES == 0);
+                debug_assert!(cap > p.tail.len() && cap.is_multiple_of(BLOCK_BYTES));
                 let mut buf = file.alloc_buf(cap);
                 buf.as_mut_slice()[..p.tail.len()].copy_from_slice(&p.tail);
                 p.buf_fill = p.tail.len();
