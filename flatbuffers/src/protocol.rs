@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use std::ops::Range;
 
-pub use fb::{Acks, ErrorCode};
+pub use fb::{Acks, ErrorCode, ResetTo};
 
 /// Oldest protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
@@ -458,6 +458,10 @@ pub struct OffsetCommitPartition {
 pub struct OffsetCommitRequest {
     pub group: String,
     pub partitions: Vec<OffsetCommitPartition>,
+    /// Empty for a commit outside group management (accepted only while
+    /// the group has no members); else the member's id and generation.
+    pub member_id: String,
+    pub generation: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -502,6 +506,176 @@ pub struct OffsetFetchResponse {
     pub results: Vec<OffsetFetchResult>,
 }
 
+// ------------------------------------------------------------ consumer groups
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupProtocol {
+    pub name: String,
+    pub metadata: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JoinGroupRequest {
+    pub group: String,
+    /// Empty for a new member.
+    pub member_id: String,
+    pub client_id: String,
+    pub protocol_type: String,
+    pub protocols: Vec<GroupProtocol>,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    pub topics: Vec<String>,
+    pub coordinator_assigns: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub metadata: Vec<u8>,
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JoinGroupResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    pub generation: i32,
+    pub protocol_name: String,
+    pub leader_id: String,
+    pub member_id: String,
+    /// Every member, for the leader only.
+    pub members: Vec<GroupMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberAssignment {
+    pub member_id: String,
+    pub assignment: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncGroupRequest {
+    pub group: String,
+    pub member_id: String,
+    pub generation: i32,
+    pub assignments: Vec<MemberAssignment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupTopicPartitions {
+    pub topic: String,
+    pub partitions: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncGroupResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    pub protocol_name: String,
+    pub assignment: Vec<u8>,
+    /// `assignment` decoded when it is a consumer-protocol assignment.
+    pub partitions: Vec<GroupTopicPartitions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeartbeatRequest {
+    pub group: String,
+    pub member_id: String,
+    pub generation: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeaveGroupRequest {
+    pub group: String,
+    pub member_ids: Vec<String>,
+}
+
+/// The answer to Heartbeat and LeaveGroup.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupStatus {
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupListing {
+    pub group: String,
+    pub state: String,
+    pub protocol_type: String,
+    pub members: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListGroupsResponse {
+    pub groups: Vec<GroupListing>,
+}
+
+/// Empty `groups` means every group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DescribeGroupsRequest {
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupMemberDescription {
+    pub member_id: String,
+    pub client_id: String,
+    pub client_host: String,
+    pub topics: Vec<String>,
+    pub assignment: Vec<u8>,
+    pub partitions: Vec<GroupTopicPartitions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupOffsetDescription {
+    pub topic: String,
+    pub partition: u32,
+    /// -1: nothing committed.
+    pub committed_offset: i64,
+    pub metadata: String,
+    /// -1: unknown.
+    pub end_offset: i64,
+    /// -1: unknown.
+    pub lag: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupDescription {
+    pub group: String,
+    pub error: ErrorCode,
+    pub message: String,
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    pub generation: i32,
+    pub leader_id: String,
+    pub members: Vec<GroupMemberDescription>,
+    pub offsets: Vec<GroupOffsetDescription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DescribeGroupsResponse {
+    pub groups: Vec<GroupDescription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResetOffsetsRequest {
+    pub group: String,
+    pub topic: String,
+    /// Empty: every partition of the topic.
+    pub partitions: Vec<u32>,
+    pub to: ResetTo,
+    /// With `ResetTo::Offset`.
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResetOffsetsResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    pub results: Vec<OffsetCommitResult>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ErrorResponse {
     pub error: ErrorCode,
@@ -522,6 +696,13 @@ pub enum RequestBody {
     ListOffsets(ListOffsetsRequest),
     OffsetCommit(OffsetCommitRequest),
     OffsetFetch(OffsetFetchRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    ListGroups,
+    DescribeGroups(DescribeGroupsRequest),
+    ResetOffsets(ResetOffsetsRequest),
 }
 
 /// Every response the protocol defines.
@@ -539,6 +720,13 @@ pub enum ResponseBody {
     OffsetCommit(OffsetCommitResponse),
     OffsetFetch(OffsetFetchResponse),
     Error(ErrorResponse),
+    JoinGroup(JoinGroupResponse),
+    SyncGroup(SyncGroupResponse),
+    Heartbeat(GroupStatus),
+    LeaveGroup(GroupStatus),
+    ListGroups(ListGroupsResponse),
+    DescribeGroups(DescribeGroupsResponse),
+    ResetOffsets(ResetOffsetsResponse),
 }
 
 impl RequestBody {
@@ -564,6 +752,13 @@ impl RequestBody {
             RequestBody::ListOffsets(_) => "list_offsets",
             RequestBody::OffsetCommit(_) => "offset_commit",
             RequestBody::OffsetFetch(_) => "offset_fetch",
+            RequestBody::JoinGroup(_) => "join_group",
+            RequestBody::SyncGroup(_) => "sync_group",
+            RequestBody::Heartbeat(_) => "heartbeat",
+            RequestBody::LeaveGroup(_) => "leave_group",
+            RequestBody::ListGroups => "list_groups",
+            RequestBody::DescribeGroups(_) => "describe_groups",
+            RequestBody::ResetOffsets(_) => "reset_offsets",
         }
     }
 }
@@ -816,9 +1011,15 @@ fn encode_request_body(
                 })
                 .collect();
             let partitions = Some(fbb.create_vector(&v));
+            let member_id = Some(fbb.create_string(&r.member_id));
             let o = fb::OffsetCommitRequest::create(
                 fbb,
-                &fb::OffsetCommitRequestArgs { group, partitions },
+                &fb::OffsetCommitRequestArgs {
+                    group,
+                    partitions,
+                    member_id,
+                    generation: r.generation,
+                },
             );
             (T::OffsetCommitRequest, o.as_union_value())
         }
@@ -845,6 +1046,13 @@ fn encode_request_body(
             );
             (T::OffsetFetchRequest, o.as_union_value())
         }
+        RequestBody::JoinGroup(_)
+        | RequestBody::SyncGroup(_)
+        | RequestBody::Heartbeat(_)
+        | RequestBody::LeaveGroup(_)
+        | RequestBody::ListGroups
+        | RequestBody::DescribeGroups(_)
+        | RequestBody::ResetOffsets(_) => encode_group_request(fbb, body),
     }
 }
 
@@ -1091,6 +1299,13 @@ fn encode_response_body(
             );
             (T::ErrorResponse, o.as_union_value())
         }
+        ResponseBody::JoinGroup(_)
+        | ResponseBody::SyncGroup(_)
+        | ResponseBody::Heartbeat(_)
+        | ResponseBody::LeaveGroup(_)
+        | ResponseBody::ListGroups(_)
+        | ResponseBody::DescribeGroups(_)
+        | ResponseBody::ResetOffsets(_) => encode_group_response(fbb, body),
     }
 }
 
@@ -1325,6 +1540,8 @@ fn request_body(r: fb::Request<'_>) -> Result<RequestBody, ProtocolError> {
                         metadata: s(p.metadata()),
                     })
                     .collect(),
+                member_id: s(b.member_id()),
+                generation: b.generation(),
             })
         }
         T::OffsetFetchRequest => {
@@ -1342,7 +1559,7 @@ fn request_body(r: fb::Request<'_>) -> Result<RequestBody, ProtocolError> {
                     .collect(),
             })
         }
-        _ => return Err(err()),
+        _ => return decode_group_request(r),
     })
 }
 
@@ -1517,6 +1734,603 @@ fn response_body(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
             ResponseBody::Error(ErrorResponse {
                 error: b.error(),
                 message: s(b.message()),
+            })
+        }
+        _ => return decode_group_response(r),
+    })
+}
+
+// ------------------------------------------------------ consumer group codec
+
+type FbVec<'a, T> = Off<flatbuffers::Vector<'a, T>>;
+
+fn group_topic_partitions<'a>(
+    fbb: &mut Fbb<'a>,
+    v: &[GroupTopicPartitions],
+) -> FbVec<'a, flatbuffers::ForwardsUOffset<fb::GroupTopicPartitions<'a>>> {
+    let v: Vec<_> = v
+        .iter()
+        .map(|t| {
+            let topic = Some(fbb.create_string(&t.topic));
+            let partitions = Some(fbb.create_vector(&t.partitions));
+            fb::GroupTopicPartitions::create(
+                fbb,
+                &fb::GroupTopicPartitionsArgs { topic, partitions },
+            )
+        })
+        .collect();
+    fbb.create_vector(&v)
+}
+
+fn offset_commit_results<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &[OffsetCommitResult],
+) -> FbVec<'a, flatbuffers::ForwardsUOffset<fb::OffsetCommitResult<'a>>> {
+    let v: Vec<_> = r
+        .iter()
+        .map(|p| {
+            let topic = Some(fbb.create_string(&p.topic));
+            let message = Some(fbb.create_string(&p.message));
+            fb::OffsetCommitResult::create(
+                fbb,
+                &fb::OffsetCommitResultArgs {
+                    topic,
+                    partition: p.partition,
+                    error: p.error,
+                    message,
+                },
+            )
+        })
+        .collect();
+    fbb.create_vector(&v)
+}
+
+fn encode_group_request(
+    fbb: &mut Fbb<'_>,
+    body: &RequestBody,
+) -> (fb::RequestBody, Off<flatbuffers::UnionWIPOffset>) {
+    use fb::RequestBody as T;
+    match body {
+        RequestBody::JoinGroup(r) => {
+            let group = Some(fbb.create_string(&r.group));
+            let member_id = Some(fbb.create_string(&r.member_id));
+            let client_id = Some(fbb.create_string(&r.client_id));
+            let protocol_type = Some(fbb.create_string(&r.protocol_type));
+            let v: Vec<_> = r
+                .protocols
+                .iter()
+                .map(|p| {
+                    let name = Some(fbb.create_string(&p.name));
+                    let metadata = Some(fbb.create_vector(&p.metadata));
+                    fb::GroupProtocol::create(fbb, &fb::GroupProtocolArgs { name, metadata })
+                })
+                .collect();
+            let protocols = Some(fbb.create_vector(&v));
+            let topics = Some(strings(fbb, &r.topics));
+            let o = fb::JoinGroupRequest::create(
+                fbb,
+                &fb::JoinGroupRequestArgs {
+                    group,
+                    member_id,
+                    client_id,
+                    protocol_type,
+                    protocols,
+                    session_timeout_ms: r.session_timeout_ms,
+                    rebalance_timeout_ms: r.rebalance_timeout_ms,
+                    topics,
+                    coordinator_assigns: r.coordinator_assigns,
+                },
+            );
+            (T::JoinGroupRequest, o.as_union_value())
+        }
+        RequestBody::SyncGroup(r) => {
+            let group = Some(fbb.create_string(&r.group));
+            let member_id = Some(fbb.create_string(&r.member_id));
+            let v: Vec<_> = r
+                .assignments
+                .iter()
+                .map(|a| {
+                    let member_id = Some(fbb.create_string(&a.member_id));
+                    let assignment = Some(fbb.create_vector(&a.assignment));
+                    fb::MemberAssignment::create(
+                        fbb,
+                        &fb::MemberAssignmentArgs {
+                            member_id,
+                            assignment,
+                        },
+                    )
+                })
+                .collect();
+            let assignments = Some(fbb.create_vector(&v));
+            let o = fb::SyncGroupRequest::create(
+                fbb,
+                &fb::SyncGroupRequestArgs {
+                    group,
+                    member_id,
+                    generation: r.generation,
+                    assignments,
+                },
+            );
+            (T::SyncGroupRequest, o.as_union_value())
+        }
+        RequestBody::Heartbeat(r) => {
+            let group = Some(fbb.create_string(&r.group));
+            let member_id = Some(fbb.create_string(&r.member_id));
+            let o = fb::HeartbeatRequest::create(
+                fbb,
+                &fb::HeartbeatRequestArgs {
+                    group,
+                    member_id,
+                    generation: r.generation,
+                },
+            );
+            (T::HeartbeatRequest, o.as_union_value())
+        }
+        RequestBody::LeaveGroup(r) => {
+            let group = Some(fbb.create_string(&r.group));
+            let member_ids = Some(strings(fbb, &r.member_ids));
+            let o = fb::LeaveGroupRequest::create(
+                fbb,
+                &fb::LeaveGroupRequestArgs { group, member_ids },
+            );
+            (T::LeaveGroupRequest, o.as_union_value())
+        }
+        RequestBody::ListGroups => {
+            let o = fb::ListGroupsRequest::create(fbb, &fb::ListGroupsRequestArgs {});
+            (T::ListGroupsRequest, o.as_union_value())
+        }
+        RequestBody::DescribeGroups(r) => {
+            let groups = Some(strings(fbb, &r.groups));
+            let o =
+                fb::DescribeGroupsRequest::create(fbb, &fb::DescribeGroupsRequestArgs { groups });
+            (T::DescribeGroupsRequest, o.as_union_value())
+        }
+        RequestBody::ResetOffsets(r) => {
+            let group = Some(fbb.create_string(&r.group));
+            let topic = Some(fbb.create_string(&r.topic));
+            let partitions = Some(fbb.create_vector(&r.partitions));
+            let o = fb::ResetOffsetsRequest::create(
+                fbb,
+                &fb::ResetOffsetsRequestArgs {
+                    group,
+                    topic,
+                    partitions,
+                    to: r.to,
+                    offset: r.offset,
+                },
+            );
+            (T::ResetOffsetsRequest, o.as_union_value())
+        }
+        _ => unreachable!("not a group request"),
+    }
+}
+
+fn encode_group_response(
+    fbb: &mut Fbb<'_>,
+    body: &ResponseBody,
+) -> (fb::ResponseBody, Off<flatbuffers::UnionWIPOffset>) {
+    use fb::ResponseBody as T;
+    match body {
+        ResponseBody::JoinGroup(r) => {
+            let message = Some(fbb.create_string(&r.message));
+            let protocol_name = Some(fbb.create_string(&r.protocol_name));
+            let leader_id = Some(fbb.create_string(&r.leader_id));
+            let member_id = Some(fbb.create_string(&r.member_id));
+            let v: Vec<_> = r
+                .members
+                .iter()
+                .map(|m| {
+                    let member_id = Some(fbb.create_string(&m.member_id));
+                    let metadata = Some(fbb.create_vector(&m.metadata));
+                    let topics = Some(strings(fbb, &m.topics));
+                    fb::GroupMember::create(
+                        fbb,
+                        &fb::GroupMemberArgs {
+                            member_id,
+                            metadata,
+                            topics,
+                        },
+                    )
+                })
+                .collect();
+            let members = Some(fbb.create_vector(&v));
+            let o = fb::JoinGroupResponse::create(
+                fbb,
+                &fb::JoinGroupResponseArgs {
+                    error: r.error,
+                    message,
+                    generation: r.generation,
+                    protocol_name,
+                    leader_id,
+                    member_id,
+                    members,
+                },
+            );
+            (T::JoinGroupResponse, o.as_union_value())
+        }
+        ResponseBody::SyncGroup(r) => {
+            let message = Some(fbb.create_string(&r.message));
+            let protocol_name = Some(fbb.create_string(&r.protocol_name));
+            let assignment = Some(fbb.create_vector(&r.assignment));
+            let partitions = Some(group_topic_partitions(fbb, &r.partitions));
+            let o = fb::SyncGroupResponse::create(
+                fbb,
+                &fb::SyncGroupResponseArgs {
+                    error: r.error,
+                    message,
+                    protocol_name,
+                    assignment,
+                    partitions,
+                },
+            );
+            (T::SyncGroupResponse, o.as_union_value())
+        }
+        ResponseBody::Heartbeat(r) => {
+            let message = Some(fbb.create_string(&r.message));
+            let o = fb::HeartbeatResponse::create(
+                fbb,
+                &fb::HeartbeatResponseArgs {
+                    error: r.error,
+                    message,
+                },
+            );
+            (T::HeartbeatResponse, o.as_union_value())
+        }
+        ResponseBody::LeaveGroup(r) => {
+            let message = Some(fbb.create_string(&r.message));
+            let o = fb::LeaveGroupResponse::create(
+                fbb,
+                &fb::LeaveGroupResponseArgs {
+                    error: r.error,
+                    message,
+                },
+            );
+            (T::LeaveGroupResponse, o.as_union_value())
+        }
+        ResponseBody::ListGroups(r) => {
+            let v: Vec<_> = r
+                .groups
+                .iter()
+                .map(|g| {
+                    let group = Some(fbb.create_string(&g.group));
+                    let state = Some(fbb.create_string(&g.state));
+                    let protocol_type = Some(fbb.create_string(&g.protocol_type));
+                    fb::GroupListing::create(
+                        fbb,
+                        &fb::GroupListingArgs {
+                            group,
+                            state,
+                            protocol_type,
+                            members: g.members,
+                        },
+                    )
+                })
+                .collect();
+            let groups = Some(fbb.create_vector(&v));
+            let o = fb::ListGroupsResponse::create(fbb, &fb::ListGroupsResponseArgs { groups });
+            (T::ListGroupsResponse, o.as_union_value())
+        }
+        ResponseBody::DescribeGroups(r) => {
+            let v: Vec<_> = r
+                .groups
+                .iter()
+                .map(|g| {
+                    let members: Vec<_> = g
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let member_id = Some(fbb.create_string(&m.member_id));
+                            let client_id = Some(fbb.create_string(&m.client_id));
+                            let client_host = Some(fbb.create_string(&m.client_host));
+                            let topics = Some(strings(fbb, &m.topics));
+                            let assignment = Some(fbb.create_vector(&m.assignment));
+                            let partitions = Some(group_topic_partitions(fbb, &m.partitions));
+                            fb::GroupMemberDescription::create(
+                                fbb,
+                                &fb::GroupMemberDescriptionArgs {
+                                    member_id,
+                                    client_id,
+                                    client_host,
+                                    topics,
+                                    assignment,
+                                    partitions,
+                                },
+                            )
+                        })
+                        .collect();
+                    let members = Some(fbb.create_vector(&members));
+                    let offsets: Vec<_> = g
+                        .offsets
+                        .iter()
+                        .map(|o| {
+                            let topic = Some(fbb.create_string(&o.topic));
+                            let metadata = Some(fbb.create_string(&o.metadata));
+                            fb::GroupOffsetDescription::create(
+                                fbb,
+                                &fb::GroupOffsetDescriptionArgs {
+                                    topic,
+                                    partition: o.partition,
+                                    committed_offset: o.committed_offset,
+                                    metadata,
+                                    end_offset: o.end_offset,
+                                    lag: o.lag,
+                                },
+                            )
+                        })
+                        .collect();
+                    let offsets = Some(fbb.create_vector(&offsets));
+                    let group = Some(fbb.create_string(&g.group));
+                    let message = Some(fbb.create_string(&g.message));
+                    let state = Some(fbb.create_string(&g.state));
+                    let protocol_type = Some(fbb.create_string(&g.protocol_type));
+                    let protocol_name = Some(fbb.create_string(&g.protocol_name));
+                    let leader_id = Some(fbb.create_string(&g.leader_id));
+                    fb::GroupDescription::create(
+                        fbb,
+                        &fb::GroupDescriptionArgs {
+                            group,
+                            error: g.error,
+                            message,
+                            state,
+                            protocol_type,
+                            protocol_name,
+                            generation: g.generation,
+                            leader_id,
+                            members,
+                            offsets,
+                        },
+                    )
+                })
+                .collect();
+            let groups = Some(fbb.create_vector(&v));
+            let o =
+                fb::DescribeGroupsResponse::create(fbb, &fb::DescribeGroupsResponseArgs { groups });
+            (T::DescribeGroupsResponse, o.as_union_value())
+        }
+        ResponseBody::ResetOffsets(r) => {
+            let message = Some(fbb.create_string(&r.message));
+            let results = Some(offset_commit_results(fbb, &r.results));
+            let o = fb::ResetOffsetsResponse::create(
+                fbb,
+                &fb::ResetOffsetsResponseArgs {
+                    error: r.error,
+                    message,
+                    results,
+                },
+            );
+            (T::ResetOffsetsResponse, o.as_union_value())
+        }
+        _ => unreachable!("not a group response"),
+    }
+}
+
+fn bytes_of(v: Option<flatbuffers::Vector<'_, u8>>) -> Vec<u8> {
+    v.map(|v| v.bytes().to_vec()).unwrap_or_default()
+}
+
+fn read_group_topic_partitions(
+    v: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<fb::GroupTopicPartitions<'_>>>>,
+) -> Vec<GroupTopicPartitions> {
+    v.into_iter()
+        .flatten()
+        .map(|t| GroupTopicPartitions {
+            topic: s(t.topic()),
+            partitions: t.partitions().into_iter().flatten().collect(),
+        })
+        .collect()
+}
+
+fn decode_group_request(r: fb::Request<'_>) -> Result<RequestBody, ProtocolError> {
+    use fb::RequestBody as T;
+    let t = r.body_type();
+    let err = || missing(t.0);
+    Ok(match t {
+        T::JoinGroupRequest => {
+            let b = r.body_as_join_group_request().ok_or_else(err)?;
+            RequestBody::JoinGroup(JoinGroupRequest {
+                group: s(b.group()),
+                member_id: s(b.member_id()),
+                client_id: s(b.client_id()),
+                protocol_type: s(b.protocol_type()),
+                protocols: b
+                    .protocols()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| GroupProtocol {
+                        name: s(p.name()),
+                        metadata: bytes_of(p.metadata()),
+                    })
+                    .collect(),
+                session_timeout_ms: b.session_timeout_ms(),
+                rebalance_timeout_ms: b.rebalance_timeout_ms(),
+                topics: read_strings(b.topics()),
+                coordinator_assigns: b.coordinator_assigns(),
+            })
+        }
+        T::SyncGroupRequest => {
+            let b = r.body_as_sync_group_request().ok_or_else(err)?;
+            RequestBody::SyncGroup(SyncGroupRequest {
+                group: s(b.group()),
+                member_id: s(b.member_id()),
+                generation: b.generation(),
+                assignments: b
+                    .assignments()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| MemberAssignment {
+                        member_id: s(a.member_id()),
+                        assignment: bytes_of(a.assignment()),
+                    })
+                    .collect(),
+            })
+        }
+        T::HeartbeatRequest => {
+            let b = r.body_as_heartbeat_request().ok_or_else(err)?;
+            RequestBody::Heartbeat(HeartbeatRequest {
+                group: s(b.group()),
+                member_id: s(b.member_id()),
+                generation: b.generation(),
+            })
+        }
+        T::LeaveGroupRequest => {
+            let b = r.body_as_leave_group_request().ok_or_else(err)?;
+            RequestBody::LeaveGroup(LeaveGroupRequest {
+                group: s(b.group()),
+                member_ids: read_strings(b.member_ids()),
+            })
+        }
+        T::ListGroupsRequest => {
+            r.body_as_list_groups_request().ok_or_else(err)?;
+            RequestBody::ListGroups
+        }
+        T::DescribeGroupsRequest => {
+            let b = r.body_as_describe_groups_request().ok_or_else(err)?;
+            RequestBody::DescribeGroups(DescribeGroupsRequest {
+                groups: read_strings(b.groups()),
+            })
+        }
+        T::ResetOffsetsRequest => {
+            let b = r.body_as_reset_offsets_request().ok_or_else(err)?;
+            RequestBody::ResetOffsets(ResetOffsetsRequest {
+                group: s(b.group()),
+                topic: s(b.topic()),
+                partitions: b.partitions().into_iter().flatten().collect(),
+                to: b.to(),
+                offset: b.offset(),
+            })
+        }
+        _ => return Err(err()),
+    })
+}
+
+fn decode_group_response(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
+    use fb::ResponseBody as T;
+    let t = r.body_type();
+    let err = || missing(t.0);
+    Ok(match t {
+        T::JoinGroupResponse => {
+            let b = r.body_as_join_group_response().ok_or_else(err)?;
+            ResponseBody::JoinGroup(JoinGroupResponse {
+                error: b.error(),
+                message: s(b.message()),
+                generation: b.generation(),
+                protocol_name: s(b.protocol_name()),
+                leader_id: s(b.leader_id()),
+                member_id: s(b.member_id()),
+                members: b
+                    .members()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| GroupMember {
+                        member_id: s(m.member_id()),
+                        metadata: bytes_of(m.metadata()),
+                        topics: read_strings(m.topics()),
+                    })
+                    .collect(),
+            })
+        }
+        T::SyncGroupResponse => {
+            let b = r.body_as_sync_group_response().ok_or_else(err)?;
+            ResponseBody::SyncGroup(SyncGroupResponse {
+                error: b.error(),
+                message: s(b.message()),
+                protocol_name: s(b.protocol_name()),
+                assignment: bytes_of(b.assignment()),
+                partitions: read_group_topic_partitions(b.partitions()),
+            })
+        }
+        T::HeartbeatResponse => {
+            let b = r.body_as_heartbeat_response().ok_or_else(err)?;
+            ResponseBody::Heartbeat(GroupStatus {
+                error: b.error(),
+                message: s(b.message()),
+            })
+        }
+        T::LeaveGroupResponse => {
+            let b = r.body_as_leave_group_response().ok_or_else(err)?;
+            ResponseBody::LeaveGroup(GroupStatus {
+                error: b.error(),
+                message: s(b.message()),
+            })
+        }
+        T::ListGroupsResponse => {
+            let b = r.body_as_list_groups_response().ok_or_else(err)?;
+            ResponseBody::ListGroups(ListGroupsResponse {
+                groups: b
+                    .groups()
+                    .into_iter()
+                    .flatten()
+                    .map(|g| GroupListing {
+                        group: s(g.group()),
+                        state: s(g.state()),
+                        protocol_type: s(g.protocol_type()),
+                        members: g.members(),
+                    })
+                    .collect(),
+            })
+        }
+        T::DescribeGroupsResponse => {
+            let b = r.body_as_describe_groups_response().ok_or_else(err)?;
+            ResponseBody::DescribeGroups(DescribeGroupsResponse {
+                groups: b
+                    .groups()
+                    .into_iter()
+                    .flatten()
+                    .map(|g| GroupDescription {
+                        group: s(g.group()),
+                        error: g.error(),
+                        message: s(g.message()),
+                        state: s(g.state()),
+                        protocol_type: s(g.protocol_type()),
+                        protocol_name: s(g.protocol_name()),
+                        generation: g.generation(),
+                        leader_id: s(g.leader_id()),
+                        members: g
+                            .members()
+                            .into_iter()
+                            .flatten()
+                            .map(|m| GroupMemberDescription {
+                                member_id: s(m.member_id()),
+                                client_id: s(m.client_id()),
+                                client_host: s(m.client_host()),
+                                topics: read_strings(m.topics()),
+                                assignment: bytes_of(m.assignment()),
+                                partitions: read_group_topic_partitions(m.partitions()),
+                            })
+                            .collect(),
+                        offsets: g
+                            .offsets()
+                            .into_iter()
+                            .flatten()
+                            .map(|o| GroupOffsetDescription {
+                                topic: s(o.topic()),
+                                partition: o.partition(),
+                                committed_offset: o.committed_offset(),
+                                metadata: s(o.metadata()),
+                                end_offset: o.end_offset(),
+                                lag: o.lag(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+        }
+        T::ResetOffsetsResponse => {
+            let b = r.body_as_reset_offsets_response().ok_or_else(err)?;
+            ResponseBody::ResetOffsets(ResetOffsetsResponse {
+                error: b.error(),
+                message: s(b.message()),
+                results: b
+                    .results()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| OffsetCommitResult {
+                        topic: s(p.topic()),
+                        partition: p.partition(),
+                        error: p.error(),
+                        message: s(p.message()),
+                    })
+                    .collect(),
             })
         }
         _ => return Err(err()),

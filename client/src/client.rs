@@ -1,0 +1,335 @@
+//! [`Client`]: a [`Connection`] plus a metadata cache (topic → partition
+//! count) and the admin and offset calls. Producers and consumers are built
+//! on top of one.
+//!
+//! Invariants:
+//! - The metadata cache only holds what the server reported; an entry is
+//!   dropped when a request about that topic fails with `UnknownTopic` or
+//!   `UnknownPartition`, and refreshed on the next lookup.
+//! - Per-topic and per-partition errors inside a successful response become
+//!   [`Error::Server`] with the topic/partition as context; callers that
+//!   want the partial results use the `*_results` variants.
+
+use crate::connection::{Connection, ConnectionConfig, Response};
+use crate::error::{check, Error, Result};
+use std::collections::HashMap;
+use strom_flatbuffers::protocol::{
+    ApiVersionsResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeTopicsRequest, ErrorCode, ListOffsetsPartition,
+    ListOffsetsRequest, OffsetCommitPartition, OffsetCommitRequest, OffsetFetchRequest,
+    OffsetFetchResult, PartitionsIncrease, RequestBody, ResponseBody, TopicDescription,
+    TopicListing, TopicPartition, TopicResult, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST,
+};
+
+/// Where a consumer starts, or what [`Client::list_offset`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark (the offset the next record will get).
+    Latest,
+    /// The first offset whose record has a timestamp at or after this (ms).
+    Timestamp(i64),
+    /// Exactly this offset.
+    At(u64),
+}
+
+/// A connection with a metadata cache; see the module docs.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    partitions: HashMap<String, u32>,
+}
+
+fn unexpected(request: &'static str, body: &ResponseBody) -> Error {
+    Error::UnexpectedResponse {
+        request,
+        got: format!("{body:?}"),
+    }
+}
+
+fn topic_results_ok(results: Vec<TopicResult>) -> Result<()> {
+    for r in results {
+        check(r.error, &r.message, || format!("topic {}", r.name))?;
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`) with default settings.
+    pub fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with(addr, ConnectionConfig::default())
+    }
+
+    pub fn connect_with(addr: &str, config: ConnectionConfig) -> Result<Client> {
+        Ok(Client::new(Connection::connect(addr, config)?))
+    }
+
+    pub fn new(conn: Connection) -> Client {
+        Client {
+            conn,
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// The server's handshake answer: versions and limits.
+    pub fn server_info(&self) -> &ApiVersionsResponse {
+        self.conn.server_info()
+    }
+
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Sends a request and waits for its answer (see [`Connection::call`]).
+    pub fn call(&mut self, body: &RequestBody) -> Result<Response> {
+        self.conn.call(body, &[], 0)
+    }
+
+    /// Forgets cached metadata for `topic` (after an `UnknownTopic`).
+    pub fn invalidate(&mut self, topic: &str) {
+        self.partitions.remove(topic);
+    }
+
+    pub(crate) fn note_error(&mut self, topic: &str, code: ErrorCode) {
+        if code == ErrorCode::UnknownTopic || code == ErrorCode::UnknownPartition {
+            self.invalidate(topic);
+        }
+    }
+
+    /// The partition count of `topic`, from the cache or the server.
+    pub fn partition_count(&mut self, topic: &str) -> Result<u32> {
+        if let Some(&n) = self.partitions.get(topic) {
+            return Ok(n);
+        }
+        let d = self.describe_topic(topic)?;
+        Ok(d.partitions.len() as u32)
+    }
+
+    // ------------------------------------------------------------ topics
+
+    /// Creates one topic. Fails with `TopicAlreadyExists` if it exists.
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        configs: &[(String, String)],
+    ) -> Result<()> {
+        let body = RequestBody::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: name.to_owned(),
+                partitions,
+                configs: configs.to_vec(),
+            }],
+        });
+        match self.call(&body)?.body {
+            ResponseBody::CreateTopics(r) => topic_results_ok(r.results)?,
+            other => return Err(unexpected("create_topics", &other)),
+        }
+        self.partitions.insert(name.to_owned(), partitions);
+        Ok(())
+    }
+
+    pub fn delete_topic(&mut self, name: &str) -> Result<()> {
+        self.partitions.remove(name);
+        let body = RequestBody::DeleteTopics(DeleteTopicsRequest {
+            names: vec![name.to_owned()],
+        });
+        match self.call(&body)?.body {
+            ResponseBody::DeleteTopics(r) => topic_results_ok(r.results),
+            other => Err(unexpected("delete_topics", &other)),
+        }
+    }
+
+    /// Every topic with its partition count (refreshes the cache).
+    pub fn list_topics(&mut self) -> Result<Vec<TopicListing>> {
+        match self.call(&RequestBody::ListTopics)?.body {
+            ResponseBody::ListTopics(r) => {
+                self.partitions = r
+                    .topics
+                    .iter()
+                    .map(|t| (t.name.clone(), t.partitions))
+                    .collect();
+                Ok(r.topics)
+            }
+            other => Err(unexpected("list_topics", &other)),
+        }
+    }
+
+    /// Describes the named topics (all topics when `names` is empty). Each
+    /// description carries its own error code.
+    pub fn describe_topics(&mut self, names: &[String]) -> Result<Vec<TopicDescription>> {
+        let body = RequestBody::DescribeTopics(DescribeTopicsRequest {
+            names: names.to_vec(),
+        });
+        match self.call(&body)?.body {
+            ResponseBody::DescribeTopics(r) => {
+                for t in &r.topics {
+                    if t.error == ErrorCode::None {
+                        self.partitions
+                            .insert(t.name.clone(), t.partitions.len() as u32);
+                    } else {
+                        self.partitions.remove(&t.name);
+                    }
+                }
+                Ok(r.topics)
+            }
+            other => Err(unexpected("describe_topics", &other)),
+        }
+    }
+
+    /// Describes one topic; its error code becomes an error.
+    pub fn describe_topic(&mut self, name: &str) -> Result<TopicDescription> {
+        let mut all = self.describe_topics(&[name.to_owned()])?;
+        let Some(pos) = all.iter().position(|t| t.name == name) else {
+            return Err(Error::UnknownTopic {
+                topic: name.to_owned(),
+            });
+        };
+        let d = all.swap_remove(pos);
+        check(d.error, &d.message, || format!("topic {name}"))?;
+        Ok(d)
+    }
+
+    /// Raises the partition count of `name` to `total`.
+    pub fn create_partitions(&mut self, name: &str, total: u32) -> Result<()> {
+        self.partitions.remove(name);
+        let body = RequestBody::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![PartitionsIncrease {
+                name: name.to_owned(),
+                total,
+            }],
+        });
+        match self.call(&body)?.body {
+            ResponseBody::CreatePartitions(r) => topic_results_ok(r.results),
+            other => Err(unexpected("create_partitions", &other)),
+        }
+    }
+
+    // ----------------------------------------------------------- offsets
+
+    /// Resolves one offset spec for one partition. `At(n)` is returned as
+    /// is; `Timestamp` gives `None` when no record is that recent.
+    pub fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Option<u64>> {
+        let timestamp = match spec {
+            OffsetSpec::At(n) => return Ok(Some(n)),
+            OffsetSpec::Earliest => LIST_OFFSETS_EARLIEST,
+            OffsetSpec::Latest => LIST_OFFSETS_LATEST,
+            OffsetSpec::Timestamp(t) => t,
+        };
+        let r = self.list_offsets(&[(topic.to_owned(), partition, timestamp)])?;
+        Ok(r.into_iter().next().flatten())
+    }
+
+    /// ListOffsets for many (topic, partition, timestamp) at once; `None`
+    /// where no record is at or after the timestamp.
+    pub fn list_offsets(&mut self, parts: &[(String, u32, i64)]) -> Result<Vec<Option<u64>>> {
+        let body = RequestBody::ListOffsets(ListOffsetsRequest {
+            partitions: parts
+                .iter()
+                .map(|(topic, partition, timestamp)| ListOffsetsPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    timestamp: *timestamp,
+                })
+                .collect(),
+        });
+        let results = match self.call(&body)?.body {
+            ResponseBody::ListOffsets(r) => r.results,
+            other => return Err(unexpected("list_offsets", &other)),
+        };
+        if results.len() != parts.len() {
+            return Err(Error::UnexpectedResponse {
+                request: "list_offsets",
+                got: format!("{} results for {} partitions", results.len(), parts.len()),
+            });
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            if r.error != ErrorCode::None {
+                self.note_error(&r.topic, r.error);
+            }
+            check(r.error, &r.message, || {
+                format!("{}/{}", r.topic, r.partition)
+            })?;
+            out.push(u64::try_from(r.offset).ok());
+        }
+        Ok(out)
+    }
+
+    /// Commits `offset` (the next offset to consume) for each (topic,
+    /// partition) under `group`, outside group management (the server
+    /// accepts this only while the group has no active members).
+    pub fn commit_offsets(&mut self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
+        let body = RequestBody::OffsetCommit(OffsetCommitRequest {
+            group: group.to_owned(),
+            partitions: offsets
+                .iter()
+                .map(|(topic, partition, offset)| OffsetCommitPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+            // A commit outside group management (no member id, generation
+            // -1): the server accepts it while the group has no members.
+            member_id: String::new(),
+            generation: -1,
+        });
+        match self.call(&body)?.body {
+            ResponseBody::OffsetCommit(r) => {
+                for p in r.results {
+                    check(p.error, &p.message, || {
+                        format!("commit {group} {}/{}", p.topic, p.partition)
+                    })?;
+                }
+                Ok(())
+            }
+            other => Err(unexpected("offset_commit", &other)),
+        }
+    }
+
+    /// The committed offsets of `group` for the given partitions (every
+    /// partition the group committed when empty). Results keep their own
+    /// error codes; `offset` is -1 where nothing was committed.
+    pub fn fetch_offsets(
+        &mut self,
+        group: &str,
+        partitions: &[(String, u32)],
+    ) -> Result<Vec<OffsetFetchResult>> {
+        let body = RequestBody::OffsetFetch(OffsetFetchRequest {
+            group: group.to_owned(),
+            partitions: partitions
+                .iter()
+                .map(|(topic, partition)| TopicPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                })
+                .collect(),
+        });
+        match self.call(&body)?.body {
+            ResponseBody::OffsetFetch(r) => Ok(r.results),
+            other => Err(unexpected("offset_fetch", &other)),
+        }
+    }
+
+    /// The committed offset of `group` for one partition, `None` if none.
+    pub fn committed(&mut self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>> {
+        let results = self.fetch_offsets(group, &[(topic.to_owned(), partition)])?;
+        for r in results {
+            if r.topic == topic && r.partition == partition {
+                check(r.error, &r.message, || {
+                    format!("offsets of {group} {topic}/{partition}")
+                })?;
+                return Ok(u64::try_from(r.offset).ok());
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,36 @@
+//! strom-client: a blocking Rust client for Strom's native protocol.
+//!
+//! - [`Connection`]: one TCP connection; handshake, correlation ids,
+//!   pipelining, timeouts and bounded reconnects.
+//! - [`Client`]: a connection plus a metadata cache; admin calls (topics,
+//!   partitions), list offsets, consumer-group offset commit and fetch.
+//! - [`Producer`]: per-partition batching by size and linger time, key
+//!   partitioning (Kafka's murmur2), pipelined produce, per-record offsets.
+//! - [`Consumer`]: explicit assignment, long-poll fetch, verified frames,
+//!   zero-copy records, positions and commits.
+//!
+//! Everything is synchronous std::net I/O: no runtime, one thread per
+//! connection user. The wire codec and batch framing are
+//! `strom_flatbuffers::{protocol, frame}`.
+
+pub mod client;
+pub mod connection;
+pub mod consumer;
+pub mod error;
+pub mod producer;
+
+#[cfg(test)]
+mod mock;
+
+pub use client::{Client, OffsetSpec};
+pub use connection::{Connection, ConnectionConfig, Response};
+pub use consumer::{Assignment, Consumer, ConsumerConfig, FetchedFrame};
+pub use error::{Error, Result};
+pub use producer::{
+    murmur2, partition_for_key, Producer, ProducerConfig, ProducerRecord, RecordHandle,
+};
+pub use strom_flatbuffers::protocol::{Acks, ErrorCode};
+pub use strom_flatbuffers::RecordView;
+
+#[cfg(test)]
+mod tests;

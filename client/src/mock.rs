@@ -1,0 +1,286 @@
+//! A tiny in-process fake server for unit tests: it speaks the real codec
+//! (`decode_request` / `encode_response`) over a real loopback socket, keeps
+//! partitions as vectors of stamped frames, and can answer pipelined
+//! requests in reverse order to prove correlation-id matching.
+
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use strom_flatbuffers::protocol::*;
+use strom_flatbuffers::{stamp_base_offset, validate_incoming, FrameHeader, FrameLimits};
+
+#[derive(Default)]
+pub struct State {
+    /// topic → partitions → frames.
+    pub topics: HashMap<String, Vec<Vec<Vec<u8>>>>,
+    pub offsets: HashMap<(String, String, u32), u64>,
+    /// Answer every N requests in a burst, in reverse order.
+    pub reverse_batch: usize,
+}
+
+pub struct Mock {
+    pub addr: String,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl Mock {
+    pub fn start(reverse_batch: usize) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let state = Arc::new(Mutex::new(State {
+            reverse_batch,
+            ..Default::default()
+        }));
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let s = s.clone();
+                std::thread::spawn(move || serve(stream, s));
+            }
+        });
+        Mock { addr, state }
+    }
+}
+
+fn hw(parts: &[Vec<u8>]) -> u64 {
+    parts
+        .last()
+        .map(|f| FrameHeader::ref_from(f).expect("stored").next_offset())
+        .unwrap_or(0)
+}
+
+fn handle(
+    state: &Mutex<State>,
+    req: &DecodedRequest,
+    message: &[u8],
+) -> Option<(ResponseBody, Vec<u8>)> {
+    let mut st = state.lock().expect("lock");
+    let body = match &req.body {
+        RequestBody::ApiVersions(_) => ResponseBody::ApiVersions(ApiVersionsResponse {
+            min_version: 1,
+            max_version: 1,
+            frame_bytes_max: 1 << 20,
+            fetch_wait_max_ms: 1_000,
+            shard_count: 1,
+            ..Default::default()
+        }),
+        RequestBody::CreateTopics(c) => {
+            let mut results = Vec::new();
+            for t in &c.topics {
+                let error = if st.topics.contains_key(&t.name) {
+                    ErrorCode::TopicAlreadyExists
+                } else {
+                    st.topics
+                        .insert(t.name.clone(), vec![Vec::new(); t.partitions as usize]);
+                    ErrorCode::None
+                };
+                results.push(TopicResult {
+                    name: t.name.clone(),
+                    error,
+                    message: String::new(),
+                });
+            }
+            ResponseBody::CreateTopics(TopicResults { results })
+        }
+        RequestBody::DescribeTopics(d) => ResponseBody::DescribeTopics(DescribeTopicsResponse {
+            topics: d
+                .names
+                .iter()
+                .map(|n| match st.topics.get(n) {
+                    Some(ps) => TopicDescription {
+                        name: n.clone(),
+                        partitions: ps
+                            .iter()
+                            .enumerate()
+                            .map(|(i, p)| PartitionDescription {
+                                partition: i as u32,
+                                high_watermark: hw(p),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    },
+                    None => TopicDescription {
+                        name: n.clone(),
+                        error: ErrorCode::UnknownTopic,
+                        message: "no such topic".into(),
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+        }),
+        RequestBody::Produce(p) => {
+            let mut at = req.trailer.start;
+            let mut results = Vec::new();
+            for b in &p.batches {
+                let mut frame = message[at..at + b.batch_len as usize].to_vec();
+                at += b.batch_len as usize;
+                let mut r = ProduceResult {
+                    topic: b.topic.clone(),
+                    partition: b.partition,
+                    ..Default::default()
+                };
+                match st
+                    .topics
+                    .get_mut(&b.topic)
+                    .and_then(|t| t.get_mut(b.partition as usize))
+                {
+                    None => r.error = ErrorCode::UnknownTopic,
+                    Some(part) => match validate_incoming(&frame, &FrameLimits::default()) {
+                        Err(e) => {
+                            r.error = ErrorCode::CorruptBatch;
+                            r.message = e.to_string();
+                        }
+                        Ok(s) => {
+                            let base = hw(part);
+                            stamp_base_offset(&mut frame, base);
+                            part.push(frame);
+                            r.base_offset = base;
+                            r.last_offset = base + u64::from(s.record_count) - 1;
+                        }
+                    },
+                }
+                results.push(r);
+            }
+            if p.acks == Acks::None {
+                return None;
+            }
+            ResponseBody::Produce(ProduceResponse { results })
+        }
+        RequestBody::Fetch(f) => {
+            let mut results = Vec::new();
+            let mut trailer = Vec::new();
+            for fp in &f.partitions {
+                let mut r = FetchResult {
+                    topic: fp.topic.clone(),
+                    partition: fp.partition,
+                    ..Default::default()
+                };
+                match st
+                    .topics
+                    .get(&fp.topic)
+                    .and_then(|t| t.get(fp.partition as usize))
+                {
+                    None => r.error = ErrorCode::UnknownTopic,
+                    Some(part) => {
+                        r.high_watermark = hw(part);
+                        if fp.offset > r.high_watermark {
+                            r.error = ErrorCode::OffsetOutOfRange;
+                        } else {
+                            let before = trailer.len();
+                            for frame in part {
+                                let h = FrameHeader::ref_from(frame).expect("stored");
+                                if h.next_offset() > fp.offset {
+                                    trailer.extend_from_slice(frame);
+                                }
+                            }
+                            r.bytes_len = (trailer.len() - before) as u32;
+                        }
+                    }
+                }
+                results.push(r);
+            }
+            return Some((ResponseBody::Fetch(FetchResponse { results }), trailer));
+        }
+        RequestBody::ListOffsets(l) => ResponseBody::ListOffsets(ListOffsetsResponse {
+            results: l
+                .partitions
+                .iter()
+                .map(|p| {
+                    let part = &st.topics[&p.topic][p.partition as usize];
+                    ListOffsetsResult {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        offset: if p.timestamp == LIST_OFFSETS_EARLIEST {
+                            0
+                        } else {
+                            hw(part) as i64
+                        },
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        }),
+        RequestBody::OffsetCommit(c) => {
+            for p in &c.partitions {
+                st.offsets
+                    .insert((c.group.clone(), p.topic.clone(), p.partition), p.offset);
+            }
+            ResponseBody::OffsetCommit(OffsetCommitResponse {
+                results: c
+                    .partitions
+                    .iter()
+                    .map(|p| OffsetCommitResult {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+        }
+        RequestBody::OffsetFetch(f) => ResponseBody::OffsetFetch(OffsetFetchResponse {
+            results: f
+                .partitions
+                .iter()
+                .map(|p| OffsetFetchResult {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    offset: st
+                        .offsets
+                        .get(&(f.group.clone(), p.topic.clone(), p.partition))
+                        .map_or(-1, |o| *o as i64),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        _ => ResponseBody::Error(ErrorResponse {
+            error: ErrorCode::InvalidRequest,
+            message: "mock does not do this".into(),
+        }),
+    };
+    Some((body, Vec::new()))
+}
+
+fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        loop {
+            let bounds = match peek_message(&buf, MESSAGE_BYTES_MAX) {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            let message = buf.split_to(bounds.message_len);
+            let Ok(req) = decode_request(&message) else {
+                return;
+            };
+            let Some((body, trailer)) = handle(&state, &req, &message) else {
+                continue;
+            };
+            let mut out = encode_response(req.correlation_id, &body).expect("encode");
+            out.extend_from_slice(&trailer);
+            let reverse = state.lock().expect("lock").reverse_batch;
+            if reverse > 1 && !matches!(req.body, RequestBody::ApiVersions(_)) {
+                held.push(out);
+                if held.len() >= reverse {
+                    for m in held.drain(..).rev() {
+                        if stream.write_all(&m).is_err() {
+                            return;
+                        }
+                    }
+                }
+            } else if stream.write_all(&out).is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
