@@ -35,6 +35,8 @@ pub const WRITE_BUFFER_BYTES_MIN: usize = 64 << 10;
 /// a write (back-pressure instead of an unbounded queue).
 pub const DEFAULT_UNWRITTEN_BYTES_MAX: usize = 16 << 20;
 
+/// Default tail-cache budget of all partitions of one shard together.
+pub const DEFAULT_SHARD_CACHE_BYTES_MAX: usize = 256 << 20;
 /// Default per-partition tail cache budget.
 pub const DEFAULT_CACHE_BYTES_MAX: usize = 16 << 20;
 /// Frames a single read returns at most (bounds response assembly work).

@@ -158,6 +158,27 @@ pub struct Log<S: Storage> {
     stats: LogStats,
 }
 
+thread_local! {
+    /// Bytes held by the tail caches of every log on this thread (shard),
+    /// and the shard's budget for them.
+    static SHARD_CACHE: std::cell::Cell<(usize, usize)> =
+        const { std::cell::Cell::new((0, DEFAULT_SHARD_CACHE_BYTES_MAX)) };
+}
+
+/// Sets the tail-cache budget shared by every log of the calling thread.
+pub fn set_shard_cache_bytes_max(max_bytes: usize) {
+    SHARD_CACHE.with(|c| c.set((c.get().0, max_bytes)));
+}
+
+/// Bytes currently cached by every log of the calling thread.
+pub fn shard_cache_bytes() -> usize {
+    SHARD_CACHE.with(|c| c.get().0)
+}
+
+fn shard_cache_over_budget() -> bool {
+    SHARD_CACHE.with(|c| c.get().0 > c.get().1)
+}
+
 pub fn segment_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}.log")
 }
@@ -1034,15 +1055,30 @@ impl<S: Storage> Log<S> {
         }
     }
 
+    /// Caches a frame; evicts this log's oldest frames while over its own
+    /// budget or while the shard's total is over the shard budget (the
+    /// writer pays for its own room; memory stays bounded however many
+    /// partitions a shard holds).
     fn cache_push(&mut self, frame: Bytes) {
-        self.cache_bytes += frame.len();
+        self.cache_add(frame.len());
         self.cache.push_back(frame);
-        while self.cache_bytes > self.config.cache_bytes_max {
+        while self.cache_bytes > self.config.cache_bytes_max || shard_cache_over_budget() {
             match self.cache.pop_front() {
-                Some(f) => self.cache_bytes -= f.len(),
+                Some(f) => self.cache_remove(f.len()),
                 None => break,
             }
         }
+    }
+
+    fn cache_add(&mut self, len: usize) {
+        self.cache_bytes += len;
+        SHARD_CACHE.with(|c| c.set((c.get().0 + len, c.get().1)));
+    }
+
+    fn cache_remove(&mut self, len: usize) {
+        debug_assert!(self.cache_bytes >= len);
+        self.cache_bytes -= len;
+        SHARD_CACHE.with(|c| c.set((c.get().0.saturating_sub(len), c.get().1)));
     }
 
     fn cache_first_offset(&self) -> Option<u64> {
@@ -1412,7 +1448,7 @@ impl<S: Storage> Log<S> {
                 && first < self.log_start_offset
             {
                 let f = self.cache.pop_front().expect("non-empty");
-                self.cache_bytes -= f.len();
+                self.cache_remove(f.len());
             } else {
                 break;
             }
@@ -1495,7 +1531,7 @@ impl<S: Storage> Log<S> {
         while let Some(f) = self.cache.back() {
             if FrameHeader::ref_from(f).expect("cached").base_offset() >= cut_offset {
                 let f = self.cache.pop_back().expect("non-empty");
-                self.cache_bytes -= f.len();
+                self.cache_remove(f.len());
             } else {
                 break;
             }
@@ -1644,6 +1680,14 @@ async fn write_index_files<S: Storage>(
         .write_atomic(&dir.join(time_index_file_name(base)), &t)
         .await?;
     Ok(())
+}
+
+impl<S: Storage> Drop for Log<S> {
+    fn drop(&mut self) {
+        // Give the shard budget back whatever way the log ends (close, crash, drop).
+        let held = self.cache_bytes;
+        SHARD_CACHE.with(|c| c.set((c.get().0.saturating_sub(held), c.get().1)));
+    }
 }
 
 async fn remove_segment_files<S: Storage>(

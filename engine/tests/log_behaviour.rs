@@ -255,7 +255,10 @@ fn a_newer_frame_version_in_the_tail_is_refused_not_truncated() {
         // The file is padded to a block: the log ends after the last frame.
         let (frames, _) = strom_engine::scan::scan(&old, 0, 0);
         assert_eq!(frames.len(), 3);
-        let len = frames.last().map(|f| (f.position + f.len_bytes) as usize).expect("frames");
+        let len = frames
+            .last()
+            .map(|f| (f.position + f.len_bytes) as usize)
+            .expect("frames");
         let old = old.slice(..len);
         let mut newer = frame(9, 1, 100).to_vec();
         strom_flatbuffers::stamp_base_offset(&mut newer, 3);
@@ -271,5 +274,40 @@ fn a_newer_frame_version_in_the_tail_is_refused_not_truncated() {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("a newer frame was truncated or misread"),
         }
+    });
+}
+
+/// The tail caches of all logs on one shard share one budget: however many
+/// partitions a shard holds, cached bytes stay within it.
+#[test]
+fn tail_caches_share_the_shard_budget() {
+    block_on(async {
+        strom_engine::log::set_shard_cache_bytes_max(256 << 10);
+        let storage = MemoryStorage::new();
+        let mut config = cfg();
+        config.cache_bytes_max = 1 << 20;
+        let mut logs = Vec::new();
+        for i in 0..8 {
+            let dir = format!("/p{i}");
+            let (log, _) = Log::open(storage.clone(), Path::new(&dir), config.clone(), 0)
+                .await
+                .expect("open");
+            logs.push(log);
+        }
+        for round in 0..50 {
+            for log in logs.iter_mut() {
+                log.append(frame(round, 1, 2000), 0).await.expect("append");
+                assert!(strom_engine::log::shard_cache_bytes() <= 256 << 10);
+            }
+        }
+        // Reads past the cache still work (from disk).
+        let b = logs[0].read(0, 1 << 20).await.expect("read");
+        assert!(!b.frames.is_empty());
+        drop(logs);
+        assert_eq!(
+            strom_engine::log::shard_cache_bytes(),
+            0,
+            "dropped logs give their bytes back"
+        );
     });
 }

@@ -175,6 +175,13 @@ pub async fn handle(
             .await
             .map(ResponseBody::OffsetCommit),
         RequestBody::OffsetFetch(r) => offset_fetch(shard, r).await.map(ResponseBody::OffsetFetch),
+        body @ (RequestBody::JoinGroup(_)
+        | RequestBody::SyncGroup(_)
+        | RequestBody::Heartbeat(_)
+        | RequestBody::LeaveGroup(_)
+        | RequestBody::ListGroups
+        | RequestBody::DescribeGroups(_)
+        | RequestBody::ResetOffsets(_)) => crate::group::native::handle(shard, body).await,
     };
     Some(match result {
         Ok(body) => respond(cid, &body, Vec::new()),
@@ -334,10 +341,13 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
         );
         return ProduceResponse { results };
     };
-    let durability = if r.acks == Acks::Durable {
-        Durability::Durable
-    } else {
-        Durability::Buffered
+    // acks=leader means written to the device (survives kill -9 of the
+    // server, as Kafka's acks=1 survives a broker crash through the page
+    // cache); acks=durable means fdatasync'd; acks=none is in memory.
+    let durability = match r.acks {
+        Acks::Durable => Durability::Durable,
+        Acks::Leader => Durability::Written,
+        _ => Durability::Buffered,
     };
     let mut per_shard: BTreeMap<usize, Vec<ProduceItem>> = BTreeMap::new();
     for (index, (b, frame)) in r.batches.into_iter().zip(frames).enumerate() {
