@@ -2537,6 +2537,8 @@ mod tests {
                     offset: 9,
                     metadata: "m".into(),
                 }],
+                member_id: "m-1".into(),
+                generation: 4,
             }),
             RequestBody::OffsetFetch(OffsetFetchRequest {
                 group: "g".into(),
@@ -2544,6 +2546,49 @@ mod tests {
                     topic: "t".into(),
                     partition: 0,
                 }],
+            }),
+            RequestBody::JoinGroup(JoinGroupRequest {
+                group: "g".into(),
+                member_id: "m".into(),
+                client_id: "c".into(),
+                protocol_type: "consumer".into(),
+                protocols: vec![GroupProtocol {
+                    name: "range".into(),
+                    metadata: vec![1, 2, 3],
+                }],
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 20_000,
+                topics: vec!["t".into()],
+                coordinator_assigns: true,
+            }),
+            RequestBody::SyncGroup(SyncGroupRequest {
+                group: "g".into(),
+                member_id: "m".into(),
+                generation: 2,
+                assignments: vec![MemberAssignment {
+                    member_id: "m".into(),
+                    assignment: vec![9],
+                }],
+            }),
+            RequestBody::Heartbeat(HeartbeatRequest {
+                group: "g".into(),
+                member_id: "m".into(),
+                generation: 2,
+            }),
+            RequestBody::LeaveGroup(LeaveGroupRequest {
+                group: "g".into(),
+                member_ids: vec!["m".into()],
+            }),
+            RequestBody::ListGroups,
+            RequestBody::DescribeGroups(DescribeGroupsRequest {
+                groups: vec!["g".into()],
+            }),
+            RequestBody::ResetOffsets(ResetOffsetsRequest {
+                group: "g".into(),
+                topic: "t".into(),
+                partitions: vec![0, 2],
+                to: ResetTo::Offset,
+                offset: 5,
             }),
         ]
     }
@@ -2632,6 +2677,69 @@ mod tests {
             ResponseBody::Error(ErrorResponse {
                 error: ErrorCode::InvalidRequest,
                 message: "bad".into(),
+            }),
+            ResponseBody::JoinGroup(JoinGroupResponse {
+                generation: 3,
+                protocol_name: "range".into(),
+                leader_id: "m".into(),
+                member_id: "m".into(),
+                members: vec![GroupMember {
+                    member_id: "m".into(),
+                    metadata: vec![1],
+                    topics: vec!["t".into()],
+                }],
+                ..Default::default()
+            }),
+            ResponseBody::SyncGroup(SyncGroupResponse {
+                protocol_name: "range".into(),
+                assignment: vec![0, 1],
+                partitions: vec![GroupTopicPartitions {
+                    topic: "t".into(),
+                    partitions: vec![0, 3],
+                }],
+                ..Default::default()
+            }),
+            ResponseBody::Heartbeat(GroupStatus {
+                error: ErrorCode::RebalanceInProgress,
+                message: "rejoin".into(),
+            }),
+            ResponseBody::LeaveGroup(GroupStatus::default()),
+            ResponseBody::ListGroups(ListGroupsResponse {
+                groups: vec![GroupListing {
+                    group: "g".into(),
+                    state: "Stable".into(),
+                    protocol_type: "consumer".into(),
+                    members: 3,
+                }],
+            }),
+            ResponseBody::DescribeGroups(DescribeGroupsResponse {
+                groups: vec![GroupDescription {
+                    group: "g".into(),
+                    state: "Stable".into(),
+                    generation: 7,
+                    members: vec![GroupMemberDescription {
+                        member_id: "m".into(),
+                        topics: vec!["t".into()],
+                        partitions: vec![GroupTopicPartitions {
+                            topic: "t".into(),
+                            partitions: vec![1],
+                        }],
+                        ..Default::default()
+                    }],
+                    offsets: vec![GroupOffsetDescription {
+                        topic: "t".into(),
+                        partition: 1,
+                        committed_offset: 4,
+                        metadata: String::new(),
+                        end_offset: 10,
+                        lag: 6,
+                    }],
+                    ..Default::default()
+                }],
+            }),
+            ResponseBody::ResetOffsets(ResetOffsetsResponse {
+                results: vec![OffsetCommitResult::default()],
+                ..Default::default()
             }),
         ]
     }

@@ -16,20 +16,30 @@ fn corpus(target: &str) -> PathBuf {
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
     let dir = corpus(target);
+    let started = std::time::Instant::now();
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let p = e.expect("entry").path();
         if p.is_file() {
-            check(&std::fs::read(&p).expect("read"));
+            let data = std::fs::read(&p).expect("read");
+            // Name the input in the failure output.
+            eprintln!("replaying {}", p.display());
+            check(&data);
             n += 1;
         }
     }
+    eprintln!("{target}: {n} inputs in {:?}", started.elapsed());
     n
 }
 
 #[test]
 fn request_decode_corpus_replays() {
     assert!(replay("request_decode", fuzz_checks::request_decode) >= 5);
+}
+
+#[test]
+fn response_decode_corpus_replays() {
+    assert!(replay("response_decode", fuzz_checks::response_decode) >= 5);
 }
 
 #[test]
@@ -90,6 +100,36 @@ fn write_seed_corpus() {
                 offset: 5,
                 metadata: "m".into(),
             }],
+            member_id: "m-1".into(),
+            generation: 3,
+        }),
+        RequestBody::JoinGroup(JoinGroupRequest {
+            group: "g".into(),
+            client_id: "c".into(),
+            protocol_type: "consumer".into(),
+            topics: vec!["t".into()],
+            session_timeout_ms: 10_000,
+            ..Default::default()
+        }),
+        RequestBody::SyncGroup(SyncGroupRequest {
+            group: "g".into(),
+            ..Default::default()
+        }),
+        RequestBody::Heartbeat(HeartbeatRequest {
+            group: "g".into(),
+            ..Default::default()
+        }),
+        RequestBody::LeaveGroup(LeaveGroupRequest {
+            group: "g".into(),
+            ..Default::default()
+        }),
+        RequestBody::ListGroups,
+        RequestBody::DescribeGroups(DescribeGroupsRequest::default()),
+        RequestBody::ResetOffsets(ResetOffsetsRequest {
+            group: "g".into(),
+            topic: "t".into(),
+            partitions: vec![0, 1],
+            ..Default::default()
         }),
     ];
     let dir = corpus("request_decode");
@@ -118,6 +158,7 @@ fn write_seed_corpus() {
     two.extend_from_slice(&m);
     std::fs::write(dir.join("seed-pipelined"), &two).expect("write");
     std::fs::write(dir.join("seed-truncated"), &m[..m.len() / 2]).expect("write");
+    write_response_seeds(&batch);
     let dir = corpus("frame_validate");
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("seed-one-record"), seed_batch(1)).expect("write");
@@ -125,4 +166,121 @@ fn write_seed_corpus() {
     let mut bad = seed_batch(2);
     bad[20] ^= 1;
     std::fs::write(dir.join("seed-bad-crc"), bad).expect("write");
+    let mut run = seed_batch(1);
+    run.extend(seed_batch(2));
+    std::fs::write(dir.join("seed-run-of-two"), run).expect("write");
+}
+
+fn write_response_seeds(batch: &[u8]) {
+    let mut stored = batch.to_vec();
+    strom_flatbuffers::stamp_base_offset(&mut stored, 40);
+    let resps = [
+        ResponseBody::ApiVersions(ApiVersionsResponse {
+            min_version: 1,
+            max_version: 1,
+            message_bytes_max: 1 << 20,
+            frame_bytes_max: 1 << 20,
+            server_version: "seed".into(),
+            shard_count: 2,
+            ..Default::default()
+        }),
+        ResponseBody::CreateTopics(TopicResults {
+            results: vec![TopicResult {
+                name: "t".into(),
+                error: ErrorCode::TopicAlreadyExists,
+                message: "exists".into(),
+            }],
+        }),
+        ResponseBody::ListTopics(ListTopicsResponse {
+            topics: vec![TopicListing {
+                name: "t".into(),
+                partitions: 2,
+            }],
+        }),
+        ResponseBody::DescribeTopics(DescribeTopicsResponse {
+            topics: vec![TopicDescription {
+                name: "t".into(),
+                configs: vec![("retention.ms".into(), "1".into())],
+                partitions: vec![PartitionDescription {
+                    partition: 0,
+                    high_watermark: 9,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }),
+        ResponseBody::Produce(ProduceResponse {
+            results: vec![ProduceResult {
+                topic: "t".into(),
+                base_offset: 40,
+                last_offset: 41,
+                ..Default::default()
+            }],
+        }),
+        ResponseBody::ListOffsets(ListOffsetsResponse {
+            results: vec![ListOffsetsResult {
+                topic: "t".into(),
+                offset: -1,
+                ..Default::default()
+            }],
+        }),
+        ResponseBody::OffsetFetch(OffsetFetchResponse {
+            results: vec![OffsetFetchResult {
+                topic: "t".into(),
+                offset: 5,
+                metadata: "m".into(),
+                ..Default::default()
+            }],
+        }),
+        ResponseBody::Error(ErrorResponse {
+            error: ErrorCode::InvalidRequest,
+            message: "bad".into(),
+        }),
+        ResponseBody::JoinGroup(JoinGroupResponse {
+            generation: 1,
+            leader_id: "m-1".into(),
+            member_id: "m-1".into(),
+            ..Default::default()
+        }),
+        ResponseBody::SyncGroup(SyncGroupResponse::default()),
+        ResponseBody::Heartbeat(GroupStatus::default()),
+        ResponseBody::LeaveGroup(GroupStatus::default()),
+        ResponseBody::ListGroups(ListGroupsResponse::default()),
+        ResponseBody::DescribeGroups(DescribeGroupsResponse::default()),
+        ResponseBody::ResetOffsets(ResetOffsetsResponse::default()),
+    ];
+    let dir = corpus("response_decode");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (i, r) in resps.iter().enumerate() {
+        std::fs::write(
+            dir.join(format!("seed-{i:02}")),
+            encode_response(i as u64, r).expect("encode"),
+        )
+        .expect("write");
+    }
+    // A fetch carrying two results: two stored frames, then none.
+    let fetch = ResponseBody::Fetch(FetchResponse {
+        results: vec![
+            FetchResult {
+                topic: "t".into(),
+                partition: 0,
+                high_watermark: 42,
+                bytes_len: 2 * stored.len() as u32,
+                ..Default::default()
+            },
+            FetchResult {
+                topic: "t".into(),
+                partition: 1,
+                error: ErrorCode::OffsetOutOfRange,
+                ..Default::default()
+            },
+        ],
+    });
+    let mut m = encode_response(3, &fetch).expect("encode");
+    m.extend_from_slice(&stored);
+    m.extend_from_slice(&stored);
+    std::fs::write(dir.join("seed-fetch"), &m).expect("write");
+    let mut two = encode_response(1, &resps[7]).expect("encode");
+    two.extend_from_slice(&m);
+    std::fs::write(dir.join("seed-pipelined"), &two).expect("write");
 }

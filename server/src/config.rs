@@ -11,13 +11,17 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:9401";
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+/// Partition count of topics the Kafka listener creates on first use.
+pub const DEFAULT_KAFKA_PARTITIONS: u32 = 1;
 
 /// Command-line flags. Every flag is optional so that the config file can
 /// supply it.
 #[derive(Debug, Parser, Default)]
 #[command(name = "strom-server", version, about = "Strom streaming broker")]
 pub struct Args {
-    /// TOML file with any of: data_dir, listen, http, cores.
+    /// TOML file with any of: data_dir, listen, http, cores, kafka_listen,
+    /// kafka_advertise, kafka_auto_create, kafka_partitions.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for topics and metadata [default: ./data]
@@ -32,6 +36,32 @@ pub struct Args {
     /// Number of shards (one pinned executor each) [default: all cores]
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,
+    /// How long an empty group's committed offsets are kept [default: 7 days]
+    #[arg(long, value_name = "MS")]
+    pub offsets_retention_ms: Option<u64>,
+    /// How long the first rebalance of an empty group waits for more
+    /// members [default: 3000]
+    #[arg(long, value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Smallest session timeout a member may ask for [default: 6000]
+    #[arg(long, value_name = "MS")]
+    pub group_min_session_timeout_ms: Option<u32>,
+    /// Largest session timeout a member may ask for [default: 1800000]
+    #[arg(long, value_name = "MS")]
+    pub group_max_session_timeout_ms: Option<u32>,
+    /// Kafka protocol address, or "off" [default: 127.0.0.1:9092]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_listen: Option<String>,
+    /// Address Kafka clients are told to connect to (Metadata, FindCoordinator)
+    /// [default: the address each client connected to]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_advertise: Option<String>,
+    /// Create unknown topics on a Kafka Metadata or Produce request [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub kafka_auto_create: Option<bool>,
+    /// Partition count of topics created automatically [default: 1]
+    #[arg(long, value_name = "N")]
+    pub kafka_partitions: Option<u32>,
 }
 
 /// The TOML file's schema; unknown keys are refused.
@@ -42,6 +72,14 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub http: Option<String>,
     pub cores: Option<usize>,
+    pub offsets_retention_ms: Option<u64>,
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    pub group_min_session_timeout_ms: Option<u32>,
+    pub group_max_session_timeout_ms: Option<u32>,
+    pub kafka_listen: Option<String>,
+    pub kafka_advertise: Option<String>,
+    pub kafka_auto_create: Option<bool>,
+    pub kafka_partitions: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -51,6 +89,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub http: SocketAddr,
     pub shards: usize,
+    pub groups: crate::group::coordinator::CoordinatorConfig,
+    pub kafka: crate::kafka::KafkaConfig,
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ServerError> {
@@ -99,11 +139,66 @@ impl ServerConfig {
                 "--cores {shards}: must be between 1 and 1024"
             )));
         }
+        let kafka_listen = args
+            .kafka_listen
+            .or(file.kafka_listen)
+            .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.to_owned());
+        let kafka_listen = match kafka_listen.as_str() {
+            "off" | "none" => None,
+            a => Some(parse_addr("--kafka-listen", a)?),
+        };
+        let kafka_advertise = match args.kafka_advertise.or(file.kafka_advertise) {
+            None => None,
+            Some(a) => Some(crate::kafka::parse_advertise(&a).map_err(ServerError::Argument)?),
+        };
+        let kafka_partitions = args
+            .kafka_partitions
+            .or(file.kafka_partitions)
+            .unwrap_or(DEFAULT_KAFKA_PARTITIONS);
+        crate::metadata::validate_partition_count(kafka_partitions)
+            .map_err(|e| ServerError::Argument(format!("--kafka-partitions: {}", e.message)))?;
+        let d = crate::group::coordinator::CoordinatorConfig::default();
+        let groups = crate::group::coordinator::CoordinatorConfig {
+            offsets_retention_ms: args
+                .offsets_retention_ms
+                .or(file.offsets_retention_ms)
+                .unwrap_or(d.offsets_retention_ms),
+            initial_rebalance_delay_ms: args
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .unwrap_or(d.initial_rebalance_delay_ms),
+            session_timeout_min_ms: args
+                .group_min_session_timeout_ms
+                .or(file.group_min_session_timeout_ms)
+                .unwrap_or(d.session_timeout_min_ms),
+            session_timeout_max_ms: args
+                .group_max_session_timeout_ms
+                .or(file.group_max_session_timeout_ms)
+                .unwrap_or(d.session_timeout_max_ms),
+            // Member ids stay unique across restarts.
+            member_id_nonce: crate::group::wall_ms(),
+            ..d
+        };
+        if groups.session_timeout_min_ms > groups.session_timeout_max_ms {
+            return Err(ServerError::Argument(
+                "--group-min-session-timeout-ms exceeds --group-max-session-timeout-ms".into(),
+            ));
+        }
         Ok(ServerConfig {
+            groups,
             data_dir,
             listen: parse_addr("--listen", &listen)?,
             http: parse_addr("--http", &http)?,
             shards,
+            kafka: crate::kafka::KafkaConfig {
+                listen: kafka_listen,
+                advertise: kafka_advertise,
+                auto_create: args
+                    .kafka_auto_create
+                    .or(file.kafka_auto_create)
+                    .unwrap_or(true),
+                default_partitions: kafka_partitions,
+            },
         })
     }
 }

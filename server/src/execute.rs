@@ -7,7 +7,6 @@ use crate::error::{engine_to_wire, WireError};
 use crate::handlers::fan_out;
 use crate::limits::*;
 use crate::metadata::{self, Metadata, TopicMeta};
-use crate::offsets::Committed;
 use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
 use crate::shard::Shard;
 use crate::shutdown::first_of;
@@ -45,6 +44,8 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
             shard.apply(m).await;
             Reply::Done
         }
+        Op::Group(op) => Reply::Group(shard.groups.execute(op).await),
+        Op::Kafka(op) => Reply::Kafka(crate::kafka::execute(shard, op).await),
     }
 }
 
@@ -228,103 +229,15 @@ fn describe(shard: &Rc<Shard>, items: Vec<(String, u32)>) -> Vec<PartitionDescri
         .collect()
 }
 
-fn check_topic_partition(meta: &Metadata, topic: &str, partition: u32) -> Result<(), WireError> {
-    match meta.topics.get(topic) {
-        None => Err(WireError::unknown_topic(topic)),
-        Some(t) if partition >= t.partitions => Err(WireError::unknown_partition(topic, partition)),
-        Some(_) => Ok(()),
-    }
-}
-
 async fn offset_commit(shard: &Rc<Shard>, r: OffsetCommitRequest) -> OffsetCommitResponse {
-    let meta = shard.metadata.borrow().clone();
-    let mut results = Vec::with_capacity(r.partitions.len());
-    let mut commits = Vec::new();
-    let mut ok_indexes = Vec::new();
-    for p in r.partitions {
-        let mut res = OffsetCommitResult {
-            topic: p.topic.clone(),
-            partition: p.partition,
-            ..Default::default()
-        };
-        let check = check_topic_partition(&meta, &p.topic, p.partition).and_then(|()| {
-            if p.metadata.len() > OFFSET_METADATA_BYTES_MAX {
-                Err(WireError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "metadata of {} bytes, the limit is {OFFSET_METADATA_BYTES_MAX}",
-                        p.metadata.len()
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
-        });
-        match check {
-            Ok(()) => {
-                ok_indexes.push(results.len());
-                commits.push((
-                    p.topic,
-                    p.partition,
-                    Committed {
-                        offset: p.offset,
-                        metadata: p.metadata,
-                    },
-                ));
-            }
-            Err(e) => {
-                res.error = e.code;
-                res.message = e.message;
-            }
-        }
-        results.push(res);
-    }
-    if !commits.is_empty() {
-        if let Err(e) = shard.offsets.commit(&r.group, commits).await {
-            for i in ok_indexes {
-                results[i].error = e.code;
-                results[i].message = e.message.clone();
-            }
-        }
-    }
-    OffsetCommitResponse { results }
+    crate::group::native::commit_local(shard, r).await
 }
 
 async fn offset_fetch(
     shard: &Rc<Shard>,
     r: OffsetFetchRequest,
 ) -> Result<OffsetFetchResponse, WireError> {
-    let g = shard.offsets.get(&r.group).await?;
-    let wanted: Vec<TopicPartition> = if r.partitions.is_empty() {
-        g.offsets
-            .iter()
-            .flat_map(|(t, ps)| {
-                ps.keys().map(move |p| TopicPartition {
-                    topic: t.clone(),
-                    partition: *p,
-                })
-            })
-            .collect()
-    } else {
-        r.partitions
-    };
-    let results = wanted
-        .into_iter()
-        .map(|tp| {
-            let c = g
-                .offsets
-                .get(&tp.topic)
-                .and_then(|ps| ps.get(&tp.partition));
-            OffsetFetchResult {
-                topic: tp.topic,
-                partition: tp.partition,
-                offset: c.map(|c| c.offset as i64).unwrap_or(-1),
-                metadata: c.map(|c| c.metadata.clone()).unwrap_or_default(),
-                ..Default::default()
-            }
-        })
-        .collect();
-    Ok(OffsetFetchResponse { results })
+    crate::group::native::fetch_local(shard, r).await
 }
 
 fn result(name: &str, e: Result<(), WireError>) -> TopicResult {

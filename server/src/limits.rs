@@ -49,3 +49,16 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 pub const SHUTDOWN_POLL_MS: u64 = 20;
 /// Longest HTTP request head read on the metrics port.
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;
+
+/// Largest Kafka request (the 4-byte size prefix's value) a client may send.
+pub const KAFKA_REQUEST_BYTES_MAX: usize = 100 << 20;
+/// Kafka requests one connection may have in flight; answers go out in
+/// request order, as the Kafka protocol requires.
+pub const KAFKA_INFLIGHT_REQUESTS_MAX: usize = 64;
+/// Idempotent producers remembered per partition (least recently used go).
+pub const KAFKA_PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
+/// Recent batches remembered per producer and partition for duplicate
+/// detection (Kafka's max.in.flight.requests.per.connection bound).
+pub const KAFKA_PRODUCER_BATCHES_MAX: usize = 5;
+/// Topics one Kafka Metadata request may name.
+pub const KAFKA_METADATA_TOPICS_MAX: usize = 10_000;

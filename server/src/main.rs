@@ -8,8 +8,10 @@ mod config;
 mod connection;
 mod error;
 mod execute;
+mod group;
 mod handlers;
 mod http;
+mod kafka;
 mod limits;
 mod metadata;
 mod metrics;
@@ -131,6 +133,8 @@ fn run(args: Args) -> Result<(), ServerError> {
             .map(|_| AtomicUsize::new(usize::MAX))
             .collect(),
         initial_metadata: meta,
+        group_config: cfg.groups.clone(),
+        kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
     });
     let mesh =
         (cfg.shards > 1).then(|| MeshBuilder::full(cfg.shards, limits::MESH_CHANNEL_CAPACITY));
@@ -193,6 +197,9 @@ fn run(args: Args) -> Result<(), ServerError> {
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening native={native}");
+        if let Some(k) = shared.kafka.bound() {
+            let _ = writeln!(out, "listening kafka={k}");
+        }
         if let Some(h) = http {
             let _ = writeln!(out, "listening http={h}");
         }

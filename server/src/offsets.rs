@@ -1,27 +1,18 @@
-//! Committed consumer offsets, for now a small durable map per group
-//! (a later issue replaces it with a compacted log and a group coordinator).
-//!
-//! A group is owned by shard `crc32c(group) % shards`; that shard alone
-//! reads and writes the group's file `<data>/meta/groups/<hex(group)>.json`
+//! The first offset store's files, read once for migration. Before the
+//! consumer group coordinator (`group/`), committed offsets lived in one
+//! JSON file per group, `<data>/meta/groups/<hex(group)>.json`
 //! (`{"format_version":1,"crc32c":N,"body":{...}}`, crc over the compact
-//! body), replaced atomically on every commit. Because the file is per group
-//! and not per shard, a change of `--cores` moves groups without losing them.
+//! body). On start-up each shard imports the files of the groups it owns
+//! into its offsets log and removes them (see `group::service`).
 
-use crate::error::{ServerError, WireError};
-use crate::metadata::write_atomically;
-use glommio::sync::Semaphore;
+use crate::error::ServerError;
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use strom_flatbuffers::protocol::ErrorCode;
+
+pub use crate::group::group_owner;
 
 pub const OFFSETS_FORMAT_VERSION: u32 = 1;
-
-/// The shard that owns `group`.
-pub fn group_owner(group: &str, shards: usize) -> usize {
-    (crc32c::crc32c(group.as_bytes()) as usize) % shards.max(1)
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
@@ -43,38 +34,16 @@ struct GroupFile {
     body: GroupOffsets,
 }
 
-pub struct OffsetStore {
-    data_dir: PathBuf,
-    groups: RefCell<HashMap<String, GroupOffsets>>,
-    /// One commit writes at a time, so files land in commit order.
-    write_lock: Semaphore,
+pub fn groups_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("meta").join("groups")
 }
 
-fn group_path(data_dir: &Path, group: &str) -> PathBuf {
-    let hex: String = group.bytes().map(|b| format!("{b:02x}")).collect();
-    data_dir
-        .join("meta")
-        .join("groups")
-        .join(format!("{hex}.json"))
-}
-
-fn load_group(path: &Path, group: &str) -> Result<GroupOffsets, ServerError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(GroupOffsets {
-                group: group.to_owned(),
-                ..GroupOffsets::default()
-            })
-        }
-        Err(e) => {
-            return Err(ServerError::Io {
-                op: "read",
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
-    };
+fn load_group(path: &Path) -> Result<GroupOffsets, ServerError> {
+    let bytes = std::fs::read(path).map_err(|e| ServerError::Io {
+        op: "read",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let err = |reason: String| ServerError::Metadata {
         path: path.to_path_buf(),
         reason,
@@ -93,78 +62,94 @@ fn load_group(path: &Path, group: &str) -> Result<GroupOffsets, ServerError> {
     Ok(f.body)
 }
 
-impl OffsetStore {
-    pub fn new(data_dir: PathBuf) -> OffsetStore {
-        OffsetStore {
-            data_dir,
-            groups: RefCell::new(HashMap::new()),
-            write_lock: Semaphore::new(1),
-        }
-    }
-
-    async fn ensure_loaded(&self, group: &str) -> Result<(), WireError> {
-        if self.groups.borrow().contains_key(group) {
-            return Ok(());
-        }
-        let path = group_path(&self.data_dir, group);
-        let g = group.to_owned();
-        let loaded = glommio::executor()
-            .spawn_blocking(move || load_group(&path, &g))
-            .await
-            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
-        self.groups
-            .borrow_mut()
-            .entry(group.to_owned())
-            .or_insert(loaded);
-        Ok(())
-    }
-
-    /// The group's committed offsets (a copy).
-    pub async fn get(&self, group: &str) -> Result<GroupOffsets, WireError> {
-        self.ensure_loaded(group).await?;
-        Ok(self.groups.borrow().get(group).cloned().unwrap_or_default())
-    }
-
-    /// Applies `commits` and makes them durable before returning.
-    pub async fn commit(
-        &self,
-        group: &str,
-        commits: Vec<(String, u32, Committed)>,
-    ) -> Result<(), WireError> {
-        let _g = self
-            .write_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
-        self.ensure_loaded(group).await?;
-        let body = {
-            let mut groups = self.groups.borrow_mut();
-            let g = groups.entry(group.to_owned()).or_default();
-            g.group = group.to_owned();
-            for (topic, p, c) in commits {
-                g.offsets.entry(topic).or_default().insert(p, c);
-            }
-            g.clone()
-        };
-        let path = group_path(&self.data_dir, group);
-        glommio::executor()
-            .spawn_blocking(move || -> Result<(), ServerError> {
-                let dir = path.parent().expect("groups dir");
-                std::fs::create_dir_all(dir).map_err(|e| ServerError::Io {
-                    op: "create dir",
-                    path: dir.to_path_buf(),
-                    source: e,
-                })?;
-                let crc = crc32c::crc32c(&serde_json::to_vec(&body).unwrap_or_default());
-                let f = GroupFile {
-                    format_version: OFFSETS_FORMAT_VERSION,
-                    crc32c: crc,
-                    body,
-                };
-                let bytes = serde_json::to_vec(&f).unwrap_or_default();
-                write_atomically(&path, &bytes)
+/// The old files of the groups `shard` owns, with their contents. A file
+/// that cannot be read is reported and left in place.
+pub fn legacy_groups(
+    data_dir: &Path,
+    shard: usize,
+    shards: usize,
+) -> Result<Vec<(PathBuf, GroupOffsets)>, ServerError> {
+    let dir = groups_dir(data_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ServerError::Io {
+                op: "read dir",
+                path: dir,
+                source: e,
             })
-            .await
-            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Some(group) = unhex(stem) else { continue };
+        if group_owner(&group, shards) != shard {
+            continue;
+        }
+        match load_group(&path) {
+            Ok(mut g) => {
+                g.group = group;
+                out.push((path, g));
+            }
+            Err(e) => eprintln!("shard {shard}: old offsets file: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_files_are_found_by_owner_and_verified() {
+        let dir = std::env::temp_dir().join(format!("strom-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(groups_dir(&dir)).expect("mkdir");
+        let mut body = GroupOffsets {
+            group: "g1".into(),
+            ..GroupOffsets::default()
+        };
+        body.offsets.entry("t".into()).or_default().insert(
+            3,
+            Committed {
+                offset: 9,
+                metadata: "m".into(),
+            },
+        );
+        let crc = crc32c::crc32c(&serde_json::to_vec(&body).expect("json"));
+        let f = GroupFile {
+            format_version: 1,
+            crc32c: crc,
+            body: body.clone(),
+        };
+        let path = groups_dir(&dir).join("6731.json");
+        std::fs::write(&path, serde_json::to_vec(&f).expect("json")).expect("write");
+        let found = legacy_groups(&dir, group_owner("g1", 2), 2).expect("scan");
+        assert_eq!(found, vec![(path, body)]);
+        assert!(legacy_groups(&dir, 1 - group_owner("g1", 2), 2)
+            .expect("scan")
+            .is_empty());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

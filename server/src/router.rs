@@ -84,6 +84,10 @@ pub enum Op {
     Admin(AdminOp),
     /// Apply a new metadata snapshot (broadcast by shard 0).
     Apply(Metadata),
+    /// Consumer group coordination, on the group's owner.
+    Group(crate::group::service::GroupOp),
+    /// Kafka edge operations (idempotent produce, delete records).
+    Kafka(crate::kafka::KafkaOp),
 }
 
 pub enum Reply {
@@ -95,6 +99,8 @@ pub enum Reply {
     OffsetCommit(OffsetCommitResponse),
     OffsetFetch(OffsetFetchResponse),
     Topics(TopicResults),
+    Kafka(crate::kafka::KafkaReply),
+    Group(crate::group::service::GroupReply),
     Failed(WireError),
 }
 

@@ -16,7 +16,6 @@ use crate::error::{ServerError, WireError};
 use crate::limits::*;
 use crate::metadata::{self, Metadata};
 use crate::metrics::{Metrics, ShardMetrics};
-use crate::offsets::OffsetStore;
 use crate::router::{MeshMsg, Router};
 use crate::shutdown::Event;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
@@ -44,6 +43,10 @@ pub struct Shared {
     /// shard id -> mesh peer id (usize::MAX until known).
     pub peers: Vec<AtomicUsize>,
     pub initial_metadata: Metadata,
+    /// Consumer group coordinator settings.
+    pub group_config: crate::group::coordinator::CoordinatorConfig,
+    /// The Kafka listener's settings, bound address and producer ids.
+    pub kafka: crate::kafka::KafkaShared,
 }
 
 /// What start-up hands one shard.
@@ -72,13 +75,16 @@ pub struct Shard {
     pub metadata: RefCell<Metadata>,
     pub partitions: RefCell<HashMap<(String, u32), PartitionSlot>>,
     pub router: Router,
-    pub offsets: OffsetStore,
+    /// The consumer groups this shard coordinates.
+    pub groups: crate::group::service::GroupShard,
     pub shared: Arc<Shared>,
     /// Serializes metadata changes (shard 0) and their application (all).
     pub admin_lock: Semaphore,
     pub apply_lock: Semaphore,
     pub connections: Cell<usize>,
     pub shutdown: Event,
+    /// Kafka idempotent-producer state of the partitions this shard owns.
+    pub kafka: crate::kafka::KafkaShard,
 }
 
 impl Shard {
@@ -208,6 +214,7 @@ impl Shard {
             }
         }
         *self.metadata.borrow_mut() = new;
+        self.groups.set_topics(self);
     }
 
     async fn close_all(&self) {
@@ -264,6 +271,14 @@ pub async fn run(start: ShardStart) {
             return;
         }
     };
+    // Every shard binds the Kafka port shard 0 got (recorded in `shared`).
+    let kafka_listener = match crate::kafka::bind(&shared.kafka) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
     let native = listener.local_addr().unwrap_or(listen);
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let _ = bound.send(Ok((native, http_addr)));
@@ -306,17 +321,19 @@ pub async fn run(start: ShardStart) {
         }),
         partitions: RefCell::new(HashMap::new()),
         router: Router::new(id, senders, peer_of),
-        offsets: OffsetStore::new(shared.data_dir.clone()),
+        groups: crate::group::service::GroupShard::new(shared.group_config.clone()),
         shared: shared.clone(),
         admin_lock: Semaphore::new(1),
         apply_lock: Semaphore::new(1),
         connections: Cell::new(0),
         shutdown: Event::default(),
+        kafka: crate::kafka::KafkaShard::default(),
     });
     if let Some(r) = receivers {
         serve_mesh(&shard, r);
     }
     shard.apply(shared.initial_metadata.clone()).await;
+    shard.groups.load(&shard).await;
     shared.ready.fetch_add(1, Ordering::SeqCst);
     let _ = ready.send(Ok(id));
 
@@ -332,6 +349,9 @@ pub async fn run(start: ShardStart) {
     };
     if let Some(h) = http_listener {
         glommio::spawn_local(crate::http::serve(h, shard.clone())).detach();
+    }
+    if let Some(k) = kafka_listener {
+        glommio::spawn_local(crate::kafka::serve(shard.clone(), k)).detach();
     }
     accept_loop(&shard, listener).await;
     watcher.await;
@@ -349,6 +369,7 @@ pub async fn run(start: ShardStart) {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     shard.close_all().await;
+    shard.groups.close().await;
 }
 
 async fn accept_loop(shard: &Rc<Shard>, listener: TcpListener) {

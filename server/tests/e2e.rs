@@ -371,6 +371,7 @@ fn restart_keeps_data_topics_and_offsets_and_sigterm_exits_zero() {
                 offset: 2,
                 metadata: "m".into(),
             }],
+            ..OffsetCommitRequest::default()
         })) {
             ResponseBody::OffsetCommit(r) => assert_eq!(r.results[0].error, ErrorCode::None),
             other => panic!("{other:?}"),

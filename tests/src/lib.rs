@@ -158,6 +158,10 @@ pub struct TestServer {
     /// The server's stdout lines after `listening` (drained by a thread).
     lines: std::sync::Arc<Mutex<Vec<String>>>,
     stderr_path: PathBuf,
+    /// A data directory outside `dir` (see [`TestServer::start_in`]).
+    data_dir_override: Option<PathBuf>,
+    /// Flags added after the harness's own.
+    extra_args: Vec<String>,
     // Dropped last: the data outlives the process.
     dir: TempDir,
 }
@@ -173,10 +177,49 @@ impl TestServer {
             cores,
             lines: Default::default(),
             stderr_path: dir.path().join("server.stderr"),
+            data_dir_override: None,
+            extra_args: Vec::new(),
             dir,
         };
         s.spawn();
         s
+    }
+
+    /// Starts a server with `cores` shards whose data directory is
+    /// `data_dir` (which the caller owns and removes, e.g. a mount point),
+    /// with `extra_args` after the harness's own flags. The server's stderr
+    /// still goes to a temporary directory of its own.
+    pub fn start_in(cores: u32, data_dir: &Path, extra_args: &[&str]) -> TestServer {
+        let dir = TempDir::new("strom-test");
+        let mut s = TestServer {
+            child: None,
+            addr: String::new(),
+            http_addr: None,
+            cores,
+            lines: Default::default(),
+            stderr_path: dir.path().join("server.stderr"),
+            data_dir_override: Some(data_dir.to_path_buf()),
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            dir,
+        };
+        s.spawn();
+        s
+    }
+
+    /// The shard count the next start uses (after [`TestServer::kill`] or
+    /// [`TestServer::stop`]; the running process keeps its own).
+    pub fn set_cores(&mut self, cores: u32) {
+        self.cores = cores;
+    }
+
+    /// The shard count of the current (or next) process.
+    pub fn cores(&self) -> u32 {
+        self.cores
+    }
+
+    /// The running process's id, if one is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Native protocol address (`127.0.0.1:PORT`).
@@ -189,7 +232,10 @@ impl TestServer {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        match &self.data_dir_override {
+            Some(d) => d.clone(),
+            None => self.dir.path().join("data"),
+        }
     }
 
     /// The server's stderr so far (for assertion messages).
@@ -208,6 +254,7 @@ impl TestServer {
             .arg(self.data_dir())
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(["--cores", &self.cores.to_string()])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

@@ -1,0 +1,582 @@
+//! The coordinator's shell: what native and Kafka handlers call. Each
+//! public function routes to the shard that owns the group (in place or
+//! over the mesh as `Op::Group`) and returns protocol-neutral results
+//! (member metadata and assignments are opaque bytes, as in Kafka).
+//!
+//! Owner side, per shard: the [`Coordinator`] core, the offsets log, the
+//! joins and syncs waiting for their rebalance (completed from the core's
+//! [`Ready`](super::coordinator::Ready)), and a timer task that calls
+//! `tick` every `GROUP_TICK_MS`.
+//!
+//! Invariants:
+//! - no `RefCell` borrow is held across an `.await`;
+//! - every append to the log (commits, generation records, tombstones,
+//!   compaction) holds `append_lock`, so the log's order is the order in
+//!   which the core produced the records; a commit is applied to the core
+//!   only after its append succeeded, before the lock is released;
+//! - a waiter registered for a ticket receives exactly one answer.
+
+use super::coordinator::{
+    CommitArgs, Completion, Coordinator, CoordinatorConfig, GroupDescription, GroupListing,
+    JoinArgs, JoinResult, OffsetCommit, Outcome, SyncArgs, SyncResult, Ticket,
+};
+use super::error::GroupError;
+use super::group_owner;
+use super::records::{Committed, Record};
+use super::store::{self, OffsetLog};
+use crate::engine::Durability;
+use crate::handlers::{call, fan_out};
+use crate::router::{Op, Reply};
+use crate::shard::Shard;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How often each shard's timer ticks the coordinator.
+pub const GROUP_TICK_MS: u64 = 100;
+
+/// A group operation for the owning shard.
+pub enum GroupOp {
+    Join(JoinArgs),
+    Sync(SyncArgs),
+    Heartbeat {
+        group: String,
+        member_id: String,
+        generation: i32,
+    },
+    Leave {
+        group: String,
+        member_ids: Vec<String>,
+    },
+    Commit(CommitArgs),
+    Fetch {
+        group: String,
+        partitions: Option<Vec<(String, u32)>>,
+    },
+    List,
+    Describe(Vec<String>),
+    Reset {
+        group: String,
+        offsets: Vec<OffsetCommit>,
+    },
+}
+
+pub enum GroupReply {
+    Join(Result<JoinResult, GroupError>),
+    Sync(Result<SyncResult, GroupError>),
+    Heartbeat(Result<(), GroupError>),
+    Leave(Result<Vec<Result<(), GroupError>>, GroupError>),
+    Commit(Result<Vec<Result<(), GroupError>>, GroupError>),
+    Fetch(Result<Vec<(String, u32, Option<Committed>)>, GroupError>),
+    List(Vec<GroupListing>),
+    Describe(Vec<GroupDescription>),
+}
+
+fn now_ms() -> u64 {
+    super::wall_ms()
+}
+
+struct Inner {
+    core: RefCell<Coordinator>,
+    log: RefCell<Option<OffsetLog>>,
+    loaded: Cell<bool>,
+    append_lock: Semaphore,
+    joins: RefCell<HashMap<Ticket, LocalSender<Result<JoinResult, GroupError>>>>,
+    syncs: RefCell<HashMap<Ticket, LocalSender<Result<SyncResult, GroupError>>>>,
+}
+
+/// One shard's share of the coordinator.
+#[derive(Clone)]
+pub struct GroupShard {
+    inner: Rc<Inner>,
+}
+
+impl GroupShard {
+    pub fn new(config: CoordinatorConfig) -> GroupShard {
+        GroupShard {
+            inner: Rc::new(Inner {
+                core: RefCell::new(Coordinator::new(config)),
+                log: RefCell::new(None),
+                loaded: Cell::new(false),
+                append_lock: Semaphore::new(1),
+                joins: RefCell::new(HashMap::new()),
+                syncs: RefCell::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Opens and replays this shard's offsets log, imports the old JSON
+    /// offset files once, learns the topics, and starts the timer. On
+    /// failure the shard's groups answer COORDINATOR_NOT_AVAILABLE.
+    pub async fn load(&self, shard: &Rc<Shard>) {
+        let dir = store::log_root(&shard.data_dir).join(shard.id.to_string());
+        match OffsetLog::open(dir.clone()).await {
+            Ok((log, records)) => {
+                self.inner.core.borrow_mut().apply(now_ms(), &records);
+                *self.inner.log.borrow_mut() = Some(log);
+            }
+            Err(e) => {
+                eprintln!("shard {}: consumer offsets unavailable: {e}", shard.id);
+                return;
+            }
+        }
+        self.set_topics(shard);
+        if let Err(e) = self.import_legacy(shard).await {
+            eprintln!("shard {}: importing old offsets: {}", shard.id, e);
+        }
+        self.inner.loaded.set(true);
+        let me = self.clone();
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            while !s.shutdown.is_fired() {
+                glommio::timer::sleep(Duration::from_millis(GROUP_TICK_MS)).await;
+                me.inner.core.borrow_mut().tick(now_ms());
+                me.process_ready();
+                me.maybe_compact().await;
+            }
+        })
+        .detach();
+    }
+
+    /// Tells the core the topics of the current metadata (after a change).
+    pub fn set_topics(&self, shard: &Shard) {
+        let topics: BTreeMap<String, u32> = shard
+            .metadata
+            .borrow()
+            .topics
+            .values()
+            .map(|t| (t.name.clone(), t.partitions))
+            .collect();
+        self.inner.core.borrow_mut().set_topics(now_ms(), topics);
+        self.process_ready();
+    }
+
+    /// Closes the offsets log (shutdown).
+    pub async fn close(&self) {
+        let _g = self.inner.append_lock.acquire_permit(1).await;
+        let log = self.inner.log.borrow_mut().take();
+        if let Some(log) = log {
+            if let Err(e) = log.close().await {
+                eprintln!("closing the offsets log: {e}");
+            }
+        }
+    }
+
+    /// Answers completed joins/syncs; appends the core's records (in order,
+    /// behind the append lock) without making anyone wait for them.
+    fn process_ready(&self) {
+        let ready = self.inner.core.borrow_mut().take_ready();
+        for c in ready.completions {
+            match c {
+                Completion::Join(t, r) => {
+                    if let Some(tx) = self.inner.joins.borrow_mut().remove(&t) {
+                        let _ = tx.try_send(r);
+                    }
+                }
+                Completion::Sync(t, r) => {
+                    if let Some(tx) = self.inner.syncs.borrow_mut().remove(&t) {
+                        let _ = tx.try_send(r);
+                    }
+                }
+            }
+        }
+        if !ready.records.is_empty() {
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                if let Err(e) = me.append(&ready.records, Durability::Written).await {
+                    eprintln!("offsets log: {e}");
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Appends under the lock; `then` runs (still under it) on success.
+    async fn append_then(
+        &self,
+        records: &[Record],
+        durability: Durability,
+        then: impl FnOnce(),
+    ) -> Result<(), String> {
+        let _g = self
+            .inner
+            .append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let log = self.inner.log.borrow_mut().take();
+        let Some(mut log) = log else {
+            return Err("the offsets log is not open".into());
+        };
+        let r = log.append(records, durability).await;
+        *self.inner.log.borrow_mut() = Some(log);
+        r.map_err(|e| e.to_string())?;
+        then();
+        Ok(())
+    }
+
+    async fn append(&self, records: &[Record], durability: Durability) -> Result<(), String> {
+        self.append_then(records, durability, || {}).await
+    }
+
+    async fn maybe_compact(&self) {
+        let live = self.inner.core.borrow().live_records();
+        let due = self
+            .inner
+            .log
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.compaction_due(live));
+        if !due {
+            return;
+        }
+        let Ok(_g) = self.inner.append_lock.acquire_permit(1).await else {
+            return;
+        };
+        let Some(log) = self.inner.log.borrow_mut().take() else {
+            return;
+        };
+        let snapshot = self.inner.core.borrow().snapshot();
+        match log.compact(snapshot).await {
+            Ok(log) => *self.inner.log.borrow_mut() = Some(log),
+            Err((e, log)) => {
+                eprintln!("offsets log compaction: {e}");
+                *self.inner.log.borrow_mut() = log;
+            }
+        }
+    }
+
+    async fn import_legacy(&self, shard: &Shard) -> Result<(), String> {
+        let data_dir = shard.data_dir.clone();
+        let (id, shards) = (shard.id, shard.shards);
+        let found = glommio::executor()
+            .spawn_blocking(move || crate::offsets::legacy_groups(&data_dir, id, shards))
+            .await
+            .map_err(|e| e.to_string())?;
+        for (path, g) in found {
+            let now = now_ms();
+            let records: Vec<Record> = {
+                let core = self.inner.core.borrow();
+                let have = core.fetch_offsets(&g.group, None);
+                g.offsets
+                    .iter()
+                    .flat_map(|(t, ps)| ps.iter().map(move |(p, c)| (t, p, c)))
+                    .filter(|(t, p, _)| !have.iter().any(|(ht, hp, _)| ht == *t && hp == *p))
+                    .map(|(t, p, c)| Record::Offset {
+                        group: g.group.clone(),
+                        topic: t.clone(),
+                        partition: *p,
+                        value: Some(Committed {
+                            offset: c.offset,
+                            metadata: c.metadata.clone(),
+                            commit_time_ms: now as i64,
+                        }),
+                    })
+                    .collect()
+            };
+            let core = &self.inner.core;
+            self.append_then(&records, Durability::Durable, || {
+                core.borrow_mut().apply(now, &records)
+            })
+            .await?;
+            let p = path.clone();
+            glommio::executor()
+                .spawn_blocking(move || std::fs::remove_file(&p))
+                .await
+                .map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    async fn commit_records(
+        &self,
+        now: u64,
+        results: Vec<Result<Record, GroupError>>,
+        group: &str,
+    ) -> Vec<Result<(), GroupError>> {
+        let records: Vec<Record> = results.iter().filter_map(|r| r.clone().ok()).collect();
+        let core = &self.inner.core;
+        let stored = if records.is_empty() {
+            Ok(())
+        } else {
+            self.append_then(&records, Durability::Durable, || {
+                core.borrow_mut().apply(now, &records)
+            })
+            .await
+        };
+        results
+            .into_iter()
+            .map(|r| match (r, &stored) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Ok(())) => Ok(()),
+                (Ok(_), Err(reason)) => Err(GroupError::Storage {
+                    group: group.to_owned(),
+                    reason: reason.clone(),
+                }),
+            })
+            .collect()
+    }
+
+    /// Owner side of a [`GroupOp`].
+    pub async fn execute(&self, op: GroupOp) -> GroupReply {
+        let group = match &op {
+            GroupOp::Join(a) => a.group.clone(),
+            GroupOp::Sync(a) => a.group.clone(),
+            GroupOp::Heartbeat { group, .. }
+            | GroupOp::Leave { group, .. }
+            | GroupOp::Fetch { group, .. }
+            | GroupOp::Reset { group, .. } => group.clone(),
+            GroupOp::Commit(a) => a.group.clone(),
+            GroupOp::List | GroupOp::Describe(_) => String::new(),
+        };
+        let unavailable = || GroupError::CoordinatorNotAvailable {
+            group: group.clone(),
+        };
+        if !self.inner.loaded.get() {
+            return match op {
+                GroupOp::Join(_) => GroupReply::Join(Err(unavailable())),
+                GroupOp::Sync(_) => GroupReply::Sync(Err(unavailable())),
+                GroupOp::Heartbeat { .. } => GroupReply::Heartbeat(Err(unavailable())),
+                GroupOp::Leave { .. } => GroupReply::Leave(Err(unavailable())),
+                GroupOp::Commit(_) | GroupOp::Reset { .. } => {
+                    GroupReply::Commit(Err(unavailable()))
+                }
+                GroupOp::Fetch { .. } => GroupReply::Fetch(Err(unavailable())),
+                GroupOp::List => GroupReply::List(Vec::new()),
+                GroupOp::Describe(_) => GroupReply::Describe(Vec::new()),
+            };
+        }
+        let now = now_ms();
+        let reply = match op {
+            GroupOp::Join(a) => {
+                let r = self.inner.core.borrow_mut().join(now, a);
+                match r {
+                    Err(e) => GroupReply::Join(Err(e)),
+                    Ok(Outcome::Done(r)) => GroupReply::Join(Ok(r)),
+                    Ok(Outcome::Pending(t)) => {
+                        let (tx, rx) = local_channel::new_bounded(1);
+                        self.inner.joins.borrow_mut().insert(t, tx);
+                        self.process_ready();
+                        let r = rx.recv().await.unwrap_or_else(|| Err(unavailable()));
+                        return GroupReply::Join(r);
+                    }
+                }
+            }
+            GroupOp::Sync(a) => {
+                let r = self.inner.core.borrow_mut().sync(now, a);
+                match r {
+                    Err(e) => GroupReply::Sync(Err(e)),
+                    Ok(Outcome::Done(r)) => GroupReply::Sync(Ok(r)),
+                    Ok(Outcome::Pending(t)) => {
+                        let (tx, rx) = local_channel::new_bounded(1);
+                        self.inner.syncs.borrow_mut().insert(t, tx);
+                        self.process_ready();
+                        let r = rx.recv().await.unwrap_or_else(|| Err(unavailable()));
+                        return GroupReply::Sync(r);
+                    }
+                }
+            }
+            GroupOp::Heartbeat {
+                group,
+                member_id,
+                generation,
+            } => GroupReply::Heartbeat(
+                self.inner
+                    .core
+                    .borrow_mut()
+                    .heartbeat(now, &group, &member_id, generation),
+            ),
+            GroupOp::Leave { group, member_ids } => {
+                GroupReply::Leave(self.inner.core.borrow_mut().leave(now, &group, &member_ids))
+            }
+            GroupOp::Commit(a) => {
+                let r = self.inner.core.borrow_mut().commit(now, &a);
+                match r {
+                    Err(e) => GroupReply::Commit(Err(e)),
+                    Ok(results) => {
+                        GroupReply::Commit(Ok(self.commit_records(now, results, &a.group).await))
+                    }
+                }
+            }
+            GroupOp::Reset { group, offsets } => {
+                let r = self
+                    .inner
+                    .core
+                    .borrow_mut()
+                    .reset_offsets(now, &group, &offsets);
+                match r {
+                    Err(e) => GroupReply::Commit(Err(e)),
+                    Ok(results) => {
+                        GroupReply::Commit(Ok(self.commit_records(now, results, &group).await))
+                    }
+                }
+            }
+            GroupOp::Fetch { group, partitions } => GroupReply::Fetch(Ok(self
+                .inner
+                .core
+                .borrow()
+                .fetch_offsets(&group, partitions.as_deref()))),
+            GroupOp::List => GroupReply::List(self.inner.core.borrow().list()),
+            GroupOp::Describe(groups) => {
+                let core = self.inner.core.borrow();
+                GroupReply::Describe(groups.iter().map(|g| core.describe(g)).collect())
+            }
+        };
+        self.process_ready();
+        reply
+    }
+}
+
+// ------------------------------------------------------------ public API
+
+async fn route(shard: &Rc<Shard>, group: &str, op: GroupOp) -> Result<GroupReply, GroupError> {
+    super::coordinator::validate_group_id(group)?;
+    let owner = group_owner(group, shard.shards);
+    match call(shard, owner, Op::Group(op)).await {
+        Reply::Group(r) => Ok(r),
+        _ => Err(GroupError::CoordinatorNotAvailable {
+            group: group.to_owned(),
+        }),
+    }
+}
+
+fn mismatch(group: &str) -> GroupError {
+    GroupError::CoordinatorNotAvailable {
+        group: group.to_owned(),
+    }
+}
+
+/// JoinGroup: resolves when the join phase ends (or at once for a member
+/// rejoining a stable group with unchanged metadata).
+pub async fn join(shard: &Rc<Shard>, args: JoinArgs) -> Result<JoinResult, GroupError> {
+    let group = args.group.clone();
+    match route(shard, &group, GroupOp::Join(args)).await? {
+        GroupReply::Join(r) => r,
+        _ => Err(mismatch(&group)),
+    }
+}
+
+/// SyncGroup: resolves when the leader's assignment arrived.
+pub async fn sync(shard: &Rc<Shard>, args: SyncArgs) -> Result<SyncResult, GroupError> {
+    let group = args.group.clone();
+    match route(shard, &group, GroupOp::Sync(args)).await? {
+        GroupReply::Sync(r) => r,
+        _ => Err(mismatch(&group)),
+    }
+}
+
+pub async fn heartbeat(
+    shard: &Rc<Shard>,
+    group: &str,
+    member_id: &str,
+    generation: i32,
+) -> Result<(), GroupError> {
+    let op = GroupOp::Heartbeat {
+        group: group.to_owned(),
+        member_id: member_id.to_owned(),
+        generation,
+    };
+    match route(shard, group, op).await? {
+        GroupReply::Heartbeat(r) => r,
+        _ => Err(mismatch(group)),
+    }
+}
+
+/// LeaveGroup: per-member results in order.
+pub async fn leave(
+    shard: &Rc<Shard>,
+    group: &str,
+    member_ids: Vec<String>,
+) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+    let op = GroupOp::Leave {
+        group: group.to_owned(),
+        member_ids,
+    };
+    match route(shard, group, op).await? {
+        GroupReply::Leave(r) => r,
+        _ => Err(mismatch(group)),
+    }
+}
+
+/// OffsetCommit: durable (fdatasync'd) before it returns Ok; per-partition
+/// results in request order. `member_id` empty = outside group management.
+#[allow(dead_code)] // API for the Kafka listener and tests
+pub async fn commit(
+    shard: &Rc<Shard>,
+    args: CommitArgs,
+) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+    let group = args.group.clone();
+    match route(shard, &group, GroupOp::Commit(args)).await? {
+        GroupReply::Commit(r) => r,
+        _ => Err(mismatch(&group)),
+    }
+}
+
+/// OffsetFetch: `None` = every committed partition; `None` offsets mean
+/// nothing committed.
+#[allow(dead_code)] // API for the Kafka listener and tests
+pub async fn fetch_offsets(
+    shard: &Rc<Shard>,
+    group: &str,
+    partitions: Option<Vec<(String, u32)>>,
+) -> Result<Vec<(String, u32, Option<Committed>)>, GroupError> {
+    let op = GroupOp::Fetch {
+        group: group.to_owned(),
+        partitions,
+    };
+    match route(shard, group, op).await? {
+        GroupReply::Fetch(r) => r,
+        _ => Err(mismatch(group)),
+    }
+}
+
+/// Sets offsets administratively; only while the group is Empty.
+pub async fn reset_offsets(
+    shard: &Rc<Shard>,
+    group: &str,
+    offsets: Vec<OffsetCommit>,
+) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+    let op = GroupOp::Reset {
+        group: group.to_owned(),
+        offsets,
+    };
+    match route(shard, group, op).await? {
+        GroupReply::Commit(r) => r,
+        _ => Err(mismatch(group)),
+    }
+}
+
+/// ListGroups: every group of every shard.
+pub async fn list(shard: &Rc<Shard>) -> Vec<GroupListing> {
+    let ops: Vec<(usize, Op)> = (0..shard.shards)
+        .map(|s| (s, Op::Group(GroupOp::List)))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        match rx.recv().await {
+            Some((_, Reply::Group(GroupReply::List(l)))) => out.extend(l),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| a.group.cmp(&b.group));
+    out
+}
+
+/// DescribeGroups, in request order; an unknown group is `Dead`.
+pub async fn describe(shard: &Rc<Shard>, groups: Vec<String>) -> Vec<GroupDescription> {
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let d = match route(shard, &g, GroupOp::Describe(vec![g.clone()])).await {
+            Ok(GroupReply::Describe(mut d)) if d.len() == 1 => d.remove(0),
+            _ => super::coordinator::Coordinator::new(CoordinatorConfig::default()).describe(&g),
+        };
+        out.push(d);
+    }
+    out
+}

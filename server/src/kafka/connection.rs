@@ -1,0 +1,219 @@
+//! One Kafka client connection. The reader frames requests (two passes:
+//! [`codec::peek_request`], then [`codec::decode_request`]) and runs each in
+//! its own task; the writer awaits those tasks in request order, because
+//! Kafka clients expect answers in the order they asked.
+//!
+//! Invariants and limits:
+//! - At most `KAFKA_INFLIGHT_REQUESTS_MAX` requests are in flight; past it
+//!   the reader stops reading (back-pressure through TCP).
+//! - A request larger than `KAFKA_REQUEST_BYTES_MAX` or with a size that
+//!   cannot hold a header closes the connection (the stream cannot be
+//!   re-synchronized). Any other request gets an answer, an error answer for
+//!   APIs and versions not served.
+//! - Produce with acks=0 gets no answer, as Kafka clients expect.
+//! - Idle connections (nothing in flight, nothing sent) close after
+//!   `IDLE_TIMEOUT_MS`; shutdown stops reading and drains what is in flight.
+
+use super::codec::{self, Incoming};
+use super::handlers::{self, Ctx};
+use crate::limits::*;
+use crate::metrics::ShardMetrics;
+use crate::shard::Shard;
+use bytes::BytesMut;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::net::TcpStream;
+use glommio::task::JoinHandle;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// An answer in the making: `None` for requests that get no answer.
+enum Pending {
+    Task(JoinHandle<Option<BytesMut>>),
+    Ready(BytesMut),
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    shard.connections.set(shard.connections.get() + 1);
+    ShardMetrics::add(&shard.metrics().connections_open, 1);
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let peer = stream.peer_addr().ok();
+    let stream = Rc::new(RefCell::new(stream));
+    let (tx, rx) = local_channel::new_bounded(KAFKA_INFLIGHT_REQUESTS_MAX);
+    let inflight = Rc::new(Cell::new(0usize));
+    let writer = glommio::spawn_local(write_loop(
+        shard.clone(),
+        stream.clone(),
+        rx,
+        inflight.clone(),
+    ));
+    let ctx = Rc::new(Ctx::new(shard.clone(), local, peer));
+    read_loop(&ctx, &stream, &tx, &inflight).await;
+    drop(tx);
+    let drain = async {
+        writer.await;
+    };
+    let limit = glommio::timer::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS));
+    futures_lite::future::or(drain, limit).await;
+    shard.connections.set(shard.connections.get() - 1);
+    ShardMetrics::sub(&shard.metrics().connections_open, 1);
+}
+
+enum Read {
+    Bytes(usize),
+    Eof,
+    Idle,
+    Shutdown,
+    Failed,
+}
+
+async fn read_loop(
+    ctx: &Rc<Ctx>,
+    stream: &Rc<RefCell<TcpStream>>,
+    tx: &local_channel::LocalSender<Pending>,
+    inflight: &Cell<usize>,
+) {
+    let shard = &ctx.shard;
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    loop {
+        loop {
+            match codec::peek_request(&buf, KAFKA_REQUEST_BYTES_MAX) {
+                Ok(None) => break,
+                Ok(Some(total)) => {
+                    let mut msg = buf.split_to(total);
+                    let body = msg.split_off(4).freeze();
+                    let pending = match codec::decode_request(body) {
+                        Incoming::Close => {
+                            ShardMetrics::add(&shard.metrics().errors, 1);
+                            return;
+                        }
+                        Incoming::Answer(b) => {
+                            ShardMetrics::add(&shard.metrics().errors, 1);
+                            Pending::Ready(b)
+                        }
+                        Incoming::Request(d) => {
+                            shard.metrics().request("kafka");
+                            let ctx = ctx.clone();
+                            Pending::Task(
+                                glommio::spawn_local(async move { handlers::handle(&ctx, *d).await })
+                                    .detach(),
+                            )
+                        }
+                    };
+                    inflight.set(inflight.get() + 1);
+                    if tx.send(pending).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    ShardMetrics::add(&shard.metrics().errors, 1);
+                    return;
+                }
+            }
+        }
+        let want = codec::announced_len(&buf)
+            .map(|n| n.saturating_sub(buf.len()))
+            .unwrap_or(0)
+            .clamp(READ_BUFFER_BYTES, 1 << 20);
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let read = {
+            let dst = &mut buf[start..];
+            let io = async {
+                let mut s = ReadHalf(stream.clone());
+                match s.read(dst).await {
+                    Ok(0) => Read::Eof,
+                    Ok(n) => Read::Bytes(n),
+                    Err(_) => Read::Failed,
+                }
+            };
+            let idle = async {
+                glommio::timer::sleep(Duration::from_millis(IDLE_TIMEOUT_MS)).await;
+                Read::Idle
+            };
+            let stop = async {
+                shard.shutdown.wait().await;
+                Read::Shutdown
+            };
+            futures_lite::future::or(stop, futures_lite::future::or(io, idle)).await
+        };
+        match read {
+            Read::Bytes(n) => {
+                buf.truncate(start + n);
+                ShardMetrics::add(&shard.metrics().bytes_in, n as u64);
+            }
+            Read::Idle if inflight.get() > 0 => buf.truncate(start),
+            Read::Eof | Read::Idle | Read::Shutdown | Read::Failed => return,
+        }
+    }
+}
+
+/// Borrows the stream only for the duration of each poll.
+struct ReadHalf(Rc<RefCell<TcpStream>>);
+
+impl futures_lite::io::AsyncRead for ReadHalf {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl futures_lite::io::AsyncWrite for ReadHalf {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+async fn write_loop(
+    shard: Rc<Shard>,
+    stream: Rc<RefCell<TcpStream>>,
+    rx: LocalReceiver<Pending>,
+    inflight: Rc<Cell<usize>>,
+) {
+    let mut w = ReadHalf(stream);
+    let mut broken = false;
+    while let Some(p) = rx.recv().await {
+        let out = match p {
+            Pending::Ready(b) => Some(b),
+            Pending::Task(t) => t.await.flatten(),
+        };
+        inflight.set(inflight.get().saturating_sub(1));
+        let Some(out) = out else { continue };
+        if out.is_empty() {
+            // An answer that could not be encoded: the client would pair
+            // every later answer with the wrong request.
+            broken = true;
+            let _ = w.close().await;
+        }
+        if broken {
+            continue;
+        }
+        match w.write_all(&out).await {
+            Ok(()) => ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64),
+            Err(_) => broken = true,
+        }
+    }
+}

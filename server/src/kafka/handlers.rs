@@ -1,0 +1,970 @@
+//! One function per Kafka API. Partition work is routed to the owning shard
+//! (`crate::handlers::fan_out` / `call`), metadata changes to shard 0
+//! (`Op::Admin`), exactly as the native protocol does; answers are built in
+//! request order with the crate's response types.
+
+use super::codec::{self, sb, Decoded};
+use super::translate;
+use super::{KafkaOp, KafkaProduceItem, KafkaReply, ProduceOutcome};
+use crate::engine::Durability;
+use crate::error::WireError;
+use crate::handlers::{call, fan_out};
+use crate::limits::*;
+use crate::metadata;
+use crate::router::{AdminOp, FetchItem, FetchOut, Op, Reply};
+use crate::shard::Shard;
+use crate::shutdown::first_of;
+use bytes::{Bytes, BytesMut};
+use glommio::channels::local_channel::LocalReceiver;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use strom_flatbuffers::protocol as native;
+use uuid::Uuid;
+
+/// The one broker this server presents itself as.
+pub const NODE_ID: i32 = 0;
+/// Cluster id reported in Metadata.
+pub const CLUSTER_ID: &str = "strom";
+/// High half of every topic's Kafka UUID; the low half is the topic id + 1.
+const TOPIC_UUID_HIGH: u64 = 0x5354_524f_4d00_0000;
+
+/// What a request handler needs of its connection.
+pub struct Ctx {
+    pub shard: Rc<Shard>,
+    /// Host and port told to clients.
+    pub host: String,
+    pub port: i32,
+    /// The client's address, for DescribeGroups.
+    pub peer: String,
+}
+
+impl Ctx {
+    pub fn new(shard: Rc<Shard>, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Ctx {
+        let (host, port) = match &shard.shared.kafka.config.advertise {
+            Some((h, p)) => (h.clone(), i32::from(*p)),
+            None => {
+                let a = local
+                    .or(shard.shared.kafka.bound())
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
+                (a.ip().to_string(), i32::from(a.port()))
+            }
+        };
+        let peer = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
+        Ctx {
+            shard,
+            host,
+            port,
+            peer,
+        }
+    }
+}
+
+fn topic_uuid(id: u64) -> Uuid {
+    Uuid::from_u64_pair(TOPIC_UUID_HIGH, id.wrapping_add(1))
+}
+
+/// Handles one request; `None` means no answer (produce with acks=0); an
+/// empty buffer means the connection must close.
+pub async fn handle(ctx: &Ctx, d: Decoded) -> Option<BytesMut> {
+    let v = d.version;
+    let cid = d.header.correlation_id;
+    let client_id = d
+        .header
+        .client_id
+        .as_ref()
+        .map(|c| c.as_str().to_owned())
+        .unwrap_or_default();
+    let resp = match d.body {
+        RequestKind::ApiVersions(_) => {
+            ResponseKind::ApiVersions(codec::api_versions_response(codec::NONE))
+        }
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata(ctx, v, r).await),
+        RequestKind::Produce(r) => ResponseKind::Produce(produce(ctx, r).await?),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(ctx, r).await),
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(ctx, r).await),
+        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(ctx, v, r).await),
+        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(ctx, r).await),
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(create_partitions(ctx, r).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(describe_configs(ctx, r))
+        }
+        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(init_producer_id(ctx, r)),
+        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(delete_records(ctx, r).await),
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(super::groups::find_coordinator(ctx, v, r))
+        }
+        other => match super::groups::handle(ctx, v, &client_id, other).await {
+            Some(r) => r,
+            None => codec::unsupported_response(d.key, codec::UNSUPPORTED_VERSION),
+        },
+    };
+    match codec::encode_response(cid, d.key, v, &resp) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!(
+                "shard {}: kafka: encoding {:?} v{v}: {e}",
+                ctx.shard.id, d.key
+            );
+            let fallback = codec::unsupported_response(d.key, codec::UNKNOWN_SERVER_ERROR);
+            // Never leave a request unanswered: the client pairs answers
+            // with requests by order. An empty answer closes the connection.
+            Some(codec::encode_response(cid, d.key, v, &fallback).unwrap_or_default())
+        }
+    }
+}
+
+/// Collects up to `n` replies.
+async fn collect(rx: &LocalReceiver<(usize, Reply)>, n: usize) -> Vec<(usize, Reply)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match rx.recv().await {
+            Some(r) => out.push(r),
+            None => break,
+        }
+    }
+    out
+}
+
+fn reply_error(reply: Reply) -> WireError {
+    match reply {
+        Reply::Failed(e) => e,
+        _ => WireError::new(native::ErrorCode::Internal, "unexpected reply kind"),
+    }
+}
+
+async fn admin(ctx: &Ctx, op: AdminOp) -> Result<native::TopicResults, WireError> {
+    match call(&ctx.shard, 0, Op::Admin(op)).await {
+        Reply::Topics(t) => Ok(t),
+        other => Err(reply_error(other)),
+    }
+}
+
+/// Creates the topics of `names` that do not exist (auto-creation), with
+/// the default partition count. Invalid names are left for the caller to
+/// report as unknown.
+async fn auto_create(ctx: &Ctx, names: &[String]) {
+    let cfg = &ctx.shard.shared.kafka.config;
+    if !cfg.auto_create {
+        return;
+    }
+    let missing: Vec<native::CreateTopic> = {
+        let meta = ctx.shard.metadata.borrow();
+        names
+            .iter()
+            .filter(|n| !meta.topics.contains_key(*n))
+            .filter(|n| metadata::validate_topic_name(n).is_ok())
+            .map(|n| native::CreateTopic {
+                name: n.clone(),
+                partitions: cfg.default_partitions,
+                configs: Vec::new(),
+            })
+            .collect()
+    };
+    if missing.is_empty() {
+        return;
+    }
+    let _ = admin(
+        ctx,
+        AdminOp::CreateTopics(native::CreateTopicsRequest { topics: missing }),
+    )
+    .await;
+}
+
+async fn metadata(ctx: &Ctx, version: i16, r: MetadataRequest) -> MetadataResponse {
+    let all = match &r.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let mut names: Vec<String> = Vec::new();
+    if !all {
+        let meta = ctx.shard.metadata.borrow();
+        for t in r.topics.iter().flatten().take(KAFKA_METADATA_TOPICS_MAX) {
+            match &t.name {
+                Some(n) => names.push(n.0.as_str().to_owned()),
+                None => {
+                    if let Some(m) = meta.topics.values().find(|m| topic_uuid(m.id) == t.topic_id)
+                    {
+                        names.push(m.name.clone());
+                    }
+                }
+            }
+        }
+    }
+    if !all && (version < 4 || r.allow_auto_topic_creation) {
+        auto_create(ctx, &names).await;
+    }
+    let meta = ctx.shard.metadata.borrow().clone();
+    if all {
+        names = meta.topics.keys().cloned().collect();
+    }
+    let topics = names
+        .iter()
+        .map(|name| match meta.topics.get(name) {
+            None => MetadataResponseTopic::default()
+                .with_error_code(if metadata::validate_topic_name(name).is_ok() {
+                    codec::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    codec::INVALID_TOPIC_EXCEPTION
+                })
+                .with_name(Some(TopicName(sb(name))))
+                .with_topic_authorized_operations(i32::MIN),
+            Some(t) => MetadataResponseTopic::default()
+                .with_name(Some(TopicName(sb(name))))
+                .with_topic_id(topic_uuid(t.id))
+                .with_topic_authorized_operations(i32::MIN)
+                .with_partitions(
+                    (0..t.partitions)
+                        .map(|p| {
+                            MetadataResponsePartition::default()
+                                .with_partition_index(p as i32)
+                                .with_leader_id(BrokerId(NODE_ID))
+                                .with_leader_epoch(0)
+                                .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                        })
+                        .collect(),
+                ),
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(NODE_ID))
+            .with_host(sb(&ctx.host))
+            .with_port(ctx.port)])
+        .with_cluster_id(Some(sb(CLUSTER_ID)))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_cluster_authorized_operations(i32::MIN)
+        .with_topics(topics)
+}
+
+/// One partition of a produce request: its batches translated, or why not.
+struct ProducePart {
+    topic: String,
+    partition: i32,
+    outcome: Option<ProduceOutcome>,
+}
+
+async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
+    let shard = &ctx.shard;
+    let acks = r.acks;
+    let durability = match acks {
+        0 => Durability::Buffered,
+        1 => Durability::Written,
+        _ => Durability::Durable,
+    };
+    let names: Vec<String> = r
+        .topic_data
+        .iter()
+        .map(|t| t.name.0.as_str().to_owned())
+        .collect();
+    auto_create(ctx, &names).await;
+    let mut parts: Vec<ProducePart> = Vec::new();
+    let mut per_shard: BTreeMap<usize, Vec<KafkaProduceItem>> = BTreeMap::new();
+    for t in r.topic_data {
+        let topic = t.name.0.as_str().to_owned();
+        for pd in t.partition_data {
+            let index = parts.len();
+            let mut part = ProducePart {
+                topic: topic.clone(),
+                partition: pd.index,
+                outcome: None,
+            };
+            let fail = |code: i16, message: String| {
+                Some(ProduceOutcome {
+                    error_code: code,
+                    message: Some(message),
+                    base_offset: -1,
+                    ..Default::default()
+                })
+            };
+            if acks != 0 && acks != 1 && acks != -1 {
+                part.outcome = fail(21, format!("acks={acks}: use 0, 1 or -1"));
+            } else if r.transactional_id.is_some() {
+                part.outcome = fail(53, "transactions are not supported".into());
+            } else if pd.index < 0 {
+                part.outcome = fail(codec::UNKNOWN_TOPIC_OR_PARTITION, "negative partition".into());
+            } else {
+                let p = pd.index as u32;
+                match shard.owner(&topic, p) {
+                    Err(e) => part.outcome = fail(codec::wire_to_kafka(e.code), e.message),
+                    Ok(owner) => match translate::kafka_to_frames(
+                        pd.records.unwrap_or_default(),
+                        FRAME_BYTES_LIMIT,
+                    ) {
+                        Err(e) => part.outcome = fail(e.code, e.message),
+                        Ok(frames) if frames.is_empty() => {
+                            part.outcome = fail(codec::INVALID_RECORD, "no record batch".into())
+                        }
+                        Ok(frames) => {
+                            let items = per_shard.entry(owner).or_default();
+                            for f in frames {
+                                items.push(KafkaProduceItem {
+                                    index,
+                                    topic: topic.clone(),
+                                    partition: p,
+                                    frame: f.frame,
+                                    producer: f.producer,
+                                });
+                            }
+                        }
+                    },
+                }
+            }
+            parts.push(part);
+        }
+    }
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| (s, Op::Kafka(KafkaOp::Produce { items, durability })))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (_, reply) in collect(&rx, n).await {
+        match reply {
+            Reply::Kafka(KafkaReply::Produce(outs)) => {
+                // Several batches of one partition: the first offset, the
+                // first error.
+                for (i, o) in outs {
+                    let slot = &mut parts[i].outcome;
+                    match slot {
+                        None => *slot = Some(o),
+                        Some(prev) if prev.error_code == 0 && o.error_code != 0 => *slot = Some(o),
+                        Some(_) => {}
+                    }
+                }
+            }
+            other => {
+                let e = reply_error(other);
+                for p in parts.iter_mut().filter(|p| p.outcome.is_none()) {
+                    p.outcome = Some(ProduceOutcome {
+                        error_code: codec::wire_to_kafka(e.code),
+                        message: Some(e.message.clone()),
+                        base_offset: -1,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    if acks == 0 {
+        return None;
+    }
+    let mut topics: Vec<TopicProduceResponse> = Vec::new();
+    for p in parts {
+        let o = p.outcome.unwrap_or(ProduceOutcome {
+            error_code: codec::REQUEST_TIMED_OUT,
+            base_offset: -1,
+            ..Default::default()
+        });
+        let pr = PartitionProduceResponse::default()
+            .with_index(p.partition)
+            .with_error_code(o.error_code)
+            .with_base_offset(o.base_offset)
+            .with_log_append_time_ms(o.log_append_time_ms)
+            .with_log_start_offset(o.log_start_offset)
+            .with_error_message(o.message.map(StrBytes::from_string));
+        match topics.last_mut() {
+            Some(t) if t.name.0.as_str() == p.topic => t.partition_responses.push(pr),
+            _ => topics.push(
+                TopicProduceResponse::default()
+                    .with_name(TopicName(sb(&p.topic)))
+                    .with_partition_responses(vec![pr]),
+            ),
+        }
+    }
+    Some(ProduceResponse::default().with_responses(topics))
+}
+
+/// One partition named by a fetch.
+struct FetchWant {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+}
+
+fn out_of_reach(index: usize, e: WireError) -> FetchOut {
+    FetchOut {
+        index,
+        error: Some(e),
+        high_watermark: 0,
+        log_start_offset: 0,
+        frames: Vec::new(),
+    }
+}
+
+/// Reads every partition once (no waiting); results by request index.
+async fn read_all(shard: &Rc<Shard>, wants: &[FetchWant]) -> Vec<FetchOut> {
+    let mut outs: Vec<Option<FetchOut>> = (0..wants.len()).map(|_| None).collect();
+    let mut per_shard: BTreeMap<usize, Vec<FetchItem>> = BTreeMap::new();
+    for (index, w) in wants.iter().enumerate() {
+        if w.partition < 0 {
+            outs[index] = Some(out_of_reach(
+                index,
+                WireError::unknown_partition(&w.topic, 0),
+            ));
+            continue;
+        }
+        if w.offset < 0 {
+            outs[index] = Some(out_of_reach(
+                index,
+                WireError::new(native::ErrorCode::OffsetOutOfRange, "negative offset"),
+            ));
+            continue;
+        }
+        match shard.owner(&w.topic, w.partition as u32) {
+            Ok(s) => per_shard.entry(s).or_default().push(FetchItem {
+                index,
+                topic: w.topic.clone(),
+                partition: w.partition as u32,
+                offset: w.offset as u64,
+                max_bytes: w.max_bytes,
+            }),
+            Err(e) => outs[index] = Some(out_of_reach(index, e)),
+        }
+    }
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| (s, Op::Fetch { items }))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (_, reply) in collect(&rx, n).await {
+        match reply {
+            Reply::Fetch(fs) => {
+                for f in fs {
+                    let i = f.index;
+                    outs[i] = Some(f);
+                }
+            }
+            other => {
+                let e = reply_error(other);
+                for (i, o) in outs.iter_mut().enumerate() {
+                    if o.is_none() {
+                        *o = Some(out_of_reach(i, e.clone()));
+                    }
+                }
+            }
+        }
+    }
+    outs.into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            o.unwrap_or_else(|| {
+                out_of_reach(
+                    i,
+                    WireError::new(native::ErrorCode::Internal, "no answer"),
+                )
+            })
+        })
+        .collect()
+}
+
+async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
+    let shard = &ctx.shard;
+    let max_bytes = match r.max_bytes {
+        n if n <= 0 => FETCH_BYTES_MAX,
+        n => (n as usize).min(FETCH_BYTES_MAX),
+    };
+    let mut wants = Vec::new();
+    for t in &r.topics {
+        for p in &t.partitions {
+            if wants.len() >= FETCH_PARTITIONS_MAX {
+                break;
+            }
+            wants.push(FetchWant {
+                topic: t.topic.0.as_str().to_owned(),
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: match p.partition_max_bytes {
+                    n if n <= 0 => max_bytes,
+                    n => (n as usize).min(max_bytes),
+                },
+            });
+        }
+    }
+    let wait_ms = (r.max_wait_ms.max(0) as u32).min(FETCH_WAIT_MAX_MS);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
+    let mut outs = read_all(shard, &wants).await;
+    let min_bytes = r.min_bytes.max(1) as usize;
+    let got = |outs: &[FetchOut]| -> usize {
+        outs.iter()
+            .flat_map(|o| o.frames.iter())
+            .map(|f| f.len())
+            .sum()
+    };
+    let any_error = |outs: &[FetchOut]| outs.iter().any(|o| o.error.is_some());
+    if got(&outs) < min_bytes && !any_error(&outs) && wait_ms > 0 && !shard.shutdown.is_fired() {
+        let mut per_shard: BTreeMap<usize, Vec<(String, u32, u64)>> = BTreeMap::new();
+        for (w, o) in wants.iter().zip(&outs) {
+            if let Ok(s) = shard.owner(&w.topic, w.partition as u32) {
+                let seen = o.high_watermark.max(w.offset as u64);
+                per_shard
+                    .entry(s)
+                    .or_default()
+                    .push((w.topic.clone(), w.partition as u32, seen));
+            }
+        }
+        if !per_shard.is_empty() {
+            let ops: Vec<(usize, Op)> = per_shard
+                .into_iter()
+                .map(|(s, items)| {
+                    (
+                        s,
+                        Op::Wait {
+                            items,
+                            wait_ms: u64::from(wait_ms),
+                        },
+                    )
+                })
+                .collect();
+            let rx = fan_out(shard, ops);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = vec![
+                Box::pin(async move {
+                    let _ = rx.recv().await;
+                }),
+                Box::pin(glommio::timer::sleep(left)),
+                Box::pin(shard.shutdown.wait()),
+            ];
+            first_of(futs).await;
+            outs = read_all(shard, &wants).await;
+        }
+    }
+    // Whole frames within max_bytes; the first frame always goes so that a
+    // frame larger than max_bytes cannot stall a consumer.
+    let mut budget = max_bytes;
+    let mut any = false;
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    for (w, o) in wants.iter().zip(outs) {
+        let mut frames: Vec<Bytes> = Vec::new();
+        for f in o.frames {
+            if any && f.len() > budget {
+                break;
+            }
+            budget = budget.saturating_sub(f.len());
+            any = true;
+            frames.push(f);
+        }
+        let mut records = BytesMut::new();
+        let mut error_code = o
+            .error
+            .as_ref()
+            .map(|e| codec::wire_to_kafka(e.code))
+            .unwrap_or(codec::NONE);
+        if let Err(e) = translate::frames_to_kafka(&frames, &mut records) {
+            eprintln!(
+                "shard {}: kafka fetch {}/{}: {e}",
+                shard.id, w.topic, w.partition
+            );
+            records.clear();
+            error_code = codec::CORRUPT_MESSAGE;
+        }
+        let hw = o.high_watermark as i64;
+        let pd = PartitionData::default()
+            .with_partition_index(w.partition)
+            .with_error_code(error_code)
+            .with_high_watermark(hw)
+            .with_last_stable_offset(hw)
+            .with_log_start_offset(o.log_start_offset as i64)
+            .with_aborted_transactions(Some(Vec::new()))
+            .with_preferred_read_replica(BrokerId(-1))
+            .with_records(Some(records.freeze()));
+        match topics.last_mut() {
+            Some(t) if t.topic.0.as_str() == w.topic => t.partitions.push(pd),
+            _ => topics.push(
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(sb(&w.topic)))
+                    .with_partitions(vec![pd]),
+            ),
+        }
+    }
+    FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(topics)
+}
+
+async fn list_offsets(ctx: &Ctx, r: ListOffsetsRequest) -> ListOffsetsResponse {
+    let shard = &ctx.shard;
+    // (topic index, partition index) per request position.
+    let mut topics: Vec<ListOffsetsTopicResponse> = Vec::new();
+    let mut at: Vec<(usize, usize)> = Vec::new();
+    let mut per_shard: BTreeMap<usize, Vec<(usize, native::ListOffsetsPartition)>> =
+        BTreeMap::new();
+    for t in r.topics {
+        let name = t.name.0.as_str().to_owned();
+        let ti = topics.len();
+        let mut resp = ListOffsetsTopicResponse::default().with_name(t.name.clone());
+        for p in t.partitions {
+            let pi = resp.partitions.len();
+            resp.partitions.push(
+                ListOffsetsPartitionResponse::default()
+                    .with_partition_index(p.partition_index)
+                    .with_timestamp(-1)
+                    .with_offset(-1),
+            );
+            let slot = at.len();
+            at.push((ti, pi));
+            let owner = if p.partition_index < 0 {
+                Err(WireError::unknown_partition(&name, 0))
+            } else {
+                shard.owner(&name, p.partition_index as u32)
+            };
+            match owner {
+                Err(e) => resp.partitions[pi].error_code = codec::wire_to_kafka(e.code),
+                Ok(s) => {
+                    // -3 (max timestamp) is answered with the latest offset.
+                    let ts = if p.timestamp < -2 { -1 } else { p.timestamp };
+                    per_shard.entry(s).or_default().push((
+                        slot,
+                        native::ListOffsetsPartition {
+                            topic: name.clone(),
+                            partition: p.partition_index as u32,
+                            timestamp: ts,
+                        },
+                    ));
+                }
+            }
+        }
+        topics.push(resp);
+    }
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| (s, Op::ListOffsets { items }))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (_, reply) in collect(&rx, n).await {
+        if let Reply::ListOffsets(rs) = reply {
+            for (slot, res) in rs {
+                let (ti, pi) = at[slot];
+                let p = &mut topics[ti].partitions[pi];
+                p.error_code = codec::wire_to_kafka(res.error);
+                p.offset = res.offset;
+            }
+        }
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+async fn create_topics(ctx: &Ctx, version: i16, r: CreateTopicsRequest) -> CreateTopicsResponse {
+    let default_partitions = ctx.shard.shared.kafka.config.default_partitions;
+    let mut results: Vec<CreatableTopicResult> = Vec::new();
+    let mut wanted: Vec<native::CreateTopic> = Vec::new();
+    for t in r.topics {
+        let name = t.name.0.as_str().to_owned();
+        let partitions = if t.num_partitions < 0 {
+            default_partitions
+        } else {
+            t.num_partitions as u32
+        };
+        let mut res = CreatableTopicResult::default()
+            .with_name(t.name.clone())
+            .with_num_partitions(partitions as i32)
+            .with_replication_factor(1)
+            .with_configs(Some(Vec::new()));
+        if t.replication_factor > 1 {
+            res.error_code = codec::INVALID_REPLICATION_FACTOR;
+            res.error_message = Some(sb("one broker: replication factor must be 1 or -1"));
+        } else if !t.assignments.is_empty() {
+            res.error_code = codec::INVALID_REQUEST;
+            res.error_message = Some(sb("manual replica assignment is not supported"));
+        } else {
+            let configs = t
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.as_str().to_owned(),
+                        c.value.as_ref().map(|v| v.as_str().to_owned()).unwrap_or_default(),
+                    )
+                })
+                .collect::<Vec<_>>();
+            let check = metadata::validate_topic_name(&name)
+                .and_then(|()| metadata::validate_partition_count(partitions))
+                .and_then(|()| {
+                    metadata::log_config(&configs.iter().cloned().collect()).map(|_| ())
+                });
+            match check {
+                Err(e) => {
+                    res.error_code = codec::wire_to_kafka(e.code);
+                    res.error_message = Some(StrBytes::from_string(e.message));
+                }
+                Ok(()) if r.validate_only => {
+                    if ctx.shard.metadata.borrow().topics.contains_key(&name) {
+                        res.error_code = codec::TOPIC_ALREADY_EXISTS;
+                    }
+                }
+                Ok(()) => wanted.push(native::CreateTopic {
+                    name: name.clone(),
+                    partitions,
+                    configs,
+                }),
+            }
+        }
+        results.push(res);
+    }
+    if !wanted.is_empty() {
+        let outcome = admin(
+            ctx,
+            AdminOp::CreateTopics(native::CreateTopicsRequest { topics: wanted }),
+        )
+        .await;
+        apply_topic_results(outcome, &mut results, |r| r.name.0.as_str(), |r, code, msg| {
+            r.error_code = code;
+            r.error_message = msg;
+        });
+    }
+    if version >= 7 {
+        let meta = ctx.shard.metadata.borrow();
+        for r in &mut results {
+            if let Some(t) = meta.topics.get(r.name.0.as_str()) {
+                r.topic_id = topic_uuid(t.id);
+            }
+        }
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+/// Copies shard 0's per-topic results into Kafka results, by name.
+fn apply_topic_results<T>(
+    outcome: Result<native::TopicResults, WireError>,
+    results: &mut [T],
+    name: impl Fn(&T) -> &str,
+    set: impl Fn(&mut T, i16, Option<StrBytes>),
+) {
+    match outcome {
+        Ok(t) => {
+            let by_name: HashMap<&str, &native::TopicResult> =
+                t.results.iter().map(|r| (r.name.as_str(), r)).collect();
+            for r in results.iter_mut() {
+                if let Some(tr) = by_name.get(name(r)) {
+                    let code = codec::wire_to_kafka(tr.error);
+                    let msg = (code != 0).then(|| StrBytes::from_string(tr.message.clone()));
+                    set(r, code, msg);
+                }
+            }
+        }
+        Err(e) => {
+            for r in results.iter_mut() {
+                set(
+                    r,
+                    codec::wire_to_kafka(e.code),
+                    Some(StrBytes::from_string(e.message.clone())),
+                );
+            }
+        }
+    }
+}
+
+async fn delete_topics(ctx: &Ctx, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let names: Vec<String> = r
+        .topic_names
+        .iter()
+        .map(|n| n.0.as_str().to_owned())
+        .collect();
+    let mut results: Vec<DeletableTopicResult> = names
+        .iter()
+        .map(|n| DeletableTopicResult::default().with_name(Some(TopicName(sb(n)))))
+        .collect();
+    if !names.is_empty() {
+        let outcome = admin(
+            ctx,
+            AdminOp::DeleteTopics(native::DeleteTopicsRequest { names }),
+        )
+        .await;
+        apply_topic_results(
+            outcome,
+            &mut results,
+            |r| r.name.as_ref().map(|n| n.0.as_str()).unwrap_or(""),
+            |r, code, msg| {
+                r.error_code = code;
+                r.error_message = msg;
+            },
+        );
+    }
+    DeleteTopicsResponse::default().with_responses(results)
+}
+
+async fn create_partitions(ctx: &Ctx, r: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let mut results: Vec<CreatePartitionsTopicResult> = Vec::new();
+    let mut wanted = Vec::new();
+    for t in r.topics {
+        let mut res = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        if t.count <= 0 {
+            res.error_code = codec::INVALID_PARTITIONS;
+        } else if !r.validate_only {
+            wanted.push(native::PartitionsIncrease {
+                name: t.name.0.as_str().to_owned(),
+                total: t.count as u32,
+            });
+        }
+        results.push(res);
+    }
+    if !wanted.is_empty() {
+        let outcome = admin(
+            ctx,
+            AdminOp::CreatePartitions(native::CreatePartitionsRequest { topics: wanted }),
+        )
+        .await;
+        apply_topic_results(outcome, &mut results, |r| r.name.0.as_str(), |r, code, msg| {
+            r.error_code = code;
+            r.error_message = msg;
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+fn describe_configs(ctx: &Ctx, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let meta = ctx.shard.metadata.borrow();
+    let results = r
+        .resources
+        .into_iter()
+        .map(|res| {
+            let mut out = DescribeConfigsResult::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone());
+            let wanted = |k: &str| {
+                res.configuration_keys
+                    .as_ref()
+                    .map(|keys| keys.iter().any(|w| w.as_str() == k))
+                    .unwrap_or(true)
+            };
+            match res.resource_type {
+                // Topic: its explicit configs (source 1: topic config).
+                2 => match meta.topics.get(res.resource_name.as_str()) {
+                    None => {
+                        out.error_code = codec::UNKNOWN_TOPIC_OR_PARTITION;
+                        out.error_message = Some(sb("unknown topic"));
+                    }
+                    Some(t) => {
+                        out.configs = t
+                            .configs
+                            .iter()
+                            .filter(|(k, _)| wanted(k))
+                            .map(|(k, v)| {
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(sb(k))
+                                    .with_value(Some(sb(v)))
+                                    .with_config_source(1)
+                            })
+                            .collect();
+                    }
+                },
+                // Broker: nothing configurable through Kafka.
+                4 => {}
+                _ => {
+                    out.error_code = codec::INVALID_REQUEST;
+                    out.error_message = Some(sb("only topic and broker resources"));
+                }
+            }
+            out
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+fn init_producer_id(ctx: &Ctx, r: InitProducerIdRequest) -> InitProducerIdResponse {
+    if r
+        .transactional_id
+        .as_ref()
+        .map(|t| !t.0.is_empty())
+        .unwrap_or(false)
+    {
+        // Transactions are not supported.
+        return InitProducerIdResponse::default()
+            .with_error_code(53)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    let kafka = &ctx.shard.shared.kafka;
+    // KIP-360: a producer may ask to bump its own epoch.
+    let (id, epoch) = if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX
+    {
+        (r.producer_id.0, r.producer_epoch + 1)
+    } else {
+        (kafka.allocate_producer_id(), 0)
+    };
+    InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(id))
+        .with_producer_epoch(epoch)
+}
+
+async fn delete_records(ctx: &Ctx, r: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let shard = &ctx.shard;
+    let mut topics: Vec<DeleteRecordsTopicResult> = Vec::new();
+    let mut at: Vec<(usize, usize)> = Vec::new();
+    let mut per_shard: BTreeMap<usize, Vec<(usize, String, u32, i64)>> = BTreeMap::new();
+    for t in r.topics {
+        let name = t.name.0.as_str().to_owned();
+        let ti = topics.len();
+        let mut res = DeleteRecordsTopicResult::default().with_name(t.name.clone());
+        for p in t.partitions {
+            let pi = res.partitions.len();
+            let mut pr = DeleteRecordsPartitionResult::default()
+                .with_partition_index(p.partition_index)
+                .with_low_watermark(-1);
+            let owner = if p.partition_index < 0 {
+                Err(WireError::unknown_partition(&name, 0))
+            } else {
+                shard.owner(&name, p.partition_index as u32)
+            };
+            match owner {
+                Err(e) => pr.error_code = codec::wire_to_kafka(e.code),
+                Ok(s) => {
+                    per_shard.entry(s).or_default().push((
+                        at.len(),
+                        name.clone(),
+                        p.partition_index as u32,
+                        p.offset,
+                    ));
+                    at.push((ti, pi));
+                }
+            }
+            res.partitions.push(pr);
+        }
+        topics.push(res);
+    }
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| (s, Op::Kafka(KafkaOp::DeleteRecords { items })))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (_, reply) in collect(&rx, n).await {
+        if let Reply::Kafka(KafkaReply::DeleteRecords(rs)) = reply {
+            for (slot, code, low) in rs {
+                let (ti, pi) = at[slot];
+                let p = &mut topics[ti].partitions[pi];
+                p.error_code = code;
+                p.low_watermark = low;
+            }
+        }
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
+}

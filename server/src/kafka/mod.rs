@@ -1,0 +1,373 @@
+//! The Kafka wire protocol at the edge: a second listener on every shard
+//! (SO_REUSEPORT, like the native one) that speaks Kafka to unmodified Kafka
+//! clients, on the same shards, engine, metadata and routing.
+//!
+//! Layout:
+//! - `codec.rs`: framing (4-byte size prefix), request heads, the supported
+//!   API table, response encoding (header version per API and version).
+//!   I/O-free.
+//! - `translate.rs`: Kafka record batches (any codec) to Strom frames on
+//!   produce, Strom frames to uncompressed Kafka record batches v2 on fetch.
+//!   I/O-free. One canonical on-disk format: the Strom frame.
+//! - `idempotence.rs`: producer id / epoch / sequence checks per partition.
+//!   I/O-free.
+//! - `connection.rs`: one client connection; answers in request order.
+//! - `handlers.rs`: one function per API, routing per partition to the
+//!   owning shard through `handlers::call` / `fan_out` and [`KafkaOp`].
+//!
+//! Invariants:
+//! - Idempotence state of a partition lives on the shard that owns it and is
+//!   checked and updated with the append under one per-partition lane, so
+//!   the log order of a producer's batches is their sequence order.
+//! - Nothing here panics on input bytes; every failure is a Kafka error code.
+
+pub mod codec;
+pub mod connection;
+pub mod groups;
+pub mod handlers;
+pub mod idempotence;
+pub mod translate;
+
+use crate::engine::Durability;
+use crate::error::engine_to_wire;
+use crate::shard::Shard;
+use bytes::BytesMut;
+use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
+use idempotence::{Check, ProducerBatch, ProducerTable};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The Kafka listener's settings (from `config.rs`).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `None`: no Kafka listener.
+    pub listen: Option<SocketAddr>,
+    /// Host and port told to clients; `None`: the address they connected to.
+    pub advertise: Option<(String, u16)>,
+    pub auto_create: bool,
+    pub default_partitions: u32,
+}
+
+/// Parses `HOST:PORT` for `--kafka-advertise` (the host is not resolved).
+pub fn parse_advertise(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--kafka-advertise {s:?}: expected HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--kafka-advertise {s:?}: bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("--kafka-advertise {s:?}: expected HOST:PORT"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Process-wide Kafka state, shared by every shard.
+pub struct KafkaShared {
+    pub config: KafkaConfig,
+    /// The address shard 0 bound (the port every other shard binds too).
+    bound: Mutex<Option<SocketAddr>>,
+    next_producer_id: AtomicI64,
+}
+
+impl KafkaShared {
+    pub fn new(config: KafkaConfig) -> KafkaShared {
+        // Producer ids stay unique across restarts without being stored:
+        // the start time in ms, shifted past 2^20 allocations per run.
+        let start_ms = crate::engine::partition::now_ms().max(1);
+        KafkaShared {
+            config,
+            bound: Mutex::new(None),
+            next_producer_id: AtomicI64::new(start_ms << 20),
+        }
+    }
+
+    pub fn bound(&self) -> Option<SocketAddr> {
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn allocate_producer_id(&self) -> i64 {
+        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Binds the Kafka listener on this shard: the configured address on the
+/// first shard, the port it got on every later one.
+pub fn bind(shared: &KafkaShared) -> Result<Option<TcpListener>, String> {
+    let Some(configured) = shared.config.listen else {
+        return Ok(None);
+    };
+    let mut bound = shared.bound.lock().unwrap_or_else(|e| e.into_inner());
+    let addr = bound.unwrap_or(configured);
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        crate::error::ServerError::Bind {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        }
+        .to_string()
+    })?;
+    if bound.is_none() {
+        *bound = Some(listener.local_addr().unwrap_or(addr));
+    }
+    Ok(Some(listener))
+}
+
+/// Accepts Kafka connections until shutdown.
+pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accept = async { Some(listener.accept().await) };
+        let stop = async {
+            shard.shutdown.wait().await;
+            None
+        };
+        let Some(res) = futures_lite::future::or(stop, accept).await else {
+            return;
+        };
+        let stream = match res {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("shard {}: kafka accept: {e}", shard.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= crate::limits::CONNECTIONS_PER_SHARD_MAX {
+            drop(stream);
+            continue;
+        }
+        glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
+    }
+}
+
+/// Per-shard Kafka state: idempotent producers of the partitions it owns,
+/// and the lanes that order their appends.
+#[derive(Default)]
+pub struct KafkaShard {
+    producers: RefCell<HashMap<(String, u32), ProducerTable>>,
+    lanes: RefCell<HashMap<(String, u32), Rc<Semaphore>>>,
+}
+
+impl KafkaShard {
+    fn lane(&self, topic: &str, partition: u32) -> Rc<Semaphore> {
+        self.lanes
+            .borrow_mut()
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone()
+    }
+
+    fn check(&self, topic: &str, partition: u32, b: &ProducerBatch) -> Check {
+        match self.producers.borrow().get(&(topic.to_owned(), partition)) {
+            Some(t) => t.check(b),
+            None => Check::Append,
+        }
+    }
+
+    fn record(&self, topic: &str, partition: u32, b: &ProducerBatch, base: u64, last: u64) {
+        self.producers
+            .borrow_mut()
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .record(b, base, last);
+    }
+}
+
+/// One translated Kafka batch for one partition.
+pub struct KafkaProduceItem {
+    /// Position of its partition in the request (several batches may share it).
+    pub index: usize,
+    pub topic: String,
+    pub partition: u32,
+    pub frame: BytesMut,
+    /// Set for batches of an idempotent producer.
+    pub producer: Option<ProducerBatch>,
+}
+
+/// What an append of one batch came to, in Kafka terms.
+#[derive(Debug, Clone, Default)]
+pub struct ProduceOutcome {
+    pub error_code: i16,
+    pub message: Option<String>,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+pub enum KafkaOp {
+    Produce {
+        items: Vec<KafkaProduceItem>,
+        durability: Durability,
+    },
+    /// (index, topic, partition, offset): -1 means the high watermark.
+    DeleteRecords { items: Vec<(usize, String, u32, i64)> },
+}
+
+pub enum KafkaReply {
+    Produce(Vec<(usize, ProduceOutcome)>),
+    /// (index, error code, low watermark)
+    DeleteRecords(Vec<(usize, i16, i64)>),
+}
+
+/// Owner side of a [`KafkaOp`].
+pub async fn execute(shard: &Rc<Shard>, op: KafkaOp) -> KafkaReply {
+    match op {
+        KafkaOp::Produce { items, durability } => {
+            KafkaReply::Produce(produce(shard, items, durability).await)
+        }
+        KafkaOp::DeleteRecords { items } => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, topic, p, offset) in items {
+                let r = match shard.partition(&topic, p) {
+                    Err(e) => (i, codec::wire_to_kafka(e.code), -1),
+                    Ok(part) => {
+                        let hw = part.offsets().high_watermark;
+                        let target = if offset < 0 { hw } else { offset as u64 };
+                        if target > hw {
+                            (i, codec::OFFSET_OUT_OF_RANGE, -1)
+                        } else {
+                            match part.delete_records_before(target).await {
+                                Ok(low) => (i, 0, low as i64),
+                                Err(e) => {
+                                    let w = engine_to_wire(&topic, p, &e);
+                                    (i, codec::wire_to_kafka(w.code), -1)
+                                }
+                            }
+                        }
+                    }
+                };
+                out.push(r);
+            }
+            KafkaReply::DeleteRecords(out)
+        }
+    }
+}
+
+/// Appends each partition's batches in request order; partitions run
+/// concurrently. Idempotent batches go through the partition's lane.
+async fn produce(
+    shard: &Rc<Shard>,
+    items: Vec<KafkaProduceItem>,
+    durability: Durability,
+) -> Vec<(usize, ProduceOutcome)> {
+    let mut groups: HashMap<(String, u32), Vec<KafkaProduceItem>> = HashMap::new();
+    for it in items {
+        groups
+            .entry((it.topic.clone(), it.partition))
+            .or_default()
+            .push(it);
+    }
+    let mut tasks = Vec::with_capacity(groups.len());
+    for ((topic, p), items) in groups {
+        let shard = shard.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for it in items {
+                let o = produce_one(&shard, &topic, p, it.frame, it.producer, durability).await;
+                out.push((it.index, o));
+            }
+            out
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(t.await);
+    }
+    out
+}
+
+async fn produce_one(
+    shard: &Rc<Shard>,
+    topic: &str,
+    p: u32,
+    frame: BytesMut,
+    producer: Option<ProducerBatch>,
+    durability: Durability,
+) -> ProduceOutcome {
+    let part = match shard.partition(topic, p) {
+        Ok(part) => part,
+        Err(e) => {
+            return ProduceOutcome {
+                error_code: codec::wire_to_kafka(e.code),
+                message: Some(e.message),
+                base_offset: -1,
+                ..Default::default()
+            }
+        }
+    };
+    let fail = |e: crate::engine::EngineError| {
+        let w = engine_to_wire(topic, p, &e);
+        ProduceOutcome {
+            error_code: codec::wire_to_kafka(w.code),
+            message: Some(w.message),
+            base_offset: -1,
+            ..Default::default()
+        }
+    };
+    let Some(b) = producer else {
+        return match part.append(frame, durability).await {
+            Ok(info) => ProduceOutcome {
+                base_offset: info.base_offset as i64,
+                log_append_time_ms: -1,
+                log_start_offset: part.offsets().log_start_offset as i64,
+                ..Default::default()
+            },
+            Err(e) => fail(e),
+        };
+    };
+    // Check, append (to memory) and record under the lane, so that batches
+    // of one producer reach the log in sequence order; wait for durability
+    // outside it, so that the lane never waits on a disk.
+    let lane = shard.kafka.lane(topic, p);
+    let (base, last) = {
+        let Ok(_permit) = lane.acquire_permit(1).await else {
+            return ProduceOutcome {
+                error_code: codec::UNKNOWN_SERVER_ERROR,
+                base_offset: -1,
+                ..Default::default()
+            };
+        };
+        match shard.kafka.check(topic, p, &b) {
+            Check::Reject { code, message } => {
+                return ProduceOutcome {
+                    error_code: code,
+                    message: Some(message),
+                    base_offset: -1,
+                    ..Default::default()
+                }
+            }
+            Check::Duplicate {
+                base_offset,
+                last_offset,
+            } => (base_offset, last_offset),
+            Check::Append => match part.append(frame, Durability::Buffered).await {
+                Ok(info) => {
+                    shard
+                        .kafka
+                        .record(topic, p, &b, info.base_offset, info.last_offset);
+                    (info.base_offset, info.last_offset)
+                }
+                Err(e) => return fail(e),
+            },
+        }
+    };
+    // Written (acks=1) has no separate engine call: idempotent producers use
+    // acks=all anyway, so both wait for fdatasync.
+    if durability != Durability::Buffered {
+        if let Err(e) = part.sync_to(last + 1).await {
+            return fail(e);
+        }
+    }
+    ProduceOutcome {
+        base_offset: base as i64,
+        log_append_time_ms: -1,
+        log_start_offset: part.offsets().log_start_offset as i64,
+        ..Default::default()
+    }
+}
