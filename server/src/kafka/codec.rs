@@ -186,8 +186,9 @@ pub fn decode_request(mut body: Bytes) -> Incoming {
             return Incoming::Answer(api_versions_v0_error(head.correlation_id));
         }
         return match key {
-            Some(k) if k.valid_versions().min <= head.api_version
-                && head.api_version <= k.valid_versions().max =>
+            Some(k)
+                if k.valid_versions().min <= head.api_version
+                    && head.api_version <= k.valid_versions().max =>
             {
                 let resp = unsupported_response(k, UNSUPPORTED_VERSION);
                 match encode_response(head.correlation_id, k, head.api_version, &resp) {
@@ -277,81 +278,209 @@ pub fn unsupported_response(key: ApiKey, code: i16) -> ResponseKind {
         ApiKey::Fetch => ResponseKind::Fetch(FetchResponse::default().with_error_code(code)),
         ApiKey::ListOffsets => ResponseKind::ListOffsets(ListOffsetsResponse::default()),
         ApiKey::Metadata => ResponseKind::Metadata(MetadataResponse::default()),
-        ApiKey::LeaderAndIsr => ResponseKind::LeaderAndIsr(LeaderAndIsrResponse::default().with_error_code(code)),
-        ApiKey::StopReplica => ResponseKind::StopReplica(StopReplicaResponse::default().with_error_code(code)),
-        ApiKey::UpdateMetadata => ResponseKind::UpdateMetadata(UpdateMetadataResponse::default().with_error_code(code)),
-        ApiKey::ControlledShutdown => ResponseKind::ControlledShutdown(ControlledShutdownResponse::default().with_error_code(code)),
+        ApiKey::LeaderAndIsr => {
+            ResponseKind::LeaderAndIsr(LeaderAndIsrResponse::default().with_error_code(code))
+        }
+        ApiKey::StopReplica => {
+            ResponseKind::StopReplica(StopReplicaResponse::default().with_error_code(code))
+        }
+        ApiKey::UpdateMetadata => {
+            ResponseKind::UpdateMetadata(UpdateMetadataResponse::default().with_error_code(code))
+        }
+        ApiKey::ControlledShutdown => ResponseKind::ControlledShutdown(
+            ControlledShutdownResponse::default().with_error_code(code),
+        ),
         ApiKey::OffsetCommit => ResponseKind::OffsetCommit(OffsetCommitResponse::default()),
-        ApiKey::OffsetFetch => ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_error_code(code)),
-        ApiKey::FindCoordinator => ResponseKind::FindCoordinator(FindCoordinatorResponse::default().with_error_code(code)),
-        ApiKey::JoinGroup => ResponseKind::JoinGroup(JoinGroupResponse::default().with_error_code(code)),
-        ApiKey::Heartbeat => ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code)),
-        ApiKey::LeaveGroup => ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code)),
-        ApiKey::SyncGroup => ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code)),
+        ApiKey::OffsetFetch => {
+            ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_error_code(code))
+        }
+        ApiKey::FindCoordinator => {
+            ResponseKind::FindCoordinator(FindCoordinatorResponse::default().with_error_code(code))
+        }
+        ApiKey::JoinGroup => {
+            ResponseKind::JoinGroup(JoinGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::Heartbeat => {
+            ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code))
+        }
+        ApiKey::LeaveGroup => {
+            ResponseKind::LeaveGroup(LeaveGroupResponse::default().with_error_code(code))
+        }
+        ApiKey::SyncGroup => {
+            ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code))
+        }
         ApiKey::DescribeGroups => ResponseKind::DescribeGroups(DescribeGroupsResponse::default()),
-        ApiKey::ListGroups => ResponseKind::ListGroups(ListGroupsResponse::default().with_error_code(code)),
-        ApiKey::SaslHandshake => ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code)),
-        ApiKey::ApiVersions => ResponseKind::ApiVersions(ApiVersionsResponse::default().with_error_code(code)),
+        ApiKey::ListGroups => {
+            ResponseKind::ListGroups(ListGroupsResponse::default().with_error_code(code))
+        }
+        ApiKey::SaslHandshake => {
+            ResponseKind::SaslHandshake(SaslHandshakeResponse::default().with_error_code(code))
+        }
+        ApiKey::ApiVersions => {
+            ResponseKind::ApiVersions(ApiVersionsResponse::default().with_error_code(code))
+        }
         ApiKey::CreateTopics => ResponseKind::CreateTopics(CreateTopicsResponse::default()),
         ApiKey::DeleteTopics => ResponseKind::DeleteTopics(DeleteTopicsResponse::default()),
         ApiKey::DeleteRecords => ResponseKind::DeleteRecords(DeleteRecordsResponse::default()),
-        ApiKey::InitProducerId => ResponseKind::InitProducerId(InitProducerIdResponse::default().with_error_code(code)),
-        ApiKey::OffsetForLeaderEpoch => ResponseKind::OffsetForLeaderEpoch(OffsetForLeaderEpochResponse::default()),
-        ApiKey::AddPartitionsToTxn => ResponseKind::AddPartitionsToTxn(AddPartitionsToTxnResponse::default().with_error_code(code)),
-        ApiKey::AddOffsetsToTxn => ResponseKind::AddOffsetsToTxn(AddOffsetsToTxnResponse::default().with_error_code(code)),
+        ApiKey::InitProducerId => {
+            ResponseKind::InitProducerId(InitProducerIdResponse::default().with_error_code(code))
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            ResponseKind::OffsetForLeaderEpoch(OffsetForLeaderEpochResponse::default())
+        }
+        ApiKey::AddPartitionsToTxn => ResponseKind::AddPartitionsToTxn(
+            AddPartitionsToTxnResponse::default().with_error_code(code),
+        ),
+        ApiKey::AddOffsetsToTxn => {
+            ResponseKind::AddOffsetsToTxn(AddOffsetsToTxnResponse::default().with_error_code(code))
+        }
         ApiKey::EndTxn => ResponseKind::EndTxn(EndTxnResponse::default().with_error_code(code)),
-        ApiKey::WriteTxnMarkers => ResponseKind::WriteTxnMarkers(WriteTxnMarkersResponse::default()),
-        ApiKey::TxnOffsetCommit => ResponseKind::TxnOffsetCommit(TxnOffsetCommitResponse::default()),
-        ApiKey::DescribeAcls => ResponseKind::DescribeAcls(DescribeAclsResponse::default().with_error_code(code)),
+        ApiKey::WriteTxnMarkers => {
+            ResponseKind::WriteTxnMarkers(WriteTxnMarkersResponse::default())
+        }
+        ApiKey::TxnOffsetCommit => {
+            ResponseKind::TxnOffsetCommit(TxnOffsetCommitResponse::default())
+        }
+        ApiKey::DescribeAcls => {
+            ResponseKind::DescribeAcls(DescribeAclsResponse::default().with_error_code(code))
+        }
         ApiKey::CreateAcls => ResponseKind::CreateAcls(CreateAclsResponse::default()),
         ApiKey::DeleteAcls => ResponseKind::DeleteAcls(DeleteAclsResponse::default()),
-        ApiKey::DescribeConfigs => ResponseKind::DescribeConfigs(DescribeConfigsResponse::default()),
+        ApiKey::DescribeConfigs => {
+            ResponseKind::DescribeConfigs(DescribeConfigsResponse::default())
+        }
         ApiKey::AlterConfigs => ResponseKind::AlterConfigs(AlterConfigsResponse::default()),
-        ApiKey::AlterReplicaLogDirs => ResponseKind::AlterReplicaLogDirs(AlterReplicaLogDirsResponse::default()),
-        ApiKey::DescribeLogDirs => ResponseKind::DescribeLogDirs(DescribeLogDirsResponse::default().with_error_code(code)),
-        ApiKey::SaslAuthenticate => ResponseKind::SaslAuthenticate(SaslAuthenticateResponse::default().with_error_code(code)),
-        ApiKey::CreatePartitions => ResponseKind::CreatePartitions(CreatePartitionsResponse::default()),
-        ApiKey::CreateDelegationToken => ResponseKind::CreateDelegationToken(CreateDelegationTokenResponse::default().with_error_code(code)),
-        ApiKey::RenewDelegationToken => ResponseKind::RenewDelegationToken(RenewDelegationTokenResponse::default().with_error_code(code)),
-        ApiKey::ExpireDelegationToken => ResponseKind::ExpireDelegationToken(ExpireDelegationTokenResponse::default().with_error_code(code)),
-        ApiKey::DescribeDelegationToken => ResponseKind::DescribeDelegationToken(DescribeDelegationTokenResponse::default().with_error_code(code)),
+        ApiKey::AlterReplicaLogDirs => {
+            ResponseKind::AlterReplicaLogDirs(AlterReplicaLogDirsResponse::default())
+        }
+        ApiKey::DescribeLogDirs => {
+            ResponseKind::DescribeLogDirs(DescribeLogDirsResponse::default().with_error_code(code))
+        }
+        ApiKey::SaslAuthenticate => ResponseKind::SaslAuthenticate(
+            SaslAuthenticateResponse::default().with_error_code(code),
+        ),
+        ApiKey::CreatePartitions => {
+            ResponseKind::CreatePartitions(CreatePartitionsResponse::default())
+        }
+        ApiKey::CreateDelegationToken => ResponseKind::CreateDelegationToken(
+            CreateDelegationTokenResponse::default().with_error_code(code),
+        ),
+        ApiKey::RenewDelegationToken => ResponseKind::RenewDelegationToken(
+            RenewDelegationTokenResponse::default().with_error_code(code),
+        ),
+        ApiKey::ExpireDelegationToken => ResponseKind::ExpireDelegationToken(
+            ExpireDelegationTokenResponse::default().with_error_code(code),
+        ),
+        ApiKey::DescribeDelegationToken => ResponseKind::DescribeDelegationToken(
+            DescribeDelegationTokenResponse::default().with_error_code(code),
+        ),
         ApiKey::DeleteGroups => ResponseKind::DeleteGroups(DeleteGroupsResponse::default()),
-        ApiKey::ElectLeaders => ResponseKind::ElectLeaders(ElectLeadersResponse::default().with_error_code(code)),
-        ApiKey::IncrementalAlterConfigs => ResponseKind::IncrementalAlterConfigs(IncrementalAlterConfigsResponse::default()),
-        ApiKey::AlterPartitionReassignments => ResponseKind::AlterPartitionReassignments(AlterPartitionReassignmentsResponse::default().with_error_code(code)),
-        ApiKey::ListPartitionReassignments => ResponseKind::ListPartitionReassignments(ListPartitionReassignmentsResponse::default().with_error_code(code)),
-        ApiKey::OffsetDelete => ResponseKind::OffsetDelete(OffsetDeleteResponse::default().with_error_code(code)),
-        ApiKey::DescribeClientQuotas => ResponseKind::DescribeClientQuotas(DescribeClientQuotasResponse::default().with_error_code(code)),
-        ApiKey::AlterClientQuotas => ResponseKind::AlterClientQuotas(AlterClientQuotasResponse::default()),
-        ApiKey::DescribeUserScramCredentials => ResponseKind::DescribeUserScramCredentials(DescribeUserScramCredentialsResponse::default().with_error_code(code)),
-        ApiKey::AlterUserScramCredentials => ResponseKind::AlterUserScramCredentials(AlterUserScramCredentialsResponse::default()),
+        ApiKey::ElectLeaders => {
+            ResponseKind::ElectLeaders(ElectLeadersResponse::default().with_error_code(code))
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            ResponseKind::IncrementalAlterConfigs(IncrementalAlterConfigsResponse::default())
+        }
+        ApiKey::AlterPartitionReassignments => ResponseKind::AlterPartitionReassignments(
+            AlterPartitionReassignmentsResponse::default().with_error_code(code),
+        ),
+        ApiKey::ListPartitionReassignments => ResponseKind::ListPartitionReassignments(
+            ListPartitionReassignmentsResponse::default().with_error_code(code),
+        ),
+        ApiKey::OffsetDelete => {
+            ResponseKind::OffsetDelete(OffsetDeleteResponse::default().with_error_code(code))
+        }
+        ApiKey::DescribeClientQuotas => ResponseKind::DescribeClientQuotas(
+            DescribeClientQuotasResponse::default().with_error_code(code),
+        ),
+        ApiKey::AlterClientQuotas => {
+            ResponseKind::AlterClientQuotas(AlterClientQuotasResponse::default())
+        }
+        ApiKey::DescribeUserScramCredentials => ResponseKind::DescribeUserScramCredentials(
+            DescribeUserScramCredentialsResponse::default().with_error_code(code),
+        ),
+        ApiKey::AlterUserScramCredentials => {
+            ResponseKind::AlterUserScramCredentials(AlterUserScramCredentialsResponse::default())
+        }
         ApiKey::Vote => ResponseKind::Vote(VoteResponse::default().with_error_code(code)),
-        ApiKey::BeginQuorumEpoch => ResponseKind::BeginQuorumEpoch(BeginQuorumEpochResponse::default().with_error_code(code)),
-        ApiKey::EndQuorumEpoch => ResponseKind::EndQuorumEpoch(EndQuorumEpochResponse::default().with_error_code(code)),
-        ApiKey::DescribeQuorum => ResponseKind::DescribeQuorum(DescribeQuorumResponse::default().with_error_code(code)),
-        ApiKey::AlterPartition => ResponseKind::AlterPartition(AlterPartitionResponse::default().with_error_code(code)),
-        ApiKey::UpdateFeatures => ResponseKind::UpdateFeatures(UpdateFeaturesResponse::default().with_error_code(code)),
-        ApiKey::Envelope => ResponseKind::Envelope(EnvelopeResponse::default().with_error_code(code)),
-        ApiKey::FetchSnapshot => ResponseKind::FetchSnapshot(FetchSnapshotResponse::default().with_error_code(code)),
-        ApiKey::DescribeCluster => ResponseKind::DescribeCluster(DescribeClusterResponse::default().with_error_code(code)),
-        ApiKey::DescribeProducers => ResponseKind::DescribeProducers(DescribeProducersResponse::default()),
-        ApiKey::BrokerRegistration => ResponseKind::BrokerRegistration(BrokerRegistrationResponse::default().with_error_code(code)),
-        ApiKey::BrokerHeartbeat => ResponseKind::BrokerHeartbeat(BrokerHeartbeatResponse::default().with_error_code(code)),
-        ApiKey::UnregisterBroker => ResponseKind::UnregisterBroker(UnregisterBrokerResponse::default().with_error_code(code)),
-        ApiKey::DescribeTransactions => ResponseKind::DescribeTransactions(DescribeTransactionsResponse::default()),
-        ApiKey::ListTransactions => ResponseKind::ListTransactions(ListTransactionsResponse::default().with_error_code(code)),
-        ApiKey::AllocateProducerIds => ResponseKind::AllocateProducerIds(AllocateProducerIdsResponse::default().with_error_code(code)),
-        ApiKey::ConsumerGroupHeartbeat => ResponseKind::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse::default().with_error_code(code)),
-        ApiKey::ConsumerGroupDescribe => ResponseKind::ConsumerGroupDescribe(ConsumerGroupDescribeResponse::default()),
-        ApiKey::ControllerRegistration => ResponseKind::ControllerRegistration(ControllerRegistrationResponse::default().with_error_code(code)),
-        ApiKey::GetTelemetrySubscriptions => ResponseKind::GetTelemetrySubscriptions(GetTelemetrySubscriptionsResponse::default().with_error_code(code)),
-        ApiKey::PushTelemetry => ResponseKind::PushTelemetry(PushTelemetryResponse::default().with_error_code(code)),
-        ApiKey::AssignReplicasToDirs => ResponseKind::AssignReplicasToDirs(AssignReplicasToDirsResponse::default().with_error_code(code)),
-        ApiKey::ListClientMetricsResources => ResponseKind::ListClientMetricsResources(ListClientMetricsResourcesResponse::default().with_error_code(code)),
-        ApiKey::DescribeTopicPartitions => ResponseKind::DescribeTopicPartitions(DescribeTopicPartitionsResponse::default()),
-        ApiKey::AddRaftVoter => ResponseKind::AddRaftVoter(AddRaftVoterResponse::default().with_error_code(code)),
-        ApiKey::RemoveRaftVoter => ResponseKind::RemoveRaftVoter(RemoveRaftVoterResponse::default().with_error_code(code)),
-        ApiKey::UpdateRaftVoter => ResponseKind::UpdateRaftVoter(UpdateRaftVoterResponse::default().with_error_code(code)),
+        ApiKey::BeginQuorumEpoch => ResponseKind::BeginQuorumEpoch(
+            BeginQuorumEpochResponse::default().with_error_code(code),
+        ),
+        ApiKey::EndQuorumEpoch => {
+            ResponseKind::EndQuorumEpoch(EndQuorumEpochResponse::default().with_error_code(code))
+        }
+        ApiKey::DescribeQuorum => {
+            ResponseKind::DescribeQuorum(DescribeQuorumResponse::default().with_error_code(code))
+        }
+        ApiKey::AlterPartition => {
+            ResponseKind::AlterPartition(AlterPartitionResponse::default().with_error_code(code))
+        }
+        ApiKey::UpdateFeatures => {
+            ResponseKind::UpdateFeatures(UpdateFeaturesResponse::default().with_error_code(code))
+        }
+        ApiKey::Envelope => {
+            ResponseKind::Envelope(EnvelopeResponse::default().with_error_code(code))
+        }
+        ApiKey::FetchSnapshot => {
+            ResponseKind::FetchSnapshot(FetchSnapshotResponse::default().with_error_code(code))
+        }
+        ApiKey::DescribeCluster => {
+            ResponseKind::DescribeCluster(DescribeClusterResponse::default().with_error_code(code))
+        }
+        ApiKey::DescribeProducers => {
+            ResponseKind::DescribeProducers(DescribeProducersResponse::default())
+        }
+        ApiKey::BrokerRegistration => ResponseKind::BrokerRegistration(
+            BrokerRegistrationResponse::default().with_error_code(code),
+        ),
+        ApiKey::BrokerHeartbeat => {
+            ResponseKind::BrokerHeartbeat(BrokerHeartbeatResponse::default().with_error_code(code))
+        }
+        ApiKey::UnregisterBroker => ResponseKind::UnregisterBroker(
+            UnregisterBrokerResponse::default().with_error_code(code),
+        ),
+        ApiKey::DescribeTransactions => {
+            ResponseKind::DescribeTransactions(DescribeTransactionsResponse::default())
+        }
+        ApiKey::ListTransactions => ResponseKind::ListTransactions(
+            ListTransactionsResponse::default().with_error_code(code),
+        ),
+        ApiKey::AllocateProducerIds => ResponseKind::AllocateProducerIds(
+            AllocateProducerIdsResponse::default().with_error_code(code),
+        ),
+        ApiKey::ConsumerGroupHeartbeat => ResponseKind::ConsumerGroupHeartbeat(
+            ConsumerGroupHeartbeatResponse::default().with_error_code(code),
+        ),
+        ApiKey::ConsumerGroupDescribe => {
+            ResponseKind::ConsumerGroupDescribe(ConsumerGroupDescribeResponse::default())
+        }
+        ApiKey::ControllerRegistration => ResponseKind::ControllerRegistration(
+            ControllerRegistrationResponse::default().with_error_code(code),
+        ),
+        ApiKey::GetTelemetrySubscriptions => ResponseKind::GetTelemetrySubscriptions(
+            GetTelemetrySubscriptionsResponse::default().with_error_code(code),
+        ),
+        ApiKey::PushTelemetry => {
+            ResponseKind::PushTelemetry(PushTelemetryResponse::default().with_error_code(code))
+        }
+        ApiKey::AssignReplicasToDirs => ResponseKind::AssignReplicasToDirs(
+            AssignReplicasToDirsResponse::default().with_error_code(code),
+        ),
+        ApiKey::ListClientMetricsResources => ResponseKind::ListClientMetricsResources(
+            ListClientMetricsResourcesResponse::default().with_error_code(code),
+        ),
+        ApiKey::DescribeTopicPartitions => {
+            ResponseKind::DescribeTopicPartitions(DescribeTopicPartitionsResponse::default())
+        }
+        ApiKey::AddRaftVoter => {
+            ResponseKind::AddRaftVoter(AddRaftVoterResponse::default().with_error_code(code))
+        }
+        ApiKey::RemoveRaftVoter => {
+            ResponseKind::RemoveRaftVoter(RemoveRaftVoterResponse::default().with_error_code(code))
+        }
+        ApiKey::UpdateRaftVoter => {
+            ResponseKind::UpdateRaftVoter(UpdateRaftVoterResponse::default().with_error_code(code))
+        }
     }
 }
 
@@ -397,7 +526,10 @@ mod tests {
         assert_eq!(h.correlation_id, 7);
         let r = ApiVersionsResponse::decode(&mut body, 0).expect("body");
         assert_eq!(r.error_code, UNSUPPORTED_VERSION);
-        assert!(r.api_keys.iter().any(|k| k.api_key == 0 && k.min_version == 3));
+        assert!(r
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == 0 && k.min_version == 3));
     }
 
     #[test]
@@ -420,7 +552,10 @@ mod tests {
             decode_request(frame(0, 0, 1, &rest)),
             Incoming::Answer(_)
         ));
-        assert!(matches!(decode_request(Bytes::from_static(&[0, 1])), Incoming::Close));
+        assert!(matches!(
+            decode_request(Bytes::from_static(&[0, 1])),
+            Incoming::Close
+        ));
     }
 
     #[test]

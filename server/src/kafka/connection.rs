@@ -97,8 +97,10 @@ async fn read_loop(
                             shard.metrics().request("kafka");
                             let ctx = ctx.clone();
                             Pending::Task(
-                                glommio::spawn_local(async move { handlers::handle(&ctx, *d).await })
-                                    .detach(),
+                                glommio::spawn_local(
+                                    async move { handlers::handle(&ctx, *d).await },
+                                )
+                                .detach(),
                             )
                         }
                     };

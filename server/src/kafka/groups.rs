@@ -238,11 +238,7 @@ pub async fn handle(
                             topic: s(&t.name.0),
                             partition: p.partition_index as u32,
                             offset: p.committed_offset as u64,
-                            metadata: p
-                                .committed_metadata
-                                .as_ref()
-                                .map(s)
-                                .unwrap_or_default(),
+                            metadata: p.committed_metadata.as_ref().map(s).unwrap_or_default(),
                         });
                         at.push((ti, pi));
                     }
@@ -285,8 +281,7 @@ pub async fn handle(
                     })
                     .collect()
             });
-            let resp = match service::fetch_offsets(shard, r.group_id.0.as_str(), wanted).await
-            {
+            let resp = match service::fetch_offsets(shard, r.group_id.0.as_str(), wanted).await {
                 Err(e) => OffsetFetchResponse::default().with_error_code(code(&e)),
                 Ok(found) => {
                     let mut by_topic: BTreeMap<String, Vec<OffsetFetchResponsePartition>> =
@@ -353,19 +348,13 @@ pub async fn handle(
                                         .into_iter()
                                         .map(|m| {
                                             DescribedGroupMember::default()
-                                                .with_member_id(StrBytes::from_string(
-                                                    m.member_id,
-                                                ))
-                                                .with_client_id(StrBytes::from_string(
-                                                    m.client_id,
-                                                ))
+                                                .with_member_id(StrBytes::from_string(m.member_id))
+                                                .with_client_id(StrBytes::from_string(m.client_id))
                                                 .with_client_host(StrBytes::from_string(
                                                     m.client_host,
                                                 ))
                                                 .with_member_metadata(Bytes::from(m.metadata))
-                                                .with_member_assignment(Bytes::from(
-                                                    m.assignment,
-                                                ))
+                                                .with_member_assignment(Bytes::from(m.assignment))
                                         })
                                         .collect(),
                                 )

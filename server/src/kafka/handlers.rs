@@ -110,9 +110,7 @@ pub async fn handle(ctx: &Ctx, d: Decoded) -> Option<BytesMut> {
         RequestKind::CreatePartitions(r) => {
             ResponseKind::CreatePartitions(create_partitions(ctx, r).await)
         }
-        RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(describe_configs(ctx, r))
-        }
+        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(describe_configs(ctx, r)),
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(init_producer_id(ctx, r)),
         RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(delete_records(ctx, r).await),
         RequestKind::FindCoordinator(r) => {
@@ -207,7 +205,10 @@ async fn metadata(ctx: &Ctx, version: i16, r: MetadataRequest) -> MetadataRespon
             match &t.name {
                 Some(n) => names.push(n.0.as_str().to_owned()),
                 None => {
-                    if let Some(m) = meta.topics.values().find(|m| topic_uuid(m.id) == t.topic_id)
+                    if let Some(m) = meta
+                        .topics
+                        .values()
+                        .find(|m| topic_uuid(m.id) == t.topic_id)
                     {
                         names.push(m.name.clone());
                     }
@@ -307,7 +308,10 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
             } else if r.transactional_id.is_some() {
                 part.outcome = fail(53, "transactions are not supported".into());
             } else if pd.index < 0 {
-                part.outcome = fail(codec::UNKNOWN_TOPIC_OR_PARTITION, "negative partition".into());
+                part.outcome = fail(
+                    codec::UNKNOWN_TOPIC_OR_PARTITION,
+                    "negative partition".into(),
+                );
             } else {
                 let p = pd.index as u32;
                 match shard.owner(&topic, p) {
@@ -476,10 +480,7 @@ async fn read_all(shard: &Rc<Shard>, wants: &[FetchWant]) -> Vec<FetchOut> {
         .enumerate()
         .map(|(i, o)| {
             o.unwrap_or_else(|| {
-                out_of_reach(
-                    i,
-                    WireError::new(native::ErrorCode::Internal, "no answer"),
-                )
+                out_of_reach(i, WireError::new(native::ErrorCode::Internal, "no answer"))
             })
         })
         .collect()
@@ -701,7 +702,10 @@ async fn create_topics(ctx: &Ctx, version: i16, r: CreateTopicsRequest) -> Creat
                 .map(|c| {
                     (
                         c.name.as_str().to_owned(),
-                        c.value.as_ref().map(|v| v.as_str().to_owned()).unwrap_or_default(),
+                        c.value
+                            .as_ref()
+                            .map(|v| v.as_str().to_owned())
+                            .unwrap_or_default(),
                     )
                 })
                 .collect::<Vec<_>>();
@@ -735,10 +739,15 @@ async fn create_topics(ctx: &Ctx, version: i16, r: CreateTopicsRequest) -> Creat
             AdminOp::CreateTopics(native::CreateTopicsRequest { topics: wanted }),
         )
         .await;
-        apply_topic_results(outcome, &mut results, |r| r.name.0.as_str(), |r, code, msg| {
-            r.error_code = code;
-            r.error_message = msg;
-        });
+        apply_topic_results(
+            outcome,
+            &mut results,
+            |r| r.name.0.as_str(),
+            |r, code, msg| {
+                r.error_code = code;
+                r.error_message = msg;
+            },
+        );
     }
     if version >= 7 {
         let meta = ctx.shard.metadata.borrow();
@@ -832,10 +841,15 @@ async fn create_partitions(ctx: &Ctx, r: CreatePartitionsRequest) -> CreateParti
             AdminOp::CreatePartitions(native::CreatePartitionsRequest { topics: wanted }),
         )
         .await;
-        apply_topic_results(outcome, &mut results, |r| r.name.0.as_str(), |r, code, msg| {
-            r.error_code = code;
-            r.error_message = msg;
-        });
+        apply_topic_results(
+            outcome,
+            &mut results,
+            |r| r.name.0.as_str(),
+            |r, code, msg| {
+                r.error_code = code;
+                r.error_message = msg;
+            },
+        );
     }
     CreatePartitionsResponse::default().with_results(results)
 }
@@ -890,8 +904,7 @@ fn describe_configs(ctx: &Ctx, r: DescribeConfigsRequest) -> DescribeConfigsResp
 }
 
 fn init_producer_id(ctx: &Ctx, r: InitProducerIdRequest) -> InitProducerIdResponse {
-    if r
-        .transactional_id
+    if r.transactional_id
         .as_ref()
         .map(|t| !t.0.is_empty())
         .unwrap_or(false)
@@ -904,12 +917,12 @@ fn init_producer_id(ctx: &Ctx, r: InitProducerIdRequest) -> InitProducerIdRespon
     }
     let kafka = &ctx.shard.shared.kafka;
     // KIP-360: a producer may ask to bump its own epoch.
-    let (id, epoch) = if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX
-    {
-        (r.producer_id.0, r.producer_epoch + 1)
-    } else {
-        (kafka.allocate_producer_id(), 0)
-    };
+    let (id, epoch) =
+        if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX {
+            (r.producer_id.0, r.producer_epoch + 1)
+        } else {
+            (kafka.allocate_producer_id(), 0)
+        };
     InitProducerIdResponse::default()
         .with_producer_id(ProducerId(id))
         .with_producer_epoch(epoch)

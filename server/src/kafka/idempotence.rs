@@ -11,7 +11,9 @@
 //!
 //! I/O-free; the owner checks and records under the partition's lane.
 
-use super::codec::{DUPLICATE_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER};
+use super::codec::{
+    DUPLICATE_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER,
+};
 use crate::limits::{KAFKA_PRODUCERS_PER_PARTITION_MAX, KAFKA_PRODUCER_BATCHES_MAX};
 use std::collections::{HashMap, VecDeque};
 

@@ -206,7 +206,9 @@ pub enum KafkaOp {
         durability: Durability,
     },
     /// (index, topic, partition, offset): -1 means the high watermark.
-    DeleteRecords { items: Vec<(usize, String, u32, i64)> },
+    DeleteRecords {
+        items: Vec<(usize, String, u32, i64)>,
+    },
 }
 
 pub enum KafkaReply {

@@ -26,8 +26,8 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordCompression,
     RecordEncodeOptions, TimestampType,
 };
-use strom_flatbuffers::frame::{records as frame_records, BatchBuilder, FrameHeader, RecordIn};
 use strom_flatbuffers::frame::FRAME_RECORDS_MAX;
+use strom_flatbuffers::frame::{records as frame_records, BatchBuilder, FrameHeader, RecordIn};
 
 /// One Kafka batch, translated.
 pub struct Translated {
@@ -50,7 +50,10 @@ fn refused(code: i16, message: impl Into<String>) -> Refused {
 }
 
 /// Decodes every batch in a partition's `records` bytes into Strom frames.
-pub fn kafka_to_frames(mut records: Bytes, frame_bytes_max: usize) -> Result<Vec<Translated>, Refused> {
+pub fn kafka_to_frames(
+    mut records: Bytes,
+    frame_bytes_max: usize,
+) -> Result<Vec<Translated>, Refused> {
     let mut out = Vec::new();
     let mut builder = BatchBuilder::new();
     while !records.is_empty() {
@@ -86,7 +89,11 @@ pub fn kafka_to_frames(mut records: Bytes, frame_bytes_max: usize) -> Result<Vec
             producer_id: first.producer_id,
             epoch: first.producer_epoch,
             first_seq: first.sequence,
-            last_seq: set.records.last().map(|r| r.sequence).unwrap_or(first.sequence),
+            last_seq: set
+                .records
+                .last()
+                .map(|r| r.sequence)
+                .unwrap_or(first.sequence),
         });
         match producer {
             Some(p) => builder.set_producer(p.producer_id, p.epoch, p.first_seq),
@@ -144,7 +151,8 @@ pub fn frames_to_kafka(frames: &[Bytes], out: &mut BytesMut) -> Result<(), Strin
             let mut headers = IndexMap::new();
             for (k, v) in r.headers() {
                 headers.insert(
-                    StrBytes::from_utf8(frame.slice_ref(k.as_bytes())).map_err(|e| e.to_string())?,
+                    StrBytes::from_utf8(frame.slice_ref(k.as_bytes()))
+                        .map_err(|e| e.to_string())?,
                     Some(frame.slice_ref(v)),
                 );
             }
@@ -230,7 +238,9 @@ mod tests {
             Compression::Zstd,
         ] {
             let kb = kafka_batch(c, 42, 10);
-            let original = RecordBatchDecoder::decode(&mut kb.clone()).expect("decode").records;
+            let original = RecordBatchDecoder::decode(&mut kb.clone())
+                .expect("decode")
+                .records;
             let t = kafka_to_frames(kb, 1 << 20).expect("translate");
             assert_eq!(t.len(), 1);
             assert_eq!(

@@ -62,7 +62,8 @@ impl KafkaServer {
     /// the same Kafka port (clients keep their bootstrap address).
     pub fn restart(&mut self) {
         self.stop();
-        let (child, native, kafka) = spawn(self.cores, &self.data_dir, &self.extra, Some(self.kafka));
+        let (child, native, kafka) =
+            spawn(self.cores, &self.data_dir, &self.extra, Some(self.kafka));
         self.child = Some(child);
         self.native = native;
         self.kafka = kafka;
