@@ -4,6 +4,11 @@
 //! ready, and shuts down cleanly on SIGINT/SIGTERM (stop accepting, finish
 //! in-flight requests, close every partition, exit 0).
 
+mod alloc;
+
+#[global_allocator]
+static GLOBAL: alloc::StromAlloc = alloc::StromAlloc;
+
 mod config;
 mod connection;
 mod error;

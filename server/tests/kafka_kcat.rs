@@ -183,3 +183,53 @@ fn unsupported_requests_get_answers_and_the_connection_stays_open() {
     assert_eq!(&a[..4], &4i32.to_be_bytes());
     assert_eq!(&a[4..6], &0i16.to_be_bytes());
 }
+
+/// The story: the kafka-protocol crate decodes an array with
+/// `Vec::with_capacity(n)` for `n` read from the wire (upstream
+/// kafka-protocol-rs#152, still open), so a few bytes declaring billions of
+/// Metadata topics ask for a huge reservation before failing to decode. On a
+/// kernel that refuses the reservation the process would abort. The broker
+/// must answer or drop that one connection and keep serving everyone.
+#[test]
+fn a_request_declaring_billions_of_elements_harms_no_one() {
+    use std::io::{Read, Write};
+    let server = KafkaServer::start(1, temp_dir("kafka-lying-array"));
+    let mut bad = std::net::TcpStream::connect(server.kafka).expect("connect");
+    bad.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Metadata v0, correlation id 7, null client id, topics array of 0x7fffffff.
+    let mut body = Vec::new();
+    body.extend_from_slice(&3i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&7i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    body.extend_from_slice(&i32::MAX.to_be_bytes());
+    body.extend_from_slice(&[0, 1, b'x']);
+    let mut msg = (body.len() as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    bad.write_all(&msg).expect("send");
+    let mut buf = [0u8; 64];
+    let _ = bad.read(&mut buf); // an error answer or a closed connection
+                                // Everyone else is still served: ApiVersions v0 on a new connection.
+    let mut good = std::net::TcpStream::connect(server.kafka).expect("connect again");
+    good.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&8i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut msg = (body.len() as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    good.write_all(&msg).expect("send");
+    let mut len = [0u8; 4];
+    good.read_exact(&mut len).expect("the broker still answers");
+    let mut answer = vec![0u8; i32::from_be_bytes(len) as usize];
+    good.read_exact(&mut answer).expect("answer");
+    assert_eq!(&answer[..4], &8i32.to_be_bytes());
+    assert_eq!(
+        &answer[4..6],
+        &0i16.to_be_bytes(),
+        "ApiVersions without error"
+    );
+}

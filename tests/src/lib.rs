@@ -253,6 +253,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--kafka-listen", "127.0.0.1:0"])
             .args(["--cores", &self.cores.to_string()])
             .args(&self.extra_args)
             .stdin(Stdio::null())

@@ -39,6 +39,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_strom-server"))
             .args(["--cores", &cores.to_string()])
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--kafka-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data_dir)
             .stdout(Stdio::piped())
