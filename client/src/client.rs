@@ -15,10 +15,13 @@ use crate::error::{check, Error, Result};
 use std::collections::HashMap;
 use strom_flatbuffers::protocol::{
     ApiVersionsResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest,
-    DeleteTopicsRequest, DescribeTopicsRequest, ErrorCode, ListOffsetsPartition,
-    ListOffsetsRequest, OffsetCommitPartition, OffsetCommitRequest, OffsetFetchRequest,
-    OffsetFetchResult, PartitionsIncrease, RequestBody, ResponseBody, TopicDescription,
-    TopicListing, TopicPartition, TopicResult, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST,
+    DeleteTopicsRequest, DescribeGroupsRequest, DescribeTopicsRequest, ErrorCode, GroupDescription,
+    GroupListing, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    ListOffsetsPartition, ListOffsetsRequest, OffsetCommitPartition, OffsetCommitRequest,
+    OffsetCommitResult, OffsetFetchRequest, OffsetFetchResult, PartitionsIncrease, RequestBody,
+    ResetOffsetsRequest, ResetTo, ResponseBody, SyncGroupRequest, SyncGroupResponse,
+    TopicDescription, TopicListing, TopicPartition, TopicResult, LIST_OFFSETS_EARLIEST,
+    LIST_OFFSETS_LATEST,
 };
 
 /// Where a consumer starts, or what [`Client::list_offset`] asks for.
@@ -266,6 +269,21 @@ impl Client {
     /// partition) under `group`, outside group management (the server
     /// accepts this only while the group has no active members).
     pub fn commit_offsets(&mut self, group: &str, offsets: &[(String, u32, u64)]) -> Result<()> {
+        self.commit_offsets_as(group, "", -1, offsets)
+    }
+
+    /// Commits `offset` (the next offset to consume) for each (topic,
+    /// partition) under `group` as member `member_id` of `generation` (an
+    /// empty id with generation -1: outside group management). A fenced
+    /// member's commit fails with `UnknownMemberId` or `IllegalGeneration`;
+    /// one during the sync phase with `RebalanceInProgress`.
+    pub fn commit_offsets_as(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<()> {
         let body = RequestBody::OffsetCommit(OffsetCommitRequest {
             group: group.to_owned(),
             partitions: offsets
@@ -277,10 +295,8 @@ impl Client {
                     metadata: String::new(),
                 })
                 .collect(),
-            // A commit outside group management (no member id, generation
-            // -1): the server accepts it while the group has no members.
-            member_id: String::new(),
-            generation: -1,
+            member_id: member_id.to_owned(),
+            generation,
         });
         match self.call(&body)?.body {
             ResponseBody::OffsetCommit(r) => {
@@ -331,5 +347,142 @@ impl Client {
             }
         }
         Ok(None)
+    }
+
+    // ------------------------------------------------------------ groups
+
+    /// Sends a JoinGroup and waits for the end of the join phase (up to
+    /// `extra_wait_ms` on top of the request timeout). The response keeps
+    /// its error code: the caller decides whether to rejoin.
+    pub fn join_group(
+        &mut self,
+        request: JoinGroupRequest,
+        extra_wait_ms: u64,
+    ) -> Result<JoinGroupResponse> {
+        let body = RequestBody::JoinGroup(request);
+        match self.conn.call(&body, &[], extra_wait_ms)?.body {
+            ResponseBody::JoinGroup(r) => Ok(r),
+            other => Err(unexpected("join_group", &other)),
+        }
+    }
+
+    /// Sends a SyncGroup and waits for the assignment (up to
+    /// `extra_wait_ms` on top of the request timeout). The response keeps
+    /// its error code.
+    pub fn sync_group(
+        &mut self,
+        request: SyncGroupRequest,
+        extra_wait_ms: u64,
+    ) -> Result<SyncGroupResponse> {
+        let body = RequestBody::SyncGroup(request);
+        match self.conn.call(&body, &[], extra_wait_ms)?.body {
+            ResponseBody::SyncGroup(r) => Ok(r),
+            other => Err(unexpected("sync_group", &other)),
+        }
+    }
+
+    /// One heartbeat; `RebalanceInProgress`, `IllegalGeneration` and
+    /// `UnknownMemberId` come back as [`Error::Server`] with that code.
+    pub fn heartbeat(&mut self, group: &str, member_id: &str, generation: i32) -> Result<()> {
+        let body = RequestBody::Heartbeat(HeartbeatRequest {
+            group: group.to_owned(),
+            member_id: member_id.to_owned(),
+            generation,
+        });
+        match self.call(&body)?.body {
+            ResponseBody::Heartbeat(s) => check(s.error, &s.message, || {
+                format!("heartbeat {group} member {member_id} generation {generation}")
+            }),
+            other => Err(unexpected("heartbeat", &other)),
+        }
+    }
+
+    /// Removes members from `group` at once (the group rebalances).
+    pub fn leave_group(&mut self, group: &str, member_ids: &[String]) -> Result<()> {
+        let body = RequestBody::LeaveGroup(LeaveGroupRequest {
+            group: group.to_owned(),
+            member_ids: member_ids.to_vec(),
+        });
+        match self.call(&body)?.body {
+            ResponseBody::LeaveGroup(s) => {
+                check(s.error, &s.message, || format!("leave group {group}"))
+            }
+            other => Err(unexpected("leave_group", &other)),
+        }
+    }
+
+    /// Every group with its state, protocol type and member count.
+    pub fn list_groups(&mut self) -> Result<Vec<GroupListing>> {
+        match self.call(&RequestBody::ListGroups)?.body {
+            ResponseBody::ListGroups(r) => Ok(r.groups),
+            other => Err(unexpected("list_groups", &other)),
+        }
+    }
+
+    /// Describes the named groups (all when `groups` is empty); each
+    /// description keeps its own error code (`GroupIdNotFound`, state
+    /// `Dead`, for an unknown group).
+    pub fn describe_groups(&mut self, groups: &[String]) -> Result<Vec<GroupDescription>> {
+        let body = RequestBody::DescribeGroups(DescribeGroupsRequest {
+            groups: groups.to_vec(),
+        });
+        match self.call(&body)?.body {
+            ResponseBody::DescribeGroups(r) => Ok(r.groups),
+            other => Err(unexpected("describe_groups", &other)),
+        }
+    }
+
+    /// Describes one group: members, their assignments, committed and end
+    /// offsets and lag per partition. An unknown group is an error.
+    pub fn describe_group(&mut self, group: &str) -> Result<GroupDescription> {
+        let mut all = self.describe_groups(&[group.to_owned()])?;
+        let Some(pos) = all.iter().position(|g| g.group == group) else {
+            return Err(Error::UnexpectedResponse {
+                request: "describe_groups",
+                got: format!("no description of group {group}"),
+            });
+        };
+        let d = all.swap_remove(pos);
+        check(d.error, &d.message, || format!("group {group}"))?;
+        Ok(d)
+    }
+
+    /// Sets `group`'s committed offsets for `topic` (`partitions` empty:
+    /// all) to the earliest or latest offset or to `offset` (clamped into
+    /// the partition's range by the server). The group must have no
+    /// members (`NonEmptyGroup` otherwise). Returns the per-partition
+    /// results (their message says the offset set).
+    pub fn reset_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+        to: ResetTo,
+        offset: u64,
+    ) -> Result<Vec<OffsetCommitResult>> {
+        let body = RequestBody::ResetOffsets(ResetOffsetsRequest {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partitions: partitions.to_vec(),
+            to,
+            offset,
+        });
+        match self.call(&body)?.body {
+            ResponseBody::ResetOffsets(r) => {
+                check(r.error, &r.message, || {
+                    format!("reset offsets of group {group} on {topic}")
+                })?;
+                for p in &r.results {
+                    check(p.error, &p.message, || {
+                        format!(
+                            "reset offsets of group {group} on {}/{}",
+                            p.topic, p.partition
+                        )
+                    })?;
+                }
+                Ok(r.results)
+            }
+            other => Err(unexpected("reset_offsets", &other)),
+        }
     }
 }

@@ -8,6 +8,9 @@
 //!   partitioning (Kafka's murmur2), pipelined produce, per-record offsets.
 //! - [`Consumer`]: explicit assignment, long-poll fetch, verified frames,
 //!   zero-copy records, positions and commits.
+//! - [`GroupConsumer`]: a consumer-group member: subscription, assignment
+//!   by the server's coordinator, heartbeats, auto or explicit commits,
+//!   rebalance callbacks, clean leave.
 //!
 //! Everything is synchronous std::net I/O: no runtime, one thread per
 //! connection user. The wire codec and batch framing are
@@ -17,6 +20,7 @@ pub mod client;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod producer;
 
 #[cfg(test)]
@@ -26,10 +30,15 @@ pub use client::{Client, OffsetSpec};
 pub use connection::{Connection, ConnectionConfig, Response};
 pub use consumer::{Assignment, Consumer, ConsumerConfig, FetchedFrame};
 pub use error::{Error, Result};
+pub use group::{
+    AssignmentStrategy, AutoOffsetReset, GroupConfig, GroupConsumer, RebalanceListener,
+};
 pub use producer::{
     murmur2, partition_for_key, Producer, ProducerConfig, ProducerRecord, RecordHandle,
 };
-pub use strom_flatbuffers::protocol::{Acks, ErrorCode};
+pub use strom_flatbuffers::protocol::{
+    Acks, ErrorCode, GroupDescription, GroupListing, OffsetCommitResult, ResetTo,
+};
 pub use strom_flatbuffers::RecordView;
 
 #[cfg(test)]

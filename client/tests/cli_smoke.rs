@@ -13,7 +13,7 @@ fn help_and_version_exit_zero() {
     let out = strom().arg("--help").output().expect("run strom");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["topic", "produce", "consume", "--server"] {
+    for word in ["topic", "produce", "consume", "group", "--server"] {
         assert!(help.contains(word), "help lacks {word}: {help}");
     }
     let out = strom()
@@ -21,7 +21,11 @@ fn help_and_version_exit_zero() {
         .output()
         .expect("run strom");
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no group coordinator"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("group coordinator") && help.contains("--session-timeout-ms"),
+        "{help}"
+    );
     assert!(strom()
         .arg("--version")
         .output()

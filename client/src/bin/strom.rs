@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 use strom_client::{
-    Acks, Client, ConnectionConfig, Consumer, ConsumerConfig, Error, OffsetSpec, Producer,
-    ProducerConfig, ProducerRecord, RecordView,
+    Acks, AssignmentStrategy, AutoOffsetReset, Client, ConnectionConfig, Consumer, ConsumerConfig,
+    Error, ErrorCode, GroupConfig, GroupConsumer, OffsetSpec, Producer, ProducerConfig,
+    ProducerRecord, RecordView, ResetTo,
 };
 
 /// Lines buffered between the stdin reader thread and the producer.
@@ -51,6 +52,50 @@ enum Command {
     Produce(ProduceArgs),
     /// Print records of a topic to standard output.
     Consume(ConsumeArgs),
+    /// List and describe consumer groups; reset their offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List consumer groups with their state and member count.
+    List,
+    /// Show a group's members and, per partition, the owning member, the
+    /// committed offset, the end offset (high watermark) and the lag.
+    Describe { group: String },
+    /// Set a group's committed offsets for a topic. Only while the group
+    /// has no members (stop its consumers first).
+    #[command(group(
+        clap::ArgGroup::new("target")
+            .required(true)
+            .args(["to_earliest", "to_latest", "to_offset"])
+    ))]
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// Only this partition (default: all partitions of the topic).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// To each partition's log start offset.
+        #[arg(long)]
+        to_earliest: bool,
+        /// To each partition's end offset (skip everything so far).
+        #[arg(long)]
+        to_latest: bool,
+        /// To this offset (clamped into each partition's range).
+        #[arg(long, value_name = "N")]
+        to_offset: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    /// Per topic, consecutive ranges of partitions.
+    Range,
+    /// All partitions dealt out one by one.
+    Roundrobin,
 }
 
 #[derive(Subcommand)]
@@ -109,11 +154,13 @@ struct ProduceArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "With --group G the consumer starts at G's committed offset for each \
-partition (or where --from-beginning/the end says when G has none) and commits its position \
-after every batch it prints. This is offset storage only: there is no group coordinator yet \
-(partitions are not shared out between members; that comes in a later release), so every \
-consumer in a group reads the partitions it is given."
+    after_help = "With --group G the consumer joins consumer group G: the server's group \
+coordinator shares the topic's partitions out between all consumers of G (rebalancing when one \
+joins, leaves or stops heartbeating for --session-timeout-ms), each partition starts at G's \
+committed offset (or where --from-beginning/the end says when G has none), and the position is \
+committed after every batch printed. With --group and --partition the consumer reads that \
+partition itself and uses G only to store offsets (accepted while G has no members). \
+See also `strom group list|describe|reset-offsets`."
 )]
 struct ConsumeArgs {
     topic: String,
@@ -130,12 +177,19 @@ struct ConsumeArgs {
     /// interrupted).
     #[arg(long)]
     count: Option<u64>,
-    /// Start from, and commit to, this consumer group's offsets.
+    /// Consume as a member of this consumer group (see below).
     #[arg(long)]
     group: Option<String>,
+    /// With --group: the coordinator removes this consumer when it has not
+    /// heard from it this long (within the server's bounds).
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    session_timeout_ms: u32,
+    /// With --group: how the coordinator shares partitions out.
+    #[arg(long, value_enum, default_value = "range")]
+    assignment_strategy: StrategyArg,
     /// Output template: {key} {value} {offset} {partition} {timestamp}
-    /// {headers} {topic}; \t and \n are escapes. Null keys and values print
-    /// as "null".
+    /// {headers} {topic}, and with --group {member} {generation}; \t and \n
+    /// are escapes. Null keys and values print as "null".
     #[arg(long, default_value = "{value}")]
     format: String,
     /// Give up after this long without a new record (ms; default: never).
@@ -212,11 +266,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
         client_name: format!("strom-cli/{}", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
-    let client = Client::connect_with(&cli.server, config)?;
+    let client = Client::connect_with(&cli.server, config.clone())?;
     match cli.command {
         Command::Topic(t) => topic(client, t),
         Command::Produce(p) => produce(client, p),
-        Command::Consume(c) => consume(client, c),
+        Command::Consume(c) => match (&c.group, c.partition) {
+            (Some(_), None) => consume_group(&cli.server, config, c),
+            _ => consume(client, c),
+        },
+        Command::Group(g) => group(client, g),
     }
 }
 
@@ -435,6 +493,8 @@ enum Piece {
     Timestamp,
     Headers,
     Topic,
+    Member,
+    Generation,
 }
 
 fn parse_format(template: &str) -> Result<Vec<Piece>, CliError> {
@@ -454,9 +514,11 @@ fn parse_format(template: &str) -> Result<Vec<Piece>, CliError> {
                 "timestamp" => Piece::Timestamp,
                 "headers" => Piece::Headers,
                 "topic" => Piece::Topic,
+                "member" => Piece::Member,
+                "generation" => Piece::Generation,
                 other => {
                     return Err(CliError::Msg(format!(
-                        "--format: unknown field {{{other}}} (known: key value offset partition timestamp headers topic)"
+                        "--format: unknown field {{{other}}} (known: key value offset partition timestamp headers topic member generation)"
                     )))
                 }
             };
@@ -488,12 +550,26 @@ fn parse_format(template: &str) -> Result<Vec<Piece>, CliError> {
     Ok(pieces)
 }
 
+/// The group membership a record was consumed under (for {member} and
+/// {generation}).
+#[derive(Clone, Copy)]
+struct Member<'a> {
+    id: &'a str,
+    generation: i32,
+}
+
+const NO_MEMBER: Member<'static> = Member {
+    id: "",
+    generation: -1,
+};
+
 fn render(
     out: &mut impl Write,
     pieces: &[Piece],
     topic: &str,
     partition: u32,
     r: &RecordView<'_>,
+    member: Member<'_>,
 ) -> std::io::Result<()> {
     for p in pieces {
         match p {
@@ -504,6 +580,8 @@ fn render(
             Piece::Partition => write!(out, "{partition}")?,
             Piece::Timestamp => write!(out, "{}", r.timestamp_ms)?,
             Piece::Topic => out.write_all(topic.as_bytes())?,
+            Piece::Member => out.write_all(member.id.as_bytes())?,
+            Piece::Generation => write!(out, "{}", member.generation)?,
             Piece::Headers => {
                 for (i, (k, v)) in r.headers().enumerate() {
                     if i > 0 {
@@ -579,7 +657,8 @@ fn consume(client: Client, args: ConsumeArgs) -> Result<(), CliError> {
                 if printed >= limit {
                     break 'frames;
                 }
-                render(&mut out, &pieces, &args.topic, f.partition, &r).map_err(out_err)?;
+                render(&mut out, &pieces, &args.topic, f.partition, &r, NO_MEMBER)
+                    .map_err(out_err)?;
                 printed += 1;
                 if let Some(i) = slot {
                     commit_at[i].2 = r.offset + 1;
@@ -589,6 +668,299 @@ fn consume(client: Client, args: ConsumeArgs) -> Result<(), CliError> {
         out.flush().map_err(out_err)?;
         if let Some(group) = &args.group {
             consumer.client().commit_offsets(group, &commit_at)?;
+        }
+    }
+    Ok(())
+}
+
+/// `strom consume TOPIC --group G` without --partition: a group member.
+fn consume_group(
+    server: &str,
+    connection: ConnectionConfig,
+    args: ConsumeArgs,
+) -> Result<(), CliError> {
+    let group = args.group.clone().expect("called with a group");
+    if args.offset.is_some() {
+        return Err(CliError::Msg(
+            "--offset needs --partition (with --group alone the group's committed offsets \
+             decide; see `strom group reset-offsets`)"
+                .into(),
+        ));
+    }
+    let pieces = parse_format(&args.format)?;
+    let mut config = GroupConfig::new(group);
+    config.client_id = "strom-cli".to_owned();
+    config.session_timeout_ms = args.session_timeout_ms;
+    config.strategy = match args.assignment_strategy {
+        StrategyArg::Range => AssignmentStrategy::Range,
+        StrategyArg::Roundrobin => AssignmentStrategy::RoundRobin,
+    };
+    config.auto_offset_reset = if args.from_beginning {
+        AutoOffsetReset::Earliest
+    } else {
+        AutoOffsetReset::Latest
+    };
+    // Commits are explicit: after every printed batch, exactly up to the
+    // last printed record (so --count never commits what it did not print).
+    config.enable_auto_commit = false;
+    config.connection = connection;
+    let mut consumer = GroupConsumer::connect(server, config)?;
+    consumer.subscribe(&[args.topic.as_str()])?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut idle = Duration::ZERO;
+    let poll_wait = Duration::from_millis(500);
+    while printed < limit {
+        let started = std::time::Instant::now();
+        let frames = consumer.poll(poll_wait)?;
+        if frames.is_empty() {
+            idle += started.elapsed().max(poll_wait);
+            if args
+                .idle_timeout_ms
+                .is_some_and(|ms| idle >= Duration::from_millis(ms))
+            {
+                return Err(CliError::Msg(format!(
+                    "no new record for {} ms after {printed} records",
+                    idle.as_millis()
+                )));
+            }
+            continue;
+        }
+        idle = Duration::ZERO;
+        let member = Member {
+            id: consumer.member_id(),
+            generation: consumer.generation(),
+        };
+        let mut commit_at: Vec<(String, u32, u64)> = Vec::new();
+        'frames: for f in &frames {
+            for r in f.records() {
+                if printed >= limit {
+                    break 'frames;
+                }
+                render(&mut out, &pieces, &f.topic, f.partition, &r, member).map_err(out_err)?;
+                printed += 1;
+                match commit_at
+                    .iter_mut()
+                    .find(|c| c.1 == f.partition && *c.0 == *f.topic)
+                {
+                    Some(c) => c.2 = r.offset + 1,
+                    None => commit_at.push((f.topic.to_string(), f.partition, r.offset + 1)),
+                }
+            }
+        }
+        out.flush().map_err(out_err)?;
+        match consumer.commit_offsets(&commit_at) {
+            Ok(()) => {}
+            // Rebalancing or fenced: the next poll rejoins; the records are
+            // delivered again to whoever owns them next.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::RebalanceInProgress)
+                        | Some(ErrorCode::IllegalGeneration)
+                        | Some(ErrorCode::UnknownMemberId)
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    consumer.close()?;
+    Ok(())
+}
+
+/// Formats rows as left-aligned columns separated by two spaces.
+fn table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                let pad = widths[c] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn offset_text(n: i64) -> String {
+    if n < 0 {
+        "-".to_owned()
+    } else {
+        n.to_string()
+    }
+}
+
+fn group(mut client: Client, cmd: GroupCommand) -> Result<(), CliError> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cmd {
+        GroupCommand::List => {
+            let mut groups = client.list_groups()?;
+            groups.sort_by(|a, b| a.group.cmp(&b.group));
+            let mut rows = vec![vec!["GROUP".into(), "STATE".into(), "MEMBERS".into()]];
+            for g in groups {
+                rows.push(vec![g.group, g.state, g.members.to_string()]);
+            }
+            table(&mut out, &rows).map_err(out_err)?;
+        }
+        GroupCommand::Describe { group } => {
+            let d = client.describe_group(&group)?;
+            writeln!(
+                out,
+                "Group: {}\tState: {}\tGeneration: {}\tProtocol: {}\tMembers: {}",
+                d.group,
+                d.state,
+                d.generation,
+                if d.protocol_name.is_empty() {
+                    "-"
+                } else {
+                    &d.protocol_name
+                },
+                d.members.len()
+            )
+            .map_err(out_err)?;
+            // Who owns each partition.
+            let mut owner: std::collections::HashMap<(String, u32), (String, String)> =
+                std::collections::HashMap::new();
+            for m in &d.members {
+                for tp in &m.partitions {
+                    for p in &tp.partitions {
+                        owner.insert(
+                            (tp.topic.clone(), *p),
+                            (m.member_id.clone(), m.client_id.clone()),
+                        );
+                    }
+                }
+            }
+            writeln!(out).map_err(out_err)?;
+            let mut rows = vec![vec![
+                "TOPIC".into(),
+                "PARTITION".into(),
+                "COMMITTED-OFFSET".into(),
+                "END-OFFSET".into(),
+                "LAG".into(),
+                "MEMBER-ID".into(),
+                "CLIENT-ID".into(),
+            ]];
+            let mut offsets = d.offsets.clone();
+            offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            for o in offsets {
+                let (m, c) = owner
+                    .get(&(o.topic.clone(), o.partition))
+                    .cloned()
+                    .unwrap_or_else(|| ("-".into(), "-".into()));
+                rows.push(vec![
+                    o.topic,
+                    o.partition.to_string(),
+                    offset_text(o.committed_offset),
+                    offset_text(o.end_offset),
+                    offset_text(o.lag),
+                    m,
+                    c,
+                ]);
+            }
+            table(&mut out, &rows).map_err(out_err)?;
+            if !d.members.is_empty() {
+                writeln!(out).map_err(out_err)?;
+                let mut rows = vec![vec![
+                    "MEMBER-ID".into(),
+                    "CLIENT-ID".into(),
+                    "HOST".into(),
+                    "ASSIGNMENT".into(),
+                ]];
+                for m in &d.members {
+                    let assignment: Vec<String> = m
+                        .partitions
+                        .iter()
+                        .map(|tp| {
+                            let ps: Vec<String> =
+                                tp.partitions.iter().map(u32::to_string).collect();
+                            format!("{}:{}", tp.topic, ps.join(","))
+                        })
+                        .collect();
+                    rows.push(vec![
+                        m.member_id.clone(),
+                        m.client_id.clone(),
+                        if m.client_host.is_empty() {
+                            "-".into()
+                        } else {
+                            m.client_host.clone()
+                        },
+                        if assignment.is_empty() {
+                            "-".into()
+                        } else {
+                            assignment.join(" ")
+                        },
+                    ]);
+                }
+                table(&mut out, &rows).map_err(out_err)?;
+            }
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            partition,
+            to_earliest,
+            to_latest,
+            to_offset,
+        } => {
+            let (to, offset) = match (to_earliest, to_latest, to_offset) {
+                (true, _, _) => (ResetTo::Earliest, 0),
+                (_, true, _) => (ResetTo::Latest, 0),
+                (_, _, Some(n)) => (ResetTo::Offset, n),
+                _ => {
+                    return Err(CliError::Msg(
+                        "one of --to-earliest, --to-latest, --to-offset N is required".into(),
+                    ))
+                }
+            };
+            let partitions: Vec<u32> = partition.into_iter().collect();
+            match client.reset_offsets(&group, &topic, &partitions, to, offset) {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(ErrorCode::NonEmptyGroup) => {
+                    return Err(CliError::Msg(format!(
+                        "group {group} has active members; offsets can only be reset while \
+                         the group is empty (stop its consumers and wait for their session \
+                         timeout, then retry)"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let count = client.partition_count(&topic)?;
+            let asked: Vec<(String, u32)> = match partition {
+                Some(p) => vec![(topic.clone(), p)],
+                None => (0..count).map(|p| (topic.clone(), p)).collect(),
+            };
+            let mut rows = vec![vec![
+                "TOPIC".into(),
+                "PARTITION".into(),
+                "NEW-OFFSET".into(),
+            ]];
+            let mut results = client.fetch_offsets(&group, &asked)?;
+            results.sort_by_key(|r| r.partition);
+            for r in results {
+                rows.push(vec![
+                    r.topic,
+                    r.partition.to_string(),
+                    offset_text(r.offset),
+                ]);
+            }
+            table(&mut out, &rows).map_err(out_err)?;
         }
     }
     Ok(())
