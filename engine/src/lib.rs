@@ -30,4 +30,4 @@ pub mod storage;
 pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::EngineError;
 pub use log::{AppendInfo, Log, LogStats, Offsets, ReadBatch, RecoveryReport};
-pub use partition::{remove_partition_dir, Durability, Partition};
+pub use partition::{remove_partition_dir, Durability, Partition, SyncStats};

@@ -94,6 +94,10 @@ pub struct LogStats {
     pub disk_read_bytes: u64,
     pub segments: u64,
     pub log_bytes: u64,
+    /// Active segments closed and replaced by a new one.
+    pub segments_rolled: u64,
+    /// Segments removed by retention or DeleteRecords.
+    pub segments_deleted: u64,
 }
 
 struct Segment<F> {
@@ -498,6 +502,15 @@ impl<S: Storage> Log<S> {
             report.scanned_bytes += buf.len() as u64;
             let (frames, stop) = scan(&buf, pos, expected);
             for f in &frames {
+                if f.next_offset - base > u64::from(u32::MAX) {
+                    // Relative offsets are u32: a frame claiming offsets past
+                    // that cannot belong to this segment (a forged file).
+                    let reason = format!(
+                        "frame at byte {} spans past the segment's offset range",
+                        f.position
+                    );
+                    return Ok((f.position, expected, Some(reason)));
+                }
                 if let Some(ix) = index.as_deref_mut() {
                     ix.observe(
                         (f.base_offset - base) as u32,
@@ -934,7 +947,9 @@ impl<S: Storage> Log<S> {
         self.write_pending().await?;
         let (file, offset, len) = self.sync_target();
         if offset > self.durable_offset {
-            file.fdatasync().await.inspect_err(|_| {})?;
+            file.fdatasync().await.inspect_err(|e| {
+                tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync failed");
+            })?;
             self.mark_durable(offset, len, now_ms);
         }
         self.maybe_checkpoint().await?;
@@ -1041,6 +1056,14 @@ impl<S: Storage> Log<S> {
         self.read_ahead = None;
         self.write_checkpoint(false).await?;
         self.close_excess_files();
+        self.stats.segments_rolled += 1;
+        tracing::info!(
+            dir = %self.dir.display(),
+            closed_base_offset = base,
+            closed_bytes = len,
+            new_base_offset = new_base,
+            "segment rolled"
+        );
         Ok(())
     }
 
@@ -1235,6 +1258,19 @@ impl<S: Storage> Log<S> {
                 if next <= from_offset {
                     continue;
                 }
+                if out.frames.is_empty() && header.base_offset() > from_offset {
+                    // The index sent us past the offset asked for: a wrong
+                    // (if checksum-valid) index must never make records
+                    // vanish silently.
+                    return Err(EngineError::Corrupt {
+                        path,
+                        position: pos + (at - len) as u64,
+                        reason: format!(
+                            "index points past offset {from_offset} (frame starts at {})",
+                            header.base_offset()
+                        ),
+                    });
+                }
                 if !out.frames.is_empty()
                     && (total + len > max_bytes || out.frames.len() >= READ_FRAMES_MAX)
                 {
@@ -1336,13 +1372,19 @@ impl<S: Storage> Log<S> {
                 continue;
             }
             let rel = ix.lookup_time(ts_ms);
-            let mut from = (base + u64::from(rel)).max(self.log_start_offset);
             let seg_end = self
                 .segments
                 .range(base + 1..)
                 .next()
                 .map(|(&b, _)| b)
                 .unwrap_or(self.next_offset);
+            // A time entry past the segment's end (a damaged index) must not
+            // send the scan past the log: start from the segment's base.
+            let mut from = base.saturating_add(u64::from(rel));
+            if from >= seg_end {
+                from = base;
+            }
+            let mut from = from.max(self.log_start_offset);
             while from < seg_end {
                 let batch = self.read(from, 1 << 20).await?;
                 if batch.frames.is_empty() {
@@ -1399,6 +1441,14 @@ impl<S: Storage> Log<S> {
         }
         let new_start = bases[n];
         self.advance_log_start(new_start).await?;
+        tracing::info!(
+            dir = %self.dir.display(),
+            segments = n,
+            log_start_offset = new_start,
+            retention_bytes = ?self.config.retention_bytes,
+            retention_ms = ?self.config.retention_ms,
+            "retention deleted segments"
+        );
         Ok(n)
     }
 
@@ -1433,6 +1483,7 @@ impl<S: Storage> Log<S> {
             if w[1] <= self.log_start_offset {
                 self.segments.remove(&w[0]);
                 remove_segment_files(&self.storage, &self.dir, w[0]).await?;
+                self.stats.segments_deleted += 1;
                 if self
                     .read_ahead
                     .as_ref()

@@ -45,6 +45,47 @@ pub enum Durability {
 /// Overlapping fdatasyncs of one partition (pipelined group commit).
 pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
 
+/// Upper bounds (µs, inclusive) of the fdatasync latency buckets; one more
+/// bucket counts everything slower.
+pub const SYNC_LATENCY_BOUNDS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+/// Upper bounds (records, inclusive) of the group-commit size buckets: how
+/// many records one fdatasync made durable.
+pub const GROUP_COMMIT_BOUNDS_RECORDS: [u64; 14] = [
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024, 4_096, 16_384, 65_536,
+];
+
+/// The group-commit fdatasyncs of one partition since it was opened (the
+/// ones `sync_to` runs; syncs inside a segment roll or close are counted in
+/// `LogStats::fdatasyncs` only). Buckets are per bucket, not cumulative.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub fdatasyncs: u64,
+    pub failures: u64,
+    pub latency_us_sum: u64,
+    pub latency_buckets: [u64; SYNC_LATENCY_BOUNDS_US.len() + 1],
+    /// Records made durable by these fdatasyncs.
+    pub records_sum: u64,
+    pub records_buckets: [u64; GROUP_COMMIT_BOUNDS_RECORDS.len() + 1],
+}
+
+fn bucket_of(bounds: &[u64], v: u64) -> usize {
+    bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len())
+}
+
+impl SyncStats {
+    fn observe(&mut self, latency: Duration, records: u64) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.fdatasyncs += 1;
+        self.latency_us_sum = self.latency_us_sum.saturating_add(us);
+        self.latency_buckets[bucket_of(&SYNC_LATENCY_BOUNDS_US, us)] += 1;
+        self.records_sum += records;
+        self.records_buckets[bucket_of(&GROUP_COMMIT_BOUNDS_RECORDS, records)] += 1;
+    }
+}
+
 /// How often the background task looks at retention.
 pub const RETENTION_CHECK_MS: u64 = 10_000;
 /// Longest background sleep (bounds shutdown and policy reaction time).
@@ -61,6 +102,7 @@ struct Inner<S: Storage> {
     log: async_lock::Mutex<Option<Log<S>>>,
     offsets: Cell<Offsets>,
     stats: Cell<LogStats>,
+    sync_stats: RefCell<SyncStats>,
     flush_policy: Cell<FlushPolicy>,
     data_event: Event,
     sync_event: Event,
@@ -126,6 +168,7 @@ impl<S: Storage> Partition<S> {
         let inner = Rc::new(Inner {
             offsets: Cell::new(log.offsets()),
             stats: Cell::new(log.stats()),
+            sync_stats: RefCell::new(SyncStats::default()),
             flush_policy: Cell::new(policy),
             log: async_lock::Mutex::new(Some(log)),
             data_event: Event::new(),
@@ -157,6 +200,11 @@ impl<S: Storage> Partition<S> {
 
     pub fn stats(&self) -> LogStats {
         self.inner.stats.get()
+    }
+
+    /// Group-commit fdatasync counts, latencies and sizes.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.inner.sync_stats.borrow().clone()
     }
 
     fn publish(&self, log: &Log<S>) {
@@ -243,13 +291,26 @@ impl<S: Storage> Partition<S> {
                 // The log was truncated below the target meanwhile.
                 return Err(EngineError::Closed);
             }
+            let durable_before = self.inner.offsets.get().durable_offset;
+            let started = std::time::Instant::now();
             let synced = file.fdatasync().await;
+            let took = started.elapsed();
             let mut guard = self.inner.log.lock().await;
             let log = guard.as_mut().ok_or(EngineError::Closed)?;
             if let Err(e) = synced {
+                self.inner.sync_stats.borrow_mut().failures += 1;
+                tracing::error!(
+                    dir = %self.inner.dir.display(),
+                    error = %e,
+                    "fdatasync failed; the partition refuses writes until it is reopened"
+                );
                 log.fail(format!("fdatasync failed: {e}"));
                 return Err(e.into());
             }
+            self.inner
+                .sync_stats
+                .borrow_mut()
+                .observe(took, offset.saturating_sub(durable_before));
             log.mark_durable(offset, len, now_ms());
             let r = log.maybe_checkpoint().await;
             self.publish(log);

@@ -250,6 +250,24 @@ pub fn verify_stored(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
             computed,
         });
     }
+    // Header self-consistency: the offset span a reader trusts (base to
+    // last offset) must be what the record count says, within the limits.
+    let count = header.record_count.get();
+    if count == 0 {
+        return Err(FrameError::Empty);
+    }
+    if count > FRAME_RECORDS_MAX {
+        return Err(FrameError::TooManyRecords {
+            count: count as usize,
+            max: FRAME_RECORDS_MAX,
+        });
+    }
+    if header.last_offset_delta.get() != count - 1 {
+        return Err(FrameError::LastOffsetDeltaMismatch {
+            header: header.last_offset_delta.get(),
+            actual: count - 1,
+        });
+    }
     let computed = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
     if computed != header.payload_crc.get() {
         return Err(FrameError::PayloadChecksum {
@@ -667,6 +685,7 @@ mod tests {
         {
             let (h, _) = FrameHeader::mut_from_prefix(&mut frame[..]).expect("header");
             h.record_count = U32::new(4);
+            h.last_offset_delta = U32::new(3);
             h.header_crc = U32::new(h.compute_header_crc());
         }
         assert!(matches!(
