@@ -1,19 +1,28 @@
 //! Full disk: the server's data directory is a small ext4 filesystem (a
 //! 64 MiB image, loop-mounted by the test itself; skipped with a printed
-//! reason when not root or when mounting fails). The test
+//! reason when not root or when mounting fails). Each scenario
 //!
 //! 1. writes a known data set (durable acks) to topic `keep`;
 //! 2. floods topic `filler` until the disk is full, and requires the
 //!    producer's failure to be the `NotEnoughSpace` error code (not a dropped
-//!    connection, not `Internal`); then `keep` too gets `NotEnoughSpace`;
+//!    connection, not `Internal`); then `keep` too gets `NotEnoughSpace`,
+//!    and repeated attempts keep getting it on the same connection;
 //! 3. while the disk is full, reads back every acknowledged record of both
-//!    topics byte for byte (consumers keep reading, nothing written is
-//!    damaged) and checks the server still answers metadata requests;
-//! 4. deletes `filler`, checks the filesystem got the space back, and
-//!    produces to `keep` again until that succeeds (bounded);
-//! 5. restarts the server (clean stop, then SIGKILL and start) and reads
-//!    every acknowledged record of `keep` again, byte for byte, with dense
-//!    offsets.
+//!    topics byte for byte with dense offsets (consumers keep reading,
+//!    nothing written is damaged) and checks the server still answers
+//!    metadata requests.
+//!
+//! Then, by test:
+//!
+//! - `..._keeps_data_across_restarts`: restarts on the still-full disk (a
+//!   clean stop, then SIGKILL and start), reads everything back intact, and
+//!   producing still gets `NotEnoughSpace`.
+//! - `..._after_deleting_a_topic` / `..._after_retention`: deletes `filler`
+//!   (or lets its time retention expire its segments), checks the
+//!   filesystem got the space back, produces to `keep` again until that
+//!   succeeds (bounded), creates a topic, then restarts (clean, then
+//!   SIGKILL) and reads every acknowledged record of `keep` again, byte for
+//!   byte. Both are `#[ignore]`d: they fail on bugs (see their reasons).
 //!
 //! The mount is undone and the image removed by a drop guard, even when an
 //! assertion fails (the server, declared later, is killed first).
@@ -162,6 +171,11 @@ struct Topic {
     partitions: u32,
     acked: Acked,
     next_id: u64,
+    /// Records are stamped this far from now (negative: in the past, so
+    /// that time retention removes them soon).
+    timestamp_shift_ms: i64,
+    /// Retention may have removed a prefix of the log.
+    may_expire: bool,
 }
 
 impl Topic {
@@ -172,6 +186,8 @@ impl Topic {
             partitions,
             acked: HashMap::new(),
             next_id: 0,
+            timestamp_shift_ms: 0,
+            may_expire: false,
         }
     }
 
@@ -185,7 +201,10 @@ impl Topic {
             self.next_id += 1;
             let part = (id % u64::from(self.partitions)) as u32;
             let v = value_of(self.tag, id, len);
-            match p.send(&ProducerRecord::new(self.name, &v).partition(part)) {
+            let record = ProducerRecord::new(self.name, &v)
+                .partition(part)
+                .timestamp_ms(now_ms() + self.timestamp_shift_ms);
+            match p.send(&record) {
                 Ok(_) => sent.push((id, part)),
                 Err(e) => {
                     errors.push(e);
@@ -211,8 +230,9 @@ impl Topic {
 
     /// Reads every partition from its start to its end and checks that every
     /// acknowledged record is there, byte for byte, and offsets are dense.
-    /// Returns the bytes of values read.
-    fn verify(&self, addr: &str, what: &str) -> u64 {
+    /// Returns the bytes of values read and how many acknowledged records
+    /// retention removed (only when `may_expire`).
+    fn verify(&self, addr: &str, what: &str) -> (u64, usize) {
         let mut consumer = Consumer::new(
             Client::connect_with(addr, conn_config()).expect("connect consumer"),
             ConsumerConfig {
@@ -221,6 +241,7 @@ impl Topic {
             },
         );
         let mut found = 0usize;
+        let mut expired = 0usize;
         let mut bytes = 0u64;
         for part in 0..self.partitions {
             let end = consumer
@@ -232,7 +253,15 @@ impl Topic {
                 .assign(self.name, part, OffsetSpec::Earliest)
                 .unwrap_or_else(|e| panic!("{what}: assign {}/{part}: {e}", self.name));
             let mut next = consumer.position(self.name, part).expect("assigned");
-            assert_eq!(next, 0, "{what}: {}/{part} lost its start", self.name);
+            if self.may_expire {
+                expired += self
+                    .acked
+                    .keys()
+                    .filter(|(p, o)| *p == part && *o < next)
+                    .count();
+            } else {
+                assert_eq!(next, 0, "{what}: {}/{part} lost its start", self.name);
+            }
             let deadline = Instant::now() + Duration::from_secs(30);
             while next < end {
                 assert!(
@@ -264,26 +293,113 @@ impl Topic {
             consumer.unassign(self.name, part);
         }
         assert_eq!(
-            found,
+            found + expired,
             self.acked.len(),
-            "{what}: acknowledged records of {} missing",
+            "{what}: acknowledged records of {} missing ({expired} removed by retention)",
             self.name
         );
-        bytes
+        (bytes, expired)
     }
+}
+
+/// Restarts on a disk that is still full (a clean stop, then a SIGKILL)
+/// and checks that everything acknowledged is intact and that producing
+/// still gets the clear `NotEnoughSpace`.
+fn restart_while_full(server: &mut TestServer, keep: &Topic, filler: &Topic) {
+    let clean = server.stop();
+    assert!(
+        clean,
+        "clean shutdown on a full disk failed; stderr:\n{}",
+        server.stderr()
+    );
+    server.start_again();
+    keep.verify(server.addr(), "full, after clean restart");
+    filler.verify(server.addr(), "full, after clean restart");
+    server.kill();
+    server.start_again();
+    keep.verify(server.addr(), "full, after SIGKILL restart");
+    filler.verify(server.addr(), "full, after SIGKILL restart");
+    let mut p = Producer::new(
+        Client::connect_with(server.addr(), conn_config()).expect("connect"),
+        ProducerConfig {
+            acks: Acks::Durable,
+            ..Default::default()
+        },
+    );
+    // A scratch copy: nothing it writes is checked later.
+    let mut probe = Topic::new(filler.name, filler.tag + 100, filler.partitions);
+    probe.next_id = 1 << 40;
+    let mut refused = false;
+    for _ in 0..200 {
+        let errs = probe.produce(&mut p, 16, FLOOD_VALUE_BYTES);
+        if !errs.is_empty() {
+            assert!(
+                errs.iter().all(is_no_space),
+                "after restart on a full disk: {errs:?}\nstderr:\n{}",
+                server.stderr()
+            );
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a full disk accepted 50 MiB after a restart");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn is_no_space(e: &Error) -> bool {
     e.code() == Some(ErrorCode::NotEnoughSpace)
 }
 
+/// How the scenario gets space back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Free {
+    /// DeleteTopics on the filler while the disk is full.
+    DeleteTopic,
+    /// The filler's time retention removes its closed segments (its records
+    /// are stamped in the past so they expire seconds after the flood).
+    Retention,
+}
+
+/// Filler retention in `Free::Retention` mode, and how far in the past its
+/// records are stamped: they expire `FILLER_RETENTION_MS +
+/// FILLER_SHIFT_MS` after being written (plus up to the engine's 10 s
+/// retention check interval).
+const FILLER_RETENTION_MS: i64 = 60_000;
+const FILLER_SHIFT_MS: i64 = -45_000;
+
 #[test]
-fn a_full_disk_refuses_writes_clearly_and_recovers_after_delete() {
+fn a_full_disk_refuses_writes_clearly_and_keeps_data_across_restarts() {
+    scenario(None);
+}
+
+#[test]
+#[ignore = "bug: DeleteTopics on a full disk fails with Internal (metadata topics.tmp write gets ENOSPC), so deleting a topic cannot free space"]
+fn a_full_disk_recovers_after_deleting_a_topic() {
+    scenario(Some(Free::DeleteTopic));
+}
+
+#[test]
+#[ignore = "bug: retention on a full disk frees nothing (advance_log_start writes the checkpoint before deleting segments; ENOSPC, error swallowed)"]
+fn a_full_disk_recovers_after_retention() {
+    scenario(Some(Free::Retention));
+}
+
+/// The scenario of the module docs; with `free: None` it stops after the
+/// full-disk checks with restarts while the disk is still full.
+fn scenario(free: Option<Free>) {
+    // Build (or find) the binaries first: the time bound is the test's own.
+    strom_tests::server_bin();
     let began = Instant::now();
     let mount = match LoopMount::new() {
         Ok(m) => m,
         Err(reason) => {
-            println!("SKIPPED ops_disk_full: {reason}");
+            println!("SKIPPED ops_disk_full ({free:?}): {reason}");
             return;
         }
     };
@@ -301,8 +417,19 @@ fn a_full_disk_refuses_writes_clearly_and_recovers_after_delete() {
     admin
         .create_topic(keep.name, keep.partitions, &configs)
         .expect("create keep");
+    let filler_configs = match free {
+        None | Some(Free::DeleteTopic) => configs.to_vec(),
+        Some(Free::Retention) => {
+            filler.timestamp_shift_ms = FILLER_SHIFT_MS;
+            filler.may_expire = true;
+            vec![
+                ("segment.bytes".to_owned(), SEGMENT_BYTES.to_owned()),
+                ("retention.ms".to_owned(), FILLER_RETENTION_MS.to_string()),
+            ]
+        }
+    };
     admin
-        .create_topic(filler.name, filler.partitions, &configs)
+        .create_topic(filler.name, filler.partitions, &filler_configs)
         .expect("create filler");
 
     // 1. A known data set, durable.
@@ -390,8 +517,9 @@ fn a_full_disk_refuses_writes_clearly_and_recovers_after_delete() {
 
     // 3. Readers are unaffected; nothing written is damaged.
     let t = Instant::now();
-    let keep_bytes = keep.verify(&addr, "while full");
-    let filler_bytes = filler.verify(&addr, "while full");
+    let (keep_bytes, _) = keep.verify(&addr, "while full");
+    let (filler_bytes, expired) = filler.verify(&addr, "while full");
+    assert_eq!(expired, 0, "retention ran before the disk was full");
     println!(
         "while full: read {} KiB of keep and {} KiB of filler intact in {:?}",
         keep_bytes >> 10,
@@ -401,27 +529,64 @@ fn a_full_disk_refuses_writes_clearly_and_recovers_after_delete() {
     let topics = admin.list_topics().expect("metadata while full");
     assert_eq!(topics.len(), 2, "{topics:?}");
 
-    // 4. Deleting the filler frees space; producing resumes.
-    admin.delete_topic(filler.name).unwrap_or_else(|e| {
-        panic!(
-            "delete filler on a full disk: {e}\nstderr:\n{}",
-            server.stderr()
-        )
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let freed = loop {
-        let free = free_bytes(mount.path());
-        if free > free_when_full + (8 << 20) {
-            break free;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deleting filler freed nothing: free {} KiB",
-            free >> 10
+    let Some(free) = free else {
+        drop((durable, flood, admin));
+        restart_while_full(&mut server, &keep, &filler);
+        println!(
+            "ops_disk_full (stays full): {} keep and {} filler records intact across a clean \
+             and a SIGKILL restart on the full disk; total {:?}",
+            keep.acked.len(),
+            filler.acked.len(),
+            began.elapsed()
         );
+        assert!(began.elapsed() < Duration::from_millis(TEST_BUDGET_MS));
+        return;
+    };
+
+    // 4. Deletion or retention frees space; producing resumes.
+    let wait = match free {
+        Free::DeleteTopic => {
+            admin.delete_topic(filler.name).unwrap_or_else(|e| {
+                panic!(
+                    "delete filler on a full disk: {e}\nstderr:\n{}",
+                    server.stderr()
+                )
+            });
+            Duration::from_secs(20)
+        }
+        // Expiry plus the retention check interval plus slack.
+        Free::Retention => Duration::from_secs(60),
+    };
+    let t = Instant::now();
+    let freed = loop {
+        let now_free = free_bytes(mount.path());
+        if now_free > free_when_full + (8 << 20) {
+            break now_free;
+        }
+        if t.elapsed() >= wait {
+            let starts: Vec<_> = (0..filler.partitions)
+                .map(|p| admin.list_offset(filler.name, p, OffsetSpec::Earliest))
+                .collect();
+            panic!(
+                "{free:?} freed nothing in {wait:?}: free {} KiB; filler log starts now {starts:?}\n\
+                 server stderr:\n{}",
+                free_bytes(mount.path()) >> 10,
+                server.stderr()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
-    println!("after delete: free {} KiB", freed >> 10);
+    println!(
+        "{free:?} freed space after {:?}: free {} KiB",
+        t.elapsed(),
+        freed >> 10
+    );
+    if free == Free::Retention {
+        // What retention left of the filler is intact, and starts later.
+        let (_, expired) = filler.verify(&addr, "after retention");
+        assert!(expired > 0, "space came back but no filler record expired");
+        println!("retention removed {expired} filler records; the rest intact");
+    }
     let before = keep.acked.len();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -447,6 +612,12 @@ fn a_full_disk_refuses_writes_clearly_and_recovers_after_delete() {
         .create_topic(fresh.name, 1, &configs)
         .expect("create a topic after recovery");
     assert!(fresh.produce(&mut durable, 100, 1000).is_empty());
+    if free == Free::Retention {
+        // Now that there is room, deleting a topic works too.
+        admin
+            .delete_topic(filler.name)
+            .expect("delete filler with space");
+    }
     drop((durable, flood, admin));
 
     // 5. A restart (clean, then a crash) finds everything intact.
@@ -469,7 +640,7 @@ fn a_full_disk_refuses_writes_clearly_and_recovers_after_delete() {
         "deleted topic came back: {names:?}"
     );
     println!(
-        "ops_disk_full: {} keep records intact after restarts; total {:?}",
+        "ops_disk_full ({free:?}): {} keep records intact after restarts; total {:?}",
         keep.acked.len(),
         began.elapsed()
     );
