@@ -33,6 +33,10 @@ pub struct LogConfig {
     pub unwritten_bytes_max: usize,
     pub read_ahead_bytes: usize,
     pub checkpoint_interval_bytes: u64,
+    /// Appends are refused with NoSpace once the file system's free space
+    /// would drop below this, so that metadata, checkpoints and index files
+    /// (and the deletions that free space) can still be written.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -51,6 +55,7 @@ impl Default for LogConfig {
             unwritten_bytes_max: DEFAULT_UNWRITTEN_BYTES_MAX,
             read_ahead_bytes: DEFAULT_READ_AHEAD_BYTES,
             checkpoint_interval_bytes: DEFAULT_CHECKPOINT_INTERVAL_BYTES,
+            disk_reserve_bytes: DEFAULT_DISK_RESERVE_BYTES,
         }
     }
 }

@@ -50,6 +50,10 @@ pub const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
 /// that start-up after a crash scans at most about this much.
 pub const DEFAULT_CHECKPOINT_INTERVAL_BYTES: u64 = 64 << 20;
 
+/// Free space kept for metadata, checkpoints and index files: appends stop
+/// before the disk is completely full (Redpanda's storage_min_free_bytes).
+pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 8 << 20;
+
 /// Largest checkpoint or index header file read at start-up.
 pub const META_FILE_BYTES_MAX: usize = 64 << 10;
 

@@ -686,6 +686,7 @@ impl<S: Storage> Log<S> {
         if need > self.preallocated_len {
             let target = align_up(need.div_ceil(step) * step)
                 .min(align_up(self.config.segment_bytes).max(need));
+            self.check_disk_reserve(target - self.preallocated_len).await?;
             self.active_file().pre_allocate(target).await?;
             self.preallocated_len = target;
         }
@@ -697,8 +698,12 @@ impl<S: Storage> Log<S> {
             && self.preallocated_len - need < step / 2
         {
             let target = (self.preallocated_len + step).min(segment_cap);
-            let ticket = self.active_file().spawn_pre_allocate(target);
-            self.prealloc_in_flight = Some((target, ticket));
+            // Reserve ahead only while that leaves the disk reserve intact;
+            // otherwise the next step is taken (and refused) synchronously.
+            if self.check_disk_reserve(target - self.preallocated_len).await.is_ok() {
+                let ticket = self.active_file().spawn_pre_allocate(target);
+                self.prealloc_in_flight = Some((target, ticket));
+            }
         }
         // Back-pressure: wait for the oldest writes (or write everything)
         // before more than `unwritten_bytes_max` waits for the disk.
@@ -897,6 +902,27 @@ impl<S: Storage> Log<S> {
                 break;
             }
         }
+    }
+
+    /// NoSpace if taking `more_bytes` would leave less than the configured
+    /// reserve free on the log's file system.
+    async fn check_disk_reserve(&self, more_bytes: u64) -> Result<(), EngineError> {
+        if self.config.disk_reserve_bytes == 0 {
+            return Ok(());
+        }
+        if let Some(free) = self.storage.free_bytes(&self.dir).await? {
+            if free < more_bytes.saturating_add(self.config.disk_reserve_bytes) {
+                let msg = format!(
+                    "{free} bytes free, {more_bytes} more would cut into the {} byte reserve",
+                    self.config.disk_reserve_bytes
+                );
+                let source = std::io::Error::new(std::io::ErrorKind::StorageFull, msg);
+                return Err(EngineError::NoSpace(crate::io_error::IoError::new(
+                    "reserve", &self.dir, source,
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Waits for a background fallocate, if any. Must run before the active
@@ -1471,13 +1497,17 @@ impl<S: Storage> Log<S> {
     /// (a crash in between leaves files that the next open removes).
     async fn advance_log_start(&mut self, new_start: u64) -> Result<(), EngineError> {
         assert!(new_start <= self.next_offset);
-        self.log_start_offset = new_start.max(self.log_start_offset);
+        let new_start = new_start.max(self.log_start_offset);
         let mut cp = self.checkpoint;
-        cp.log_start_offset = self.log_start_offset;
+        cp.log_start_offset = new_start;
+        // Persist first and change memory only on success: a failed write
+        // (ENOSPC) must leave readers and the next start-up seeing the same
+        // log start, not hide records that are still on disk.
         self.storage
             .write_atomic(&self.dir.join(CHECKPOINT_FILE), &cp.encode())
             .await?;
         self.checkpoint = cp;
+        self.log_start_offset = new_start;
         let bases: Vec<u64> = self.segments.keys().copied().collect();
         for w in bases.windows(2) {
             if w[1] <= self.log_start_offset {

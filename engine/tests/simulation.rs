@@ -66,6 +66,7 @@ fn config(rng: &mut Rng) -> LogConfig {
         unwritten_bytes_max: 128 << 10,
         read_ahead_bytes: 8 << 10,
         checkpoint_interval_bytes: [4 << 10, 32 << 10][rng.below(2) as usize],
+        disk_reserve_bytes: 0,
     }
 }
 

@@ -28,6 +28,17 @@ pub enum ServerError {
     Executor(String),
 }
 
+impl ServerError {
+    /// The file system is full (ENOSPC or EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self,
+            ServerError::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        )
+    }
+}
+
 /// An error as it goes on the wire: a stable code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError {

@@ -46,6 +46,7 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
         }
         Op::Group(op) => Reply::Group(shard.groups.execute(op).await),
         Op::Kafka(op) => Reply::Kafka(crate::kafka::execute(shard, op).await),
+        Op::Metrics => Reply::Metrics(Box::new(shard.metrics_snapshot())),
     }
 }
 
@@ -66,9 +67,11 @@ async fn produce(
     let mut tasks = Vec::with_capacity(groups.len());
     for ((topic, p), items) in groups {
         let part = shard.partition(&topic, p);
+        let shard = shard.clone();
         tasks.push(glommio::spawn_local(async move {
             let mut out = Vec::with_capacity(items.len());
             for it in items {
+                let bytes = it.frame.len() as u64;
                 let mut res = ProduceResult {
                     topic: it.topic.clone(),
                     partition: it.partition,
@@ -81,6 +84,8 @@ async fn produce(
                     }
                     Ok(part) => match part.append(it.frame, durability).await {
                         Ok(info) => {
+                            let records = info.last_offset + 1 - info.base_offset;
+                            shard.count_in(&topic, p, records, bytes);
                             res.base_offset = info.base_offset;
                             res.last_offset = info.last_offset;
                             res.append_time_ms = info.append_time_ms;
@@ -119,6 +124,8 @@ async fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
             Err(e) => o.error = Some(e),
             Ok(part) => match part.read(it.offset, it.max_bytes).await {
                 Ok(b) => {
+                    let (records, bytes) = frames_size(&b.frames);
+                    shard.count_out(&it.topic, it.partition, records, bytes);
                     o.high_watermark = b.high_watermark;
                     o.log_start_offset = b.log_start_offset;
                     o.frames = b.frames;
@@ -148,6 +155,16 @@ async fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
         out.push(o);
     }
     out
+}
+
+/// Records and bytes of stored frames (as read from a partition).
+pub fn frames_size(frames: &[bytes::Bytes]) -> (u64, u64) {
+    frames.iter().fold((0, 0), |(r, b), f| {
+        let n = strom_flatbuffers::FrameHeader::ref_from(f)
+            .map(|h| h.next_offset().saturating_sub(h.base_offset()))
+            .unwrap_or(0);
+        (r + n, b + f.len() as u64)
+    })
 }
 
 async fn wait(shard: &Rc<Shard>, items: Vec<(String, u32, u64)>, wait_ms: u64) {
@@ -254,6 +271,32 @@ fn result(name: &str, e: Result<(), WireError>) -> TopicResult {
     }
 }
 
+/// One line per topic created, deleted or grown.
+fn log_topic_changes(before: &Metadata, after: &Metadata) {
+    for (name, t) in &after.topics {
+        match before.topics.get(name) {
+            None => tracing::info!(
+                topic = %name,
+                partitions = t.partitions,
+                configs = ?t.configs,
+                "topic created"
+            ),
+            Some(old) if old.partitions != t.partitions => tracing::info!(
+                topic = %name,
+                from = old.partitions,
+                to = t.partitions,
+                "partitions added"
+            ),
+            Some(_) => {}
+        }
+    }
+    for (name, t) in &before.topics {
+        if !after.topics.contains_key(name) {
+            tracing::info!(topic = %name, partitions = t.partitions, "topic deleted");
+        }
+    }
+}
+
 fn create_one(meta: &mut Metadata, t: CreateTopic) -> Result<(), WireError> {
     metadata::validate_topic_name(&t.name)?;
     metadata::validate_partition_count(t.partitions)?;
@@ -300,6 +343,7 @@ async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
         return TopicResults::default();
     };
     let mut meta = shard.metadata.borrow().clone();
+    let before = meta.clone();
     let mut results = Vec::new();
     let mut deleted = Vec::new();
     let too_many = |n: usize| {
@@ -371,8 +415,13 @@ async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
         .spawn_blocking(move || metadata::store(&data_dir, &to_store))
         .await;
     if let Err(e) = stored {
+        let code = if e.is_no_space() {
+            ErrorCode::NotEnoughSpace
+        } else {
+            ErrorCode::Internal
+        };
         for r in results.iter_mut().filter(|r| r.error == ErrorCode::None) {
-            r.error = ErrorCode::Internal;
+            r.error = code;
             r.message = format!("metadata not saved, nothing changed: {e}");
         }
         return TopicResults { results };
@@ -388,5 +437,6 @@ async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
     for name in deleted {
         let _ = std::fs::remove_dir(shard.data_dir.join("topics").join(&name));
     }
+    log_topic_changes(&before, &meta);
     TopicResults { results }
 }

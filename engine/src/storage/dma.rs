@@ -177,6 +177,19 @@ async fn open_dma(op: &'static str, path: &Path, create: bool) -> Result<DmaStor
 }
 
 impl Storage for DmaStorage {
+    async fn free_bytes(&self, dir: &Path) -> Result<Option<u64>, IoError> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|e| IoError::new("statvfs", dir, io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        // SAFETY: statvfs fills the zeroed struct; `c` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(IoError::new("statvfs", dir, io::Error::last_os_error()));
+        }
+        Ok(Some(st.f_bavail as u64 * st.f_frsize as u64))
+    }
+
     type File = DmaStorageFile;
 
     async fn create(&self, path: &Path) -> Result<DmaStorageFile, IoError> {

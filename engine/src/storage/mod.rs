@@ -167,6 +167,14 @@ pub trait Storage: Clone + 'static {
         self.rename(&tmp, path).await
     }
 
+    /// Bytes free for an unprivileged writer on the file system holding
+    /// `dir`, or `Ok(None)` where the storage has no such notion (the
+    /// in-memory models).
+    async fn free_bytes(&self, dir: &Path) -> Result<Option<u64>, IoError> {
+        let _ = dir;
+        Ok(None)
+    }
+
     /// Read a whole small file (at most `max_bytes`), or `Ok(None)` if it is missing.
     /// A larger file is an `InvalidData` error.
     async fn read_all(&self, path: &Path, max_bytes: usize) -> Result<Option<Bytes>, IoError> {

@@ -1,0 +1,138 @@
+//! `--spawn`: starts a local `strom-server` (the binary next to this one, or
+//! `--server-bin`) with a fresh data directory, port 0 for every listener,
+//! waits for its `listening native=ADDR` line, and stops it with SIGTERM when
+//! dropped (SIGKILL if it has not exited after 15 s), then removes the data
+//! directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::report::BenchError;
+
+pub struct SpawnedServer {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub binary: PathBuf,
+    /// The parent directory, when this run created it (removed if empty).
+    created_parent: Option<PathBuf>,
+}
+
+/// `strom-server` next to the running executable (target/release/).
+pub fn default_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("strom-server")))
+        .unwrap_or_else(|| PathBuf::from("strom-server"))
+}
+
+impl SpawnedServer {
+    /// Starts the server with `--cores shards` (when given) and extra args.
+    pub fn start(
+        binary: &Path,
+        parent_dir: &Path,
+        shards: Option<usize>,
+        extra: &[String],
+    ) -> Result<SpawnedServer, BenchError> {
+        let existed = parent_dir.exists();
+        std::fs::create_dir_all(parent_dir)
+            .map_err(|e| BenchError::io("create dir", parent_dir, e))?;
+        let parent = std::fs::canonicalize(parent_dir)
+            .map_err(|e| BenchError::io("canonicalize", parent_dir, e))?;
+        let data_dir = parent.join(format!("strom-bench-server-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| BenchError::io("create dir", &data_dir, e))?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--kafka-listen", "off"]);
+        if let Some(n) = shards {
+            cmd.arg("--cores").arg(n.to_string());
+        }
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| BenchError::io("spawn strom-server", binary, e))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        // Reads the start-up lines, then keeps draining stdout so the server
+        // never blocks on a full pipe.
+        std::thread::Builder::new()
+            .name("server-stdout".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(a) = line.strip_prefix("listening native=") {
+                        let _ = tx.send(a.trim().to_string());
+                    }
+                }
+            })
+            .map_err(|e| BenchError::io("spawn thread", binary, e))?;
+        let mut server = SpawnedServer {
+            child,
+            addr: String::new(),
+            data_dir,
+            binary: binary.to_path_buf(),
+            created_parent: (!existed).then(|| parent.clone()),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(a) => {
+                    server.addr = a;
+                    return Ok(server);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = server.child.try_wait() {
+                        return Err(BenchError::Config(format!(
+                            "strom-server exited during start-up: {status}"
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(BenchError::Config(
+                        "strom-server did not print `listening native=` within 60 s".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    eprintln!("strom-bench: strom-server ignored SIGTERM for 15 s; killing it");
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Some(p) = &self.created_parent {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}
