@@ -686,7 +686,8 @@ impl<S: Storage> Log<S> {
         if need > self.preallocated_len {
             let target = align_up(need.div_ceil(step) * step)
                 .min(align_up(self.config.segment_bytes).max(need));
-            self.check_disk_reserve(target - self.preallocated_len).await?;
+            self.check_disk_reserve(target - self.preallocated_len)
+                .await?;
             self.active_file().pre_allocate(target).await?;
             self.preallocated_len = target;
         }
@@ -700,7 +701,11 @@ impl<S: Storage> Log<S> {
             let target = (self.preallocated_len + step).min(segment_cap);
             // Reserve ahead only while that leaves the disk reserve intact;
             // otherwise the next step is taken (and refused) synchronously.
-            if self.check_disk_reserve(target - self.preallocated_len).await.is_ok() {
+            if self
+                .check_disk_reserve(target - self.preallocated_len)
+                .await
+                .is_ok()
+            {
                 let ticket = self.active_file().spawn_pre_allocate(target);
                 self.prealloc_in_flight = Some((target, ticket));
             }

@@ -17,9 +17,23 @@ pub const DEFAULT_KAFKA_PARTITIONS: u32 = 1;
 
 /// Command-line flags. Every flag is optional so that the config file can
 /// supply it.
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 #[derive(Debug, Parser, Default)]
 #[command(name = "strom-server", version, about = "Strom streaming broker")]
 pub struct Args {
+    /// Log line format on stderr; the level filter comes from the STROM_LOG
+    /// environment variable (e.g. `info`, `strom_server=debug`) [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// TOML file with any of: data_dir, listen, http, cores, kafka_listen,
     /// kafka_advertise, kafka_auto_create, kafka_partitions.
     #[arg(long, value_name = "FILE")]

@@ -20,7 +20,7 @@
 
 use crate::handlers;
 use crate::limits::*;
-use crate::metrics::ShardMetrics;
+use crate::metrics::{Protocol, ShardMetrics};
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,10 +31,10 @@ use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use strom_flatbuffers::protocol::{
-    announced_len, decode_request, encode_error_response, peek_correlation_id, peek_message,
-    ErrorCode, RequestBody,
+    announced_len, decode_request, encode_error_response, error_name, peek_correlation_id,
+    peek_message, ErrorCode, RequestBody,
 };
 
 /// One answer: the envelope and table, then the trailer buffers in order.
@@ -44,7 +44,11 @@ pub struct Outgoing {
 }
 
 enum WriteMsg {
-    Out(Outgoing),
+    /// An answer and the permits it holds (its in-flight slot, its fetch
+    /// bytes): released only once the answer is written, so a client that
+    /// never reads its socket holds at most `INFLIGHT_REQUESTS_MAX` answers
+    /// and `CONNECTION_FETCH_BYTES_MAX` bytes of fetched data, not more.
+    Out(Outgoing, Vec<glommio::sync::StaticPermit>),
     Close,
 }
 
@@ -85,17 +89,29 @@ struct Conn {
     shard: Rc<Shard>,
     tx: Rc<LocalSender<WriteMsg>>,
     inflight: Rc<Semaphore>,
+    fetch_bytes: Rc<Semaphore>,
     broken: Rc<Cell<bool>>,
     handshaken: Cell<bool>,
 }
 
 impl Conn {
     async fn send(&self, out: Outgoing) {
-        let _ = self.tx.send(WriteMsg::Out(out)).await;
+        let _ = self.tx.send(WriteMsg::Out(out, Vec::new())).await;
     }
 
-    async fn send_error(&self, cid: u64, code: ErrorCode, message: &str) {
-        ShardMetrics::add(&self.shard.metrics().errors, 1);
+    /// Answers with an error and counts the request under `api`.
+    async fn send_error(
+        &self,
+        cid: u64,
+        api: &'static str,
+        code: ErrorCode,
+        message: &str,
+        started: Instant,
+    ) {
+        let name = error_name(code);
+        let m = self.shard.metrics();
+        m.request(Protocol::Native, api, name, started.elapsed());
+        m.client_error(self.shard.id, Protocol::Native, api, name, message);
         self.send(Outgoing {
             head: encode_error_response(cid, code, message),
             trailer: Vec::new(),
@@ -120,6 +136,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         shard: shard.clone(),
         tx: Rc::new(tx),
         inflight: Rc::new(Semaphore::new(INFLIGHT_REQUESTS_MAX as u64)),
+        fetch_bytes: Rc::new(Semaphore::new(CONNECTION_FETCH_BYTES_MAX as u64)),
         broken,
         handshaken: Cell::new(false),
     };
@@ -164,10 +181,19 @@ async fn read_loop(conn: &Conn, mut half: Half) {
                 Err(e) => {
                     // The stream cannot be re-synchronized: answer if we can
                     // tell whom to, then close.
+                    ShardMetrics::add(&shard.metrics().framing_errors, 1);
+                    let message = format!("unframeable message, closing: {e}");
                     if let Some(cid) = peek_correlation_id(&buf) {
-                        conn.send_error(cid, e.code(), &e.to_string()).await;
+                        conn.send_error(cid, "invalid", e.code(), &message, Instant::now())
+                            .await;
                     } else {
-                        ShardMetrics::add(&shard.metrics().errors, 1);
+                        shard.metrics().client_error(
+                            shard.id,
+                            Protocol::Native,
+                            "invalid",
+                            error_name(e.code()),
+                            &message,
+                        );
                     }
                     return;
                 }
@@ -217,25 +243,42 @@ async fn read_loop(conn: &Conn, mut half: Half) {
 /// connection.
 async fn dispatch(conn: &Conn, mut msg: BytesMut) -> bool {
     let shard = &conn.shard;
+    let started = Instant::now();
     let decoded = match decode_request(&msg) {
         Ok(d) => d,
         Err(e) => {
-            shard.metrics().request("invalid");
+            let message = format!("undecodable request: {e}");
             return match peek_correlation_id(&msg) {
                 Some(cid) => {
-                    conn.send_error(cid, e.code(), &format!("undecodable request: {e}"))
+                    conn.send_error(cid, "invalid", e.code(), &message, started)
                         .await;
                     true
                 }
-                None => false,
+                None => {
+                    ShardMetrics::add(&shard.metrics().framing_errors, 1);
+                    shard.metrics().client_error(
+                        shard.id,
+                        Protocol::Native,
+                        "invalid",
+                        error_name(e.code()),
+                        &message,
+                    );
+                    false
+                }
             };
         }
     };
-    shard.metrics().request(decoded.body.name());
     let cid = decoded.correlation_id;
+    let api = decoded.body.name();
     if let RequestBody::ApiVersions(r) = &decoded.body {
         let (ok, resp) = handlers::api_versions(shard, r);
         conn.handshaken.set(conn.handshaken.get() || ok);
+        let m = shard.metrics();
+        let name = error_name(resp.error);
+        m.request(Protocol::Native, api, name, started.elapsed());
+        if !ok {
+            m.client_error(shard.id, Protocol::Native, api, name, &resp.message);
+        }
         let body = strom_flatbuffers::protocol::ResponseBody::ApiVersions(resp);
         let head = strom_flatbuffers::protocol::encode_response(cid, &body).unwrap_or_default();
         conn.send(Outgoing {
@@ -248,8 +291,10 @@ async fn dispatch(conn: &Conn, mut msg: BytesMut) -> bool {
     if !conn.handshaken.get() {
         conn.send_error(
             cid,
+            api,
             ErrorCode::HandshakeRequired,
             "send ApiVersions first on every connection",
+            started,
         )
         .await;
         return true;
@@ -262,12 +307,34 @@ async fn dispatch(conn: &Conn, mut msg: BytesMut) -> bool {
     drop(msg);
     let shard = shard.clone();
     let tx = conn.tx.clone();
+    // A fetch reserves its answer's size from the connection's budget
+    // before it runs (in its own task: the reader keeps its slot limit).
+    let fetch_budget = match &decoded.body {
+        RequestBody::Fetch(f) => Some(
+            (f.max_bytes as usize)
+                .clamp(1, FETCH_BYTES_MAX)
+                .min(CONNECTION_FETCH_BYTES_MAX) as u64,
+        ),
+        _ => None,
+    };
+    let fetch_bytes = conn.fetch_bytes.clone();
+    let broken = conn.broken.clone();
     glommio::spawn_local(async move {
-        let out = handlers::handle(&shard, cid, decoded.body, trailer).await;
-        if let Some(out) = out {
-            let _ = tx.send(WriteMsg::Out(out)).await;
+        let mut permits = vec![permit];
+        if let Some(n) = fetch_budget {
+            match fetch_bytes.acquire_static_permit(n).await {
+                Ok(p) => permits.push(p),
+                Err(_) => return,
+            }
+            // Nobody will read this answer: do not build it.
+            if broken.get() {
+                return;
+            }
         }
-        drop(permit);
+        let out = handlers::handle(&shard, cid, decoded.body, trailer, started).await;
+        if let Some(out) = out {
+            let _ = tx.send(WriteMsg::Out(out, permits)).await;
+        }
     })
     .detach();
     true
@@ -280,9 +347,10 @@ async fn write_loop(
     broken: Rc<Cell<bool>>,
 ) {
     while let Some(msg) = rx.recv().await {
-        let out = match msg {
+        // The permits are released when this iteration ends: after the write.
+        let (out, _permits) = match msg {
             WriteMsg::Close => break,
-            WriteMsg::Out(o) => o,
+            WriteMsg::Out(o, permits) => (o, permits),
         };
         if broken.get() {
             continue;

@@ -8,7 +8,7 @@ use crate::error::WireError;
 use crate::execute::execute;
 use crate::limits::*;
 use crate::metadata;
-use crate::metrics::ShardMetrics;
+use crate::metrics::Protocol;
 use crate::offsets::group_owner;
 use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
 use crate::shard::Shard;
@@ -30,7 +30,7 @@ pub fn call(shard: &Rc<Shard>, target: usize, op: Op) -> Pin<Box<dyn Future<Outp
         if target == shard.id {
             execute(&shard, op).await
         } else {
-            ShardMetrics::add(&shard.metrics().forwarded, 1);
+            shard.metrics().forwarded(target);
             shard.router.forward(target, op).await
         }
     })
@@ -135,14 +135,83 @@ pub fn api_versions(shard: &Shard, r: &ApiVersionsRequest) -> (bool, ApiVersions
     (ok, resp)
 }
 
-/// Handles one request (the handshake is handled by the connection). `None`
-/// means no response goes out (produce with acks=None).
+/// The first error an answer carries, at the top or in any of its parts
+/// (for metrics and client-error logs).
+fn first_error(body: &ResponseBody) -> Option<(ErrorCode, &str)> {
+    fn first<'a>(
+        mut it: impl Iterator<Item = (ErrorCode, &'a str)>,
+    ) -> Option<(ErrorCode, &'a str)> {
+        it.find(|(c, _)| *c != ErrorCode::None)
+    }
+    match body {
+        ResponseBody::ApiVersions(r) => first(std::iter::once((r.error, r.message.as_str()))),
+        ResponseBody::CreateTopics(r)
+        | ResponseBody::DeleteTopics(r)
+        | ResponseBody::CreatePartitions(r) => {
+            first(r.results.iter().map(|x| (x.error, x.message.as_str())))
+        }
+        ResponseBody::ListTopics(_) | ResponseBody::ListGroups(_) => None,
+        ResponseBody::DescribeTopics(r) => {
+            first(r.topics.iter().map(|x| (x.error, x.message.as_str())))
+        }
+        ResponseBody::Produce(r) => first(r.results.iter().map(|x| (x.error, x.message.as_str()))),
+        ResponseBody::Fetch(r) => first(r.results.iter().map(|x| (x.error, x.message.as_str()))),
+        ResponseBody::ListOffsets(r) => {
+            first(r.results.iter().map(|x| (x.error, x.message.as_str())))
+        }
+        ResponseBody::OffsetCommit(r) => {
+            first(r.results.iter().map(|x| (x.error, x.message.as_str())))
+        }
+        ResponseBody::OffsetFetch(r) => {
+            first(r.results.iter().map(|x| (x.error, x.message.as_str())))
+        }
+        ResponseBody::Error(r) => first(std::iter::once((r.error, r.message.as_str()))),
+        ResponseBody::JoinGroup(r) => first(std::iter::once((r.error, r.message.as_str()))),
+        ResponseBody::SyncGroup(r) => first(std::iter::once((r.error, r.message.as_str()))),
+        ResponseBody::Heartbeat(r) | ResponseBody::LeaveGroup(r) => {
+            first(std::iter::once((r.error, r.message.as_str())))
+        }
+        ResponseBody::DescribeGroups(r) => {
+            first(r.groups.iter().map(|x| (x.error, x.message.as_str())))
+        }
+        ResponseBody::ResetOffsets(r) => first(
+            std::iter::once((r.error, r.message.as_str()))
+                .chain(r.results.iter().map(|x| (x.error, x.message.as_str()))),
+        ),
+    }
+}
+
+/// Handles one request (the handshake is handled by the connection), then
+/// counts it and logs its error (rate-limited). `None` means no response
+/// goes out (produce with acks=None).
 pub async fn handle(
     shard: &Rc<Shard>,
     cid: u64,
     body: RequestBody,
     trailer: BytesMut,
+    started: Instant,
 ) -> Option<Outgoing> {
+    let api = body.name();
+    let (out, error) = answer(shard, cid, body, trailer).await;
+    let name = error.as_ref().map(|e| error_name(e.code)).unwrap_or("None");
+    shard
+        .metrics()
+        .request(Protocol::Native, api, name, started.elapsed());
+    if let Some(e) = error {
+        shard
+            .metrics()
+            .client_error(shard.id, Protocol::Native, api, name, &e.message);
+    }
+    out
+}
+
+/// The answer to one request and the first error it carries.
+async fn answer(
+    shard: &Rc<Shard>,
+    cid: u64,
+    body: RequestBody,
+    trailer: BytesMut,
+) -> (Option<Outgoing>, Option<WireError>) {
     let result: Result<ResponseBody, WireError> = match body {
         RequestBody::ApiVersions(r) => Ok(ResponseBody::ApiVersions(api_versions(shard, &r).1)),
         RequestBody::CreateTopics(r) => admin(shard, AdminOp::CreateTopics(r))
@@ -160,14 +229,19 @@ pub async fn handle(
         }
         RequestBody::Produce(r) => {
             let acks = r.acks;
-            let resp = produce(shard, r, trailer).await;
+            let resp = ResponseBody::Produce(produce(shard, r, trailer).await);
             if acks == Acks::None {
-                return None;
+                let error = first_error(&resp).map(|(c, m)| WireError::new(c, m));
+                return (None, error);
             }
-            Ok(ResponseBody::Produce(resp))
+            Ok(resp)
         }
         RequestBody::Fetch(r) => match fetch(shard, r).await {
-            Ok((resp, frames)) => return Some(respond(cid, &ResponseBody::Fetch(resp), frames)),
+            Ok((resp, frames)) => {
+                let body = ResponseBody::Fetch(resp);
+                let error = first_error(&body).map(|(c, m)| WireError::new(c, m));
+                return (Some(respond(cid, &body, frames)), error);
+            }
             Err(e) => Err(e),
         },
         RequestBody::ListOffsets(r) => list_offsets(shard, r).await.map(ResponseBody::ListOffsets),
@@ -183,13 +257,13 @@ pub async fn handle(
         | RequestBody::DescribeGroups(_)
         | RequestBody::ResetOffsets(_)) => crate::group::native::handle(shard, body).await,
     };
-    Some(match result {
-        Ok(body) => respond(cid, &body, Vec::new()),
-        Err(e) => {
-            ShardMetrics::add(&shard.metrics().errors, 1);
-            error_outgoing(cid, &e)
+    match result {
+        Ok(body) => {
+            let error = first_error(&body).map(|(c, m)| WireError::new(c, m));
+            (Some(respond(cid, &body, Vec::new())), error)
         }
-    })
+        Err(e) => (Some(error_outgoing(cid, &e)), Some(e)),
+    }
 }
 
 async fn admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicResults, WireError> {
@@ -403,11 +477,6 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
                 format!("no answer within {timeout_ms} ms (the batch may still be appended)");
         }
     }
-    let errors = results
-        .iter()
-        .filter(|r| r.error != ErrorCode::None)
-        .count();
-    ShardMetrics::add(&shard.metrics().errors, errors as u64);
     ProduceResponse { results }
 }
 
@@ -576,11 +645,6 @@ async fn fetch(
             bytes_len: len as u32,
         });
     }
-    let errors = results
-        .iter()
-        .filter(|r| r.error != ErrorCode::None)
-        .count();
-    ShardMetrics::add(&shard.metrics().errors, errors as u64);
     Ok((FetchResponse { results }, trailer))
 }
 

@@ -1,8 +1,13 @@
-//! The HTTP side port (shard 0): `/health` (the process is up), `/ready`
-//! (every shard has opened its partitions), `/metrics` (Prometheus text).
+//! The HTTP side port (shard 0): `/health` (the process is up: always 200),
+//! `/ready` (200 once every shard has bound its listeners and opened its
+//! partitions, 503 before that and from the start of shutdown), `/metrics`
+//! (Prometheus text: every shard's snapshot, gathered over the mesh with
+//! `Op::Metrics` and merged; see `metrics.rs`).
 //! Minimal HTTP/1.0-style: one request per connection, bounded head.
 
-use crate::limits::HTTP_REQUEST_BYTES_MAX;
+use crate::handlers::fan_out;
+use crate::limits::{HTTP_REQUEST_BYTES_MAX, METRICS_SCRAPE_TIMEOUT_MS};
+use crate::router::{Op, Reply};
 use crate::shard::Shard;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -10,19 +15,15 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// Serves from shard 0's start-up until its executor ends (through the
+/// shutdown drain, where `/ready` answers 503).
 pub async fn serve(listener: TcpListener, shard: Rc<Shard>) {
     loop {
-        let accept = async { Some(listener.accept().await) };
-        let stop = async {
-            shard.shutdown.wait().await;
-            None
-        };
-        match futures_lite::future::or(stop, accept).await {
-            None => return,
-            Some(Ok(s)) => {
+        match listener.accept().await {
+            Ok(s) => {
                 glommio::spawn_local(answer(s, shard.clone())).detach();
             }
-            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
+            Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
         }
     }
 }
@@ -57,8 +58,8 @@ async fn answer(mut s: TcpStream, shard: Rc<Shard>) {
         }
         "/metrics" => (
             "200 OK",
-            shared.metrics.render(),
-            "text/plain; version=0.0.4",
+            scrape(&shard).await,
+            "text/plain; version=0.0.4; charset=utf-8",
         ),
         _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
     };
@@ -68,4 +69,28 @@ async fn answer(mut s: TcpStream, shard: Rc<Shard>) {
     );
     let _ = s.write_all(resp.as_bytes()).await;
     let _ = s.close().await;
+}
+
+/// Asks every shard for its snapshot (this one included) and merges what
+/// arrives within `METRICS_SCRAPE_TIMEOUT_MS`; `strom_scrape_shards` says
+/// how many answered.
+async fn scrape(shard: &Rc<Shard>) -> String {
+    let ops: Vec<(usize, Op)> = (0..shard.shards).map(|s| (s, Op::Metrics)).collect();
+    let rx = fan_out(shard, ops);
+    let deadline = std::time::Instant::now() + Duration::from_millis(METRICS_SCRAPE_TIMEOUT_MS);
+    let mut snapshots = Vec::with_capacity(shard.shards);
+    for _ in 0..shard.shards {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let next = async { rx.recv().await };
+        let timer = async {
+            glommio::timer::sleep(left).await;
+            None
+        };
+        match futures_lite::future::or(next, timer).await {
+            Some((_, Reply::Metrics(s))) => snapshots.push(*s),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    crate::metrics::render(snapshots, shard.shards)
 }

@@ -25,6 +25,9 @@ pub const PRODUCE_BATCHES_MAX: usize = 10_000;
 pub const FETCH_WAIT_MAX_MS: u32 = 30_000;
 /// Largest fetch response trailer.
 pub const FETCH_BYTES_MAX: usize = 64 << 20;
+/// Fetched bytes one connection may hold in answers not yet written to its
+/// socket (a consumer that stops reading stops getting more).
+pub const CONNECTION_FETCH_BYTES_MAX: usize = 64 << 20;
 /// Longest produce timeout honoured.
 pub const PRODUCE_TIMEOUT_MAX_MS: u32 = 5 * 60 * 1000;
 /// Topics one create/delete/describe request may name.
@@ -48,6 +51,11 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 /// How often a shard checks the process-wide shutdown flag.
 pub const SHUTDOWN_POLL_MS: u64 = 20;
 /// Longest HTTP request head read on the metrics port.
+/// Client-error log lines per shard per second; the rest are counted and
+/// reported as `suppressed` on the next line.
+pub const CLIENT_ERROR_LOGS_PER_SEC_MAX: u32 = 10;
+/// How long a `/metrics` scrape waits for the other shards' snapshots.
+pub const METRICS_SCRAPE_TIMEOUT_MS: u64 = 2_000;
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;
 
 /// Largest Kafka request (the 4-byte size prefix's value) a client may send.

@@ -31,7 +31,7 @@ mod engine {
 }
 
 use clap::Parser;
-use config::{Args, ServerConfig};
+use config::{Args, LogFormat, ServerConfig};
 use error::ServerError;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -42,12 +42,40 @@ use std::sync::{mpsc, Arc};
 
 fn main() {
     let args = Args::parse();
+    init_logging(args.log_format.unwrap_or_default());
     match run(args) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
+            tracing::error!(error = %e, "strom-server failed");
             eprintln!("strom-server: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// Structured logs on stderr (stdout carries the machine-readable
+/// `listening ...`/`ready ...` lines): level filter from `STROM_LOG`
+/// (default `info`), text or JSON lines.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let (filter, bad) = match std::env::var("STROM_LOG") {
+        Err(_) => (EnvFilter::new("info"), None),
+        Ok(spec) => match EnvFilter::try_new(&spec) {
+            Ok(f) => (f, None),
+            Err(e) => (EnvFilter::new("info"), Some((spec, e))),
+        },
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    if let Some((spec, e)) = bad {
+        tracing::warn!(STROM_LOG = %spec, error = %e, "invalid log filter; logging at info");
     }
 }
 
@@ -88,18 +116,27 @@ fn ensure_memlock(shards: usize) {
             return;
         }
     }
-    eprintln!(
-        "strom-server: the locked-memory limit (RLIMIT_MEMLOCK) is {} KiB but {} shards need about {} KiB \
-         for io_uring. Raise it with `ulimit -l unlimited` (shell), LimitMEMLOCK=infinity (systemd), \
-         or `--ulimit memlock=-1` (docker); or start fewer shards with --cores.",
-        cur.rlim_cur / 1024,
+    tracing::warn!(
+        memlock_kib = cur.rlim_cur / 1024,
         shards,
-        need / 1024
+        need_kib = need / 1024,
+        "the locked-memory limit (RLIMIT_MEMLOCK) is below what io_uring needs. Raise it with \
+         `ulimit -l unlimited` (shell), LimitMEMLOCK=infinity (systemd), or `--ulimit memlock=-1` \
+         (docker); or start fewer shards with --cores"
     );
 }
 
 fn run(args: Args) -> Result<(), ServerError> {
     let cfg = ServerConfig::resolve(args)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = cfg.shards,
+        data_dir = %cfg.data_dir.display(),
+        listen = %cfg.listen,
+        http = %cfg.http,
+        kafka_listen = ?cfg.kafka.listen,
+        "starting"
+    );
     ensure_memlock(cfg.shards);
     std::fs::create_dir_all(cfg.data_dir.join("meta")).map_err(|e| ServerError::Io {
         op: "create dir",
@@ -109,9 +146,10 @@ fn run(args: Args) -> Result<(), ServerError> {
     let mut meta = metadata::load(&cfg.data_dir)?;
     if meta.shard_count != cfg.shards as u32 {
         if meta.shard_count != 0 {
-            eprintln!(
-                "strom-server: shard count changed from {} to {}; partition ownership is recomputed",
-                meta.shard_count, cfg.shards
+            tracing::warn!(
+                from = meta.shard_count,
+                to = cfg.shards,
+                "shard count changed; partition ownership is recomputed"
             );
         }
         meta.shard_count = cfg.shards as u32;
@@ -133,7 +171,6 @@ fn run(args: Args) -> Result<(), ServerError> {
         ready: AtomicUsize::new(0),
         drained: AtomicUsize::new(0),
         exited: AtomicUsize::new(0),
-        metrics: metrics::Metrics::new(cfg.shards),
         peers: (0..cfg.shards)
             .map(|_| AtomicUsize::new(usize::MAX))
             .collect(),
@@ -216,11 +253,24 @@ fn run(args: Args) -> Result<(), ServerError> {
         );
         let _ = out.flush();
     }
+    tracing::info!(
+        native = %native,
+        kafka = ?shared.kafka.bound(),
+        http = ?http,
+        shards = cfg.shards,
+        topics = shared.initial_metadata.topics.len(),
+        "listening; ready"
+    );
     while !shutdown.load(Ordering::SeqCst) {
         if shared.exited.load(Ordering::SeqCst) > 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if shutdown.load(Ordering::SeqCst) {
+        tracing::info!("signal received; shutting down");
+    } else {
+        tracing::error!("a shard exited; shutting down");
     }
     shared.shutdown.store(true, Ordering::SeqCst);
     let mut failed = false;
@@ -230,6 +280,7 @@ fn run(args: Args) -> Result<(), ServerError> {
         }
     }
     let _ = writeln!(std::io::stdout(), "stopped");
+    tracing::info!(clean = !failed, "stopped");
     if failed {
         return Err(ServerError::Executor("a shard failed".into()));
     }

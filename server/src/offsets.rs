@@ -100,7 +100,7 @@ pub fn legacy_groups(
                 g.group = group;
                 out.push((path, g));
             }
-            Err(e) => eprintln!("shard {shard}: old offsets file: {e}"),
+            Err(e) => tracing::warn!(shard, error = %e, "skipping an unreadable old offsets file"),
         }
     }
     Ok(out)

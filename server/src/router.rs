@@ -88,6 +88,8 @@ pub enum Op {
     Group(crate::group::service::GroupOp),
     /// Kafka edge operations (idempotent produce, delete records).
     Kafka(crate::kafka::KafkaOp),
+    /// A snapshot of the shard's metrics (for a `/metrics` scrape).
+    Metrics,
 }
 
 pub enum Reply {
@@ -101,6 +103,7 @@ pub enum Reply {
     Topics(TopicResults),
     Kafka(crate::kafka::KafkaReply),
     Group(crate::group::service::GroupReply),
+    Metrics(Box<crate::metrics::ShardSnapshot>),
     Failed(WireError),
 }
 

@@ -15,7 +15,7 @@ use crate::engine::Partition;
 use crate::error::{ServerError, WireError};
 use crate::limits::*;
 use crate::metadata::{self, Metadata};
-use crate::metrics::{Metrics, ShardMetrics};
+use crate::metrics::{PartitionSnapshot, PartitionTraffic, ShardMetrics, ShardSnapshot};
 use crate::router::{MeshMsg, Router};
 use crate::shutdown::Event;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
@@ -39,7 +39,6 @@ pub struct Shared {
     pub drained: AtomicUsize,
     /// Shards whose executor body has ended (normally or by panic).
     pub exited: AtomicUsize,
-    pub metrics: Metrics,
     /// shard id -> mesh peer id (usize::MAX until known).
     pub peers: Vec<AtomicUsize>,
     pub initial_metadata: Metadata,
@@ -66,6 +65,7 @@ pub struct ShardStart {
 pub struct PartitionSlot {
     pub topic_id: u64,
     pub partition: Partition,
+    pub traffic: PartitionTraffic,
 }
 
 pub struct Shard {
@@ -85,11 +85,59 @@ pub struct Shard {
     pub shutdown: Event,
     /// Kafka idempotent-producer state of the partitions this shard owns.
     pub kafka: crate::kafka::KafkaShard,
+    /// This shard's counters (touched by this executor only).
+    pub metrics: ShardMetrics,
 }
 
 impl Shard {
     pub fn metrics(&self) -> &ShardMetrics {
-        &self.shared.metrics.shards[self.id]
+        &self.metrics
+    }
+
+    /// Counts records and stored bytes appended to an owned partition.
+    pub fn count_in(&self, topic: &str, partition: u32, records: u64, bytes: u64) {
+        ShardMetrics::add(&self.metrics.records_in, records);
+        if let Some(slot) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
+            ShardMetrics::add(&slot.traffic.records_in, records);
+            ShardMetrics::add(&slot.traffic.bytes_in, bytes);
+        }
+    }
+
+    /// Counts records and stored bytes read from an owned partition.
+    pub fn count_out(&self, topic: &str, partition: u32, records: u64, bytes: u64) {
+        ShardMetrics::add(&self.metrics.records_out, records);
+        if let Some(slot) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
+            ShardMetrics::add(&slot.traffic.records_out, records);
+            ShardMetrics::add(&slot.traffic.bytes_out, bytes);
+        }
+    }
+
+    /// This shard's metrics, partitions and group offsets (runs on this
+    /// shard's thread: the tail-cache total is thread-local).
+    pub fn metrics_snapshot(&self) -> ShardSnapshot {
+        let mut parts: Vec<PartitionSnapshot> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|((topic, p), slot)| PartitionSnapshot {
+                topic: topic.clone(),
+                partition: *p,
+                offsets: slot.partition.offsets(),
+                stats: slot.partition.stats(),
+                sync: slot.partition.sync_stats(),
+                records_in: slot.traffic.records_in.get(),
+                bytes_in: slot.traffic.bytes_in.get(),
+                records_out: slot.traffic.records_out.get(),
+                bytes_out: slot.traffic.bytes_out.get(),
+            })
+            .collect();
+        parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self.metrics.snapshot(
+            self.id,
+            parts,
+            self.groups.committed(),
+            crate::engine::log::shard_cache_bytes(),
+        )
     }
 
     /// The open partition, or the wire error explaining why there is none.
@@ -146,11 +194,13 @@ impl Shard {
             let slot = self.partitions.borrow_mut().remove(&key);
             if let Some(slot) = slot {
                 if let Err(e) = slot.partition.close().await {
-                    eprintln!("shard {}: closing {}/{}: {e}", self.id, key.0, key.1);
+                    tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing partition failed");
                 }
                 let dir = metadata::partition_dir(&self.data_dir, &key.0, key.1);
                 if let Err(e) = crate::engine::remove_partition_dir(&dir).await {
-                    eprintln!("shard {}: removing {}: {e}", self.id, dir.display());
+                    tracing::error!(shard = self.id, dir = %dir.display(), error = %e, "removing partition directory failed");
+                } else {
+                    tracing::info!(shard = self.id, topic = %key.0, partition = key.1, "partition removed");
                 }
             }
         }
@@ -170,7 +220,7 @@ impl Shard {
             let config = match metadata::log_config(&t.configs) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("shard {}: topic {}: {}", self.id, t.name, e.message);
+                    tracing::error!(shard = self.id, topic = %t.name, error = %e.message, "invalid topic config; its partitions stay closed");
                     continue;
                 }
             };
@@ -189,7 +239,7 @@ impl Shard {
                     Some(part) => {
                         if config_changed {
                             if let Err(e) = part.set_config(config.clone()).await {
-                                eprintln!("shard {}: config of {}/{p}: {e}", self.id, t.name);
+                                tracing::error!(shard = self.id, topic = %t.name, partition = p, error = %e, "applying topic config failed");
                             }
                         }
                     }
@@ -197,16 +247,18 @@ impl Shard {
                         let dir = metadata::partition_dir(&self.data_dir, &t.name, p);
                         match Partition::open(&dir, config.clone()).await {
                             Ok(part) => {
+                                log_recovery(self.id, &t.name, p, &part);
                                 self.partitions.borrow_mut().insert(
                                     key,
                                     PartitionSlot {
                                         topic_id: t.id,
                                         partition: part,
+                                        traffic: PartitionTraffic::default(),
                                     },
                                 );
                             }
                             Err(e) => {
-                                eprintln!("shard {}: opening {}: {e}", self.id, dir.display())
+                                tracing::error!(shard = self.id, topic = %t.name, partition = p, dir = %dir.display(), error = %e, "opening partition failed")
                             }
                         }
                     }
@@ -221,9 +273,45 @@ impl Shard {
         let all: Vec<_> = self.partitions.borrow_mut().drain().collect();
         for ((topic, p), slot) in all {
             if let Err(e) = slot.partition.close().await {
-                eprintln!("shard {}: closing {topic}/{p}: {e}", self.id);
+                tracing::error!(shard = self.id, %topic, partition = p, error = %e, "closing partition failed");
             }
         }
+    }
+}
+
+/// One line per opened partition: what recovery found and did.
+fn log_recovery(shard: usize, topic: &str, partition: u32, part: &Partition) {
+    let r = part.recovery_report();
+    let o = part.offsets();
+    if r.truncated_bytes > 0 || r.truncation_reason.is_some() || r.removed_segments > 0 {
+        tracing::warn!(
+            shard,
+            topic,
+            partition,
+            clean_shutdown = r.clean_shutdown,
+            segments = r.segments,
+            scanned_bytes = r.scanned_bytes,
+            truncated_bytes = r.truncated_bytes,
+            reason = r.truncation_reason.as_deref().unwrap_or("-"),
+            rebuilt_indexes = r.rebuilt_indexes,
+            removed_segments = r.removed_segments,
+            log_start_offset = o.log_start_offset,
+            high_watermark = o.high_watermark,
+            "partition recovered with truncation"
+        );
+    } else {
+        tracing::info!(
+            shard,
+            topic,
+            partition,
+            clean_shutdown = r.clean_shutdown,
+            segments = r.segments,
+            scanned_bytes = r.scanned_bytes,
+            rebuilt_indexes = r.rebuilt_indexes,
+            log_start_offset = o.log_start_offset,
+            high_watermark = o.high_watermark,
+            "partition opened"
+        );
     }
 }
 
@@ -328,12 +416,22 @@ pub async fn run(start: ShardStart) {
         connections: Cell::new(0),
         shutdown: Event::default(),
         kafka: crate::kafka::KafkaShard::default(),
+        metrics: ShardMetrics::default(),
     });
     if let Some(r) = receivers {
         serve_mesh(&shard, r);
     }
+    // HTTP first, so that /health and a 503 /ready answer during start-up.
+    if let Some(h) = http_listener {
+        glommio::spawn_local(crate::http::serve(h, shard.clone())).detach();
+    }
     shard.apply(shared.initial_metadata.clone()).await;
     shard.groups.load(&shard).await;
+    tracing::debug!(
+        shard = id,
+        partitions = shard.partitions.borrow().len(),
+        "shard ready"
+    );
     shared.ready.fetch_add(1, Ordering::SeqCst);
     let _ = ready.send(Ok(id));
 
@@ -347,9 +445,6 @@ pub async fn run(start: ShardStart) {
             shard.shutdown.fire();
         })
     };
-    if let Some(h) = http_listener {
-        glommio::spawn_local(crate::http::serve(h, shard.clone())).detach();
-    }
     if let Some(k) = kafka_listener {
         glommio::spawn_local(crate::kafka::serve(shard.clone(), k)).detach();
     }
@@ -385,13 +480,20 @@ async fn accept_loop(shard: &Rc<Shard>, listener: TcpListener) {
         let stream = match res {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("shard {}: accept: {e}", shard.id);
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         if shard.connections.get() >= CONNECTIONS_PER_SHARD_MAX {
             ShardMetrics::add(&shard.metrics().connections_refused, 1);
+            shard.metrics().client_error(
+                shard.id,
+                crate::metrics::Protocol::Native,
+                "connect",
+                "ConnectionLimit",
+                &format!("refused: {CONNECTIONS_PER_SHARD_MAX} connections open on this shard"),
+            );
             drop(stream);
             continue;
         }

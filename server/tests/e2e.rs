@@ -345,7 +345,7 @@ fn bad_input_gets_errors_or_closes_and_others_keep_working() {
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let metrics = server.http_get("/metrics");
     assert!(
-        metrics.contains("strom_requests_total{shard=\"0\",kind=\"produce\"}"),
+        metrics.contains("protocol=\"native\",api=\"produce\",error=\"None\"}"),
         "{metrics}"
     );
 }

@@ -119,13 +119,13 @@ impl GroupShard {
                 *self.inner.log.borrow_mut() = Some(log);
             }
             Err(e) => {
-                eprintln!("shard {}: consumer offsets unavailable: {e}", shard.id);
+                tracing::error!(shard = shard.id, error = %e, "consumer offsets unavailable; this shard's groups answer CoordinatorNotAvailable");
                 return;
             }
         }
         self.set_topics(shard);
         if let Err(e) = self.import_legacy(shard).await {
-            eprintln!("shard {}: importing old offsets: {}", shard.id, e);
+            tracing::error!(shard = shard.id, error = %e, "importing old offsets failed");
         }
         self.inner.loaded.set(true);
         let me = self.clone();
@@ -154,13 +154,33 @@ impl GroupShard {
         self.process_ready();
     }
 
+    /// (group, topic, partition, committed offset) of every group this
+    /// shard coordinates (for metrics).
+    pub fn committed(&self) -> Vec<(String, String, u32, u64)> {
+        self.inner
+            .core
+            .borrow()
+            .snapshot()
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Offset {
+                    group,
+                    topic,
+                    partition,
+                    value: Some(c),
+                } => Some((group, topic, partition, c.offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Closes the offsets log (shutdown).
     pub async fn close(&self) {
         let _g = self.inner.append_lock.acquire_permit(1).await;
         let log = self.inner.log.borrow_mut().take();
         if let Some(log) = log {
             if let Err(e) = log.close().await {
-                eprintln!("closing the offsets log: {e}");
+                tracing::error!(error = %e, "closing the offsets log failed");
             }
         }
     }
@@ -187,7 +207,7 @@ impl GroupShard {
             let me = self.clone();
             glommio::spawn_local(async move {
                 if let Err(e) = me.append(&ready.records, Durability::Written).await {
-                    eprintln!("offsets log: {e}");
+                    tracing::error!(error = %e, "appending to the offsets log failed");
                 }
             })
             .detach();
@@ -243,7 +263,7 @@ impl GroupShard {
         match log.compact(snapshot).await {
             Ok(log) => *self.inner.log.borrow_mut() = Some(log),
             Err((e, log)) => {
-                eprintln!("offsets log compaction: {e}");
+                tracing::error!(error = %e, "offsets log compaction failed");
                 *self.inner.log.borrow_mut() = log;
             }
         }

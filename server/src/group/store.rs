@@ -258,9 +258,10 @@ impl OffsetLog {
         // 3-4: switch.
         let OffsetLog { part, .. } = self;
         if let Err(source) = part.close().await {
-            eprintln!(
-                "offsets log {}: closing before the switch: {source}",
-                dir.display()
+            tracing::error!(
+                dir = %dir.display(),
+                error = %source,
+                "offsets log: closing before the compaction switch failed"
             );
         }
         let (d, n, o) = (dir.clone(), next.clone(), old.clone());

@@ -17,7 +17,7 @@
 use super::codec::{self, Incoming};
 use super::handlers::{self, Ctx};
 use crate::limits::*;
-use crate::metrics::ShardMetrics;
+use crate::metrics::{Protocol, ShardMetrics};
 use crate::shard::Shard;
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,20 +86,41 @@ async fn read_loop(
                     let body = msg.split_off(4).freeze();
                     let pending = match codec::decode_request(body) {
                         Incoming::Close => {
-                            ShardMetrics::add(&shard.metrics().errors, 1);
+                            let m = shard.metrics();
+                            ShardMetrics::add(&m.framing_errors, 1);
+                            m.client_error(
+                                shard.id,
+                                Protocol::Kafka,
+                                "invalid",
+                                "InvalidRequest",
+                                "unreadable request header, closing",
+                            );
                             return;
                         }
                         Incoming::Answer(b) => {
-                            ShardMetrics::add(&shard.metrics().errors, 1);
+                            let m = shard.metrics();
+                            m.request(
+                                Protocol::Kafka,
+                                "unsupported",
+                                "UnsupportedVersion",
+                                Duration::ZERO,
+                            );
+                            m.client_error(
+                                shard.id,
+                                Protocol::Kafka,
+                                "unsupported",
+                                "UnsupportedVersion",
+                                "an API or version this edge does not serve",
+                            );
                             Pending::Ready(b)
                         }
                         Incoming::Request(d) => {
-                            shard.metrics().request("kafka");
                             let ctx = ctx.clone();
+                            let started = std::time::Instant::now();
                             Pending::Task(
-                                glommio::spawn_local(
-                                    async move { handlers::handle(&ctx, *d).await },
-                                )
+                                glommio::spawn_local(async move {
+                                    handlers::handle(&ctx, *d, started).await
+                                })
                                 .detach(),
                             )
                         }
@@ -109,8 +130,16 @@ async fn read_loop(
                         return;
                     }
                 }
-                Err(_) => {
-                    ShardMetrics::add(&shard.metrics().errors, 1);
+                Err(e) => {
+                    let m = shard.metrics();
+                    ShardMetrics::add(&m.framing_errors, 1);
+                    m.client_error(
+                        shard.id,
+                        Protocol::Kafka,
+                        "invalid",
+                        "InvalidRequest",
+                        &format!("unframeable message, closing: {e:?}"),
+                    );
                     return;
                 }
             }

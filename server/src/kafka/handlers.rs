@@ -11,6 +11,7 @@ use crate::error::WireError;
 use crate::handlers::{call, fan_out};
 use crate::limits::*;
 use crate::metadata;
+use crate::metrics::Protocol;
 use crate::router::{AdminOp, FetchItem, FetchOut, Op, Reply};
 use crate::shard::Shard;
 use crate::shutdown::first_of;
@@ -86,9 +87,84 @@ fn topic_uuid(id: u64) -> Uuid {
     Uuid::from_u64_pair(TOPIC_UUID_HIGH, id.wrapping_add(1))
 }
 
-/// Handles one request; `None` means no answer (produce with acks=0); an
-/// empty buffer means the connection must close.
-pub async fn handle(ctx: &Ctx, d: Decoded) -> Option<BytesMut> {
+/// The first error code an answer carries, at the top or in its parts
+/// (for metrics and client-error logs); `NONE` when there is none.
+fn first_error(resp: &ResponseKind) -> i16 {
+    fn first(it: impl IntoIterator<Item = i16>) -> i16 {
+        it.into_iter()
+            .find(|&c| c != codec::NONE)
+            .unwrap_or(codec::NONE)
+    }
+    match resp {
+        ResponseKind::Produce(r) => first(
+            r.responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter().map(|p| p.error_code)),
+        ),
+        ResponseKind::Fetch(r) => first(
+            std::iter::once(r.error_code).chain(
+                r.responses
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            ),
+        ),
+        ResponseKind::ListOffsets(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        ResponseKind::Metadata(r) => first(r.topics.iter().map(|t| t.error_code)),
+        ResponseKind::CreateTopics(r) => first(r.topics.iter().map(|t| t.error_code)),
+        ResponseKind::DeleteTopics(r) => first(r.responses.iter().map(|t| t.error_code)),
+        ResponseKind::JoinGroup(r) => r.error_code,
+        ResponseKind::SyncGroup(r) => r.error_code,
+        ResponseKind::Heartbeat(r) => r.error_code,
+        ResponseKind::LeaveGroup(r) => r.error_code,
+        ResponseKind::FindCoordinator(r) => {
+            first(std::iter::once(r.error_code).chain(r.coordinators.iter().map(|c| c.error_code)))
+        }
+        ResponseKind::InitProducerId(r) => r.error_code,
+        ResponseKind::OffsetCommit(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        ResponseKind::OffsetFetch(r) => first(
+            std::iter::once(r.error_code)
+                .chain(
+                    r.topics
+                        .iter()
+                        .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+                )
+                .chain(r.groups.iter().map(|g| g.error_code)),
+        ),
+        _ => codec::NONE,
+    }
+}
+
+/// Handles one request, then counts it and logs its error (rate-limited);
+/// `None` means no answer (produce with acks=0); an empty buffer means the
+/// connection must close.
+pub async fn handle(ctx: &Ctx, d: Decoded, started: std::time::Instant) -> Option<BytesMut> {
+    let api = crate::metrics::kafka_api_name(d.key);
+    let (out, code) = answer(ctx, d).await;
+    let name = crate::metrics::kafka_error_name(code);
+    let m = ctx.shard.metrics();
+    m.request(Protocol::Kafka, api, name, started.elapsed());
+    if code != codec::NONE {
+        m.client_error(
+            ctx.shard.id,
+            Protocol::Kafka,
+            api,
+            name,
+            "answered with an error",
+        );
+    }
+    out
+}
+
+/// The answer to one request and the first error code it carries.
+async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
     let v = d.version;
     let cid = d.header.correlation_id;
     let client_id = d
@@ -102,7 +178,10 @@ pub async fn handle(ctx: &Ctx, d: Decoded) -> Option<BytesMut> {
             ResponseKind::ApiVersions(codec::api_versions_response(codec::NONE))
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata(ctx, v, r).await),
-        RequestKind::Produce(r) => ResponseKind::Produce(produce(ctx, r).await?),
+        RequestKind::Produce(r) => match produce(ctx, r).await {
+            Some(r) => ResponseKind::Produce(r),
+            None => return (None, codec::NONE),
+        },
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(ctx, r).await),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(ctx, r).await),
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(ctx, v, r).await),
@@ -121,17 +200,24 @@ pub async fn handle(ctx: &Ctx, d: Decoded) -> Option<BytesMut> {
             None => codec::unsupported_response(d.key, codec::UNSUPPORTED_VERSION),
         },
     };
+    let code = first_error(&resp);
     match codec::encode_response(cid, d.key, v, &resp) {
-        Ok(b) => Some(b),
+        Ok(b) => (Some(b), code),
         Err(e) => {
-            eprintln!(
-                "shard {}: kafka: encoding {:?} v{v}: {e}",
-                ctx.shard.id, d.key
+            tracing::error!(
+                shard = ctx.shard.id,
+                api = ?d.key,
+                version = v,
+                error = %e,
+                "kafka: encoding a response failed"
             );
             let fallback = codec::unsupported_response(d.key, codec::UNKNOWN_SERVER_ERROR);
             // Never leave a request unanswered: the client pairs answers
             // with requests by order. An empty answer closes the connection.
-            Some(codec::encode_response(cid, d.key, v, &fallback).unwrap_or_default())
+            (
+                Some(codec::encode_response(cid, d.key, v, &fallback).unwrap_or_default()),
+                codec::UNKNOWN_SERVER_ERROR,
+            )
         }
     }
 }
@@ -579,9 +665,12 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
             .map(|e| codec::wire_to_kafka(e.code))
             .unwrap_or(codec::NONE);
         if let Err(e) = translate::frames_to_kafka(&frames, &mut records) {
-            eprintln!(
-                "shard {}: kafka fetch {}/{}: {e}",
-                shard.id, w.topic, w.partition
+            tracing::error!(
+                shard = shard.id,
+                topic = %w.topic,
+                partition = w.partition,
+                error = %e,
+                "kafka fetch: translating stored frames failed"
             );
             records.clear();
             error_code = codec::CORRUPT_MESSAGE;

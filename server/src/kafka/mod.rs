@@ -133,12 +133,20 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         let stream = match res {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("shard {}: kafka accept: {e}", shard.id);
+                tracing::warn!(shard = shard.id, error = %e, "kafka accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         if shard.connections.get() >= crate::limits::CONNECTIONS_PER_SHARD_MAX {
+            crate::metrics::ShardMetrics::add(&shard.metrics().connections_refused, 1);
+            shard.metrics().client_error(
+                shard.id,
+                crate::metrics::Protocol::Kafka,
+                "connect",
+                "ConnectionLimit",
+                "refused: the shard's connection limit is reached",
+            );
             drop(stream);
             continue;
         }
@@ -313,19 +321,24 @@ async fn produce_one(
         }
     };
     let Some(b) = producer else {
+        let bytes = frame.len() as u64;
         return match part.append(frame, durability).await {
-            Ok(info) => ProduceOutcome {
-                base_offset: info.base_offset as i64,
-                log_append_time_ms: -1,
-                log_start_offset: part.offsets().log_start_offset as i64,
-                ..Default::default()
-            },
+            Ok(info) => {
+                shard.count_in(topic, p, info.last_offset + 1 - info.base_offset, bytes);
+                ProduceOutcome {
+                    base_offset: info.base_offset as i64,
+                    log_append_time_ms: -1,
+                    log_start_offset: part.offsets().log_start_offset as i64,
+                    ..Default::default()
+                }
+            }
             Err(e) => fail(e),
         };
     };
     // Check, append (to memory) and record under the lane, so that batches
     // of one producer reach the log in sequence order; wait for durability
     // outside it, so that the lane never waits on a disk.
+    let bytes = frame.len() as u64;
     let lane = shard.kafka.lane(topic, p);
     let (base, last) = {
         let Ok(_permit) = lane.acquire_permit(1).await else {
@@ -350,6 +363,8 @@ async fn produce_one(
             } => (base_offset, last_offset),
             Check::Append => match part.append(frame, Durability::Buffered).await {
                 Ok(info) => {
+                    let records = info.last_offset + 1 - info.base_offset;
+                    shard.count_in(topic, p, records, bytes);
                     shard
                         .kafka
                         .record(topic, p, &b, info.base_offset, info.last_offset);
