@@ -78,6 +78,54 @@ pub struct Args {
     pub kafka_partitions: Option<u32>,
 }
 
+/// Engine settings every partition starts from (per-topic configs override
+/// the topic-level ones). Only in the TOML file: `tuning/autotune` writes
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineDefaults {
+    pub write_buffer_bytes: Option<usize>,
+    pub unwritten_bytes_max: Option<usize>,
+    pub cache_bytes_max: Option<usize>,
+    pub shard_cache_bytes_max: Option<usize>,
+    pub disk_reserve_bytes: Option<u64>,
+    pub preallocate_bytes: Option<u64>,
+    pub checkpoint_interval_bytes: Option<u64>,
+}
+
+impl EngineDefaults {
+    /// The engine's LogConfig with these defaults applied.
+    pub fn log_config(&self) -> strom_engine::LogConfig {
+        let mut c = strom_engine::LogConfig::default();
+        if let Some(v) = self.write_buffer_bytes {
+            c.write_buffer_bytes = v;
+        }
+        if let Some(v) = self.unwritten_bytes_max {
+            c.unwritten_bytes_max = v;
+        }
+        if let Some(v) = self.cache_bytes_max {
+            c.cache_bytes_max = v;
+        }
+        if let Some(v) = self.disk_reserve_bytes {
+            c.disk_reserve_bytes = v;
+        }
+        if let Some(v) = self.preallocate_bytes {
+            c.preallocate_bytes = v;
+        }
+        if let Some(v) = self.checkpoint_interval_bytes {
+            c.checkpoint_interval_bytes = v;
+        }
+        c
+    }
+}
+
+static ENGINE_DEFAULTS: std::sync::OnceLock<EngineDefaults> = std::sync::OnceLock::new();
+
+/// The process's engine defaults (set once at start-up).
+pub fn engine_defaults() -> EngineDefaults {
+    ENGINE_DEFAULTS.get().copied().unwrap_or_default()
+}
+
 /// The TOML file's schema; unknown keys are refused.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +142,8 @@ pub struct FileConfig {
     pub kafka_advertise: Option<String>,
     pub kafka_auto_create: Option<bool>,
     pub kafka_partitions: Option<u32>,
+    /// `[engine]` table: see [`EngineDefaults`].
+    pub engine: Option<EngineDefaults>,
 }
 
 /// The resolved configuration.
@@ -198,6 +248,12 @@ impl ServerConfig {
                 "--group-min-session-timeout-ms exceeds --group-max-session-timeout-ms".into(),
             ));
         }
+        let engine = file.engine.unwrap_or_default();
+        engine
+            .log_config()
+            .validate()
+            .map_err(|e| ServerError::Argument(format!("[engine] in the config file: {e}")))?;
+        let _ = ENGINE_DEFAULTS.set(engine);
         Ok(ServerConfig {
             groups,
             data_dir,
@@ -220,6 +276,34 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_table_sets_partition_defaults_and_is_validated() {
+        let dir = std::env::temp_dir().join(format!("strom-cfg-engine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("e.toml");
+        std::fs::write(
+            &path,
+            "[engine]\nwrite_buffer_bytes = 262144\nunwritten_bytes_max = 4194304\n",
+        )
+        .expect("write");
+        let file = load_file(&path).expect("parses");
+        let engine = file.engine.expect("engine table");
+        let c = engine.log_config();
+        assert_eq!(c.write_buffer_bytes, 256 << 10);
+        assert_eq!(c.unwritten_bytes_max, 4 << 20);
+        c.validate().expect("valid");
+        std::fs::write(&path, "[engine]\nwrite_buffer_bytes = 1000\n").expect("write");
+        let bad = load_file(&path)
+            .expect("parses")
+            .engine
+            .expect("table")
+            .log_config();
+        assert!(bad.validate().is_err(), "not a multiple of 4096");
+        std::fs::write(&path, "[engine]\nno_such_key = 1\n").expect("write");
+        assert!(load_file(&path).is_err(), "unknown keys are refused");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn flags_win_over_file_and_defaults_fill_the_rest() {

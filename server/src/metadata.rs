@@ -124,7 +124,7 @@ fn parse_limit(key: &str, value: &str) -> Result<Option<u64>, WireError> {
 /// Builds the engine config from a topic's config strings, refusing unknown
 /// keys and out-of-range values.
 pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, WireError> {
-    let mut c = LogConfig::default();
+    let mut c = crate::config::engine_defaults().log_config();
     let mut flush: Option<FlushPolicy> = None;
     let mut set_flush = |key: &str, value: &str, p: FlushPolicy| {
         if flush.is_some() {

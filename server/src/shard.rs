@@ -344,6 +344,9 @@ pub async fn run(start: ShardStart) {
         bound,
         ready,
     } = start;
+    if let Some(max) = crate::config::engine_defaults().shard_cache_bytes_max {
+        strom_engine::log::set_shard_cache_bytes_max(max);
+    }
     // Bind first so that shard 0 can report the real port (port 0 works).
     let listener = match TcpListener::bind(listen) {
         Ok(l) => l,
