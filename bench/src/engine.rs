@@ -854,6 +854,7 @@ fn run(plan: &Plan) -> Result<Report, BenchError> {
                 "clean_shutdown": r.report.clean_shutdown,
                 "scanned_bytes": r.report.scanned_bytes,
                 "truncated_bytes": r.report.truncated_bytes,
+                "trimmed_zero_bytes": r.report.trimmed_zero_bytes,
                 "truncation_reason": r.report.truncation_reason,
                 "rebuilt_indexes": r.report.rebuilt_indexes,
                 "removed_segments": r.report.removed_segments,

@@ -76,8 +76,12 @@ pub struct RecoveryReport {
     pub clean_shutdown: bool,
     pub segments: usize,
     pub scanned_bytes: u64,
+    /// Bytes of torn or corrupt data cut from the end of the log.
     pub truncated_bytes: u64,
     pub truncation_reason: Option<String>,
+    /// Zeros past the end of the log (write padding, preallocated space)
+    /// trimmed from the active segment: not data.
+    pub trimmed_zero_bytes: u64,
     pub rebuilt_indexes: usize,
     pub removed_segments: usize,
 }
@@ -419,8 +423,12 @@ impl<S: Storage> Log<S> {
                 .await?;
             next_offset = end_offset;
             if valid_end < seg_len {
-                report.truncated_bytes += seg_len - valid_end;
-                report.truncation_reason = reason;
+                if reason.is_some() {
+                    report.truncated_bytes += seg_len - valid_end;
+                    report.truncation_reason = reason;
+                } else {
+                    report.trimmed_zero_bytes += seg_len - valid_end;
+                }
                 stop_here = Some((base, valid_end));
                 if let Some(ix) = ix {
                     self.segments.get_mut(&base).expect("segment").index = Some(ix);
@@ -460,8 +468,12 @@ impl<S: Storage> Log<S> {
                 if end < len {
                     seg.file.as_ref().expect("open").truncate(end).await?;
                     seg.len_bytes = end;
-                    report.truncated_bytes += len - end;
-                    report.truncation_reason = reason;
+                    if reason.is_some() {
+                        report.truncated_bytes += len - end;
+                        report.truncation_reason = reason;
+                    } else {
+                        report.trimmed_zero_bytes += len - end;
+                    }
                 }
                 seg.index = Some(ix);
                 next_offset = end_offset;
@@ -531,13 +543,9 @@ impl<S: Storage> Log<S> {
                     }
                     chunk = chunk.max(needed_bytes as usize);
                 }
-                ScanStop::Zeros => {
-                    return Ok((
-                        pos,
-                        expected,
-                        Some(format!("end of written data at byte {pos}")),
-                    ))
-                }
+                // Zeros: the end of written data (write padding or preallocated
+                // space), not damage; no truncation reason.
+                ScanStop::Zeros => return Ok((pos, expected, None)),
                 ScanStop::NewerVersion { found } => {
                     return Err(EngineError::UnsupportedFormat {
                         path: self.dir.join(segment_file_name(base)),
@@ -1378,7 +1386,9 @@ impl<S: Storage> Log<S> {
                         return Err(EngineError::Corrupt {
                             path: self.dir.join(segment_file_name(base)),
                             position: end,
-                            reason: reason.unwrap_or_default(),
+                            reason: reason.unwrap_or_else(|| {
+                                "zeros before the end of a closed segment".to_owned()
+                            }),
                         });
                     }
                     write_index_files(&self.storage, &self.dir, base, &ix, len, u32::MAX).await?;

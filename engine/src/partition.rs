@@ -259,6 +259,7 @@ impl<S: Storage> Partition<S> {
 
     /// Waits until every offset below `target` is durable (group commit).
     pub async fn sync_to(&self, target: u64) -> Result<(), EngineError> {
+        let mut yielded = false;
         loop {
             if self.inner.offsets.get().durable_offset >= target {
                 return Ok(());
@@ -273,6 +274,14 @@ impl<S: Storage> Partition<S> {
                     continue;
                 }
                 listener.await;
+                continue;
+            }
+            if !yielded {
+                // Let the other appenders that are ready to run append first,
+                // so this sync covers them too: woken together by the last
+                // sync, they would otherwise trickle into one sync each.
+                yielded = true;
+                futures_lite::future::yield_now().await;
                 continue;
             }
             let _guard = SyncGuard::new(&self.inner);
