@@ -70,3 +70,7 @@ pub const KAFKA_PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 pub const KAFKA_PRODUCER_BATCHES_MAX: usize = 5;
 /// Topics one Kafka Metadata request may name.
 pub const KAFKA_METADATA_TOPICS_MAX: usize = 10_000;
+
+/// Period of each shard's keep-awake timer (bounds a lost cross-thread
+/// wake-up to one period; see `shard::run`).
+pub const REACTOR_NUDGE_MS: u64 = 50;

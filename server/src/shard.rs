@@ -347,6 +347,17 @@ pub async fn run(start: ShardStart) {
     if let Some(max) = crate::config::engine_defaults().shard_cache_bytes_max {
         strom_engine::log::set_shard_cache_bytes_max(max);
     }
+    // A periodic timer from the first moment: twice under heavy load a
+    // start-up hung with both executors asleep in io_uring wait although
+    // work was pending (a wake-up from another thread, e.g. a spawn_blocking
+    // completion, was lost; attaching a debugger woke it). A timer bounds
+    // the cost of such a loss to one tick. Mitigation, not a root cause fix.
+    glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(REACTOR_NUDGE_MS)).await;
+        }
+    })
+    .detach();
     // Bind first so that shard 0 can report the real port (port 0 works).
     let listener = match TcpListener::bind(listen) {
         Ok(l) => l,
