@@ -4,7 +4,6 @@
 //! a fuzzer. `write_seed_corpus` (ignored) rebuilds the hand-made seeds.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_lite::future::block_on;
@@ -14,28 +13,16 @@ use strom_engine::index::SegmentIndex;
 use strom_engine::Log;
 use strom_flatbuffers::{stamp_base_offset, BatchBuilder, FrameHeader, RecordIn};
 
+fn corpus_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+}
+
 fn corpus(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
+    corpus_root().join(target)
 }
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = corpus(target);
-    let started = Instant::now();
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.expect("entry").path();
-        if p.is_file() {
-            let data = std::fs::read(&p).expect("read");
-            // Name the input in the failure output.
-            eprintln!("replaying {}", p.display());
-            check(&data);
-            n += 1;
-        }
-    }
-    eprintln!("{target}: {n} inputs in {:?}", started.elapsed());
-    n
+    strom_flatbuffers::fuzz_checks::replay_corpus(&corpus_root(), target, check)
 }
 
 #[test]

@@ -265,3 +265,24 @@ fn read_records(frame: &[u8]) {
         }
     }
 }
+
+/// Replays every file of `fuzz/corpus/<target>/` (under `corpus_root`)
+/// through `check`, naming each input on stderr so a failure points at it.
+/// Returns how many inputs ran. Shared by the replay tests of every crate.
+pub fn replay_corpus(corpus_root: &std::path::Path, target: &str, check: fn(&[u8])) -> usize {
+    let dir = corpus_root.join(target);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for e in entries {
+        let p = e.expect("corpus entry").path();
+        if p.is_file() {
+            let data = std::fs::read(&p).expect("read corpus file");
+            eprintln!("replaying {}", p.display());
+            check(&data);
+            n += 1;
+        }
+    }
+    eprintln!("{target}: {n} inputs in {:?}", started.elapsed());
+    n
+}

@@ -8,28 +8,16 @@ use strom_flatbuffers::fuzz_checks;
 use strom_flatbuffers::protocol::*;
 use strom_flatbuffers::{BatchBuilder, RecordIn};
 
+fn corpus_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+}
+
 fn corpus(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
+    corpus_root().join(target)
 }
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = corpus(target);
-    let started = std::time::Instant::now();
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.expect("entry").path();
-        if p.is_file() {
-            let data = std::fs::read(&p).expect("read");
-            // Name the input in the failure output.
-            eprintln!("replaying {}", p.display());
-            check(&data);
-            n += 1;
-        }
-    }
-    eprintln!("{target}: {n} inputs in {:?}", started.elapsed());
-    n
+    strom_flatbuffers::fuzz_checks::replay_corpus(&corpus_root(), target, check)
 }
 
 #[test]
