@@ -112,9 +112,9 @@ fn a_frame_claiming_more_offsets_than_an_index_can_hold_does_not_crash_append() 
     // last_offset_delta lives at header bytes 28..32.
     f[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
     stamp_base_offset(&mut f, 0); // recomputes the header checksum
-    // The fix: a stored frame's header must agree with itself
-    // (last_offset_delta == record_count - 1), so this frame is refused as
-    // corrupt and recovery truncates it away.
+                                  // The fix: a stored frame's header must agree with itself
+                                  // (last_offset_delta == record_count - 1), so this frame is refused as
+                                  // corrupt and recovery truncates it away.
     assert!(strom_flatbuffers::verify_stored(&f).is_err());
     let storage = fuzz_checks::populate(&[file("00000000000000000000.log", f)]);
     block_on(async {

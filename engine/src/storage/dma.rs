@@ -179,8 +179,13 @@ async fn open_dma(op: &'static str, path: &Path, create: bool) -> Result<DmaStor
 impl Storage for DmaStorage {
     async fn free_bytes(&self, dir: &Path) -> Result<Option<u64>, IoError> {
         use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|e| IoError::new("statvfs", dir, io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| {
+            IoError::new(
+                "statvfs",
+                dir,
+                io::Error::new(io::ErrorKind::InvalidInput, e),
+            )
+        })?;
         // SAFETY: statvfs fills the zeroed struct; `c` is a valid C string.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
