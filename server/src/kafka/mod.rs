@@ -23,6 +23,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod decompress;
 pub mod groups;
 pub mod handlers;
 pub mod idempotence;

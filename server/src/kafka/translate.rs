@@ -67,8 +67,11 @@ pub fn kafka_to_frames(
                 format!("record batch magic {}: only v2 is accepted", records[16]),
             ));
         }
-        let set = RecordBatchDecoder::decode(&mut records)
-            .map_err(|e| refused(codec::CORRUPT_MESSAGE, format!("record batch: {e}")))?;
+        let set = RecordBatchDecoder::decode_with_custom_compression(
+            &mut records,
+            Some(super::decompress::decompress),
+        )
+        .map_err(|e| refused(codec::CORRUPT_MESSAGE, format!("record batch: {e}")))?;
         debug_assert!(matches!(set.compression, RecordCompression::RecordBatch(_)));
         let Some(first) = set.records.first() else {
             return Err(refused(codec::INVALID_RECORD, "empty record batch"));
