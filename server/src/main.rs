@@ -81,6 +81,38 @@ fn init_logging(format: LogFormat) {
 
 /// io_uring registers each executor's `io_memory` (and its rings) as locked
 /// memory. Root raises the limit; anyone else is told how.
+/// Raises the open-file soft limit to the hard limit (every connection and
+/// every open segment is a descriptor) and says so when even the hard limit
+/// is below what the connection limits allow.
+fn ensure_nofile(shards: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let want = (shards * limits::CONNECTIONS_PER_SHARD_MAX) as u64 + 1024;
+    if lim.rlim_cur < want {
+        tracing::warn!(
+            open_files_limit = lim.rlim_cur,
+            wanted = want,
+            "the open-file limit is below what the connection limits allow; \
+             raise it (ulimit -n, or LimitNOFILE= in the systemd unit)"
+        );
+    }
+}
+
 fn ensure_memlock(shards: usize) {
     let need = (shards * (limits::IO_MEMORY_BYTES + (1 << 20))) as u64;
     let mut cur = libc::rlimit {
@@ -138,6 +170,7 @@ fn run(args: Args) -> Result<(), ServerError> {
         "starting"
     );
     ensure_memlock(cfg.shards);
+    ensure_nofile(cfg.shards);
     std::fs::create_dir_all(cfg.data_dir.join("meta")).map_err(|e| ServerError::Io {
         op: "create dir",
         path: cfg.data_dir.join("meta"),

@@ -427,6 +427,23 @@ fn answered_or_closed(s: &mut TcpStream, timeout: Duration) -> bool {
     }
 }
 
+/// Idle connections held open beside the well-behaved client.
+const IDLE_CONNECTIONS: usize = 2_000;
+
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: the calls only read/write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 #[test]
 fn a_well_behaved_client_keeps_working_beside_garbage() {
     let server = TestServer::start(2);
@@ -477,8 +494,11 @@ fn a_well_behaved_client_keeps_working_beside_garbage() {
         })
     };
 
-    // Many idle connections.
-    let idle: Vec<TcpStream> = (0..200)
+    // Thousands of idle connections, held open for the whole test (the
+    // test process's own open-file limit is raised to its hard limit first;
+    // the server raises its own at start-up).
+    raise_open_file_limit();
+    let idle: Vec<TcpStream> = (0..IDLE_CONNECTIONS)
         .map(|_| TcpStream::connect(&addr).expect("idle connect"))
         .collect();
 
