@@ -977,6 +977,32 @@ fn us(h: &Histogram<u64>) -> LatencySummary {
     LatencySummary::from_histogram(h, "ns").scaled(1e-3, "us")
 }
 
+/// The four rate figures of one direction: payload MB/s and wire MB/s (as
+/// ratios of loopback TCP), records/s and requests/s. `counts` are
+/// [payload bytes, wire bytes, records, requests] over `secs`.
+fn add_rates(
+    r: &mut Report,
+    with_tcp: &dyn Fn(Figure) -> Figure,
+    side: &str,
+    requests_name: &str,
+    counts: [u64; 4],
+    secs: f64,
+) {
+    let [bytes, wire, records, requests] = counts.map(|c| c as f64 / secs);
+    r.add_figure(with_tcp(Figure::new(
+        format!("{side}_throughput"),
+        bytes / 1e6,
+        "MB/s",
+    )));
+    r.add_figure(with_tcp(Figure::new(
+        format!("{side}_wire_throughput"),
+        wire / 1e6,
+        "MB/s",
+    )));
+    r.add_figure(Figure::new(format!("{side}_records"), records, "rec/s"));
+    r.add_figure(Figure::new(requests_name, requests, "req/s"));
+}
+
 fn build_report(mode: Mode, a: &LoadArgs, plan: &Plan, base: &Baselines, o: &Outcome) -> Report {
     let mut r = Report::new(mode.name(), params_json(a, plan));
     if let Some(l) = o.loadavg_start {
@@ -997,26 +1023,20 @@ fn build_report(mode: Mode, a: &LoadArgs, plan: &Plan, base: &Baselines, o: &Out
     }
     let t = &o.totals;
     if plan.producers > 0 {
-        r.add_figure(with_tcp(Figure::new(
-            "produce_throughput",
-            t.produced_bytes as f64 / secs / 1e6,
-            "MB/s",
-        )));
-        r.add_figure(with_tcp(Figure::new(
-            "produce_wire_throughput",
-            t.produced_wire as f64 / secs / 1e6,
-            "MB/s",
-        )));
-        r.add_figure(Figure::new(
-            "produce_records",
-            t.produced_records as f64 / secs,
-            "rec/s",
-        ));
-        r.add_figure(Figure::new(
+        let rates = [
+            t.produced_bytes,
+            t.produced_wire,
+            t.produced_records,
+            t.produce_requests,
+        ];
+        add_rates(
+            &mut r,
+            &with_tcp,
+            "produce",
             "produce_requests",
-            t.produce_requests as f64 / secs,
-            "req/s",
-        ));
+            rates,
+            secs,
+        );
         if let Some(rate) = a.rate {
             let measured: Vec<f64> = o
                 .series
@@ -1035,26 +1055,13 @@ fn build_report(mode: Mode, a: &LoadArgs, plan: &Plan, base: &Baselines, o: &Out
         }
     }
     if plan.consumers > 0 {
-        r.add_figure(with_tcp(Figure::new(
-            "consume_throughput",
-            t.consumed_bytes as f64 / secs / 1e6,
-            "MB/s",
-        )));
-        r.add_figure(with_tcp(Figure::new(
-            "consume_wire_throughput",
-            t.consumed_wire as f64 / secs / 1e6,
-            "MB/s",
-        )));
-        r.add_figure(Figure::new(
-            "consume_records",
-            t.consumed_records as f64 / secs,
-            "rec/s",
-        ));
-        r.add_figure(Figure::new(
-            "fetch_requests",
-            t.fetch_requests as f64 / secs,
-            "req/s",
-        ));
+        let rates = [
+            t.consumed_bytes,
+            t.consumed_wire,
+            t.consumed_records,
+            t.fetch_requests,
+        ];
+        add_rates(&mut r, &with_tcp, "consume", "fetch_requests", rates, secs);
     }
     let sync_p99 = base.sync.as_ref().map(|s| s.p99);
     if !o.ack.is_empty() {

@@ -210,11 +210,12 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 
 impl<S: Storage> Log<S> {
     /// Opens (or creates) the log in `dir`, recovering after an unclean stop.
+    /// `_now_ms` keeps the verbs' common clock argument; recovery needs no time.
     pub async fn open(
         storage: S,
         dir: &Path,
         config: LogConfig,
-        now_ms: i64,
+        _now_ms: i64,
     ) -> Result<(Self, RecoveryReport), EngineError> {
         config.validate()?;
         storage.create_dir_all(dir).await?;
@@ -333,7 +334,6 @@ impl<S: Storage> Log<S> {
             }
             log.recover(&bases, &mut report).await?;
         }
-        let _ = now_ms;
         report.segments = log.segments.len();
         log.written_offset = log.next_offset;
         log.durable_offset = log.next_offset;
@@ -348,10 +348,9 @@ impl<S: Storage> Log<S> {
             let tail = file.read_at(align_down(active_len), tail_len).await?;
             log.pending.tail = tail.to_vec();
         }
-        log.preallocated_len = 0;
+        log.log_start_offset = log.log_start_offset.min(log.next_offset);
         // A new checkpoint: recovery point at the end, not clean any more.
         log.write_checkpoint(false).await?;
-        log.log_start_offset = log.log_start_offset.min(log.next_offset);
         log.check_invariants();
         Ok((log, report))
     }
@@ -443,9 +442,7 @@ impl<S: Storage> Log<S> {
             // Drop every later segment: its offsets would not be dense.
             let later: Vec<u64> = self.segments.range(base + 1..).map(|(&b, _)| b).collect();
             for b in later {
-                if let Some(seg) = self.segments.remove(&b) {
-                    drop(seg);
-                }
+                self.segments.remove(&b);
                 remove_segment_files(&self.storage, &self.dir, b).await?;
                 report.removed_segments += 1;
             }
@@ -482,13 +479,9 @@ impl<S: Storage> Log<S> {
         }
         // next_offset comes from the scan of the last segment kept.
         self.next_offset = next_offset;
-        let active = self.active_mut();
-        let len = active.len_bytes;
-        let file = active.file.clone().expect("open");
         // The data we scanned came from the device; make it durable before the
         // checkpoint says so.
-        file.fdatasync().await?;
-        let _ = len;
+        self.active_file().fdatasync().await?;
         Ok(())
     }
 
@@ -790,7 +783,12 @@ impl<S: Storage> Log<S> {
         let p = &mut self.pending;
         while !bytes.is_empty() {
             if p.buf.is_none() {
-                let start = p.buf_pos_for_new(active_len, &self.segments);
+                // A new buffer starts at the block holding the log's end so
+                // far (this frame's bytes already copied included); `tail`
+                // holds that block's bytes.
+                let end_now = active_len + (frame_len - bytes.len()) as u64;
+                let start = align_down(end_now);
+                debug_assert_eq!(p.tail.len() as u64, end_now - start);
                 let want = align_up((p.tail.len() + frame_len) as u64) as usize;
                 let max = self.config.write_buffer_bytes.max(WRITE_BUFFER_BYTES_MIN);
                 // End buffers on multiples of the buffer size, so that full
@@ -811,18 +809,11 @@ impl<S: Storage> Log<S> {
             p.buf_fill += n;
             bytes = &bytes[n..];
             if p.buf_fill == buf.len() {
+                // Full buffers end on a block boundary: no partial block.
                 let full = p.buf.take().expect("buffer");
-                let pos = p.buf_pos;
-                p.sealed.push((pos, full));
+                p.sealed.push((p.buf_pos, full));
                 p.tail.clear();
-                p.buf_pos = pos + p.buf_fill as u64;
                 p.buf_fill = 0;
-            } else {
-                // keep `tail` equal to the partial last block of the buffer
-                let block_start = align_down(p.buf_fill as u64) as usize;
-                p.tail.clear();
-                p.tail
-                    .extend_from_slice(&buf.as_slice()[block_start..p.buf_fill]);
             }
         }
     }
@@ -841,7 +832,9 @@ impl<S: Storage> Log<S> {
         };
         let fill = self.pending.buf_fill;
         let pos = self.pending.buf_pos;
-        // the next buffer restarts at the partial block, from `tail`
+        // The next buffer restarts at the partial block, from `tail`.
+        let block_start = align_down(fill as u64) as usize;
+        self.pending.tail = buf.as_slice()[block_start..fill].to_vec();
         self.pending.buf_fill = 0;
         let end = pos + fill as u64;
         if end <= self.written_len {
@@ -964,8 +957,7 @@ impl<S: Storage> Log<S> {
     }
 
     /// Records that an fdatasync covering `sync_target()`'s values completed.
-    pub fn mark_durable(&mut self, offset: u64, len: u64, now_ms: i64) {
-        let _ = now_ms;
+    pub fn mark_durable(&mut self, offset: u64, len: u64) {
         self.stats.fdatasyncs += 1;
         if offset > self.durable_offset {
             // `len` belongs to the active segment it was taken from; after a
@@ -982,14 +974,14 @@ impl<S: Storage> Log<S> {
     }
 
     /// Write everything pending and fdatasync; returns the durable offset.
-    pub async fn flush(&mut self, now_ms: i64) -> Result<u64, EngineError> {
+    pub async fn flush(&mut self, _now_ms: i64) -> Result<u64, EngineError> {
         self.write_pending().await?;
         let (file, offset, len) = self.sync_target();
         if offset > self.durable_offset {
             file.fdatasync().await.inspect_err(|e| {
                 tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync failed");
             })?;
-            self.mark_durable(offset, len, now_ms);
+            self.mark_durable(offset, len);
         }
         self.maybe_checkpoint().await?;
         Ok(self.durable_offset)
@@ -1741,19 +1733,6 @@ impl<B> Pending<B> {
             tail: Vec::new(),
             frame_ends: VecDeque::new(),
         }
-    }
-
-    /// Where a new buffer starts: the block holding the end of the log.
-    fn buf_pos_for_new<F>(&self, active_len: u64, _segments: &BTreeMap<u64, Segment<F>>) -> u64 {
-        if self.buf.is_none()
-            && self.buf_fill == 0
-            && !self.sealed.is_empty()
-            && self.tail.is_empty()
-        {
-            // right after a sealed full buffer
-            return self.buf_pos;
-        }
-        align_down(active_len)
     }
 }
 

@@ -320,7 +320,7 @@ impl<S: Storage> Partition<S> {
                 .sync_stats
                 .borrow_mut()
                 .observe(took, offset.saturating_sub(durable_before));
-            log.mark_durable(offset, len, now_ms());
+            log.mark_durable(offset, len);
             let r = log.maybe_checkpoint().await;
             self.publish(log);
             r?;
