@@ -14,7 +14,6 @@ use crate::metadata;
 use crate::metrics::Protocol;
 use crate::router::{AdminOp, FetchItem, FetchOut, Op, Reply};
 use crate::shard::Shard;
-use crate::shutdown::first_of;
 use bytes::{Bytes, BytesMut};
 use glommio::channels::local_channel::LocalReceiver;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -37,9 +36,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use strom_flatbuffers::protocol as native;
@@ -236,7 +233,7 @@ async fn collect(rx: &LocalReceiver<(usize, Reply)>, n: usize) -> Vec<(usize, Re
 
 fn reply_error(reply: Reply) -> WireError {
     match reply {
-        Reply::Failed(e) => e,
+        Reply::Failed(e) | Reply::Kafka(KafkaReply::Failed(e)) => e,
         _ => WireError::new(native::ErrorCode::Internal, "unexpected reply kind"),
     }
 }
@@ -618,28 +615,7 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
             }
         }
         if !per_shard.is_empty() {
-            let ops: Vec<(usize, Op)> = per_shard
-                .into_iter()
-                .map(|(s, items)| {
-                    (
-                        s,
-                        Op::Wait {
-                            items,
-                            wait_ms: u64::from(wait_ms),
-                        },
-                    )
-                })
-                .collect();
-            let rx = fan_out(shard, ops);
-            let left = deadline.saturating_duration_since(Instant::now());
-            let futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = vec![
-                Box::pin(async move {
-                    let _ = rx.recv().await;
-                }),
-                Box::pin(glommio::timer::sleep(left)),
-                Box::pin(shard.shutdown.wait()),
-            ];
-            first_of(futs).await;
+            crate::handlers::long_poll(shard, per_shard, deadline).await;
             outs = read_all(shard, &wants).await;
         }
     }

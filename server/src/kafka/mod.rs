@@ -76,6 +76,8 @@ pub struct KafkaShared {
     /// The address shard 0 bound (the port every other shard binds too).
     bound: Mutex<Option<SocketAddr>>,
     next_producer_id: AtomicI64,
+    /// A test-only fault in the produce path (see [`ProduceFault`]).
+    produce_fault: Option<ProduceFault>,
 }
 
 impl KafkaShared {
@@ -87,6 +89,7 @@ impl KafkaShared {
             config,
             bound: Mutex::new(None),
             next_producer_id: AtomicI64::new(start_ms << 20),
+            produce_fault: ProduceFault::from_env(),
         }
     }
 
@@ -96,6 +99,59 @@ impl KafkaShared {
 
     pub fn allocate_producer_id(&self) -> i64 {
         self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The environment variable that injects a [`ProduceFault`]. Tests only:
+/// it makes a healthy server misbehave on purpose.
+pub const PRODUCE_FAULT_ENV: &str = "STROM_TEST_KAFKA_PRODUCE_FAULT";
+
+/// A fault injected into the owner side of Kafka produce, so that tests can
+/// show what the coordinator makes of one shard failing while others
+/// succeed. Read once at start-up from [`PRODUCE_FAULT_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceFault {
+    /// `fail:SHARD`: that shard answers every Kafka produce op with a
+    /// shard-level failure (as a dropped mesh call does), appending nothing.
+    Fail { shard: usize },
+    /// `delay:SHARD:MS`: that shard starts every Kafka produce op MS late (as
+    /// a stalled disk would), then appends as usual.
+    Delay { shard: usize, delay_ms: u64 },
+}
+
+impl ProduceFault {
+    /// Parses `fail:SHARD` or `delay:SHARD:MS`.
+    pub fn parse(s: &str) -> Result<ProduceFault, String> {
+        let bad = || format!("{PRODUCE_FAULT_ENV}={s:?}: expected fail:SHARD or delay:SHARD:MS");
+        let mut it = s.split(':');
+        let kind = it.next().ok_or_else(bad)?;
+        let shard: usize = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let fault = match kind {
+            "fail" => ProduceFault::Fail { shard },
+            "delay" => ProduceFault::Delay {
+                shard,
+                delay_ms: it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?,
+            },
+            _ => return Err(bad()),
+        };
+        if it.next().is_some() {
+            return Err(bad());
+        }
+        Ok(fault)
+    }
+
+    fn from_env() -> Option<ProduceFault> {
+        let v = std::env::var(PRODUCE_FAULT_ENV).ok()?;
+        match ProduceFault::parse(&v) {
+            Ok(f) => {
+                eprintln!("warning: {PRODUCE_FAULT_ENV}: injecting {f:?} (tests only)");
+                Some(f)
+            }
+            Err(e) => {
+                eprintln!("warning: {e}; no fault injected");
+                None
+            }
+        }
     }
 }
 
@@ -222,6 +278,9 @@ pub enum KafkaOp {
 
 pub enum KafkaReply {
     Produce(Vec<(usize, ProduceOutcome)>),
+    /// The whole op failed on its shard (only an injected [`ProduceFault`]
+    /// answers this way today; the mesh answers `Reply::Failed`).
+    Failed(crate::error::WireError),
     /// (index, error code, low watermark)
     DeleteRecords(Vec<(usize, i16, i64)>),
 }
@@ -230,6 +289,18 @@ pub enum KafkaReply {
 pub async fn execute(shard: &Rc<Shard>, op: KafkaOp) -> KafkaReply {
     match op {
         KafkaOp::Produce { items, durability } => {
+            match shard.shared.kafka.produce_fault {
+                Some(ProduceFault::Fail { shard: s }) if s == shard.id => {
+                    return KafkaReply::Failed(crate::error::WireError::new(
+                        strom_flatbuffers::protocol::ErrorCode::Internal,
+                        format!("shard {s}: injected fault ({PRODUCE_FAULT_ENV})"),
+                    ));
+                }
+                Some(ProduceFault::Delay { shard: s, delay_ms }) if s == shard.id => {
+                    glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+                }
+                _ => {}
+            }
             KafkaReply::Produce(produce(shard, items, durability).await)
         }
         KafkaOp::DeleteRecords { items } => {
