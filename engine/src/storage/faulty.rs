@@ -12,7 +12,18 @@
 //! - Simplification: metadata operations (`create`, `remove`, `rename`, `truncate`,
 //!   `pre_allocate`, `create_dir_all`, `remove_dir_all`) are durable immediately;
 //!   `truncate` also clips the unsynced writes so a crash cannot resurrect cut data.
-//! - An operation that fails (injected fault, stale handle) has no effect.
+//! - A failed operation is not assumed to have had no effect:
+//!   - a failed `fdatasync` (injected fault) settles the file's unsynced writes as a
+//!     crash would (a random prefix reaches the device, the next may be torn, the rest
+//!     is lost for good), yet reads keep seeing them (the page cache) and a later
+//!     `fdatasync` succeeds without bringing them back: Linux's "fsyncgate". Until
+//!     the next crash `current` may differ from `durable` after a sync;
+//!   - a failed `write_at` (injected fault) may have written a random prefix of its
+//!     buffer (an unsynced, torn write);
+//!   - other failed operations, and every operation on a stale handle, have no effect.
+//! - `fdatasync` takes effect when it starts; [`FaultyStorage::set_sync_yields`] makes
+//!   it yield to the executor before returning, so other tasks run while a sync is
+//!   in flight (as they do during a real fdatasync).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -67,6 +78,9 @@ struct Inode {
     current: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<(u64, Vec<u8>)>,
+    /// A failed fdatasync dropped writes that reads still see: `current` and
+    /// `durable` may differ after a sync until the next crash.
+    lost_writes: bool,
 }
 
 impl Inode {
@@ -83,11 +97,12 @@ impl Inode {
         for (pos, data) in self.unsynced.drain(..) {
             write_into(&mut self.durable, pos, &data);
         }
-        debug_assert!(self.durable == self.current);
+        debug_assert!(self.lost_writes || self.durable == self.current);
     }
 
-    /// Power loss: keep the first `keep` unsynced writes and `torn` bytes of the next.
-    fn crash(&mut self, keep: usize, torn: usize) {
+    /// The device keeps the first `keep` unsynced writes and `torn` bytes of
+    /// the next; the others never reach it.
+    fn settle_unsynced(&mut self, keep: usize, torn: usize) {
         let mut unsynced = std::mem::take(&mut self.unsynced).into_iter();
         for (pos, data) in unsynced.by_ref().take(keep) {
             write_into(&mut self.durable, pos, &data);
@@ -95,7 +110,21 @@ impl Inode {
         if let Some((pos, data)) = unsynced.next() {
             write_into(&mut self.durable, pos, &data[..torn]);
         }
+    }
+
+    /// Power loss: unsynced writes settle as drawn, reads see the device.
+    fn crash(&mut self, keep: usize, torn: usize) {
+        self.settle_unsynced(keep, torn);
         self.current.clone_from(&self.durable);
+        self.lost_writes = false;
+    }
+
+    /// A failed fdatasync: unsynced writes settle as in a crash, but reads
+    /// still see them (fsyncgate).
+    fn fail_sync(&mut self, keep: usize, torn: usize) {
+        let had_unsynced = !self.unsynced.is_empty();
+        self.settle_unsynced(keep, torn);
+        self.lost_writes |= had_unsynced;
     }
 }
 
@@ -109,6 +138,8 @@ struct State {
     op_count: u64,
     /// Operations numbered above this fail with this kind.
     fault: Option<(u64, FaultKind)>,
+    /// Times each `fdatasync` yields to the executor before it returns.
+    sync_yields: u32,
 }
 
 impl State {
@@ -131,22 +162,28 @@ impl State {
         }
     }
 
+    /// Draws how many of `unsynced` writes reach the device (`keep`) and how
+    /// many bytes of the next one (`torn`, may be 0).
+    fn draw_survivors(rng: &mut SplitMix64, unsynced: &[(u64, Vec<u8>)]) -> (usize, usize) {
+        if unsynced.is_empty() {
+            return (0, 0);
+        }
+        let keep = rng.below(unsynced.len() as u64 + 1) as usize;
+        let torn = match unsynced.get(keep) {
+            Some((_, data)) if rng.below(2) == 0 => rng.below(data.len() as u64) as usize,
+            _ => 0,
+        };
+        (keep, torn)
+    }
+
     fn crash(&mut self, lose_all: bool) {
         self.generation += 1;
         for (_, inode) in self.ns.files() {
             let mut inode = inode.borrow_mut();
-            let n = inode.unsynced.len();
-            let (keep, torn) = if lose_all || n == 0 {
+            let (keep, torn) = if lose_all {
                 (0, 0)
             } else {
-                let keep = self.rng.below(n as u64 + 1) as usize;
-                let torn = match inode.unsynced.get(keep) {
-                    Some((_, data)) if self.rng.below(2) == 0 => {
-                        self.rng.below(data.len() as u64) as usize
-                    }
-                    _ => 0,
-                };
-                (keep, torn)
+                Self::draw_survivors(&mut self.rng, &inode.unsynced)
             };
             inode.crash(keep, torn);
         }
@@ -168,6 +205,7 @@ impl FaultyStorage {
             generation: 0,
             op_count: 0,
             fault: None,
+            sync_yields: 0,
         };
         Self {
             state: Rc::new(RefCell::new(state)),
@@ -188,6 +226,13 @@ impl FaultyStorage {
 
     pub fn clear_faults(&self) {
         self.state.borrow_mut().fault = None;
+    }
+
+    /// Every later `fdatasync` yields to the executor `n` times before it
+    /// returns (it takes effect when it starts), so tests can interleave other
+    /// operations with a sync in flight.
+    pub fn set_sync_yields(&self, n: u32) {
+        self.state.borrow_mut().sync_yields = n;
     }
 
     /// Simulates power loss: unsynced writes are kept up to a random point, the next
@@ -259,6 +304,12 @@ impl FaultyFile {
             .borrow_mut()
             .begin(op, &self.path, Some(self.generation))
     }
+
+    /// True while no crash has invalidated this handle: only then can a
+    /// failed operation still touch the file.
+    fn is_live(&self) -> bool {
+        self.state.borrow().generation == self.generation
+    }
 }
 
 impl Storage for FaultyStorage {
@@ -321,11 +372,33 @@ impl StorageFile for FaultyFile {
 
     async fn write_at(&self, buf: MemBuf, pos: u64) -> Result<(), IoError> {
         assert_write_aligned(pos, buf.len());
-        self.begin("write_at")?;
+        let began = self.begin("write_at");
         check_size("write_at", &self.path, pos + buf.len() as u64)?;
+        let mut data = buf.0;
+        if let Err(e) = began {
+            if !self.is_live() {
+                return Err(e);
+            }
+            // An injected fault: a prefix of the write may have landed.
+            let landed = {
+                let rng = &mut self.state.borrow_mut().rng;
+                if rng.below(2) == 0 {
+                    0
+                } else {
+                    rng.below(data.len() as u64 + 1) as usize
+                }
+            };
+            data.truncate(landed);
+            if !data.is_empty() {
+                let mut inode = self.inode.borrow_mut();
+                write_into(&mut inode.current, pos, &data);
+                inode.unsynced.push((pos, data));
+            }
+            return Err(e);
+        }
         let mut inode = self.inode.borrow_mut();
-        write_into(&mut inode.current, pos, &buf.0);
-        inode.unsynced.push((pos, buf.0));
+        write_into(&mut inode.current, pos, &data);
+        inode.unsynced.push((pos, data));
         Ok(())
     }
 
@@ -335,9 +408,22 @@ impl StorageFile for FaultyFile {
     }
 
     async fn fdatasync(&self) -> Result<(), IoError> {
-        self.begin("fdatasync")?;
-        self.inode.borrow_mut().sync();
-        Ok(())
+        let began = self.begin("fdatasync");
+        match &began {
+            Ok(()) => self.inode.borrow_mut().sync(),
+            Err(_) if self.is_live() => {
+                let mut inode = self.inode.borrow_mut();
+                let (keep, torn) =
+                    State::draw_survivors(&mut self.state.borrow_mut().rng, &inode.unsynced);
+                inode.fail_sync(keep, torn);
+            }
+            Err(_) => {}
+        }
+        let yields = self.state.borrow().sync_yields;
+        for _ in 0..yields {
+            futures_lite::future::yield_now().await;
+        }
+        began
     }
 
     async fn pre_allocate(&self, len_bytes: u64) -> Result<(), IoError> {
@@ -473,9 +559,73 @@ mod tests {
             assert_eq!(err.source.raw_os_error(), Some(libc::EIO));
 
             storage.clear_faults();
-            // The failed write had no effect.
-            assert_eq!(file.size().await.unwrap(), B);
+            // At most a prefix of the failed write landed.
+            let size = file.size().await.unwrap();
+            assert!((B..=2 * B).contains(&size), "{size}");
             assert_eq!(storage.op_count(), 6);
+        });
+    }
+
+    #[test]
+    fn a_failed_fdatasync_loses_unsynced_writes_that_a_later_sync_cannot_save() {
+        let (mut lost, mut kept) = (0, 0);
+        for seed in 0..100 {
+            block_on(async {
+                let storage = FaultyStorage::new(seed);
+                let file = storage.create(Path::new("f")).await.unwrap();
+                file.write_at(block(1), 0).await.unwrap();
+                file.fdatasync().await.unwrap();
+                file.write_at(block(2), B).await.unwrap();
+                storage.fail_after(0, FaultKind::Eio);
+                file.fdatasync().await.unwrap_err();
+                storage.clear_faults();
+                // Reads still see the write (the page cache), and a retried
+                // sync reports success...
+                assert_eq!(content(&storage, "f").await[B as usize], 2);
+                file.fdatasync().await.unwrap();
+                // ...but what the failed sync dropped stays dropped.
+                storage.crash_lose_all_unsynced();
+                let data = content(&storage, "f").await;
+                assert!(data[..BLOCK_BYTES].iter().all(|&b| b == 1), "seed {seed}");
+                if data[BLOCK_BYTES..].iter().all(|&b| b == 2) && data.len() == 2 * BLOCK_BYTES {
+                    kept += 1;
+                } else {
+                    lost += 1;
+                }
+            });
+        }
+        assert!(lost > 0 && kept > 0, "{lost} {kept}");
+    }
+
+    #[test]
+    fn a_failed_write_may_land_a_prefix_and_a_sync_may_yield() {
+        let mut landed = 0;
+        for seed in 0..50 {
+            block_on(async {
+                let storage = FaultyStorage::new(seed);
+                let file = storage.create(Path::new("f")).await.unwrap();
+                storage.fail_after(0, FaultKind::NoSpace);
+                file.write_at(block(3), 0).await.unwrap_err();
+                storage.clear_faults();
+                let data = content(&storage, "f").await;
+                assert!(data.iter().all(|&b| b == 3), "seed {seed}");
+                landed += usize::from(!data.is_empty());
+            });
+        }
+        assert!(landed > 0 && landed < 50, "{landed}");
+        block_on(async {
+            let storage = FaultyStorage::new(1);
+            storage.set_sync_yields(2);
+            let file = storage.create(Path::new("f")).await.unwrap();
+            let mut polls = 0;
+            use std::future::Future;
+            let mut sync = std::pin::pin!(file.fdatasync());
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            while sync.as_mut().poll(&mut cx).is_pending() {
+                polls += 1;
+            }
+            assert_eq!(polls, 2);
         });
     }
 
