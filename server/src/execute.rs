@@ -10,6 +10,7 @@ use crate::metadata::{self, Metadata, TopicMeta};
 use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
 use crate::shard::Shard;
 use crate::shutdown::first_of;
+use crate::waits::WaitId;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,8 +24,12 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
             Reply::Produce(produce(shard, items, durability).await)
         }
         Op::Fetch { items } => Reply::Fetch(fetch(shard, items).await),
-        Op::Wait { items, wait_ms } => {
-            wait(shard, items, wait_ms).await;
+        Op::Wait { id, items, wait_ms } => {
+            wait(shard, id, items, wait_ms).await;
+            Reply::Done
+        }
+        Op::CancelWait { id } => {
+            shard.router.waits.cancel(id);
             Reply::Done
         }
         Op::ListOffsets { items } => Reply::ListOffsets(list_offsets(shard, items).await),
@@ -167,8 +172,20 @@ pub fn frames_size(frames: &[bytes::Bytes]) -> (u64, u64) {
     })
 }
 
-async fn wait(shard: &Rc<Shard>, items: Vec<(String, u32, u64)>, wait_ms: u64) {
-    let mut futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(items.len() + 2);
+/// A long-poll wait, registered in `shard.router.waits` while it runs so
+/// that its fetch can cancel it (see `crate::waits`).
+async fn wait(shard: &Rc<Shard>, id: WaitId, items: Vec<(String, u32, u64)>, wait_ms: u64) {
+    let Some((guard, cancelled)) = shard.router.waits.register(id) else {
+        return;
+    };
+    shard
+        .metrics()
+        .long_poll_waits
+        .set(shard.router.waits.live() as u64);
+    let mut futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::with_capacity(items.len() + 3);
+    futs.push(Box::pin(async move {
+        let _closed = cancelled.recv().await;
+    }));
     for (topic, p, offset) in items {
         if let Ok(part) = shard.partition(&topic, p) {
             futs.push(Box::pin(async move { part.wait_for(offset).await }));
@@ -179,6 +196,11 @@ async fn wait(shard: &Rc<Shard>, items: Vec<(String, u32, u64)>, wait_ms: u64) {
     ))));
     futs.push(Box::pin(shard.shutdown.wait()));
     first_of(futs).await;
+    drop(guard);
+    shard
+        .metrics()
+        .long_poll_waits
+        .set(shard.router.waits.live() as u64);
 }
 
 async fn list_offsets(

@@ -53,6 +53,51 @@ pub fn fan_out(shard: &Rc<Shard>, ops: Vec<(usize, Op)>) -> LocalReceiver<(usize
     rx
 }
 
+/// The long poll of every protocol edge: waits on each shard of
+/// `per_shard` (shard -> (topic, partition, offset seen)) until any of those
+/// partitions grows past its offset, `deadline` passes or the server shuts
+/// down; then ends the waits still running on the other shards, so none
+/// outlives the fetch it served (see `crate::waits`).
+pub async fn long_poll(
+    shard: &Rc<Shard>,
+    per_shard: BTreeMap<usize, Vec<(String, u32, u64)>>,
+    deadline: Instant,
+) {
+    if per_shard.is_empty() {
+        return;
+    }
+    let id = shard.router.waits.next_id(shard.id);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let wait_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    let targets: Vec<usize> = per_shard.keys().copied().collect();
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| (s, Op::Wait { id, items, wait_ms }))
+        .collect();
+    let rx = fan_out(shard, ops);
+    let answered = Rc::new(std::cell::Cell::new(None));
+    let first = answered.clone();
+    let futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = vec![
+        Box::pin(async move {
+            if let Some((target, _done)) = rx.recv().await {
+                first.set(Some(target));
+            }
+        }),
+        Box::pin(glommio::timer::sleep(left)),
+        Box::pin(shard.shutdown.wait()),
+    ];
+    first_of(futs).await;
+    // The wait that answered has ended by itself; end the others.
+    let cancels: Vec<(usize, Op)> = targets
+        .into_iter()
+        .filter(|s| Some(*s) != answered.get())
+        .map(|s| (s, Op::CancelWait { id }))
+        .collect();
+    if !cancels.is_empty() {
+        drop(fan_out(shard, cancels));
+    }
+}
+
 /// Collects up to `n` replies, or as many as arrive before `deadline`.
 async fn collect(
     rx: &LocalReceiver<(usize, Reply)>,
@@ -589,28 +634,7 @@ async fn fetch(
             }
         }
         if !per_shard.is_empty() {
-            let ops: Vec<(usize, Op)> = per_shard
-                .into_iter()
-                .map(|(s, items)| {
-                    (
-                        s,
-                        Op::Wait {
-                            items,
-                            wait_ms: u64::from(wait_ms),
-                        },
-                    )
-                })
-                .collect();
-            let rx = fan_out(shard, ops);
-            let left = deadline.saturating_duration_since(Instant::now());
-            let futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = vec![
-                Box::pin(async move {
-                    let _ = rx.recv().await;
-                }),
-                Box::pin(glommio::timer::sleep(left)),
-                Box::pin(shard.shutdown.wait()),
-            ];
-            first_of(futs).await;
+            long_poll(shard, per_shard, deadline).await;
             outs = read_all(shard, &r.partitions, max_bytes).await;
         }
     }

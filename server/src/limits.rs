@@ -23,6 +23,10 @@ pub const FETCH_PARTITIONS_MAX: usize = 1_000;
 pub const PRODUCE_BATCHES_MAX: usize = 10_000;
 /// Longest long-poll wait honoured (longer requests are clamped).
 pub const FETCH_WAIT_MAX_MS: u32 = 30_000;
+/// Cancels of long-poll waits that arrived before their wait, remembered
+/// per shard (`crate::waits`); past it the oldest is forgotten and that
+/// wait, should it still arrive, runs to its own deadline.
+pub const LONG_POLL_EARLY_CANCELS_MAX: usize = 256;
 /// Largest fetch response trailer.
 pub const FETCH_BYTES_MAX: usize = 64 << 20;
 /// Fetched bytes one connection may hold in answers not yet written to its

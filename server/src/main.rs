@@ -24,6 +24,7 @@ mod offsets;
 mod router;
 mod shard;
 mod shutdown;
+mod waits;
 
 /// The storage engine API the server codes against.
 mod engine {

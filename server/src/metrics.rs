@@ -130,6 +130,8 @@ pub struct PartitionTraffic {
 pub struct ShardMetrics {
     pub connections_open: Cell<u64>,
     pub connections_refused: Cell<u64>,
+    /// Long-poll waits running on this shard (`crate::waits`).
+    pub long_poll_waits: Cell<u64>,
     /// Socket bytes, both protocols.
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
@@ -443,6 +445,12 @@ impl ShardMetrics {
             "Open client connections (native and Kafka).",
             sl,
             self.connections_open.get(),
+        );
+        x.gauge(
+            "strom_long_poll_waits",
+            "Long-poll fetch waits running on this shard (ended when their fetch is answered).",
+            sl,
+            self.long_poll_waits.get(),
         );
         x.counter(
             "strom_connections_refused_total",

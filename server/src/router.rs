@@ -14,11 +14,13 @@
 use crate::engine::Durability;
 use crate::error::WireError;
 use crate::metadata::Metadata;
+use crate::waits::{WaitId, WaitRegistry};
 use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalSender};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use strom_flatbuffers::protocol::{
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ErrorCode,
     ListOffsetsPartition, ListOffsetsResult, OffsetCommitRequest, OffsetCommitResponse,
@@ -67,11 +69,16 @@ pub enum Op {
     Fetch {
         items: Vec<FetchItem>,
     },
-    /// Resolves when any (topic, partition) has data past its offset, or
-    /// after `wait_ms`.
+    /// Resolves when any (topic, partition) has data past its offset, after
+    /// `wait_ms`, or when `CancelWait { id }` arrives.
     Wait {
+        id: WaitId,
         items: Vec<(String, u32, u64)>,
         wait_ms: u64,
+    },
+    /// Ends the wait `id` (its fetch was answered); see `crate::waits`.
+    CancelWait {
+        id: WaitId,
     },
     ListOffsets {
         items: Vec<(usize, ListOffsetsPartition)>,
@@ -120,6 +127,8 @@ pub struct Router {
     peer_of: Vec<usize>,
     pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
     next_id: Cell<u64>,
+    /// The long-poll waits this shard runs (for any shard's fetches).
+    pub waits: Rc<WaitRegistry>,
 }
 
 impl Router {
@@ -130,6 +139,7 @@ impl Router {
             peer_of,
             pending: RefCell::new(HashMap::new()),
             next_id: Cell::new(0),
+            waits: Rc::new(WaitRegistry::default()),
         }
     }
 

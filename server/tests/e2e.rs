@@ -86,6 +86,83 @@ fn long_poll_wakes_on_new_data() {
     assert!(trailer.is_empty());
 }
 
+/// The sum over shards of the `strom_long_poll_waits` gauge.
+fn live_waits(server: &Server) -> u64 {
+    let page = server.http_get("/metrics");
+    let found: Vec<u64> = page
+        .lines()
+        .filter(|l| l.starts_with("strom_long_poll_waits{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no strom_long_poll_waits series:\n{page}"
+    );
+    found.iter().sum()
+}
+
+/// The story: a fetch over partitions of both shards long-polls on each
+/// shard; once one shard's wait answered it, the other shard's wait used to
+/// run on until its `max_wait_ms`, holding listeners that every append to
+/// its partitions woke. Now the fetch cancels the waits it no longer needs.
+#[test]
+fn long_poll_waits_end_when_their_fetch_is_answered() {
+    let server = Server::start(2, temp_dir("orphan"));
+    let mut c = server.client();
+    c.create_topic("o", 4);
+    let addr = server.native;
+    let waiter = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.handshake();
+        let a = c.call_with(
+            RequestBody::Fetch(FetchRequest {
+                max_wait_ms: 20_000,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+                partitions: (0..4)
+                    .map(|p| FetchPartition {
+                        topic: "o".into(),
+                        partition: p,
+                        offset: 0,
+                        partition_max_bytes: 1 << 20,
+                    })
+                    .collect(),
+            }),
+            &[],
+        );
+        match a.body {
+            ResponseBody::Fetch(_) => values(&a.trailer),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    // Both shards own partitions of "o" (placement spreads them): one wait
+    // on each.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live_waits(&server) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the fetch never waited on both shards"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.produce("o", Acks::Leader, &[(0, batch("w", 1))])
+        .expect("answer");
+    let got = waiter.join().expect("waiter");
+    assert_eq!(got.len(), 1, "the fetch woke with the new record");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let live = live_waits(&server);
+        if live == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{live} wait(s) still running 5 s after their fetch was answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn errors_for_unknown_and_out_of_range() {
     let server = Server::start(1, temp_dir("errs"));
