@@ -5,7 +5,7 @@
 
 use std::process::Command;
 use std::time::Duration;
-use strom_tests::{run_with_timeout, strom_bin, workspace_root, TestServer};
+use strom_tests::{run_with_timeout, skip_test, strom_bin, workspace_root, TestServer};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -45,7 +45,7 @@ fn strom(addr: &str, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
 #[test]
 fn python_client_creates_produces_and_consumes() {
     if let Err(reason) = python_ready() {
-        println!("SKIPPED python_client_creates_produces_and_consumes: {reason}");
+        skip_test("python_client_creates_produces_and_consumes", &reason);
         return;
     }
     let server = TestServer::start(2);

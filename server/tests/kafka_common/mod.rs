@@ -2,8 +2,9 @@
 //! with its Kafka listener on 127.0.0.1 port 0 and a unique data directory,
 //! restart it on the same directory, find the client tools (kcat,
 //! confluent-kafka, kafka-python) and run the Python scripts in
-//! `server/tests/kafka/` with a time limit. A missing tool makes a test
-//! print a `SKIP` line and pass (`scripts/install-test-deps` installs them).
+//! `server/tests/kafka/` with a time limit. A missing tool fails the test
+//! under `CI=true` and is recorded as skipped elsewhere
+//! (`scripts/install-test-deps` installs them).
 
 #![allow(dead_code)]
 
@@ -168,8 +169,13 @@ pub fn python_has(module: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Fails under `CI=true`, records the skip elsewhere (see
+/// [`strom_tests::skip_test`]).
 pub fn skip(test: &str, what: &str) {
-    println!("SKIP {test}: {what} is not installed (run scripts/install-test-deps)");
+    strom_tests::skip_test(
+        test,
+        &format!("{what} is not installed (run scripts/install-test-deps)"),
+    );
 }
 
 /// Runs `cmd`, killing it after `limit`; panics with its output on failure.
