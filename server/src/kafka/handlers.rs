@@ -4,8 +4,9 @@
 //! request order with the crate's response types.
 
 use super::codec::{self, sb, Decoded};
+use super::fanout::ProduceFanOut;
 use super::translate;
-use super::{KafkaOp, KafkaProduceItem, KafkaReply, ProduceOutcome};
+use super::{KafkaOp, KafkaProduceItem, KafkaReply};
 use crate::engine::Durability;
 use crate::error::WireError;
 use crate::handlers::{call, fan_out};
@@ -219,11 +220,27 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
     }
 }
 
-/// Collects up to `n` replies.
-async fn collect(rx: &LocalReceiver<(usize, Reply)>, n: usize) -> Vec<(usize, Reply)> {
+/// Collects up to `n` replies, or as many as arrive before `deadline`.
+async fn collect(
+    rx: &LocalReceiver<(usize, Reply)>,
+    n: usize,
+    deadline: Option<Instant>,
+) -> Vec<(usize, Reply)> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        match rx.recv().await {
+        let next = async { rx.recv().await };
+        let got = match deadline {
+            None => next.await,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let timer = async {
+                    glommio::timer::sleep(left).await;
+                    None
+                };
+                futures_lite::future::or(next, timer).await
+            }
+        };
+        match got {
             Some(r) => out.push(r),
             None => break,
         }
@@ -346,13 +363,18 @@ async fn metadata(ctx: &Ctx, version: i16, r: MetadataRequest) -> MetadataRespon
         .with_topics(topics)
 }
 
-/// One partition of a produce request: its batches translated, or why not.
-struct ProducePart {
-    topic: String,
-    partition: i32,
-    outcome: Option<ProduceOutcome>,
+/// The wait a Kafka produce allows: its `timeout_ms`, clamped to
+/// [`PRODUCE_TIMEOUT_MAX_MS`] as native produce is (0 or less: the maximum).
+fn produce_timeout_ms(requested_ms: i32) -> u32 {
+    match u32::try_from(requested_ms) {
+        Ok(t) if t > 0 => t.min(PRODUCE_TIMEOUT_MAX_MS),
+        _ => PRODUCE_TIMEOUT_MAX_MS,
+    }
 }
 
+/// Routes each partition's batches to its owning shard, then answers each
+/// partition with what its own shard said, or REQUEST_TIMED_OUT when that
+/// shard has not answered by the request's deadline (see `fanout.rs`).
 async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
     let shard = &ctx.shard;
     let acks = r.acks;
@@ -361,125 +383,109 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
         1 => Durability::Written,
         _ => Durability::Durable,
     };
+    let timeout_ms = produce_timeout_ms(r.timeout_ms);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
     let names: Vec<String> = r
         .topic_data
         .iter()
         .map(|t| t.name.0.as_str().to_owned())
         .collect();
     auto_create(ctx, &names).await;
-    let mut parts: Vec<ProducePart> = Vec::new();
+    let mut fan = ProduceFanOut::new();
     let mut per_shard: BTreeMap<usize, Vec<KafkaProduceItem>> = BTreeMap::new();
     for t in r.topic_data {
         let topic = t.name.0.as_str().to_owned();
         for pd in t.partition_data {
-            let index = parts.len();
-            let mut part = ProducePart {
-                topic: topic.clone(),
-                partition: pd.index,
-                outcome: None,
-            };
-            let fail = |code: i16, message: String| {
-                Some(ProduceOutcome {
-                    error_code: code,
-                    message: Some(message),
-                    base_offset: -1,
-                    ..Default::default()
-                })
+            let refuse = |fan: &mut ProduceFanOut, code: i16, message: String| {
+                fan.refused(&topic, pd.index, code, message);
             };
             if acks != 0 && acks != 1 && acks != -1 {
-                part.outcome = fail(21, format!("acks={acks}: use 0, 1 or -1"));
-            } else if r.transactional_id.is_some() {
-                part.outcome = fail(53, "transactions are not supported".into());
-            } else if pd.index < 0 {
-                part.outcome = fail(
+                refuse(
+                    &mut fan,
+                    codec::INVALID_REQUIRED_ACKS,
+                    format!("acks={acks}: use 0, 1 or -1"),
+                );
+                continue;
+            }
+            if r.transactional_id.is_some() {
+                refuse(
+                    &mut fan,
+                    codec::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "transactions are not supported".into(),
+                );
+                continue;
+            }
+            if pd.index < 0 {
+                refuse(
+                    &mut fan,
                     codec::UNKNOWN_TOPIC_OR_PARTITION,
                     "negative partition".into(),
                 );
-            } else {
-                let p = pd.index as u32;
-                match shard.owner(&topic, p) {
-                    Err(e) => part.outcome = fail(codec::wire_to_kafka(e.code), e.message),
-                    Ok(owner) => match translate::kafka_to_frames(
-                        pd.records.unwrap_or_default(),
-                        FRAME_BYTES_LIMIT,
-                    ) {
-                        Err(e) => part.outcome = fail(e.code, e.message),
-                        Ok(frames) if frames.is_empty() => {
-                            part.outcome = fail(codec::INVALID_RECORD, "no record batch".into())
-                        }
-                        Ok(frames) => {
-                            let items = per_shard.entry(owner).or_default();
-                            for f in frames {
-                                items.push(KafkaProduceItem {
-                                    index,
-                                    topic: topic.clone(),
-                                    partition: p,
-                                    frame: f.frame,
-                                    producer: f.producer,
-                                });
-                            }
-                        }
-                    },
+                continue;
+            }
+            let p = pd.index as u32;
+            let owner = match shard.owner(&topic, p) {
+                Ok(owner) => owner,
+                Err(e) => {
+                    refuse(&mut fan, codec::wire_to_kafka(e.code), e.message);
+                    continue;
+                }
+            };
+            match translate::kafka_to_frames(pd.records.unwrap_or_default(), FRAME_BYTES_LIMIT) {
+                Err(e) => refuse(&mut fan, e.code, e.message),
+                Ok(frames) if frames.is_empty() => {
+                    refuse(&mut fan, codec::INVALID_RECORD, "no record batch".into())
+                }
+                Ok(frames) => {
+                    let index = fan.routed(&topic, pd.index, owner);
+                    let items = per_shard.entry(owner).or_default();
+                    for f in frames {
+                        items.push(KafkaProduceItem {
+                            index,
+                            topic: topic.clone(),
+                            partition: p,
+                            frame: f.frame,
+                            producer: f.producer,
+                        });
+                    }
                 }
             }
-            parts.push(part);
         }
     }
+    debug_assert_eq!(
+        fan.shards().into_iter().collect::<Vec<_>>(),
+        per_shard.keys().copied().collect::<Vec<_>>()
+    );
     let ops: Vec<(usize, Op)> = per_shard
         .into_iter()
         .map(|(s, items)| (s, Op::Kafka(KafkaOp::Produce { items, durability })))
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);
-    for (_, reply) in collect(&rx, n).await {
+    for (target, reply) in collect(&rx, n, Some(deadline)).await {
         match reply {
-            Reply::Kafka(KafkaReply::Produce(outs)) => {
-                // Several batches of one partition: the first offset, the
-                // first error.
-                for (i, o) in outs {
-                    let slot = &mut parts[i].outcome;
-                    match slot {
-                        None => *slot = Some(o),
-                        Some(prev) if prev.error_code == 0 && o.error_code != 0 => *slot = Some(o),
-                        Some(_) => {}
-                    }
-                }
-            }
-            other => {
-                let e = reply_error(other);
-                for p in parts.iter_mut().filter(|p| p.outcome.is_none()) {
-                    p.outcome = Some(ProduceOutcome {
-                        error_code: codec::wire_to_kafka(e.code),
-                        message: Some(e.message.clone()),
-                        base_offset: -1,
-                        ..Default::default()
-                    });
-                }
-            }
+            Reply::Kafka(KafkaReply::Produce(outs)) => fan.answer(target, outs),
+            other => fan.fail(target, &reply_error(other)),
         }
     }
+    let answers = fan.finish(timeout_ms);
     if acks == 0 {
         return None;
     }
     let mut topics: Vec<TopicProduceResponse> = Vec::new();
-    for p in parts {
-        let o = p.outcome.unwrap_or(ProduceOutcome {
-            error_code: codec::REQUEST_TIMED_OUT,
-            base_offset: -1,
-            ..Default::default()
-        });
+    for (topic, partition, o) in answers {
         let pr = PartitionProduceResponse::default()
-            .with_index(p.partition)
+            .with_index(partition)
             .with_error_code(o.error_code)
             .with_base_offset(o.base_offset)
             .with_log_append_time_ms(o.log_append_time_ms)
             .with_log_start_offset(o.log_start_offset)
             .with_error_message(o.message.map(StrBytes::from_string));
         match topics.last_mut() {
-            Some(t) if t.name.0.as_str() == p.topic => t.partition_responses.push(pr),
+            Some(t) if t.name.0.as_str() == topic => t.partition_responses.push(pr),
             _ => topics.push(
                 TopicProduceResponse::default()
-                    .with_name(TopicName(sb(&p.topic)))
+                    .with_name(TopicName(sb(&topic)))
                     .with_partition_responses(vec![pr]),
             ),
         }
@@ -541,7 +547,7 @@ async fn read_all(shard: &Rc<Shard>, wants: &[FetchWant]) -> Vec<FetchOut> {
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);
-    for (_, reply) in collect(&rx, n).await {
+    for (_, reply) in collect(&rx, n, None).await {
         match reply {
             Reply::Fetch(fs) => {
                 for f in fs {
@@ -725,7 +731,7 @@ async fn list_offsets(ctx: &Ctx, r: ListOffsetsRequest) -> ListOffsetsResponse {
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);
-    for (_, reply) in collect(&rx, n).await {
+    for (_, reply) in collect(&rx, n, None).await {
         if let Reply::ListOffsets(rs) = reply {
             for (slot, res) in rs {
                 let (ti, pi) = at[slot];
@@ -1034,7 +1040,7 @@ async fn delete_records(ctx: &Ctx, r: DeleteRecordsRequest) -> DeleteRecordsResp
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);
-    for (_, reply) in collect(&rx, n).await {
+    for (_, reply) in collect(&rx, n, None).await {
         if let Reply::Kafka(KafkaReply::DeleteRecords(rs)) = reply {
             for (slot, code, low) in rs {
                 let (ti, pi) = at[slot];

@@ -11,6 +11,8 @@
 //!   I/O-free. One canonical on-disk format: the Strom frame.
 //! - `idempotence.rs`: producer id / epoch / sequence checks per partition.
 //!   I/O-free.
+//! - `fanout.rs`: what each partition of a produce request is answered
+//!   with, from the replies of the shards it went to. I/O-free.
 //! - `connection.rs`: one client connection; answers in request order.
 //! - `handlers.rs`: one function per API, routing per partition to the
 //!   owning shard through `handlers::call` / `fan_out` and [`KafkaOp`].
@@ -24,6 +26,7 @@
 pub mod codec;
 pub mod connection;
 pub mod decompress;
+pub mod fanout;
 pub mod groups;
 pub mod handlers;
 pub mod idempotence;
