@@ -279,6 +279,27 @@ async fn offset_fetch(
     crate::group::native::fetch_local(shard, r).await
 }
 
+/// The names an admin operation acts on, in request order.
+fn admin_names(op: &AdminOp) -> Vec<&str> {
+    match op {
+        AdminOp::CreateTopics(r) => r.topics.iter().map(|t| t.name.as_str()).collect(),
+        AdminOp::DeleteTopics(r) => r.names.iter().map(String::as_str).collect(),
+        AdminOp::CreatePartitions(r) => r.topics.iter().map(|t| t.name.as_str()).collect(),
+    }
+}
+
+/// `e` for every topic `op` names (a request never gets an empty answer).
+fn refused_all(op: &AdminOp, e: WireError) -> TopicResults {
+    let mut results: Vec<TopicResult> = admin_names(op)
+        .into_iter()
+        .map(|n| result(n, Err(e.clone())))
+        .collect();
+    if results.is_empty() {
+        results.push(result("", Err(e)));
+    }
+    TopicResults { results }
+}
+
 fn result(name: &str, e: Result<(), WireError>) -> TopicResult {
     match e {
         Ok(()) => TopicResult {
@@ -362,7 +383,12 @@ fn create_one(meta: &mut Metadata, t: CreateTopic) -> Result<(), WireError> {
 /// answers once every shard has applied it.
 async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
     let Ok(_guard) = shard.admin_lock.acquire_permit(1).await else {
-        return TopicResults::default();
+        // The lock closes only at shutdown: every topic named gets that error.
+        tracing::warn!(shard = shard.id, "admin request refused: shutting down");
+        return refused_all(
+            &op,
+            WireError::new(ErrorCode::ShuttingDown, "the server is shutting down"),
+        );
     };
     let mut meta = shard.metadata.borrow().clone();
     let before = meta.clone();
@@ -456,9 +482,57 @@ async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
     for _ in 0..n {
         let _ = rx.recv().await;
     }
+    // Each shard removed its partitions' directories while applying; the
+    // topic's own directory goes last, off the reactor thread. Failing to
+    // remove it loses nothing (a re-created topic reuses it) but is said.
     for name in deleted {
-        let _ = std::fs::remove_dir(shard.data_dir.join("topics").join(&name));
+        let dir = shard.data_dir.join("topics").join(&name);
+        let shown = dir.clone();
+        let removed = glommio::executor()
+            .spawn_blocking(move || std::fs::remove_dir(&dir))
+            .await;
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                shard.metrics().count_background_error("remove_topic_dir");
+                tracing::error!(shard = shard.id, dir = %shown.display(), error = %e, "removing a deleted topic's directory failed");
+            }
+        }
     }
     log_topic_changes(&before, &meta);
     TopicResults { results }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The story: when the admin lock could not be had (it closes at
+    /// shutdown) the request was answered with no results at all, so a
+    /// client saw neither success nor an error for the topics it named.
+    #[test]
+    fn a_refused_admin_request_names_every_topic_with_the_error() {
+        let e = WireError::new(ErrorCode::ShuttingDown, "the server is shutting down");
+        let op = AdminOp::DeleteTopics(DeleteTopicsRequest {
+            names: vec!["a".into(), "b".into()],
+        });
+        let r = refused_all(&op, e.clone());
+        let got: Vec<(&str, ErrorCode)> = r
+            .results
+            .iter()
+            .map(|t| (t.name.as_str(), t.error))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", ErrorCode::ShuttingDown),
+                ("b", ErrorCode::ShuttingDown)
+            ]
+        );
+        let empty = AdminOp::CreateTopics(CreateTopicsRequest { topics: vec![] });
+        let r = refused_all(&empty, e);
+        assert_eq!(r.results.len(), 1, "never an empty answer");
+        assert_eq!(r.results[0].error, ErrorCode::ShuttingDown);
+    }
 }

@@ -142,6 +142,9 @@ pub struct ShardMetrics {
     pub framing_errors: Cell<u64>,
     /// Operations sent to each other shard, by target shard id.
     forwarded: RefCell<BTreeMap<usize, u64>>,
+    /// Failures of work no client waits for (background flush, retention,
+    /// directory removal), by kind; each is also logged.
+    background_errors: RefCell<BTreeMap<&'static str, u64>>,
     /// (protocol, api, error name) -> requests.
     requests: RefCell<HashMap<(Protocol, &'static str, &'static str), u64>>,
     /// (protocol, api) -> latency.
@@ -160,6 +163,12 @@ impl ShardMetrics {
 
     pub fn forwarded(&self, target: usize) {
         *self.forwarded.borrow_mut().entry(target).or_insert(0) += 1;
+    }
+
+    /// Counts one failure of background work of `kind` (a short static
+    /// name: "flush", "retention", "remove_topic_dir", ...).
+    pub fn count_background_error(&self, kind: &'static str) {
+        *self.background_errors.borrow_mut().entry(kind).or_insert(0) += 1;
     }
 
     /// Counts one answered request and its latency. `error` is the error
@@ -488,6 +497,14 @@ impl ShardMetrics {
             sl,
             self.framing_errors.get(),
         );
+        for (kind, n) in self.background_errors.borrow().iter() {
+            x.counter(
+                "strom_background_errors_total",
+                "Failures of work no client waits for (background flush, retention, directory removal), by kind; each is logged.",
+                &[("shard", &s), ("kind", kind)],
+                *n,
+            );
+        }
         for (target, n) in self.forwarded.borrow().iter() {
             let t = target.to_string();
             x.counter(

@@ -163,6 +163,36 @@ fn long_poll_waits_end_when_their_fetch_is_answered() {
     }
 }
 
+/// The story: deleting a topic removed its directory with a blocking call
+/// on the shard's thread and ignored a failure, so a directory left behind
+/// was never reported. Now the removal runs off the reactor and a failure
+/// reaches the log and `strom_background_errors_total`.
+#[test]
+fn a_topic_directory_that_cannot_be_removed_is_reported() {
+    let server = Server::start(1, temp_dir("rmdir"));
+    let mut c = server.client();
+    c.create_topic("gone", 1);
+    // A stray file keeps the topic's directory from being removed.
+    let stray = server.data_dir.join("topics").join("gone").join("stray");
+    std::fs::write(&stray, b"not ours").expect("write stray file");
+    match c.call(RequestBody::DeleteTopics(DeleteTopicsRequest {
+        names: vec!["gone".into()],
+    })) {
+        ResponseBody::DeleteTopics(r) => assert_eq!(r.results[0].error, ErrorCode::None),
+        other => panic!("unexpected {other:?}"),
+    }
+    let page = server.http_get("/metrics");
+    let line = page
+        .lines()
+        .find(|l| {
+            l.starts_with("strom_background_errors_total{")
+                && l.contains("kind=\"remove_topic_dir\"")
+        })
+        .unwrap_or_else(|| panic!("no remove_topic_dir error counted:\n{page}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(stray.exists(), "nothing of ours removed the stray file");
+}
+
 #[test]
 fn errors_for_unknown_and_out_of_range() {
     let server = Server::start(1, temp_dir("errs"));
