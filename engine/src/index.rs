@@ -144,7 +144,8 @@ impl SegmentIndex {
         self.max_timestamp_ms = self.max_timestamp_ms.max(max_timestamp_ms);
     }
 
-    /// The position of the last indexed frame whose relative offset is <= `relative`.
+    /// The (relative offset, position) of the last indexed frame whose
+    /// relative offset is <= `relative`; (0, 0) if none.
     pub fn lookup(&self, relative: u32) -> (u32, u64) {
         let i = self
             .offsets

@@ -191,7 +191,7 @@ pub struct FrameSummary {
 
 /// Two-pass framing, first pass: the length of the frame at the start of
 /// `buf`, or `Ok(None)` when fewer than a header's bytes have arrived.
-/// Checks magic, version and size bounds only.
+/// Checks magic, version, reserved bytes and size bounds only.
 pub fn peek_frame_len(buf: &[u8], frame_bytes_max: usize) -> Result<Option<usize>, FrameError> {
     let Some(header) = FrameHeader::ref_from(buf) else {
         return Ok(None);
@@ -418,7 +418,8 @@ impl BatchBuilder {
         }
     }
 
-    /// Idempotence fields (for later use by the Kafka edge and producers).
+    /// Idempotence fields; the Kafka edge copies a batch's producer id,
+    /// epoch and base sequence here.
     pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;

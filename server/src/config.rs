@@ -15,8 +15,6 @@ pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 /// Partition count of topics the Kafka listener creates on first use.
 pub const DEFAULT_KAFKA_PARTITIONS: u32 = 1;
 
-/// Command-line flags. Every flag is optional so that the config file can
-/// supply it.
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -27,6 +25,8 @@ pub enum LogFormat {
     Json,
 }
 
+/// Command-line flags. Every flag is optional so that the config file can
+/// supply it.
 #[derive(Debug, Parser, Default)]
 #[command(name = "strom-server", version, about = "Strom streaming broker")]
 pub struct Args {
@@ -34,8 +34,11 @@ pub struct Args {
     /// environment variable (e.g. `info`, `strom_server=debug`) [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// TOML file with any of: data_dir, listen, http, cores, kafka_listen,
-    /// kafka_advertise, kafka_auto_create, kafka_partitions.
+    /// TOML file with any of: data_dir, listen, http, cores,
+    /// offsets_retention_ms, group_initial_rebalance_delay_ms,
+    /// group_min_session_timeout_ms, group_max_session_timeout_ms,
+    /// kafka_listen, kafka_advertise, kafka_auto_create, kafka_partitions,
+    /// and an [engine] table (engine defaults; see tuning/autotune).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for topics and metadata [default: ./data]
@@ -79,8 +82,8 @@ pub struct Args {
 }
 
 /// Engine settings every partition starts from (per-topic configs override
-/// the topic-level ones). Only in the TOML file: `tuning/autotune` writes
-/// them.
+/// these; `shard_cache_bytes_max` is per shard, applied when a shard starts).
+/// Only in the TOML file: `tuning/autotune` writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineDefaults {

@@ -1,7 +1,7 @@
 //! Inter-shard routing. Every partition operation names its owning shard;
-//! [`Router::call`] runs it in place when this shard owns it and otherwise
-//! sends it over the channel mesh as an owned message ([`Op`]) and awaits the
-//! owned answer ([`Reply`]). No `Rc`, no lock crosses a shard: messages hold
+//! `handlers::call` runs it in place when this shard owns it, otherwise
+//! [`Router::forward`] sends it over the channel mesh as an owned message
+//! ([`Op`]) and awaits the owned answer ([`Reply`]). No `Rc`, no lock crosses a shard: messages hold
 //! `Bytes`/`BytesMut` and plain structs.
 //!
 //! Invariants:

@@ -230,7 +230,8 @@ impl Acks {
   pub const Durable: Self = Self(-1);
   /// No response at all (fire and forget).
   pub const None: Self = Self(0);
-  /// Answer after the owning shard appended the batch (page cache / buffers).
+  /// Answer after the owning shard handed the batch to the disk (an O_DIRECT
+  /// write, no page cache, no fdatasync): it survives a process crash.
   pub const Leader: Self = Self(1);
 
   pub const ENUM_MIN: i8 = -1;

@@ -8,5 +8,6 @@ class Acks(object):
     Durable = -1
     # No response at all (fire and forget).
     None_ = 0
-    # Answer after the owning shard appended the batch (page cache / buffers).
+    # Answer after the owning shard handed the batch to the disk (an O_DIRECT
+    # write, no page cache, no fdatasync): it survives a process crash.
     Leader = 1
