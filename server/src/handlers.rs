@@ -6,10 +6,10 @@ use crate::connection::Outgoing;
 use crate::engine::Durability;
 use crate::error::WireError;
 use crate::execute::execute;
+use crate::group::group_shard;
 use crate::limits::*;
 use crate::metadata;
 use crate::metrics::Protocol;
-use crate::offsets::group_owner;
 use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
 use crate::shard::Shard;
 use crate::shutdown::first_of;
@@ -742,7 +742,7 @@ async fn offset_commit(
             "too many partitions",
         ));
     }
-    let owner = group_owner(&r.group, shard.shards);
+    let owner = group_shard(&r.group, &shard.placement());
     match call(shard, owner, Op::OffsetCommit(r)).await {
         Reply::OffsetCommit(c) => Ok(c),
         other => Err(unexpected(other)),
@@ -760,7 +760,7 @@ async fn offset_fetch(
             "too many partitions",
         ));
     }
-    let owner = group_owner(&r.group, shard.shards);
+    let owner = group_shard(&r.group, &shard.placement());
     match call(shard, owner, Op::OffsetFetch(r)).await {
         Reply::OffsetFetch(c) => Ok(c),
         other => Err(unexpected(other)),

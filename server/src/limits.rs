@@ -40,6 +40,13 @@ pub const TOPICS_PER_REQUEST_MAX: usize = 1_000;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Topics the broker holds.
 pub const TOPICS_MAX: usize = 100_000;
+/// Offsets partitions of a new data directory: a group's committed offsets
+/// and generation live in offsets partition `crc32c(group) % n`. The count
+/// is written into the metadata when the directory is created and read
+/// from there ever after, so changing this constant never moves a group of
+/// an existing directory. Bounds how many shards coordinate groups.
+pub const OFFSETS_PARTITIONS: u32 = 16;
+const _: () = assert!(OFFSETS_PARTITIONS >= 1 && OFFSETS_PARTITIONS <= PARTITIONS_PER_TOPIC_MAX);
 /// Longest consumer group name.
 pub const GROUP_NAME_BYTES_MAX: usize = 249;
 /// Longest committed-offset metadata string.

@@ -177,18 +177,7 @@ fn run(args: Args) -> Result<(), ServerError> {
         path: cfg.data_dir.join("meta"),
         source: e,
     })?;
-    let mut meta = metadata::load(&cfg.data_dir)?;
-    if meta.shard_count != cfg.shards as u32 {
-        if meta.shard_count != 0 {
-            tracing::warn!(
-                from = meta.shard_count,
-                to = cfg.shards,
-                "shard count changed; partition ownership is recomputed"
-            );
-        }
-        meta.shard_count = cfg.shards as u32;
-        metadata::store(&cfg.data_dir, &meta)?;
-    }
+    let meta = start_placement(&cfg)?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -200,6 +189,7 @@ fn run(args: Args) -> Result<(), ServerError> {
     }
     let shared = Arc::new(Shared {
         shards: cfg.shards,
+        placement: meta.placement(),
         data_dir: cfg.data_dir.clone(),
         shutdown: AtomicBool::new(false),
         ready: AtomicUsize::new(0),
@@ -319,6 +309,55 @@ fn run(args: Args) -> Result<(), ServerError> {
         return Err(ServerError::Executor("a shard failed".into()));
     }
     Ok(())
+}
+
+/// Loads the metadata and puts the placement for `cfg.shards` shards in
+/// force before any shard starts: a new directory gets epoch 1 and the
+/// built-in offsets partition count; another shard count a new epoch (whole
+/// partitions and offsets partitions move to other shards, no file moves);
+/// a format-1 directory has its per-shard offsets logs migrated first. The
+/// metadata file is written before any shard reads it.
+fn start_placement(cfg: &ServerConfig) -> Result<metadata::Metadata, ServerError> {
+    use metadata::PlacementChange;
+    let stored = metadata::load(&cfg.data_dir)?;
+    let (meta, change) = metadata::plan_placement(stored, cfg.shards, limits::OFFSETS_PARTITIONS);
+    let placement = meta.placement();
+    match change {
+        PlacementChange::Unchanged => {}
+        PlacementChange::Created => tracing::info!(
+            shards = placement.shards,
+            placement_epoch = placement.epoch,
+            offsets_partitions = placement.offsets_partitions,
+            "new data directory"
+        ),
+        PlacementChange::Resharded { from_shards } => tracing::warn!(
+            from = from_shards,
+            to = placement.shards,
+            placement_epoch = placement.epoch,
+            "shard count changed; partitions and offsets partitions move to their new shards"
+        ),
+        PlacementChange::FromFormat1 { from_shards } => {
+            let m = group::migrate::run(&cfg.data_dir, from_shards, placement.offsets_partitions)?;
+            tracing::warn!(
+                format_1_shards = from_shards,
+                logs = m.logs,
+                groups = m.groups,
+                records = m.records,
+                offsets_partitions = placement.offsets_partitions,
+                "metadata format 1: consumer offsets migrated from one log per shard into the \
+                 offsets partitions"
+            );
+        }
+    }
+    if change != PlacementChange::Unchanged {
+        metadata::store(&cfg.data_dir, &meta)?;
+    }
+    // After the format-2 metadata is durable (now or by an earlier start
+    // that crashed before this step), the per-shard offsets logs are garbage.
+    if group::migrate::remove_legacy(&cfg.data_dir)? {
+        tracing::info!("removed the format-1 consumer offsets logs");
+    }
+    Ok(meta)
 }
 
 fn fail(

@@ -1,5 +1,6 @@
 //! One shard: a glommio executor pinned to a core that owns a subset of the
-//! partitions (see `metadata::owner_shard`), accepts connections on the
+//! partitions and of the offsets partitions (see `metadata::Placement`, fixed
+//! for the life of the process), accepts connections on the
 //! shared listen port (SO_REUSEPORT), serves the channel mesh, and on
 //! shutdown drains its connections, waits for every other shard to drain,
 //! then closes its partitions (flush + clean-shutdown marker).
@@ -14,7 +15,7 @@ use crate::connection;
 use crate::engine::Partition;
 use crate::error::{ServerError, WireError};
 use crate::limits::*;
-use crate::metadata::{self, Metadata};
+use crate::metadata::{self, Metadata, Placement};
 use crate::metrics::{PartitionSnapshot, PartitionTraffic, ShardMetrics, ShardSnapshot};
 use crate::router::{MeshMsg, Router};
 use crate::shutdown::Event;
@@ -33,6 +34,8 @@ use std::time::Duration;
 /// State shared by every shard and the main thread (atomics only).
 pub struct Shared {
     pub shards: usize,
+    /// The placement in force (`placement.shards == shards`).
+    pub placement: Placement,
     pub data_dir: PathBuf,
     pub shutdown: AtomicBool,
     pub ready: AtomicUsize,
@@ -92,6 +95,11 @@ pub struct Shard {
 impl Shard {
     pub fn metrics(&self) -> &ShardMetrics {
         &self.metrics
+    }
+
+    /// Which shard owns what (topic and offsets partitions).
+    pub fn placement(&self) -> Placement {
+        self.shared.placement
     }
 
     /// Counts records and stored bytes appended to an owned partition.
@@ -170,7 +178,7 @@ impl Shard {
         if partition >= t.partitions {
             return Err(WireError::unknown_partition(topic, partition));
         }
-        Ok(metadata::owner_shard(t.id, partition, self.shards))
+        Ok(self.placement().partition_owner(t.id, partition))
     }
 
     /// Brings the open partitions in line with `new`: closes (and, for
@@ -178,6 +186,12 @@ impl Shard {
     /// owns, pushes config changes.
     pub async fn apply(&self, new: Metadata) {
         let _guard = self.apply_lock.acquire_permit(1).await;
+        // The placement is fixed for the life of the process.
+        assert_eq!(
+            new.placement(),
+            self.placement(),
+            "placement changed while running"
+        );
         let old = self.metadata.borrow().clone();
         // Close partitions whose topic is gone or was re-created.
         let gone: Vec<(String, u32)> = self
@@ -208,7 +222,7 @@ impl Shard {
         for (name, t) in &old.topics {
             if new.topics.get(name).map(|n| n.id) != Some(t.id) {
                 for p in 0..t.partitions {
-                    if metadata::owner_shard(t.id, p, self.shards) == self.id {
+                    if self.placement().partition_owner(t.id, p) == self.id {
                         let dir = metadata::partition_dir(&self.data_dir, name, p);
                         let _ = crate::engine::remove_partition_dir(&dir).await;
                     }
@@ -226,7 +240,7 @@ impl Shard {
             };
             let config_changed = old.topics.get(&t.name).map(|o| &o.configs) != Some(&t.configs);
             for p in 0..t.partitions {
-                if metadata::owner_shard(t.id, p, self.shards) != self.id {
+                if self.placement().partition_owner(t.id, p) != self.id {
                     continue;
                 }
                 let key = (t.name.clone(), p);
@@ -408,6 +422,7 @@ pub async fn run(start: ShardStart) {
     {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    assert_eq!(shared.placement.shards, shared.shards);
     let peer_of = shared
         .peers
         .iter()
@@ -419,11 +434,16 @@ pub async fn run(start: ShardStart) {
         data_dir: shared.data_dir.clone(),
         metadata: RefCell::new(Metadata {
             shard_count: shared.shards as u32,
+            placement_epoch: shared.placement.epoch,
+            offsets_partitions: shared.placement.offsets_partitions,
             ..Metadata::default()
         }),
         partitions: RefCell::new(HashMap::new()),
         router: Router::new(id, senders, peer_of),
-        groups: crate::group::service::GroupShard::new(shared.group_config.clone()),
+        groups: crate::group::service::GroupShard::new(
+            shared.group_config.clone(),
+            shared.placement,
+        ),
         shared: shared.clone(),
         admin_lock: Semaphore::new(1),
         apply_lock: Semaphore::new(1),

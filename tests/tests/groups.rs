@@ -861,3 +861,175 @@ fn group_consumer_commits_fences_zombies_leaves_cleanly_and_offsets_survive_sigk
     assert_eq!(d.state, "Empty");
     assert!(d.members.is_empty());
 }
+
+/// Committed offsets and the generation of every group in `want`, checked
+/// three ways: `strom group list`, an offset fetch, and `describe`.
+fn check_groups(
+    server: &TestServer,
+    topic: &str,
+    parts: u32,
+    want: &BTreeMap<String, (Vec<i64>, i32)>,
+    when: &str,
+) {
+    let addr = server.addr();
+    let (code, out, err) = strom(addr, &["group", "list"]);
+    assert_eq!(code, 0, "{when}: strom group list: {err}");
+    let listed: BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut admin = Client::connect_with(addr, quick()).expect("admin");
+    for (group, (offsets, generation)) in want {
+        assert!(
+            listed.contains(group.as_str()),
+            "{when}: `strom group list` lacks {group} (cores {}):\n{out}\nstderr:\n{}",
+            server.cores(),
+            server.stderr()
+        );
+        assert_eq!(
+            &committed_map(&mut admin, group, topic, parts),
+            offsets,
+            "{when}: committed offsets of {group} (cores {})",
+            server.cores()
+        );
+        let d = admin.describe_group(group).expect("describe");
+        assert_eq!(d.state, "Empty", "{when}: {group}");
+        assert_eq!(
+            d.generation,
+            *generation,
+            "{when}: generation of {group} (cores {})",
+            server.cores()
+        );
+    }
+}
+
+/// Joins `group` as its only member and leaves again: a later generation,
+/// which it returns (as `describe` shows it once the group is Empty).
+fn bump_generation(addr: &str, group: &str) -> i32 {
+    let mut c = Client::connect_with(addr, quick()).expect("member");
+    let j = c
+        .join_group(
+            JoinGroupRequest {
+                group: group.into(),
+                member_id: String::new(),
+                client_id: "bump".into(),
+                protocol_type: "consumer".into(),
+                protocols: vec![GroupProtocol {
+                    name: "range".into(),
+                    metadata: Vec::new(),
+                }],
+                session_timeout_ms: 1_000,
+                rebalance_timeout_ms: 20_000,
+                topics: Vec::new(),
+                coordinator_assigns: true,
+            },
+            20_000,
+        )
+        .expect("join");
+    assert_eq!(j.error, ErrorCode::None, "{}", j.message);
+    let s = c
+        .sync_group(
+            SyncGroupRequest {
+                group: group.into(),
+                member_id: j.member_id.clone(),
+                generation: j.generation,
+                assignments: Vec::new(),
+            },
+            20_000,
+        )
+        .expect("sync");
+    assert_eq!(s.error, ErrorCode::None, "{}", s.message);
+    c.leave_group(group, &[j.member_id]).expect("leave");
+    // The last member leaving ends that generation too.
+    let d = c.describe_group(group).expect("describe");
+    assert_eq!(d.state, "Empty", "{group} after the leave");
+    assert!(d.generation >= j.generation, "{group}: {d:?}");
+    d.generation
+}
+
+/// Regression: committed offsets vanished when the shard count changed.
+/// Groups were owned by shard `crc32c(group) % shards` and their offsets
+/// lived in that shard's own log; restarted with `--cores 1`, the log of
+/// shard 1 was never opened again and every group it held (about half)
+/// silently restarted from `auto.offset.reset`. Offsets now live in a fixed
+/// number of offsets partitions recorded in the metadata, placed like topic
+/// partitions, so a shard-count change moves them whole.
+#[test]
+fn committed_offsets_and_generations_survive_shard_count_changes() {
+    const PARTS: u32 = 4;
+    const GROUPS: usize = 12;
+    let topic = "moves";
+    let dir = TempDir::new("strom-groups-reshard");
+    let mut server = start_server(&dir);
+    assert_eq!(server.cores(), 2);
+    let addr = server.addr().to_owned();
+    let mut admin = Client::connect_with(&addr, quick()).expect("admin");
+    admin.create_topic(topic, PARTS, &[]).expect("create");
+    produce(&addr, topic, PARTS, 0..400);
+
+    // Twelve groups, each with its own offsets; four also have generations.
+    let mut want: BTreeMap<String, (Vec<i64>, i32)> = BTreeMap::new();
+    let commit =
+        |admin: &mut Client, want: &mut BTreeMap<String, (Vec<i64>, i32)>, g: &str, base: u64| {
+            let offsets: Vec<(String, u32, u64)> = (0..PARTS)
+                .map(|p| (topic.to_owned(), p, base + u64::from(p)))
+                .collect();
+            admin.commit_offsets(g, &offsets).expect("commit");
+            let e: &mut (Vec<i64>, i32) = want.entry(g.to_owned()).or_insert((Vec::new(), 0));
+            e.0 = offsets.iter().map(|(_, _, o)| *o as i64).collect();
+        };
+    for i in 0..GROUPS {
+        let g = format!("g-{i:02}");
+        if i % 3 == 0 {
+            let generation = bump_generation(&addr, &g);
+            want.entry(g.clone()).or_insert((Vec::new(), 0)).1 = generation;
+        }
+        commit(&mut admin, &mut want, &g, 1 + i as u64 * 5);
+    }
+    drop(admin);
+    check_groups(&server, topic, PARTS, &want, "before any restart");
+
+    // Two shards to one: every group is still there, exactly as committed.
+    server.set_cores(1);
+    server.restart();
+    check_groups(&server, topic, PARTS, &want, "after 2 -> 1 cores");
+
+    // More commits and a new generation under one shard.
+    let addr = server.addr().to_owned();
+    let mut admin = Client::connect_with(&addr, quick()).expect("admin");
+    for i in (0..GROUPS).step_by(2) {
+        commit(&mut admin, &mut want, &format!("g-{i:02}"), 50 + i as u64);
+    }
+    commit(&mut admin, &mut want, "g-new", 60);
+    let generation = bump_generation(&addr, "g-01");
+    assert!(generation > want["g-01"].1);
+    want.get_mut("g-01").expect("g-01").1 = generation;
+    drop(admin);
+    check_groups(&server, topic, PARTS, &want, "after commits under 1 core");
+
+    // And back to two shards.
+    server.set_cores(2);
+    server.restart();
+    check_groups(&server, topic, PARTS, &want, "after 1 -> 2 cores");
+
+    // A consumer resumes exactly where its group committed, in a later
+    // generation: it gets every record from the committed offsets on, and
+    // none before.
+    let addr = server.addr().to_owned();
+    let (offsets, generation) = want["g-03"].clone();
+    let mut c = GroupConsumer::connect(&addr, group_config("g-03", SESSION_MS)).expect("c");
+    c.subscribe(&[topic]).expect("subscribe");
+    let left: usize = offsets.iter().map(|o| 100 - *o as usize).sum();
+    let mut got = consume_n(&mut c, left);
+    got.sort_unstable();
+    let expected: Vec<(u32, u64)> = (0..PARTS)
+        .flat_map(|p| (offsets[p as usize] as u64..100).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(got, expected);
+    assert!(
+        c.generation() > generation,
+        "{} > {generation}",
+        c.generation()
+    );
+    c.close().expect("leave");
+}

@@ -1282,12 +1282,6 @@ impl Coordinator {
         out
     }
 
-    /// Live keys (offsets + groups): the compaction trigger compares the
-    /// log's record count with it.
-    pub fn live_records(&self) -> usize {
-        self.groups.values().map(|g| 1 + g.offsets.len()).sum()
-    }
-
     fn check(&self, name: &str) {
         if !cfg!(debug_assertions) {
             return;

@@ -3,15 +3,19 @@
 //! over the mesh as `Op::Group`) and returns protocol-neutral results
 //! (member metadata and assignments are opaque bytes, as in Kafka).
 //!
-//! Owner side, per shard: the [`Coordinator`] core, the offsets log, the
-//! joins and syncs waiting for their rebalance (completed from the core's
+//! Owner side, per shard: the [`Coordinator`] core for the groups of the
+//! offsets partitions this shard owns, those partitions' logs, the joins
+//! and syncs waiting for their rebalance (completed from the core's
 //! [`Ready`](super::coordinator::Ready)), and a timer task that calls
 //! `tick` every `GROUP_TICK_MS`.
 //!
 //! Invariants:
 //! - no `RefCell` borrow is held across an `.await`;
-//! - every append to the log (commits, generation records, tombstones,
-//!   compaction) holds `append_lock`, so the log's order is the order in
+//! - the core holds only groups of offsets partitions this shard owns
+//!   (requests are routed by [`group_shard`], and replay checks each
+//!   record's partition), and each record goes to its group's partition;
+//! - every append to a log (commits, generation records, tombstones,
+//!   compaction) holds `append_lock`, so each log's order is the order in
 //!   which the core produced the records; a commit is applied to the core
 //!   only after its append succeeded, before the lock is released;
 //! - a waiter registered for a ticket receives exactly one answer.
@@ -21,11 +25,13 @@ use super::coordinator::{
     JoinArgs, JoinResult, OffsetCommit, Outcome, SyncArgs, SyncResult, Ticket,
 };
 use super::error::GroupError;
-use super::group_owner;
+use super::migrate::record_group;
 use super::records::{Committed, Record};
-use super::store::{self, OffsetLog};
+use super::store::{self, OffsetLog, StoreError};
+use super::{group_shard, offsets_partition};
 use crate::engine::Durability;
 use crate::handlers::{call, fan_out};
+use crate::metadata::Placement;
 use crate::router::{Op, Reply};
 use crate::shard::Shard;
 use glommio::channels::local_channel::{self, LocalSender};
@@ -81,7 +87,10 @@ fn now_ms() -> u64 {
 
 struct Inner {
     core: RefCell<Coordinator>,
-    log: RefCell<Option<OffsetLog>>,
+    placement: Placement,
+    /// The logs of the offsets partitions this shard owns, by number;
+    /// whoever holds `append_lock` may take them out while appending.
+    logs: RefCell<BTreeMap<u32, OffsetLog>>,
     loaded: Cell<bool>,
     append_lock: Semaphore,
     joins: RefCell<HashMap<Ticket, LocalSender<Result<JoinResult, GroupError>>>>,
@@ -95,11 +104,12 @@ pub struct GroupShard {
 }
 
 impl GroupShard {
-    pub fn new(config: CoordinatorConfig) -> GroupShard {
+    pub fn new(config: CoordinatorConfig, placement: Placement) -> GroupShard {
         GroupShard {
             inner: Rc::new(Inner {
                 core: RefCell::new(Coordinator::new(config)),
-                log: RefCell::new(None),
+                placement,
+                logs: RefCell::new(BTreeMap::new()),
                 loaded: Cell::new(false),
                 append_lock: Semaphore::new(1),
                 joins: RefCell::new(HashMap::new()),
@@ -108,21 +118,53 @@ impl GroupShard {
         }
     }
 
-    /// Opens and replays this shard's offsets log, imports the old JSON
-    /// offset files once, learns the topics, and starts the timer. On
-    /// failure the shard's groups answer COORDINATOR_NOT_AVAILABLE.
+    /// Opens and replays the offsets partitions this shard owns, imports
+    /// the old JSON offset files once, learns the topics, and starts the
+    /// timer. On failure the shard's groups answer
+    /// COORDINATOR_NOT_AVAILABLE.
     pub async fn load(&self, shard: &Rc<Shard>) {
-        let dir = store::log_root(&shard.data_dir).join(shard.id.to_string());
-        match OffsetLog::open(dir.clone()).await {
-            Ok((log, records)) => {
-                self.inner.core.borrow_mut().apply(now_ms(), &records);
-                *self.inner.log.borrow_mut() = Some(log);
-            }
-            Err(e) => {
-                tracing::error!(shard = shard.id, error = %e, "consumer offsets unavailable; this shard's groups answer CoordinatorNotAvailable");
-                return;
+        let placement = self.inner.placement;
+        let owned = placement.offsets_partitions_of(shard.id);
+        for p in &owned {
+            let dir = store::partition_dir(&shard.data_dir, *p);
+            let opened = OffsetLog::open(dir.clone())
+                .await
+                .and_then(|(log, records)| {
+                    // Every record must belong to this partition.
+                    let misplaced = records
+                        .iter()
+                        .map(record_group)
+                        .find(|g| offsets_partition(g, placement.offsets_partitions) != *p);
+                    if let Some(g) = misplaced {
+                        let belongs = offsets_partition(g, placement.offsets_partitions);
+                        let group = g.to_owned();
+                        self.inner.logs.borrow_mut().insert(*p, log);
+                        return Err(StoreError::Misplaced {
+                            path: dir.clone(),
+                            group,
+                            belongs,
+                        });
+                    }
+                    Ok((log, records))
+                });
+            match opened {
+                Ok((log, records)) => {
+                    self.inner.core.borrow_mut().apply(now_ms(), &records);
+                    self.inner.logs.borrow_mut().insert(*p, log);
+                }
+                Err(e) => {
+                    tracing::error!(shard = shard.id, offsets_partition = p, error = %e, "consumer offsets unavailable; this shard's groups answer CoordinatorNotAvailable");
+                    return;
+                }
             }
         }
+        tracing::info!(
+            shard = shard.id,
+            placement_epoch = placement.epoch,
+            offsets_partitions = ?owned,
+            groups = self.inner.core.borrow().list().len(),
+            "consumer offsets loaded"
+        );
         self.set_topics(shard);
         if let Err(e) = self.import_legacy(shard).await {
             tracing::error!(shard = shard.id, error = %e, "importing old offsets failed");
@@ -174,13 +216,13 @@ impl GroupShard {
             .collect()
     }
 
-    /// Closes the offsets log (shutdown).
+    /// Closes the offsets logs (shutdown).
     pub async fn close(&self) {
         let _g = self.inner.append_lock.acquire_permit(1).await;
-        let log = self.inner.log.borrow_mut().take();
-        if let Some(log) = log {
+        let logs = std::mem::take(&mut *self.inner.logs.borrow_mut());
+        for (p, log) in logs {
             if let Err(e) = log.close().await {
-                tracing::error!(error = %e, "closing the offsets log failed");
+                tracing::error!(offsets_partition = p, error = %e, "closing the offsets log failed");
             }
         }
     }
@@ -227,13 +269,29 @@ impl GroupShard {
             .acquire_permit(1)
             .await
             .map_err(|e| e.to_string())?;
-        let log = self.inner.log.borrow_mut().take();
-        let Some(mut log) = log else {
-            return Err("the offsets log is not open".into());
-        };
-        let r = log.append(records, durability).await;
-        *self.inner.log.borrow_mut() = Some(log);
-        r.map_err(|e| e.to_string())?;
+        let n = self.inner.placement.offsets_partitions;
+        let mut per_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        for r in records {
+            let p = offsets_partition(record_group(r), n);
+            per_partition.entry(p).or_default().push(r.clone());
+        }
+        let mut logs = std::mem::take(&mut *self.inner.logs.borrow_mut());
+        let mut result = Ok(());
+        for (p, records) in &per_partition {
+            let Some(log) = logs.get_mut(p) else {
+                result = Err(format!(
+                    "offsets partition {p} is not open on this shard (placement epoch {})",
+                    self.inner.placement.epoch
+                ));
+                break;
+            };
+            if let Err(e) = log.append(records, durability).await {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        *self.inner.logs.borrow_mut() = logs;
+        result?;
         then();
         Ok(())
     }
@@ -242,40 +300,65 @@ impl GroupShard {
         self.append_then(records, durability, || {}).await
     }
 
+    /// Compacts each offsets partition whose log is due (see `store`).
     async fn maybe_compact(&self) {
-        let live = self.inner.core.borrow().live_records();
-        let due = self
+        // Cheap first: only a log past the minimum can be due.
+        let candidates: Vec<u32> = self
             .inner
-            .log
+            .logs
             .borrow()
-            .as_ref()
-            .is_some_and(|l| l.compaction_due(live));
-        if !due {
+            .iter()
+            .filter(|(_, l)| l.records() >= store::COMPACT_RECORDS_MIN)
+            .map(|(p, _)| *p)
+            .collect();
+        if candidates.is_empty() {
             return;
         }
         let Ok(_g) = self.inner.append_lock.acquire_permit(1).await else {
             return;
         };
-        let Some(log) = self.inner.log.borrow_mut().take() else {
-            return;
-        };
-        let snapshot = self.inner.core.borrow().snapshot();
-        match log.compact(snapshot).await {
-            Ok(log) => *self.inner.log.borrow_mut() = Some(log),
-            Err((e, log)) => {
-                tracing::error!(error = %e, "offsets log compaction failed");
-                *self.inner.log.borrow_mut() = log;
+        let n = self.inner.placement.offsets_partitions;
+        for p in candidates {
+            let snapshot: Vec<Record> = self
+                .inner
+                .core
+                .borrow()
+                .snapshot()
+                .into_iter()
+                .filter(|r| offsets_partition(record_group(r), n) == p)
+                .collect();
+            let Some(log) = self.inner.logs.borrow_mut().remove(&p) else {
+                continue;
+            };
+            if !log.compaction_due(snapshot.len()) {
+                self.inner.logs.borrow_mut().insert(p, log);
+                continue;
+            }
+            match log.compact(snapshot).await {
+                Ok(log) => {
+                    self.inner.logs.borrow_mut().insert(p, log);
+                }
+                Err((e, log)) => {
+                    tracing::error!(offsets_partition = p, error = %e, "offsets log compaction failed");
+                    if let Some(log) = log {
+                        self.inner.logs.borrow_mut().insert(p, log);
+                    }
+                }
             }
         }
     }
 
     async fn import_legacy(&self, shard: &Shard) -> Result<(), String> {
         let data_dir = shard.data_dir.clone();
-        let (id, shards) = (shard.id, shard.shards);
+        let (id, placement) = (shard.id, self.inner.placement);
+        // Every file (one shard of one), then the groups this shard owns.
         let found = glommio::executor()
-            .spawn_blocking(move || crate::offsets::legacy_groups(&data_dir, id, shards))
+            .spawn_blocking(move || crate::offsets::legacy_groups(&data_dir, 0, 1))
             .await
             .map_err(|e| e.to_string())?;
+        let found = found
+            .into_iter()
+            .filter(|(_, g)| group_shard(&g.group, &placement) == id);
         for (path, g) in found {
             let now = now_ms();
             let records: Vec<Record> = {
@@ -454,7 +537,7 @@ impl GroupShard {
 
 async fn route(shard: &Rc<Shard>, group: &str, op: GroupOp) -> Result<GroupReply, GroupError> {
     super::coordinator::validate_group_id(group)?;
-    let owner = group_owner(group, shard.shards);
+    let owner = group_shard(group, &shard.placement());
     match call(shard, owner, Op::Group(op)).await {
         Reply::Group(r) => Ok(r),
         _ => Err(GroupError::CoordinatorNotAvailable {

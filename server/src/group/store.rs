@@ -1,18 +1,20 @@
-//! The offsets log: one engine partition per shard at
-//! `<data>/internal/__consumer_offsets/<shard>/`, holding the records of
-//! [`super::records`] for the groups this shard coordinates. Start-up
-//! replays it into the coordinator; commits append to it durably
-//! (fdatasync) before they are acknowledged or visible to fetches.
+//! One offsets partition: an engine partition at
+//! `<data>/internal/__consumer_offsets-<p>/` holding the records of
+//! [`super::records`] for the groups `g` with
+//! [`offsets_partition`](super::offsets_partition)`(g) == p`. The shard
+//! that owns `p` replays it into its coordinator at start-up; commits
+//! append to it durably (fdatasync) before they are acknowledged or
+//! visible to fetches. Nothing in it depends on the shard count.
 //!
 //! Compaction (a snapshot into a fresh log, switched by renames): when the
 //! log holds more than `COMPACT_FACTOR` times as many records as there are
 //! live keys (and at least `COMPACT_RECORDS_MIN`), the shell, holding the
 //! append lock so that the snapshot is exactly the log's state:
-//! 1. writes every live record into `<shard>.compact/` (durably) and closes it;
-//! 2. renames `<shard>.compact` to `<shard>.next` (now known complete);
-//! 3. closes the live log, renames `<shard>` to `<shard>.old` and
-//!    `<shard>.next` to `<shard>`, fsyncs the parent directory;
-//! 4. removes `<shard>.old` and reopens `<shard>`.
+//! 1. writes every live record into `<dir>.compact/` (durably) and closes it;
+//! 2. renames `<dir>.compact` to `<dir>.next` (now known complete);
+//! 3. closes the live log, renames `<dir>` to `<dir>.old` and
+//!    `<dir>.next` to `<dir>`, fsyncs the parent directory;
+//! 4. removes `<dir>.old` and reopens `<dir>`.
 //!
 //! A crash anywhere is repaired on start-up by [`recover_dirs`]: a
 //! `.next` directory is complete and wins; a `.compact` one is partial and
@@ -36,17 +38,23 @@ pub const BATCH_BYTES_MAX: usize = 4 << 20;
 /// Bytes read per step of the replay.
 const REPLAY_READ_BYTES: usize = 4 << 20;
 
-pub fn log_root(data_dir: &Path) -> PathBuf {
-    data_dir.join("internal").join("__consumer_offsets")
+/// The directory of offsets partition `p`.
+pub fn partition_dir(data_dir: &Path, p: u32) -> PathBuf {
+    data_dir
+        .join("internal")
+        .join(format!("__consumer_offsets-{p}"))
 }
 
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().expect("shard dir").to_os_string();
+pub(super) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().expect("log dir").to_os_string();
     name.push(suffix);
     dir.with_file_name(name)
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
+pub(super) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ServerError + 'a {
     move |source| ServerError::Io {
         op,
         path: path.to_path_buf(),
@@ -54,14 +62,14 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Se
     }
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), ServerError> {
+pub(super) fn remove_if_exists(path: &Path) -> Result<(), ServerError> {
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", path)(e)),
         _ => Ok(()),
     }
 }
 
-fn sync_dir(path: &Path) -> Result<(), ServerError> {
+pub(super) fn sync_dir(path: &Path) -> Result<(), ServerError> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(io("fsync", path))
@@ -137,6 +145,15 @@ pub enum StoreError {
         offset: u64,
         source: records::RecordError,
     },
+    #[error(
+        "offsets log {path}: group {group:?} belongs in offsets partition {belongs} \
+         (the offsets partition count of the metadata does not match the logs)"
+    )]
+    Misplaced {
+        path: PathBuf,
+        group: String,
+        belongs: u32,
+    },
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -205,6 +222,11 @@ impl OffsetLog {
         }
         self.records += records.len() as u64;
         Ok(())
+    }
+
+    /// Records in the log, live or not.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     pub fn compaction_due(&self, live: usize) -> bool {
