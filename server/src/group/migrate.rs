@@ -221,6 +221,94 @@ mod tests {
         }
     }
 
+    fn on_executor<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(crate::limits::IO_MEMORY_BYTES)
+            .spawn(f)
+            .expect("executor")
+            .join()
+            .expect("join")
+    }
+
+    /// A format-1 tree with two per-shard logs (one group orphaned in the
+    /// wrong one) and the leftover of an interrupted attempt: every group
+    /// lands, in order, in its offsets partition, and nothing else does.
+    #[test]
+    fn run_moves_every_group_into_its_offsets_partition() {
+        let dir = std::env::temp_dir().join(format!("strom-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let groups: Vec<String> = (0..40).map(|i| format!("group-{i}")).collect();
+        let mut logs: Vec<(usize, Vec<Record>)> = vec![(0, Vec::new()), (1, Vec::new())];
+        for (i, g) in groups.iter().enumerate() {
+            // The last group only ever lived in the log of the wrong shard.
+            let shard = if i == groups.len() - 1 {
+                1 - format_1_owner(g, 2)
+            } else {
+                format_1_owner(g, 2)
+            };
+            logs[shard].1.push(generation(g, 1 + i as i32));
+            logs[shard].1.push(offset(g, 0, i as u64));
+            logs[shard].1.push(offset(g, 0, 100 + i as u64));
+        }
+        let want = select(&logs, 2);
+        assert_eq!(want.len(), 3 * groups.len());
+        let (d, l) = (dir.clone(), logs.clone());
+        on_executor(move || async move {
+            for (shard, records) in l {
+                let (mut log, _) = OffsetLog::open(legacy_root(&d).join(shard.to_string()))
+                    .await
+                    .expect("open");
+                log.append(&records, Durability::Durable)
+                    .await
+                    .expect("append");
+                log.close().await.expect("close");
+            }
+            // An interrupted attempt left a partial offsets partition.
+            let (mut log, _) = OffsetLog::open(store::partition_dir(&d, 3))
+                .await
+                .expect("open");
+            log.append(&[offset("stale", 9, 9)], Durability::Durable)
+                .await
+                .expect("append");
+            log.close().await.expect("close");
+        });
+        let m = run(&dir, 2, 16).expect("migrate");
+        assert_eq!(
+            m,
+            Migrated {
+                logs: 2,
+                groups: groups.len(),
+                records: want.len(),
+            }
+        );
+        let d = dir.clone();
+        let got: Vec<(u32, Vec<Record>)> = on_executor(move || async move {
+            let mut out = Vec::new();
+            for p in 0..16 {
+                let (log, records) = OffsetLog::open(store::partition_dir(&d, p))
+                    .await
+                    .expect("open");
+                log.close().await.expect("close");
+                out.push((p, records));
+            }
+            out
+        });
+        for (p, records) in &got {
+            let in_p: Vec<Record> = want
+                .iter()
+                .filter(|r| super::super::offsets_partition(record_group(r), 16) == *p)
+                .cloned()
+                .collect();
+            assert_eq!(records, &in_p, "offsets partition {p}");
+        }
+        assert!(remove_legacy(&dir).expect("remove"));
+        assert!(!legacy_root(&dir).exists());
+        assert!(!remove_legacy(&dir).expect("nothing left"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn select_prefers_the_format_1_owner_and_recovers_orphans() {
         // Find a group the format-1 placement with two shards put on 0, and
