@@ -47,6 +47,8 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
         }
         Op::Apply(m) => {
             shard.apply(m).await;
+            // Kafka producer state goes with its topic.
+            shard.kafka.retain_topics(&shard.metadata.borrow());
             Reply::Done
         }
         Op::Group(op) => Reply::Group(shard.groups.execute(op).await),

@@ -74,8 +74,11 @@ pub const KAFKA_REQUEST_BYTES_MAX: usize = 100 << 20;
 /// Kafka requests one connection may have in flight; answers go out in
 /// request order, as the Kafka protocol requires.
 pub const KAFKA_INFLIGHT_REQUESTS_MAX: usize = 64;
-/// Idempotent producers remembered per partition (least recently used go).
-pub const KAFKA_PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
+/// Idempotent-producer states (one per producer and partition) one shard
+/// remembers, across all its partitions; past it the least recently
+/// appended-to goes, as Kafka expires idle producer ids. About 200 bytes
+/// each (five remembered batches).
+pub const KAFKA_PRODUCER_STATES_PER_SHARD_MAX: usize = 100_000;
 /// Recent batches remembered per producer and partition for duplicate
 /// detection (Kafka's max.in.flight.requests.per.connection bound).
 pub const KAFKA_PRODUCER_BATCHES_MAX: usize = 5;

@@ -71,16 +71,6 @@ impl ProduceFanOut {
         self.parts.len() - 1
     }
 
-    /// Turns a routed part into a refused one (e.g. its batches did not
-    /// translate), before anything was sent.
-    pub fn refuse(&mut self, index: usize, code: i16, message: String) {
-        assert_ne!(code, codec::NONE, "a refusal carries an error code");
-        let p = &mut self.parts[index];
-        assert!(p.outcome.is_none(), "refused once, before fan-out");
-        p.owner = None;
-        p.outcome = Some(failed(code, message));
-    }
-
     /// Shards the request went to, each once.
     pub fn shards(&self) -> BTreeSet<usize> {
         self.parts.iter().filter_map(|p| p.owner).collect()
@@ -243,8 +233,7 @@ mod tests {
             codec::UNKNOWN_TOPIC_OR_PARTITION,
             "negative".into(),
         );
-        let q = f.routed("t", 1, 0);
-        f.refuse(q, codec::INVALID_RECORD, "no record batch".into());
+        f.refused("t", 1, codec::INVALID_RECORD, "no record batch".into());
         let m = f.routed("t", 2, 0);
         let n = f.routed("t", 3, 0);
         assert_eq!(f.shards().len(), 1);

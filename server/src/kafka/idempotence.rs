@@ -9,13 +9,23 @@
 //! first batch of an unknown producer is accepted whatever its sequence
 //! (as Kafka does once a producer's state has expired).
 //!
+//! Invariants of [`ProducerStates`]:
+//! - State is keyed by topic id, never by name: ids are never reused, so a
+//!   topic deleted and created again under the same name starts with no
+//!   producer state (its offsets start again at 0; answering a batch as a
+//!   duplicate of the deleted topic's would lose it).
+//! - State of a deleted topic is dropped with it ([`ProducerStates::retain_topics`]).
+//! - At most `capacity` (producer, partition) states per shard
+//!   ([`KAFKA_PRODUCER_STATES_PER_SHARD_MAX`]); past it the least recently
+//!   appended-to goes, as Kafka expires idle producer ids.
+//!
 //! I/O-free; the owner checks and records under the partition's lane.
 
 use super::codec::{
     DUPLICATE_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER,
 };
-use crate::limits::{KAFKA_PRODUCERS_PER_PARTITION_MAX, KAFKA_PRODUCER_BATCHES_MAX};
-use std::collections::{HashMap, VecDeque};
+use crate::limits::{KAFKA_PRODUCER_BATCHES_MAX, KAFKA_PRODUCER_STATES_PER_SHARD_MAX};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// The idempotence fields of one Kafka batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +52,19 @@ struct Appended {
     last_offset: u64,
 }
 
+/// One partition of one topic incarnation (topic ids are never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey {
+    pub topic_id: u64,
+    pub partition: u32,
+}
+
+/// What is remembered of one producer on one partition.
 #[derive(Debug)]
 struct Producer {
     epoch: i16,
     batches: VecDeque<Appended>,
-    /// Recency, for eviction when the table is full.
+    /// Recency stamp: its key in [`ProducerStates::by_recency`].
     touched: u64,
 }
 
@@ -59,16 +77,50 @@ fn next_seq(seq: i32) -> i32 {
     }
 }
 
-/// Every producer of one partition.
-#[derive(Debug, Default)]
-pub struct ProducerTable {
-    producers: HashMap<i64, Producer>,
+type StateKey = (PartitionKey, i64);
+
+/// Every idempotent producer's state on the partitions one shard owns, by
+/// (partition, producer id); bounded, least recently used evicted first.
+#[derive(Debug)]
+pub struct ProducerStates {
+    states: HashMap<StateKey, Producer>,
+    /// Recency stamp -> state, one entry per state: the oldest is first.
+    by_recency: BTreeMap<u64, StateKey>,
     clock: u64,
+    capacity: usize,
 }
 
-impl ProducerTable {
-    pub fn check(&self, b: &ProducerBatch) -> Check {
-        let Some(p) = self.producers.get(&b.producer_id) else {
+impl Default for ProducerStates {
+    fn default() -> Self {
+        ProducerStates::with_capacity(KAFKA_PRODUCER_STATES_PER_SHARD_MAX)
+    }
+}
+
+impl ProducerStates {
+    pub fn with_capacity(capacity: usize) -> ProducerStates {
+        assert!(capacity > 0, "room for at least one producer");
+        ProducerStates {
+            states: HashMap::new(),
+            by_recency: BTreeMap::new(),
+            clock: 0,
+            capacity,
+        }
+    }
+
+    /// (producer, partition) states held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Whether any state of the topic with `topic_id` is held.
+    #[cfg(test)]
+    pub fn holds_topic(&self, topic_id: u64) -> bool {
+        self.states.keys().any(|(k, _)| k.topic_id == topic_id)
+    }
+
+    pub fn check(&self, key: PartitionKey, b: &ProducerBatch) -> Check {
+        let Some(p) = self.states.get(&(key, b.producer_id)) else {
             return Check::Append;
         };
         if b.epoch < p.epoch {
@@ -126,22 +178,28 @@ impl ProducerTable {
         }
     }
 
-    /// Records an appended batch (after [`check`](Self::check) said Append).
-    pub fn record(&mut self, b: &ProducerBatch, base_offset: u64, last_offset: u64) {
+    /// Records an appended batch (after [`check`](Self::check) said Append),
+    /// evicting the least recently used state when the table is full.
+    pub fn record(
+        &mut self,
+        key: PartitionKey,
+        b: &ProducerBatch,
+        base_offset: u64,
+        last_offset: u64,
+    ) {
+        assert!(
+            base_offset <= last_offset,
+            "a batch holds at least one record"
+        );
         self.clock += 1;
-        if !self.producers.contains_key(&b.producer_id)
-            && self.producers.len() >= KAFKA_PRODUCERS_PER_PARTITION_MAX
-        {
-            if let Some(oldest) = self
-                .producers
-                .iter()
-                .min_by_key(|(_, p)| p.touched)
-                .map(|(id, _)| *id)
-            {
-                self.producers.remove(&oldest);
+        let id = (key, b.producer_id);
+        if !self.states.contains_key(&id) && self.states.len() >= self.capacity {
+            if let Some((_, oldest)) = self.by_recency.pop_first() {
+                let gone = self.states.remove(&oldest);
+                debug_assert!(gone.is_some(), "recency index and states agree");
             }
         }
-        let p = self.producers.entry(b.producer_id).or_insert(Producer {
+        let p = self.states.entry(id).or_insert(Producer {
             epoch: b.epoch,
             batches: VecDeque::new(),
             touched: 0,
@@ -150,7 +208,12 @@ impl ProducerTable {
             p.epoch = b.epoch;
             p.batches.clear();
         }
+        if p.touched != 0 {
+            let was = self.by_recency.remove(&p.touched);
+            debug_assert_eq!(was, Some(id), "recency index and states agree");
+        }
         p.touched = self.clock;
+        self.by_recency.insert(self.clock, id);
         if p.batches.len() >= KAFKA_PRODUCER_BATCHES_MAX {
             p.batches.pop_front();
         }
@@ -161,12 +224,132 @@ impl ProducerTable {
             last_offset,
         });
         debug_assert!(p.batches.len() <= KAFKA_PRODUCER_BATCHES_MAX);
+        assert!(
+            self.states.len() <= self.capacity,
+            "producer states bounded"
+        );
+        debug_assert_eq!(self.states.len(), self.by_recency.len());
+    }
+
+    /// Drops the state of every topic whose id `live` rejects (deleted
+    /// topics); returns how many states went.
+    pub fn retain_topics(&mut self, live: impl Fn(u64) -> bool) -> usize {
+        let before = self.states.len();
+        self.states.retain(|(k, _), _| live(k.topic_id));
+        self.by_recency.retain(|_, (k, _)| live(k.topic_id));
+        assert_eq!(
+            self.states.len(),
+            self.by_recency.len(),
+            "recency index and states agree"
+        );
+        before - self.states.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const K: PartitionKey = PartitionKey {
+        topic_id: 1,
+        partition: 0,
+    };
+
+    /// One partition's view of the table.
+    struct Table(ProducerStates);
+
+    impl Table {
+        fn check(&self, b: &ProducerBatch) -> Check {
+            self.0.check(K, b)
+        }
+        fn record(&mut self, b: &ProducerBatch, base: u64, last: u64) {
+            self.0.record(K, b, base, last)
+        }
+    }
+
+    fn key(topic_id: u64, partition: u32) -> PartitionKey {
+        PartitionKey {
+            topic_id,
+            partition,
+        }
+    }
+
+    /// The bug this guards: state was keyed by topic name, so a topic
+    /// deleted and created again under the same name answered the same
+    /// producer's first batches as duplicates of the deleted topic's, with
+    /// the deleted topic's offsets, and stored nothing.
+    #[test]
+    fn a_recreated_topic_is_another_key_and_a_deleted_topics_state_goes() {
+        let mut t = ProducerStates::default();
+        let old = key(3, 0);
+        let b = batch(0, 0, 10);
+        t.record(old, &b, 40, 49);
+        t.record(key(3, 1), &batch(0, 0, 2), 0, 1);
+        t.record(key(4, 0), &batch(0, 0, 2), 0, 1);
+        assert!(matches!(
+            t.check(old, &b),
+            Check::Duplicate {
+                base_offset: 40,
+                ..
+            }
+        ));
+        // Same name, new id: the same batch is new there.
+        assert_eq!(t.check(key(9, 0), &b), Check::Append);
+        // Topic 3 deleted: its two states go, topic 4's stays.
+        assert_eq!(t.retain_topics(|id| id != 3), 2);
+        assert_eq!(t.len(), 1);
+        assert!(!t.holds_topic(3) && t.holds_topic(4));
+        assert_eq!(t.check(old, &b), Check::Append);
+        // The table keeps working after a drop.
+        t.record(key(9, 0), &b, 0, 9);
+        assert!(matches!(
+            t.check(key(9, 0), &b),
+            Check::Duplicate { base_offset: 0, .. }
+        ));
+        assert_eq!(t.retain_topics(|_| true), 0);
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_evicts_the_least_recently_appended() {
+        let mut t = ProducerStates::with_capacity(3);
+        let p = |id: i64, first: i32| ProducerBatch {
+            producer_id: id,
+            epoch: 0,
+            first_seq: first,
+            last_seq: first,
+        };
+        t.record(key(1, 0), &p(10, 0), 0, 0);
+        t.record(key(1, 0), &p(11, 0), 1, 1);
+        t.record(key(2, 5), &p(10, 0), 0, 0);
+        // Producer 10 on topic 1 appends again: producer 11 is now the oldest.
+        t.record(key(1, 0), &p(10, 1), 2, 2);
+        assert_eq!(t.len(), 3);
+        t.record(key(1, 0), &p(12, 0), 3, 3);
+        assert_eq!(t.len(), 3, "bounded at its capacity");
+        assert_eq!(
+            t.check(key(1, 0), &p(11, 0)),
+            Check::Append,
+            "11 was evicted"
+        );
+        assert!(matches!(
+            t.check(key(1, 0), &p(10, 1)),
+            Check::Duplicate { .. }
+        ));
+        assert!(matches!(
+            t.check(key(2, 5), &p(10, 0)),
+            Check::Duplicate { .. }
+        ));
+        assert!(matches!(
+            t.check(key(1, 0), &p(12, 0)),
+            Check::Duplicate { .. }
+        ));
+        // Churn through many topics: never more than the capacity.
+        for id in 100..1_000u64 {
+            t.record(key(id, 0), &p(1, 0), 0, 0);
+            assert!(t.len() <= 3);
+        }
+        assert!(t.holds_topic(999) && !t.holds_topic(1));
+    }
 
     fn batch(epoch: i16, first: i32, n: i32) -> ProducerBatch {
         ProducerBatch {
@@ -179,7 +362,7 @@ mod tests {
 
     #[test]
     fn in_order_batches_append_and_retries_are_duplicates() {
-        let mut t = ProducerTable::default();
+        let mut t = Table(ProducerStates::default());
         let b0 = batch(0, 0, 10);
         assert_eq!(t.check(&b0), Check::Append);
         t.record(&b0, 100, 109);
@@ -204,7 +387,7 @@ mod tests {
 
     #[test]
     fn gaps_are_out_of_order_and_old_epochs_are_fenced() {
-        let mut t = ProducerTable::default();
+        let mut t = Table(ProducerStates::default());
         t.record(&batch(1, 0, 10), 0, 9);
         match t.check(&batch(1, 11, 1)) {
             Check::Reject { code, .. } => assert_eq!(code, OUT_OF_ORDER_SEQUENCE_NUMBER),
@@ -223,13 +406,13 @@ mod tests {
 
     #[test]
     fn only_the_last_five_batches_are_remembered_and_sequences_wrap() {
-        let mut t = ProducerTable::default();
+        let mut t = Table(ProducerStates::default());
         for i in 0..10 {
             t.record(&batch(0, i, 1), i as u64, i as u64);
         }
         assert!(matches!(t.check(&batch(0, 9, 1)), Check::Duplicate { .. }));
         assert!(matches!(t.check(&batch(0, 2, 1)), Check::Reject { .. }));
-        let mut w = ProducerTable::default();
+        let mut w = Table(ProducerStates::default());
         let top = ProducerBatch {
             producer_id: 1,
             epoch: 0,

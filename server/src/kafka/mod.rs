@@ -21,6 +21,10 @@
 //! - Idempotence state of a partition lives on the shard that owns it and is
 //!   checked and updated with the append under one per-partition lane, so
 //!   the log order of a producer's batches is their sequence order.
+//! - That state and those lanes are keyed by topic id, never by name, and
+//!   dropped when a metadata change removes their topic; producer state is
+//!   bounded per shard (least recently used evicted). A state recorded by
+//!   an append that was in flight across the delete is only evicted.
 //! - Nothing here panics on input bytes; every failure is a Kafka error code.
 
 pub mod codec;
@@ -38,7 +42,7 @@ use crate::shard::Shard;
 use bytes::BytesMut;
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
-use idempotence::{Check, ProducerBatch, ProducerTable};
+use idempotence::{Check, PartitionKey, ProducerBatch, ProducerStates};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -215,35 +219,52 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 /// Per-shard Kafka state: idempotent producers of the partitions it owns,
-/// and the lanes that order their appends.
+/// and the lanes that order their appends. Both are keyed by topic id (a
+/// re-created topic shares nothing with the deleted one) and dropped with
+/// their topic ([`KafkaShard::retain_topics`]); producer states are bounded
+/// (see `idempotence.rs`), lanes by the partitions the shard owns.
 #[derive(Default)]
 pub struct KafkaShard {
-    producers: RefCell<HashMap<(String, u32), ProducerTable>>,
-    lanes: RefCell<HashMap<(String, u32), Rc<Semaphore>>>,
+    producers: RefCell<ProducerStates>,
+    lanes: RefCell<HashMap<PartitionKey, Rc<Semaphore>>>,
 }
 
 impl KafkaShard {
-    fn lane(&self, topic: &str, partition: u32) -> Rc<Semaphore> {
+    fn lane(&self, key: PartitionKey) -> Rc<Semaphore> {
         self.lanes
             .borrow_mut()
-            .entry((topic.to_owned(), partition))
+            .entry(key)
             .or_insert_with(|| Rc::new(Semaphore::new(1)))
             .clone()
     }
 
-    fn check(&self, topic: &str, partition: u32, b: &ProducerBatch) -> Check {
-        match self.producers.borrow().get(&(topic.to_owned(), partition)) {
-            Some(t) => t.check(b),
-            None => Check::Append,
-        }
+    fn check(&self, key: PartitionKey, b: &ProducerBatch) -> Check {
+        self.producers.borrow().check(key, b)
     }
 
-    fn record(&self, topic: &str, partition: u32, b: &ProducerBatch, base: u64, last: u64) {
-        self.producers
+    fn record(&self, key: PartitionKey, b: &ProducerBatch, base: u64, last: u64) {
+        self.producers.borrow_mut().record(key, b, base, last);
+    }
+
+    /// Drops the producer state and lanes of every topic not in `meta`
+    /// (called once a metadata change is applied: deleted topics, and the
+    /// old incarnation of re-created ones, go).
+    pub fn retain_topics(&self, meta: &crate::metadata::Metadata) {
+        let live: std::collections::HashSet<u64> = meta.topics.values().map(|t| t.id).collect();
+        let dropped = self
+            .producers
             .borrow_mut()
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .record(b, base, last);
+            .retain_topics(|id| live.contains(&id));
+        // A lane still held by an append in flight lives on in its Rc.
+        self.lanes
+            .borrow_mut()
+            .retain(|k, _| live.contains(&k.topic_id));
+        if dropped > 0 {
+            tracing::debug!(
+                states = dropped,
+                "kafka: producer state of deleted topics dropped"
+            );
+        }
     }
 }
 
@@ -367,6 +388,28 @@ async fn produce(
     out
 }
 
+/// The open partition and the key of its topic incarnation.
+fn open_partition(
+    shard: &Shard,
+    topic: &str,
+    p: u32,
+) -> Result<(PartitionKey, crate::engine::Partition), crate::error::WireError> {
+    if let Some(slot) = shard.partitions.borrow().get(&(topic.to_owned(), p)) {
+        let key = PartitionKey {
+            topic_id: slot.topic_id,
+            partition: p,
+        };
+        return Ok((key, slot.partition.clone()));
+    }
+    // Not open here: the shard says why.
+    Err(shard.partition(topic, p).err().unwrap_or_else(|| {
+        crate::error::WireError::new(
+            strom_flatbuffers::protocol::ErrorCode::Internal,
+            format!("{topic}/{p}: open, but not in the partition table"),
+        )
+    }))
+}
+
 async fn produce_one(
     shard: &Rc<Shard>,
     topic: &str,
@@ -375,8 +418,8 @@ async fn produce_one(
     producer: Option<ProducerBatch>,
     durability: Durability,
 ) -> ProduceOutcome {
-    let part = match shard.partition(topic, p) {
-        Ok(part) => part,
+    let (key, part) = match open_partition(shard, topic, p) {
+        Ok(found) => found,
         Err(e) => {
             return ProduceOutcome {
                 error_code: codec::wire_to_kafka(e.code),
@@ -414,7 +457,7 @@ async fn produce_one(
     // of one producer reach the log in sequence order; wait for durability
     // outside it, so that the lane never waits on a disk.
     let bytes = frame.len() as u64;
-    let lane = shard.kafka.lane(topic, p);
+    let lane = shard.kafka.lane(key);
     let (base, last) = {
         let Ok(_permit) = lane.acquire_permit(1).await else {
             return ProduceOutcome {
@@ -423,7 +466,7 @@ async fn produce_one(
                 ..Default::default()
             };
         };
-        match shard.kafka.check(topic, p, &b) {
+        match shard.kafka.check(key, &b) {
             Check::Reject { code, message } => {
                 return ProduceOutcome {
                     error_code: code,
@@ -442,7 +485,7 @@ async fn produce_one(
                     shard.count_in(topic, p, records, bytes);
                     shard
                         .kafka
-                        .record(topic, p, &b, info.base_offset, info.last_offset);
+                        .record(key, &b, info.base_offset, info.last_offset);
                     (info.base_offset, info.last_offset)
                 }
                 Err(e) => return fail(e),
@@ -461,5 +504,36 @@ async fn produce_one(
         log_append_time_ms: -1,
         log_start_offset: part.offsets().log_start_offset as i64,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProduceFault;
+
+    #[test]
+    fn produce_faults_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            ProduceFault::parse("fail:1"),
+            Ok(ProduceFault::Fail { shard: 1 })
+        );
+        assert_eq!(
+            ProduceFault::parse("delay:0:250"),
+            Ok(ProduceFault::Delay {
+                shard: 0,
+                delay_ms: 250
+            })
+        );
+        for bad in [
+            "",
+            "fail",
+            "fail:x",
+            "fail:1:2",
+            "delay:1",
+            "delay:1:x",
+            "stall:1",
+        ] {
+            assert!(ProduceFault::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
