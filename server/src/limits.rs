@@ -61,12 +61,12 @@ pub const IO_MEMORY_BYTES: usize = 2 << 20;
 pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 /// How often a shard checks the process-wide shutdown flag.
 pub const SHUTDOWN_POLL_MS: u64 = 20;
-/// Longest HTTP request head read on the metrics port.
 /// Client-error log lines per shard per second; the rest are counted and
 /// reported as `suppressed` on the next line.
 pub const CLIENT_ERROR_LOGS_PER_SEC_MAX: u32 = 10;
 /// How long a `/metrics` scrape waits for the other shards' snapshots.
 pub const METRICS_SCRAPE_TIMEOUT_MS: u64 = 2_000;
+/// Longest HTTP request head read on the metrics port.
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 << 10;
 
 /// Largest Kafka request (the 4-byte size prefix's value) a client may send.

@@ -20,7 +20,6 @@ mod kafka;
 mod limits;
 mod metadata;
 mod metrics;
-mod offsets;
 mod router;
 mod shard;
 mod shutdown;
@@ -80,8 +79,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// io_uring registers each executor's `io_memory` (and its rings) as locked
-/// memory. Root raises the limit; anyone else is told how.
 /// Raises the open-file soft limit to the hard limit (every connection and
 /// every open segment is a descriptor) and says so when even the hard limit
 /// is below what the connection limits allow.
@@ -114,6 +111,8 @@ fn ensure_nofile(shards: usize) {
     }
 }
 
+/// io_uring registers each executor's `io_memory` (and its rings) as locked
+/// memory. Root raises the limit; anyone else is told how.
 fn ensure_memlock(shards: usize) {
     let need = (shards * (limits::IO_MEMORY_BYTES + (1 << 20))) as u64;
     let mut cur = libc::rlimit {

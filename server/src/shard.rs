@@ -208,10 +208,13 @@ impl Shard {
             let slot = self.partitions.borrow_mut().remove(&key);
             if let Some(slot) = slot {
                 if let Err(e) = slot.partition.close().await {
+                    self.metrics().count_background_error("close_partition");
                     tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing partition failed");
                 }
                 let dir = metadata::partition_dir(&self.data_dir, &key.0, key.1);
                 if let Err(e) = crate::engine::remove_partition_dir(&dir).await {
+                    self.metrics()
+                        .count_background_error("remove_partition_dir");
                     tracing::error!(shard = self.id, dir = %dir.display(), error = %e, "removing partition directory failed");
                 } else {
                     tracing::info!(shard = self.id, topic = %key.0, partition = key.1, "partition removed");
@@ -224,7 +227,11 @@ impl Shard {
                 for p in 0..t.partitions {
                     if self.placement().partition_owner(t.id, p) == self.id {
                         let dir = metadata::partition_dir(&self.data_dir, name, p);
-                        let _ = crate::engine::remove_partition_dir(&dir).await;
+                        if let Err(e) = crate::engine::remove_partition_dir(&dir).await {
+                            self.metrics()
+                                .count_background_error("remove_partition_dir");
+                            tracing::error!(shard = self.id, dir = %dir.display(), error = %e, "removing a deleted partition's directory failed");
+                        }
                     }
                 }
             }

@@ -60,15 +60,6 @@ pub fn group_shard(group: &str, placement: &Placement) -> usize {
     placement.offsets_partition_owner(offsets_partition(group, placement.offsets_partitions))
 }
 
-/// The coordinator of `group` with `shards` shards and the built-in
-/// offsets partition count. Only for `offsets.rs` (the JSON import, being
-/// removed), whose own filter the import bypasses; everything else uses
-/// [`group_shard`] with the placement of the metadata.
-pub fn group_owner(group: &str, shards: usize) -> usize {
-    let placement = Placement::new(shards.max(1), 1, crate::limits::OFFSETS_PARTITIONS);
-    group_shard(group, &placement)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

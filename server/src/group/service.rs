@@ -118,9 +118,8 @@ impl GroupShard {
         }
     }
 
-    /// Opens and replays the offsets partitions this shard owns, imports
-    /// the old JSON offset files once, learns the topics, and starts the
-    /// timer. On failure the shard's groups answer
+    /// Opens and replays the offsets partitions this shard owns, learns the
+    /// topics, and starts the timer. On failure the shard's groups answer
     /// COORDINATOR_NOT_AVAILABLE.
     pub async fn load(&self, shard: &Rc<Shard>) {
         let placement = self.inner.placement;
@@ -166,9 +165,6 @@ impl GroupShard {
             "consumer offsets loaded"
         );
         self.set_topics(shard);
-        if let Err(e) = self.import_legacy(shard).await {
-            tracing::error!(shard = shard.id, error = %e, "importing old offsets failed");
-        }
         self.inner.loaded.set(true);
         let me = self.clone();
         let s = shard.clone();
@@ -346,52 +342,6 @@ impl GroupShard {
                 }
             }
         }
-    }
-
-    async fn import_legacy(&self, shard: &Shard) -> Result<(), String> {
-        let data_dir = shard.data_dir.clone();
-        let (id, placement) = (shard.id, self.inner.placement);
-        // Every file (one shard of one), then the groups this shard owns.
-        let found = glommio::executor()
-            .spawn_blocking(move || crate::offsets::legacy_groups(&data_dir, 0, 1))
-            .await
-            .map_err(|e| e.to_string())?;
-        let found = found
-            .into_iter()
-            .filter(|(_, g)| group_shard(&g.group, &placement) == id);
-        for (path, g) in found {
-            let now = now_ms();
-            let records: Vec<Record> = {
-                let core = self.inner.core.borrow();
-                let have = core.fetch_offsets(&g.group, None);
-                g.offsets
-                    .iter()
-                    .flat_map(|(t, ps)| ps.iter().map(move |(p, c)| (t, p, c)))
-                    .filter(|(t, p, _)| !have.iter().any(|(ht, hp, _)| ht == *t && hp == *p))
-                    .map(|(t, p, c)| Record::Offset {
-                        group: g.group.clone(),
-                        topic: t.clone(),
-                        partition: *p,
-                        value: Some(Committed {
-                            offset: c.offset,
-                            metadata: c.metadata.clone(),
-                            commit_time_ms: now as i64,
-                        }),
-                    })
-                    .collect()
-            };
-            let core = &self.inner.core;
-            self.append_then(&records, Durability::Durable, || {
-                core.borrow_mut().apply(now, &records)
-            })
-            .await?;
-            let p = path.clone();
-            glommio::executor()
-                .spawn_blocking(move || std::fs::remove_file(&p))
-                .await
-                .map_err(|e| format!("removing {}: {e}", path.display()))?;
-        }
-        Ok(())
     }
 
     async fn commit_records(

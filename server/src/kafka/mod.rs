@@ -13,6 +13,9 @@
 //!   I/O-free.
 //! - `fanout.rs`: what each partition of a produce request is answered
 //!   with, from the replies of the shards it went to. I/O-free.
+//! - `decompress.rs`: codecs with a bound on the expanded size (a batch
+//!   that would expand past it is refused, not inflated). I/O-free.
+//! - `groups.rs`: the group APIs, translated onto the shared coordinator.
 //! - `connection.rs`: one client connection; answers in request order.
 //! - `handlers.rs`: one function per API, routing per partition to the
 //!   owning shard through `handlers::call` / `fan_out` and [`KafkaOp`].
