@@ -113,6 +113,12 @@ impl ProducerStates {
         self.states.len()
     }
 
+    /// Whether no state is held.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
     /// Whether any state of the topic with `topic_id` is held.
     #[cfg(test)]
     pub fn holds_topic(&self, topic_id: u64) -> bool {

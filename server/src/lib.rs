@@ -1,0 +1,40 @@
+//! `strom-server` as a library: the broker's layers, used by the thin
+//! `main.rs` and by tests that run shards in-process.
+//!
+//! Layers, each importing only from the ones before it:
+//! 1. foundations: `limits`, `error`, `config`, `metadata`, `metrics`,
+//!    `shutdown`, `waits`, `alloc`, `engine` (the storage engine's API);
+//! 2. `mesh`: moving owned messages between shards (no knowledge of what
+//!    they mean);
+//! 3. `shard`: one shard's state (partitions, metadata, router);
+//! 4. `ops`: the protocol-neutral operations (produce, fetch and long poll,
+//!    offsets, groups, admin), run on the shard that owns their partition;
+//! 5. edges: `native` (the FlatBuffers protocol) and `kafka` (the Kafka wire
+//!    protocol), and `http` (metrics, health): each decodes, translates into
+//!    `ops`, and encodes;
+//! 6. `node`: start-up, the shards' executors, listeners, shutdown.
+//!
+//! `tests/layers.rs` checks the imports against this order.
+
+pub mod alloc;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod execute;
+pub mod group;
+pub mod handlers;
+pub mod http;
+pub mod kafka;
+pub mod limits;
+pub mod metadata;
+pub mod metrics;
+pub mod node;
+pub mod router;
+pub mod shard;
+pub mod shutdown;
+pub mod waits;
+
+/// The storage engine API the server codes against.
+pub mod engine {
+    pub use strom_engine::*;
+}

@@ -1,0 +1,335 @@
+//! The node: start-up and shutdown of one `strom-server` process. Raises
+//! the memlock and open-file limits, puts the placement in force (loading,
+//! migrating and writing the metadata before any shard runs), starts one
+//! pinned glommio executor per shard, prints where it listens once every
+//! shard is ready, and shuts down cleanly on SIGINT/SIGTERM (stop accepting,
+//! finish in-flight requests, close every partition, exit 0).
+//!
+//! The top layer: it may use every module; nothing uses it but `main.rs`.
+
+use crate::config::{Args, LogFormat, ServerConfig};
+use crate::error::ServerError;
+use crate::{group, kafka, limits, metadata, shard};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use crate::shard::{ShardStart, Shared};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+/// Structured logs on stderr (stdout carries the machine-readable
+/// `listening ...`/`ready ...` lines): level filter from `STROM_LOG`
+/// (default `info`), text or JSON lines.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let (filter, bad) = match std::env::var("STROM_LOG") {
+        Err(_) => (EnvFilter::new("info"), None),
+        Ok(spec) => match EnvFilter::try_new(&spec) {
+            Ok(f) => (f, None),
+            Err(e) => (EnvFilter::new("info"), Some((spec, e))),
+        },
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    if let Some((spec, e)) = bad {
+        tracing::warn!(STROM_LOG = %spec, error = %e, "invalid log filter; logging at info");
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit (every connection and
+/// every open segment is a descriptor) and says so when even the hard limit
+/// is below what the connection limits allow.
+fn ensure_nofile(shards: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let want = (shards * limits::CONNECTIONS_PER_SHARD_MAX) as u64 + 1024;
+    if lim.rlim_cur < want {
+        tracing::warn!(
+            open_files_limit = lim.rlim_cur,
+            wanted = want,
+            "the open-file limit is below what the connection limits allow; \
+             raise it (ulimit -n, or LimitNOFILE= in the systemd unit)"
+        );
+    }
+}
+
+/// io_uring registers each executor's `io_memory` (and its rings) as locked
+/// memory. Root raises the limit; anyone else is told how.
+fn ensure_memlock(shards: usize) {
+    let need = (shards * (limits::IO_MEMORY_BYTES + (1 << 20))) as u64;
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) } != 0 {
+        return;
+    }
+    if cur.rlim_cur == libc::RLIM_INFINITY || cur.rlim_cur >= need {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+            return;
+        }
+    }
+    if cur.rlim_max == libc::RLIM_INFINITY || cur.rlim_max >= need {
+        let raised = libc::rlimit {
+            rlim_cur: cur.rlim_max,
+            rlim_max: cur.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit
+        // up to the hard limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            return;
+        }
+    }
+    tracing::warn!(
+        memlock_kib = cur.rlim_cur / 1024,
+        shards,
+        need_kib = need / 1024,
+        "the locked-memory limit (RLIMIT_MEMLOCK) is below what io_uring needs. Raise it with \
+         `ulimit -l unlimited` (shell), LimitMEMLOCK=infinity (systemd), or `--ulimit memlock=-1` \
+         (docker); or start fewer shards with --cores"
+    );
+}
+
+/// Runs the server until SIGINT/SIGTERM or a shard exits.
+pub fn run(args: Args) -> Result<(), ServerError> {
+    let cfg = ServerConfig::resolve(args)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = cfg.shards,
+        data_dir = %cfg.data_dir.display(),
+        listen = %cfg.listen,
+        http = %cfg.http,
+        kafka_listen = ?cfg.kafka.listen,
+        "starting"
+    );
+    ensure_memlock(cfg.shards);
+    ensure_nofile(cfg.shards);
+    std::fs::create_dir_all(cfg.data_dir.join("meta")).map_err(|e| ServerError::Io {
+        op: "create dir",
+        path: cfg.data_dir.join("meta"),
+        source: e,
+    })?;
+    let meta = start_placement(&cfg)?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).map_err(|e| ServerError::Io {
+            op: "register signal handler",
+            path: "-".into(),
+            source: e,
+        })?;
+    }
+    let shared = Arc::new(Shared {
+        shards: cfg.shards,
+        placement: meta.placement(),
+        data_dir: cfg.data_dir.clone(),
+        shutdown: AtomicBool::new(false),
+        ready: AtomicUsize::new(0),
+        drained: AtomicUsize::new(0),
+        exited: AtomicUsize::new(0),
+        peers: (0..cfg.shards)
+            .map(|_| AtomicUsize::new(usize::MAX))
+            .collect(),
+        initial_metadata: meta,
+        group_config: cfg.groups.clone(),
+        kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
+    });
+    let mesh =
+        (cfg.shards > 1).then(|| MeshBuilder::full(cfg.shards, limits::MESH_CHANNEL_CAPACITY));
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    let mut listen = cfg.listen;
+    let mut addrs = None;
+    for id in 0..cfg.shards {
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let start = ShardStart {
+            id,
+            listen,
+            http: (id == 0).then_some(cfg.http),
+            shared: shared.clone(),
+            mesh: mesh.clone(),
+            bound: bound_tx,
+            ready: ready_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
+            .name(&format!("strom-shard-{id}"))
+            .io_memory(limits::IO_MEMORY_BYTES)
+            .spawn(move || shard::run(start))
+            .map_err(|e| ServerError::Executor(format!("shard {id}: {e}")))?;
+        handles.push(handle);
+        // Every shard binds the port shard 0 got (port 0 works).
+        match bound_rx.recv() {
+            Ok(Ok((native, http))) => {
+                if id == 0 {
+                    listen = native;
+                    addrs = Some((native, http));
+                }
+            }
+            Ok(Err(e)) => return Err(fail(&shared, handles, ServerError::Executor(e))),
+            Err(_) => {
+                return Err(fail(
+                    &shared,
+                    handles,
+                    ServerError::Executor(format!("shard {id} exited during start-up")),
+                ))
+            }
+        }
+    }
+    for _ in 0..cfg.shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(fail(&shared, handles, ServerError::Executor(e))),
+            Err(_) => {
+                return Err(fail(
+                    &shared,
+                    handles,
+                    ServerError::Executor("a shard exited during start-up".into()),
+                ))
+            }
+        }
+    }
+    let (native, http) = addrs.expect("shard 0 reported its addresses");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening native={native}");
+        if let Some(k) = shared.kafka.bound() {
+            let _ = writeln!(out, "listening kafka={k}");
+        }
+        if let Some(h) = http {
+            let _ = writeln!(out, "listening http={h}");
+        }
+        let _ = writeln!(
+            out,
+            "ready shards={} data_dir={}",
+            cfg.shards,
+            cfg.data_dir.display()
+        );
+        let _ = out.flush();
+    }
+    tracing::info!(
+        native = %native,
+        kafka = ?shared.kafka.bound(),
+        http = ?http,
+        shards = cfg.shards,
+        topics = shared.initial_metadata.topics.len(),
+        "listening; ready"
+    );
+    while !shutdown.load(Ordering::SeqCst) {
+        if shared.exited.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if shutdown.load(Ordering::SeqCst) {
+        tracing::info!("signal received; shutting down");
+    } else {
+        tracing::error!("a shard exited; shutting down");
+    }
+    shared.shutdown.store(true, Ordering::SeqCst);
+    let mut failed = false;
+    for h in handles {
+        if h.join().is_err() {
+            failed = true;
+        }
+    }
+    let _ = writeln!(std::io::stdout(), "stopped");
+    tracing::info!(clean = !failed, "stopped");
+    if failed {
+        return Err(ServerError::Executor("a shard failed".into()));
+    }
+    Ok(())
+}
+
+/// Loads the metadata and puts the placement for `cfg.shards` shards in
+/// force before any shard starts: a new directory gets epoch 1 and the
+/// built-in offsets partition count; another shard count a new epoch (whole
+/// partitions and offsets partitions move to other shards, no file moves);
+/// a format-1 directory has its per-shard offsets logs migrated first. The
+/// metadata file is written before any shard reads it.
+fn start_placement(cfg: &ServerConfig) -> Result<metadata::Metadata, ServerError> {
+    use metadata::PlacementChange;
+    let stored = metadata::load(&cfg.data_dir)?;
+    let (meta, change) = metadata::plan_placement(stored, cfg.shards, limits::OFFSETS_PARTITIONS);
+    let placement = meta.placement();
+    match change {
+        PlacementChange::Unchanged => {}
+        PlacementChange::Created => tracing::info!(
+            shards = placement.shards,
+            placement_epoch = placement.epoch,
+            offsets_partitions = placement.offsets_partitions,
+            "new data directory"
+        ),
+        PlacementChange::Resharded { from_shards } => tracing::warn!(
+            from = from_shards,
+            to = placement.shards,
+            placement_epoch = placement.epoch,
+            "shard count changed; partitions and offsets partitions move to their new shards"
+        ),
+        PlacementChange::FromFormat1 { from_shards } => {
+            let m = group::migrate::run(&cfg.data_dir, from_shards, placement.offsets_partitions)?;
+            tracing::warn!(
+                format_1_shards = from_shards,
+                logs = m.logs,
+                groups = m.groups,
+                records = m.records,
+                offsets_partitions = placement.offsets_partitions,
+                "metadata format 1: consumer offsets migrated from one log per shard into the \
+                 offsets partitions"
+            );
+        }
+    }
+    if change != PlacementChange::Unchanged {
+        metadata::store(&cfg.data_dir, &meta)?;
+    }
+    // After the format-2 metadata is durable (now or by an earlier start
+    // that crashed before this step), the per-shard offsets logs are garbage.
+    if group::migrate::remove_legacy(&cfg.data_dir)? {
+        tracing::info!("removed the format-1 consumer offsets logs");
+    }
+    Ok(meta)
+}
+
+fn fail(
+    shared: &Shared,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    e: ServerError,
+) -> ServerError {
+    shared.shutdown.store(true, Ordering::SeqCst);
+    drop(handles);
+    e
+}
