@@ -43,6 +43,8 @@ pub enum EngineError {
     Closed,
     #[error("partition log failed earlier and is read-only until reopened: {reason}")]
     Failed { reason: String },
+    #[error("offsets below {offset} were truncated (high watermark {high_watermark}) before they became durable")]
+    Truncated { offset: u64, high_watermark: u64 },
 }
 
 impl From<IoError> for EngineError {

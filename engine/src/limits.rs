@@ -39,6 +39,22 @@ pub const DEFAULT_UNWRITTEN_BYTES_MAX: usize = 16 << 20;
 pub const DEFAULT_SHARD_CACHE_BYTES_MAX: usize = 256 << 20;
 /// Default per-partition tail cache budget.
 pub const DEFAULT_CACHE_BYTES_MAX: usize = 16 << 20;
+/// Frames shorter than this are copied into memory the tail cache owns when
+/// cached. A produce frame is a view into its connection's read buffer (the
+/// server reads into 64 KiB to 1 MiB buffers); cached as a view, a small frame
+/// of a cold partition would pin the whole buffer while the cache is charged
+/// only the frame, and the cache budget would not bound memory. Larger frames
+/// are kept as views (no second copy of large batches) and charged at least
+/// [`CACHE_VIEW_CHARGE_BYTES_MIN`].
+pub const CACHE_COPY_FRAME_BYTES_MAX: usize = 256 << 10;
+/// The least a frame kept as a view is charged: the most memory a view may
+/// pin beyond itself, the server's largest read buffer for a message it has
+/// not yet seen whole (1 MiB, `server::limits` and the connections' read loops).
+pub const CACHE_VIEW_CHARGE_BYTES_MIN: usize = 1 << 20;
+const _: () = assert!(CACHE_COPY_FRAME_BYTES_MAX <= CACHE_VIEW_CHARGE_BYTES_MIN);
+/// What each cached frame costs the cache budget beyond its bytes: the
+/// allocation's header, the `Bytes` handle and its queue slot (rounded up).
+pub const CACHE_FRAME_OVERHEAD_BYTES: usize = 64;
 /// Frames a single read returns at most (bounds response assembly work).
 pub const READ_FRAMES_MAX: usize = 4096;
 /// Default read-ahead for sequential readers of data no longer cached.

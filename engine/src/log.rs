@@ -6,8 +6,25 @@
 //! - Offsets are dense: segment `i+1` starts at the offset after the last
 //!   record of segment `i`; frames inside a segment follow each other with no
 //!   gap, in bytes and in offsets.
-//! - `log_start_offset <= durable_offset <= written_offset <= next_offset`
-//!   (the first is only a lower bound after retention by whole segments).
+//! - `durable_offset <= written_offset <= next_offset` and
+//!   `log_start_offset <= next_offset`; in bytes of the active segment,
+//!   `durable_len <= written_frame_len <= written_len <= len_bytes`. Asserted
+//!   wherever one of them changes (`assert_offsets`).
+//! - A sync publishes a durable offset only if nothing cut or replaced the
+//!   active segment since its target was taken: roll and truncation bump
+//!   `sync_epoch`, and `complete_sync` ignores targets of an older epoch
+//!   (the roll synced them itself; the truncation may have cut them).
+//! - A failed fdatasync or data write fails the log (fsyncgate: the kernel
+//!   may have dropped the dirty data, and a retried fdatasync would succeed
+//!   without it); so does a truncation that failed half-way. A failed log
+//!   refuses appends, writes, syncs, truncation and close with
+//!   `EngineError::Failed` until it is reopened and recovered from the disk;
+//!   reads of what it holds go on.
+//! - The cache budgets bound the memory cached frames hold: a frame below
+//!   `CACHE_COPY_FRAME_BYTES_MAX` is copied into an allocation of its own
+//!   (never pinning the read buffer it was cut from) and charged its length;
+//!   a larger one stays a view, charged at least `CACHE_VIEW_CHARGE_BYTES_MIN`
+//!   (what the buffer under it may hold); each also `CACHE_FRAME_OVERHEAD_BYTES`.
 //! - Bytes of the active segment below `written_len` are on disk; bytes from
 //!   `align_down(written_len)` up to `len_bytes` live in the pending write
 //!   buffers. A block that was written partially is rewritten whole by the
@@ -41,6 +58,20 @@ pub struct AppendInfo {
     pub base_offset: u64,
     pub last_offset: u64,
     pub append_time_ms: i64,
+}
+
+/// What one fdatasync of the active segment covers: taken by
+/// [`Log::sync_target`] after `write_pending`, handed back with the sync's
+/// result to [`Log::complete_sync`].
+#[derive(Debug)]
+pub struct SyncTarget<F> {
+    pub file: Rc<F>,
+    /// Offsets below this are covered once the sync succeeds.
+    pub offset: u64,
+    /// Bytes of the active segment covered.
+    pub len_bytes: u64,
+    /// `Log::sync_epoch` when the target was taken.
+    epoch: u64,
 }
 
 /// Frames returned by a read, whole and verified.
@@ -155,6 +186,9 @@ pub struct Log<S: Storage> {
     written_len: u64,
     durable_offset: u64,
     durable_len: u64,
+    /// Bumped whenever the active segment is replaced (roll) or cut
+    /// (truncation): a sync target of an older epoch may not publish.
+    sync_epoch: u64,
     checkpoint: Checkpoint,
     unflushed_bytes: u64,
     oldest_unflushed_ms: Option<i64>,
@@ -163,6 +197,9 @@ pub struct Log<S: Storage> {
     read_ahead: Option<ReadAhead>,
     preallocated_len: u64,
     failed: Option<String>,
+    /// The failure may have left memory and disk disagreeing (a truncation
+    /// failed half-way): reads are refused too.
+    failed_unreadable: bool,
     stats: LogStats,
 }
 
@@ -185,6 +222,18 @@ pub fn shard_cache_bytes() -> usize {
 
 fn shard_cache_over_budget() -> bool {
     SHARD_CACHE.with(|c| c.get().0 > c.get().1)
+}
+
+/// What a cached frame costs against the cache budgets: its bytes plus its
+/// bookkeeping (allocation header, `Bytes` handle, queue slot); a frame kept
+/// as a view of a larger buffer, at least what that buffer may hold.
+fn cache_charge_bytes(frame: &Bytes) -> usize {
+    let held = if frame.len() < CACHE_COPY_FRAME_BYTES_MAX {
+        frame.len()
+    } else {
+        frame.len().max(CACHE_VIEW_CHARGE_BYTES_MIN)
+    };
+    held + CACHE_FRAME_OVERHEAD_BYTES
 }
 
 pub fn segment_file_name(base_offset: u64) -> String {
@@ -283,6 +332,7 @@ impl<S: Storage> Log<S> {
             written_len: 0,
             durable_offset: 0,
             durable_len: 0,
+            sync_epoch: 0,
             checkpoint: cp,
             unflushed_bytes: 0,
             oldest_unflushed_ms: None,
@@ -291,6 +341,7 @@ impl<S: Storage> Log<S> {
             read_ahead: None,
             preallocated_len: 0,
             failed: None,
+            failed_unreadable: false,
             stats: LogStats::default(),
         };
 
@@ -642,9 +693,24 @@ impl<S: Storage> Log<S> {
         self.failed.as_deref()
     }
 
-    /// Marks the log failed (used when an fdatasync fails outside it).
+    /// Fails the log: it refuses appends, writes, syncs, truncation and
+    /// close until it is reopened (the first reason is kept).
     pub fn fail(&mut self, reason: String) {
-        self.failed.get_or_insert(reason);
+        if self.failed.is_none() {
+            tracing::error!(
+                dir = %self.dir.display(),
+                reason = %reason,
+                "partition log failed; it refuses writes until it is reopened"
+            );
+            self.failed = Some(reason);
+        }
+    }
+
+    /// Fails the log and refuses reads as well: for a failure after which
+    /// memory may not describe the files any more.
+    fn fail_unreadable(&mut self, reason: String) {
+        self.fail(reason);
+        self.failed_unreadable = true;
     }
 
     fn check_not_failed(&self) -> Result<(), EngineError> {
@@ -750,6 +816,7 @@ impl<S: Storage> Log<S> {
         self.stats.appended_frames += 1;
         self.stats.appended_bytes += frame_len;
         self.cache_push(frame);
+        self.assert_offsets();
         Ok(AppendInfo {
             base_offset,
             last_offset: next - 1,
@@ -849,9 +916,9 @@ impl<S: Storage> Log<S> {
         debug_assert!(self.in_flight.is_empty());
         let file = self.active_file();
         if let Err(e) = file.write_at(buf, pos).await {
-            // The buffer is gone; only a reopen (recovery) can rebuild a
-            // consistent view of the tail. Refuse writes until then.
-            self.failed = Some(e.to_string());
+            // The buffer is gone and the write may have landed in part; only
+            // a reopen (recovery) can rebuild a consistent view of the tail.
+            self.fail(format!("write failed: {e}"));
             return Err(e.into());
         }
         self.stats.writes += 1;
@@ -885,7 +952,7 @@ impl<S: Storage> Log<S> {
             return Ok(());
         };
         if let Err(e) = ticket.await {
-            self.failed = Some(e.to_string());
+            self.fail(format!("write failed: {e}"));
             // Let the other writes finish before reporting: they hold buffers.
             while let Some((_, t)) = self.in_flight.pop_front() {
                 let _ = t.await;
@@ -908,6 +975,7 @@ impl<S: Storage> Log<S> {
                 break;
             }
         }
+        self.assert_offsets();
     }
 
     /// NoSpace if taking `more_bytes` would leave less than the configured
@@ -946,42 +1014,66 @@ impl<S: Storage> Log<S> {
         self.active().len_bytes - self.written_len
     }
 
-    /// A handle to sync: the active file and what an fdatasync of it now
-    /// covers (offset and byte length). Call after `write_pending`.
-    pub fn sync_target(&self) -> (Rc<S::File>, u64, u64) {
-        (
-            self.active_file(),
-            self.written_offset,
-            self.written_frame_len,
-        )
+    /// What an fdatasync of the active file now covers. Call after
+    /// `write_pending`; run the fdatasync (the log may be used meanwhile) and
+    /// hand its result to [`Log::complete_sync`].
+    pub fn sync_target(&self) -> SyncTarget<S::File> {
+        SyncTarget {
+            file: self.active_file(),
+            offset: self.written_offset,
+            len_bytes: self.written_frame_len,
+            epoch: self.sync_epoch,
+        }
     }
 
-    /// Records that an fdatasync covering `sync_target()`'s values completed.
-    pub fn mark_durable(&mut self, offset: u64, len: u64) {
-        self.stats.fdatasyncs += 1;
-        if offset > self.durable_offset {
-            // `len` belongs to the active segment it was taken from; after a
-            // roll the new segment's durable length restarts at 0.
-            self.durable_offset = offset;
-            if len >= self.durable_len || offset == self.next_offset {
-                self.durable_len = len;
-            }
+    /// Takes the result of an fdatasync of `target`. A failure fails the
+    /// log (fsyncgate: the dirty data may be gone, and a retried fdatasync
+    /// would succeed without it) and is returned. A success publishes the
+    /// target's durable offset unless a roll or truncation came in between
+    /// (then it publishes nothing: the roll synced everything itself, the
+    /// truncation may have cut what the target covers).
+    pub fn complete_sync(
+        &mut self,
+        target: &SyncTarget<S::File>,
+        result: Result<(), crate::io_error::IoError>,
+    ) -> Result<(), EngineError> {
+        if let Err(e) = result {
+            self.fail(format!("fdatasync failed: {e}"));
+            return Err(e.into());
         }
+        self.stats.fdatasyncs += 1;
+        if target.epoch == self.sync_epoch {
+            self.mark_durable(target.offset, target.len_bytes);
+        }
+        Ok(())
+    }
+
+    /// Bytes up to `len` and offsets below `offset` of the active segment
+    /// (same epoch) are durable.
+    fn mark_durable(&mut self, offset: u64, len: u64) {
+        assert!(
+            offset <= self.written_offset && len <= self.written_frame_len,
+            "durable ({offset}, {len}) past written ({}, {})",
+            self.written_offset,
+            self.written_frame_len
+        );
+        // Targets of one epoch grow together; syncs may complete out of order.
+        self.durable_offset = self.durable_offset.max(offset);
+        self.durable_len = self.durable_len.max(len);
         if self.durable_offset >= self.next_offset {
             self.unflushed_bytes = 0;
             self.oldest_unflushed_ms = None;
         }
+        self.assert_offsets();
     }
 
     /// Write everything pending and fdatasync; returns the durable offset.
     pub async fn flush(&mut self, _now_ms: i64) -> Result<u64, EngineError> {
         self.write_pending().await?;
-        let (file, offset, len) = self.sync_target();
-        if offset > self.durable_offset {
-            file.fdatasync().await.inspect_err(|e| {
-                tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync failed");
-            })?;
-            self.mark_durable(offset, len);
+        let target = self.sync_target();
+        if target.offset > self.durable_offset {
+            let result = target.file.fdatasync().await;
+            self.complete_sync(&target, result)?;
         }
         self.maybe_checkpoint().await?;
         Ok(self.durable_offset)
@@ -1079,12 +1171,18 @@ impl<S: Storage> Log<S> {
             },
         );
         debug_assert!(self.in_flight.is_empty());
+        assert_eq!(
+            self.durable_offset, new_base,
+            "a roll closes a synced segment"
+        );
+        self.sync_epoch += 1;
         self.pending = Pending::empty();
         self.written_len = 0;
         self.written_frame_len = 0;
         self.durable_len = 0;
         self.preallocated_len = 0;
         self.read_ahead = None;
+        self.assert_offsets();
         self.write_checkpoint(false).await?;
         self.close_excess_files();
         self.stats.segments_rolled += 1;
@@ -1113,26 +1211,41 @@ impl<S: Storage> Log<S> {
     /// budget or while the shard's total is over the shard budget (the
     /// writer pays for its own room; memory stays bounded however many
     /// partitions a shard holds).
+    ///
+    /// A frame is a view into the producer connection's read buffer (64 KiB
+    /// to 1 MiB): a small frame is copied into an allocation of its own
+    /// size, so that what the cache is charged is what it holds, not a read
+    /// buffer it would pin; a large one is charged for that buffer.
     fn cache_push(&mut self, frame: Bytes) {
-        self.cache_add(frame.len());
+        let frame = if frame.len() < CACHE_COPY_FRAME_BYTES_MAX {
+            Bytes::copy_from_slice(&frame)
+        } else {
+            frame
+        };
+        self.cache_add(cache_charge_bytes(&frame));
         self.cache.push_back(frame);
         while self.cache_bytes > self.config.cache_bytes_max || shard_cache_over_budget() {
             match self.cache.pop_front() {
-                Some(f) => self.cache_remove(f.len()),
+                Some(f) => self.cache_remove(cache_charge_bytes(&f)),
                 None => break,
             }
         }
     }
 
-    fn cache_add(&mut self, len: usize) {
-        self.cache_bytes += len;
-        SHARD_CACHE.with(|c| c.set((c.get().0 + len, c.get().1)));
+    fn cache_add(&mut self, charge_bytes: usize) {
+        self.cache_bytes += charge_bytes;
+        SHARD_CACHE.with(|c| c.set((c.get().0 + charge_bytes, c.get().1)));
     }
 
-    fn cache_remove(&mut self, len: usize) {
-        debug_assert!(self.cache_bytes >= len);
-        self.cache_bytes -= len;
-        SHARD_CACHE.with(|c| c.set((c.get().0.saturating_sub(len), c.get().1)));
+    fn cache_remove(&mut self, charge_bytes: usize) {
+        assert!(self.cache_bytes >= charge_bytes);
+        self.cache_bytes -= charge_bytes;
+        SHARD_CACHE.with(|c| c.set((c.get().0.saturating_sub(charge_bytes), c.get().1)));
+    }
+
+    /// Bytes cached by this log, as charged against its and the shard's budget.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
     }
 
     fn cache_first_offset(&self) -> Option<u64> {
@@ -1144,25 +1257,57 @@ impl<S: Storage> Log<S> {
     }
 
     /// Whole frames from the one holding `from_offset`, up to `max_bytes`
-    /// (at least one frame whenever one exists at `from_offset`).
+    /// (at least one frame whenever one exists at `from_offset`). A failed
+    /// log serves only durable records (what a reopen will find), or nothing
+    /// if its failure may have left memory disagreeing with the files.
     pub async fn read(
         &mut self,
         from_offset: u64,
         max_bytes: usize,
     ) -> Result<ReadBatch, EngineError> {
+        let end = match &self.failed {
+            None => self.next_offset,
+            Some(reason) if self.failed_unreadable => {
+                return Err(EngineError::Failed {
+                    reason: reason.clone(),
+                })
+            }
+            Some(_) => self.durable_offset,
+        };
+        let mut out = self.read_below(end, from_offset, max_bytes).await?;
+        if end < self.next_offset {
+            // Frames end on durable_offset: it is a frame boundary.
+            let keep = out
+                .frames
+                .iter()
+                .take_while(|f| FrameHeader::ref_from(f).expect("verified").next_offset() <= end)
+                .count();
+            out.frames.truncate(keep);
+        }
+        Ok(out)
+    }
+
+    /// `read` with `end` as the high watermark (`next_offset`, or less).
+    async fn read_below(
+        &mut self,
+        end: u64,
+        from_offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, EngineError> {
+        assert!(end <= self.next_offset);
         let mut out = ReadBatch {
             frames: Vec::new(),
-            high_watermark: self.next_offset,
+            high_watermark: end,
             log_start_offset: self.log_start_offset,
         };
-        if from_offset < self.log_start_offset || from_offset > self.next_offset {
+        if from_offset < self.log_start_offset || from_offset > end {
             return Err(EngineError::OffsetOutOfRange {
                 offset: from_offset,
                 log_start_offset: self.log_start_offset,
-                high_watermark: self.next_offset,
+                high_watermark: end,
             });
         }
-        if from_offset == self.next_offset {
+        if from_offset == end {
             return Ok(out);
         }
         if let Some(first) = self.cache_first_offset() {
@@ -1515,6 +1660,7 @@ impl<S: Storage> Log<S> {
             .await?;
         self.checkpoint = cp;
         self.log_start_offset = new_start;
+        self.assert_offsets();
         let bases: Vec<u64> = self.segments.keys().copied().collect();
         for w in bases.windows(2) {
             if w[1] <= self.log_start_offset {
@@ -1536,7 +1682,7 @@ impl<S: Storage> Log<S> {
                 && first < self.log_start_offset
             {
                 let f = self.cache.pop_front().expect("non-empty");
-                self.cache_remove(f.len());
+                self.cache_remove(cache_charge_bytes(&f));
             } else {
                 break;
             }
@@ -1545,12 +1691,23 @@ impl<S: Storage> Log<S> {
     }
 
     /// Removes every record at or after `offset` (rounded down to the start
-    /// of the frame holding it). Returns the new high watermark.
+    /// of the frame holding it). Returns the new high watermark. A failure
+    /// half-way fails the log: memory and disk may disagree until a reopen.
     pub async fn truncate_to(&mut self, offset: u64) -> Result<u64, EngineError> {
         self.check_not_failed()?;
         if offset >= self.next_offset {
             return Ok(self.next_offset);
         }
+        // Syncs in flight must not publish what this may cut.
+        self.sync_epoch += 1;
+        let r = self.truncate_to_inner(offset).await;
+        if let Err(e) = &r {
+            self.fail_unreadable(format!("truncation to offset {offset} failed: {e}"));
+        }
+        r
+    }
+
+    async fn truncate_to_inner(&mut self, offset: u64) -> Result<u64, EngineError> {
         let offset = offset.max(self.log_start_offset);
         self.write_pending().await?;
         self.settle_prealloc().await?;
@@ -1619,7 +1776,7 @@ impl<S: Storage> Log<S> {
         while let Some(f) = self.cache.back() {
             if FrameHeader::ref_from(f).expect("cached").base_offset() >= cut_offset {
                 let f = self.cache.pop_back().expect("non-empty");
-                self.cache_remove(f.len());
+                self.cache_remove(cache_charge_bytes(&f));
             } else {
                 break;
             }
@@ -1648,10 +1805,37 @@ impl<S: Storage> Log<S> {
         Ok(())
     }
 
+    /// The offset and length invariants of the module header; cheap, so
+    /// asserted wherever one of them changes.
+    fn assert_offsets(&self) {
+        assert!(
+            self.durable_offset <= self.written_offset && self.written_offset <= self.next_offset,
+            "durable {} <= written {} <= end {}",
+            self.durable_offset,
+            self.written_offset,
+            self.next_offset
+        );
+        assert!(
+            self.log_start_offset <= self.next_offset,
+            "log start {} <= end {}",
+            self.log_start_offset,
+            self.next_offset
+        );
+        let len = self.active().len_bytes;
+        assert!(
+            self.durable_len <= self.written_frame_len
+                && self.written_frame_len <= self.written_len
+                && self.written_len <= len,
+            "durable {} <= written frames {} <= written {} <= length {} bytes",
+            self.durable_len,
+            self.written_frame_len,
+            self.written_len,
+            len
+        );
+    }
+
     fn check_invariants(&self) {
-        assert!(self.durable_offset <= self.next_offset);
-        assert!(self.written_offset <= self.next_offset);
-        assert!(self.durable_offset <= self.written_offset);
+        self.assert_offsets();
         let mut prev: Option<u64> = None;
         for &b in self.segments.keys() {
             if let Some(p) = prev {

@@ -13,10 +13,12 @@
 //! round, not two.
 //!
 //! Invariants: `offsets` mirrors the log after every operation; the
-//! published durable offset only grows; an fdatasync failure fails the log
-//! (fsyncgate: the kernel may have dropped the dirty data), so nothing is
-//! ever acknowledged as durable after a failed sync until a reopen recovers
-//! from what is really on disk.
+//! published durable offset only grows, except that a truncation lowers it
+//! with the high watermark; an fdatasync failure fails the log (fsyncgate:
+//! the kernel may have dropped the dirty data), so nothing is ever
+//! acknowledged as durable after a failed sync until a reopen recovers from
+//! what is really on disk; a sync overtaken by a truncation publishes
+//! nothing (`Log::complete_sync`), and its waiters get `Truncated`.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -285,7 +287,7 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             let _guard = SyncGuard::new(&self.inner);
-            let (file, offset, len) = {
+            let sync = {
                 let mut guard = self.inner.log.lock().await;
                 let log = guard.as_mut().ok_or(EngineError::Closed)?;
                 let r = log.write_pending().await;
@@ -295,32 +297,34 @@ impl<S: Storage> Partition<S> {
             };
             self.inner
                 .sync_covered
-                .set(self.inner.sync_covered.get().max(offset));
-            if offset < target && self.inner.offsets.get().high_watermark < target {
+                .set(self.inner.sync_covered.get().max(sync.offset));
+            let high_watermark = self.inner.offsets.get().high_watermark;
+            if sync.offset < target && high_watermark < target {
                 // The log was truncated below the target meanwhile.
-                return Err(EngineError::Closed);
+                return Err(EngineError::Truncated {
+                    offset: target,
+                    high_watermark,
+                });
             }
             let durable_before = self.inner.offsets.get().durable_offset;
             let started = std::time::Instant::now();
-            let synced = file.fdatasync().await;
+            let synced = sync.file.fdatasync().await;
             let took = started.elapsed();
             let mut guard = self.inner.log.lock().await;
             let log = guard.as_mut().ok_or(EngineError::Closed)?;
-            if let Err(e) = synced {
+            if synced.is_ok() {
+                self.inner
+                    .sync_stats
+                    .borrow_mut()
+                    .observe(took, sync.offset.saturating_sub(durable_before));
+            } else {
                 self.inner.sync_stats.borrow_mut().failures += 1;
-                tracing::error!(
-                    dir = %self.inner.dir.display(),
-                    error = %e,
-                    "fdatasync failed; the partition refuses writes until it is reopened"
-                );
-                log.fail(format!("fdatasync failed: {e}"));
-                return Err(e.into());
             }
-            self.inner
-                .sync_stats
-                .borrow_mut()
-                .observe(took, offset.saturating_sub(durable_before));
-            log.mark_durable(offset, len);
+            // A failure fails the log; a sync that a truncation or roll
+            // overtook publishes nothing (the loop looks again).
+            let r = log.complete_sync(&sync, synced);
+            self.publish(log);
+            r?;
             let r = log.maybe_checkpoint().await;
             self.publish(log);
             r?;

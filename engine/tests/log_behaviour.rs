@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytes::BytesMut;
 use futures_lite::future::block_on;
-use strom_engine::storage::{FaultyStorage, MemoryStorage, Storage};
+use strom_engine::storage::{FaultKind, FaultyStorage, MemoryStorage, Storage};
 use strom_engine::{EngineError, FlushPolicy, Log, LogConfig};
 use strom_flatbuffers::{BatchBuilder, FrameHeader, RecordIn};
 
@@ -24,6 +24,11 @@ fn cfg() -> LogConfig {
         retention_ms: None,
         ..LogConfig::default()
     }
+}
+
+/// Whether a result is the error of a failed log.
+fn is_failed<T>(r: &Result<T, EngineError>) -> bool {
+    matches!(r, Err(EngineError::Failed { .. }))
 }
 
 fn frame(ts: i64, records: usize, value_len: usize) -> BytesMut {
@@ -309,5 +314,198 @@ fn tail_caches_share_the_shard_budget() {
             0,
             "dropped logs give their bytes back"
         );
+    });
+}
+
+/// fsyncgate: a failed fdatasync may have dropped the dirty data, and a
+/// retried fdatasync then succeeds without writing it. The log used to return
+/// the error and stay open, so the next flush (or the next append, retrying
+/// a segment roll) synced again and acknowledged records that were gone.
+/// A failed sync must fail the log until a reopen recovers from the disk.
+#[test]
+fn a_failed_fdatasync_fails_the_log_until_reopen() {
+    block_on(async {
+        let storage = FaultyStorage::new(5);
+        let dir = Path::new("/p");
+        let (mut log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("open");
+        log.append(frame(0, 1, 100), 0).await.expect("append");
+        assert_eq!(log.flush(0).await.expect("flush"), 1);
+        log.append(frame(1, 1, 100), 1).await.expect("append");
+        log.write_pending().await.expect("write");
+        // The next operation, the flush's fdatasync, fails.
+        storage.fail_after(0, FaultKind::Eio);
+        log.flush(1).await.expect_err("fdatasync fails");
+        storage.clear_faults();
+        assert!(log.failed().is_some(), "a failed sync fails the log");
+        let r = log.flush(2).await;
+        assert!(is_failed(&r), "retried flush after a failed sync: {r:?}");
+        let r = log.append(frame(2, 1, 100), 2).await;
+        assert!(is_failed(&r), "append after a failed sync: {r:?}");
+        let r = log.write_pending().await;
+        assert!(is_failed(&r), "write after a failed sync: {r:?}");
+        assert_eq!(log.offsets().durable_offset, 1);
+        // What was durable before the failure can still be read.
+        let b = log.read(0, 1 << 20).await.expect("read durable data");
+        assert!(!b.frames.is_empty());
+        drop(log);
+        // Reopening recovers from what is on disk, and takes appends again.
+        let (mut log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("reopen");
+        assert!(log.offsets().high_watermark >= 1);
+        log.append(frame(3, 1, 100), 3)
+            .await
+            .expect("append after reopen");
+    });
+}
+
+/// The same failure reached through a segment roll: the roll's flush fails
+/// its fdatasync; the next append used to retry the roll, whose fdatasync
+/// succeeded and closed the segment as if every byte were on disk.
+#[test]
+fn a_failed_fdatasync_in_a_segment_roll_fails_the_log() {
+    block_on(async {
+        let storage = FaultyStorage::new(6);
+        let dir = Path::new("/p");
+        let (mut log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("open");
+        // Fill the first segment (256 KiB) without syncing.
+        let mut i = 0;
+        while log.stats().log_bytes < 250 << 10 {
+            log.append(frame(i, 1, 2000), i).await.expect("append");
+            i += 1;
+        }
+        log.write_pending().await.expect("write");
+        assert_eq!(log.stats().segments_rolled, 0);
+        storage.fail_after(0, FaultKind::Eio);
+        // This append rolls; the roll's flush has nothing left to write, so
+        // its first operation is the fdatasync, which fails.
+        log.append(frame(i, 1, 8000), i)
+            .await
+            .expect_err("the roll's fdatasync fails");
+        storage.clear_faults();
+        let r = log.append(frame(i, 1, 8000), i).await;
+        assert!(
+            matches!(r, Err(EngineError::Failed { .. })),
+            "append after a failed roll: {r:?}"
+        );
+        assert_eq!(log.stats().segments_rolled, 0);
+    });
+}
+
+/// Produce frames are views into a connection's read buffer. The tail cache
+/// used to keep those views and charge only the frame's length, so a 100-byte
+/// frame of a cold partition pinned its whole read buffer (64 KiB to 1 MiB)
+/// and the cache budget did not bound memory. Small frames must be copied
+/// into memory the cache owns.
+#[test]
+fn tail_cache_does_not_pin_large_read_buffers() {
+    const READ_BUFFER_BYTES: usize = 1 << 20;
+    const FRAMES: usize = 64;
+    block_on(async {
+        let budget = 1 << 20;
+        strom_engine::log::set_shard_cache_bytes_max(budget);
+        let mut config = cfg();
+        config.cache_bytes_max = budget;
+        let (mut log, _) = Log::open(MemoryStorage::new(), Path::new("/p"), config, 0)
+            .await
+            .expect("open");
+        // Address ranges of the read buffers the frames were cut from. The
+        // rest of each buffer is kept (as a connection keeps reading into
+        // it), so that no later allocation can reuse its addresses and be
+        // mistaken for a frame pinning it.
+        let mut buffers = Vec::new();
+        let mut rests = Vec::new();
+        for i in 0..FRAMES {
+            let f = frame(i as i64, 1, 100);
+            let mut read_buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+            let start = read_buf.as_ptr() as usize;
+            buffers.push(start..start + READ_BUFFER_BYTES);
+            read_buf.extend_from_slice(&f);
+            read_buf.extend_from_slice(&[0u8; 4096]); // the next request
+            let view = read_buf.split_to(f.len());
+            rests.push(read_buf);
+            log.append(view, 0).await.expect("append");
+        }
+        let b = log.read(0, 1 << 20).await.expect("read");
+        assert_eq!(b.frames.len(), FRAMES, "every frame is cached");
+        assert_eq!(log.stats().cache_hits, 1);
+        // Memory the cached frames hold: their own bytes, plus every read
+        // buffer one of them still points into.
+        let pinned: std::collections::BTreeSet<usize> = b
+            .frames
+            .iter()
+            .filter_map(|f| {
+                let p = f.as_ptr() as usize;
+                buffers.iter().position(|r| r.contains(&p))
+            })
+            .collect();
+        let held = b.bytes() + pinned.len() * READ_BUFFER_BYTES;
+        assert!(
+            held <= budget,
+            "the cache holds {held} bytes ({} read buffers pinned) over a {budget}-byte budget",
+            pinned.len()
+        );
+        assert!(strom_engine::log::shard_cache_bytes() <= budget);
+    });
+}
+
+/// A group-commit sync takes its target (offset and length of the active
+/// segment), releases the log and runs its fdatasync. A truncation that ran
+/// meanwhile cut the log below that target; the sync then published a durable
+/// offset above the new end, and a later `sync_to` returned at once without
+/// syncing records appended after the truncation.
+#[test]
+fn a_sync_racing_a_truncation_does_not_publish_past_the_end() {
+    use futures_lite::future::{yield_now, zip};
+    use strom_engine::{Durability, Partition};
+    block_on(async {
+        let storage = FaultyStorage::new(11);
+        // Each fdatasync yields once, so the truncation runs inside it.
+        storage.set_sync_yields(1);
+        let dir = Path::new("/p");
+        let p = Partition::open_on(storage.clone(), dir, cfg(), false)
+            .await
+            .expect("open");
+        for i in 0..3 {
+            p.append(frame(i, 1, 100), Durability::Buffered)
+                .await
+                .expect("append");
+        }
+        let sync = p.sync_to(3);
+        let truncate = async {
+            // Once the sync has written everything and is in its fdatasync:
+            while p.offsets().written_offset < 3 {
+                yield_now().await;
+            }
+            p.truncate_to(1).await
+        };
+        let (synced, truncated) = zip(sync, truncate).await;
+        assert_eq!(truncated.expect("truncate"), 1);
+        let o = p.offsets();
+        assert!(
+            o.durable_offset <= o.written_offset && o.written_offset <= o.high_watermark,
+            "{o:?}"
+        );
+        assert!(
+            synced.is_err(),
+            "offsets 1..3 were truncated, not made durable"
+        );
+        // Records appended after the truncation are synced for real.
+        for i in 3..5 {
+            p.append(frame(i, 1, 100), Durability::Buffered)
+                .await
+                .expect("append");
+        }
+        p.sync_to(3).await.expect("sync");
+        drop(p);
+        storage.crash_lose_all_unsynced();
+        let (log, _) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("reopen");
+        assert_eq!(log.offsets().high_watermark, 3, "acknowledged records lost");
     });
 }

@@ -4,8 +4,16 @@
 //! injected EIO/ENOSPC, clean restarts and recoveries, checked after every
 //! step against a simple model.
 //!
+//! After an injected fault the schedule either crashes and recovers (as the
+//! server would) or carries on with the same log: a failed fdatasync or
+//! write leaves the log failed (the fault model loses the unsynced writes of
+//! a failed sync for good, Linux's "fsyncgate"), and a failed log must refuse
+//! every append, write and sync until a reopen recovers what is on disk.
+//!
 //! Invariants checked:
 //! - no record whose durability was acknowledged is ever lost;
+//! - a failed log acknowledges nothing: appends, writes, flushes and close
+//!   return `EngineError::Failed`;
 //! - no corrupt or partial frame is ever returned; what is returned at an
 //!   offset is byte for byte what was appended at that offset;
 //! - offsets stay dense and monotonic;
@@ -220,6 +228,9 @@ fn run_schedule(seed: u64, steps: usize) {
         let mut log = reopen(&storage, dir, &cfg, &mut model, seed, now).await;
         let mut tag = 0u64;
         let mut faults_armed = false;
+        // A fault was armed since the last reopen: a background operation
+        // started then (a preallocation) may report it later.
+        let mut faulted_since_reopen = false;
         for _ in 0..steps {
             now += rng.below(50) as i64;
             let op = rng.below(100);
@@ -233,20 +244,26 @@ fn run_schedule(seed: u64, steps: usize) {
             if (87..=89).contains(&op) {
                 // clean shutdown and restart
                 let hw = log.offsets().high_watermark;
+                let was_failed = log.failed().is_some();
                 let closed = log.close(now).await;
                 match closed {
-                    Ok(()) => model.durable = model.durable.max(hw),
+                    Ok(()) => {
+                        assert!(!was_failed, "seed {seed}: a failed log closed cleanly");
+                        model.durable = model.durable.max(hw);
+                    }
                     Err(e) => assert!(
-                        faults_armed,
+                        faulted_since_reopen || was_failed,
                         "seed {seed}: close failed without a fault: {e}"
                     ),
                 }
                 storage.crash();
                 storage.clear_faults();
                 faults_armed = false;
+                faulted_since_reopen = false;
                 log = reopen(&storage, dir, &cfg, &mut model, seed, now).await;
                 continue;
             }
+            let failed_before = log.failed().is_some();
             let result: Result<(), EngineError> = async {
                 match op {
                     0..=44 => {
@@ -276,17 +293,24 @@ fn run_schedule(seed: u64, steps: usize) {
                     55..=59 => log.write_pending().await?,
                     60..=74 => {
                         let o = log.offsets();
-                        if o.high_watermark > o.log_start_offset {
-                            let at = o.log_start_offset
-                                + rng.below(o.high_watermark - o.log_start_offset);
+                        // A failed log serves only what is durable.
+                        let end = if log.failed().is_some() {
+                            o.durable_offset
+                        } else {
+                            o.high_watermark
+                        };
+                        if end > o.log_start_offset {
+                            let at = o.log_start_offset + rng.below(end - o.log_start_offset);
                             let b = log.read(at, rng.below(20_000) as usize).await?;
                             assert!(!b.frames.is_empty(), "seed {seed}: nothing at {at}");
                             check_frames_match(&model, &b.frames, at, seed);
                         }
                         let past = log.read(o.high_watermark + 1, 100).await;
                         assert!(
-                            matches!(past, Err(EngineError::OffsetOutOfRange { .. })),
-                            "seed {seed}: read past end"
+                            matches!(past, Err(EngineError::OffsetOutOfRange { .. }))
+                                || log.failed().is_some()
+                                    && matches!(past, Err(EngineError::Failed { .. })),
+                            "seed {seed}: read past end: {past:?}"
                         );
                     }
                     75..=77 => {
@@ -327,6 +351,7 @@ fn run_schedule(seed: u64, steps: usize) {
                         storage.crash();
                         storage.clear_faults();
                         faults_armed = false;
+                        faulted_since_reopen = false;
                         log = reopen(&storage, dir, &cfg, &mut model, seed, now).await;
                     }
                     90..=93 if !faults_armed => {
@@ -337,6 +362,7 @@ fn run_schedule(seed: u64, steps: usize) {
                         };
                         storage.fail_after(rng.below(20), kind);
                         faults_armed = true;
+                        faulted_since_reopen = true;
                     }
                     _ => {
                         let o = log.offsets();
@@ -350,19 +376,37 @@ fn run_schedule(seed: u64, steps: usize) {
                 Ok(())
             }
             .await;
+            if failed_before {
+                // A failed log acknowledges nothing (reads may go on).
+                match (&result, op) {
+                    (Err(EngineError::Failed { .. }), _) => {}
+                    (Ok(()), 0..=59 | 80) => {
+                        panic!("seed {seed}: op {op} succeeded on a failed log")
+                    }
+                    (r, _) => assert!(
+                        r.is_ok() || faulted_since_reopen,
+                        "seed {seed}: op {op} on a failed log: {r:?}"
+                    ),
+                }
+            }
             if let Err(e) = result {
                 if trace() {
-                    eprintln!("  error {e}");
+                    eprintln!("  error {e} (failed: {:?})", log.failed());
                 }
                 assert!(
-                    faults_armed,
+                    faulted_since_reopen || failed_before,
                     "seed {seed}: error without an injected fault: {e}"
                 );
-                // After an injected fault: crash and recover, as the server would.
-                storage.crash();
                 storage.clear_faults();
                 faults_armed = false;
-                log = reopen(&storage, dir, &cfg, &mut model, seed, now).await;
+                if rng.chance(50) {
+                    // Crash and recover, as the server would.
+                    storage.crash();
+                    faulted_since_reopen = false;
+                    log = reopen(&storage, dir, &cfg, &mut model, seed, now).await;
+                }
+                // Otherwise carry on with the same log: if the fault left it
+                // failed, the next operations must say so.
             }
         }
         storage.crash();
