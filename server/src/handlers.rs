@@ -5,133 +5,18 @@
 use crate::connection::Outgoing;
 use crate::engine::Durability;
 use crate::error::WireError;
-use crate::execute::execute;
 use crate::group::group_shard;
 use crate::limits::*;
 use crate::metadata;
 use crate::metrics::Protocol;
-use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
+use crate::ops::{self, call, collect, fan_out, reply_error};
+use crate::router::{AdminOp, Op, ProduceItem, Reply};
 use crate::shard::Shard;
-use crate::shutdown::first_of;
 use bytes::{Bytes, BytesMut};
-use glommio::channels::local_channel::{self, LocalReceiver};
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use strom_flatbuffers::protocol::*;
-
-/// Runs `op` on `target`: in place when this shard owns it, else over the
-/// mesh. Boxed because admin operations call back into it.
-pub fn call(shard: &Rc<Shard>, target: usize, op: Op) -> Pin<Box<dyn Future<Output = Reply>>> {
-    let shard = shard.clone();
-    Box::pin(async move {
-        if target == shard.id {
-            execute(&shard, op).await
-        } else {
-            shard.metrics().forwarded(target);
-            shard.router.forward(target, op).await
-        }
-    })
-}
-
-/// Runs every op in its own detached task (so that a caller giving up
-/// cancels nothing half-done) and delivers the replies as they come.
-pub fn fan_out(shard: &Rc<Shard>, ops: Vec<(usize, Op)>) -> LocalReceiver<(usize, Reply)> {
-    let (tx, rx) = local_channel::new_bounded(ops.len().max(1));
-    let tx = Rc::new(tx);
-    for (target, op) in ops {
-        let fut = call(shard, target, op);
-        let tx = tx.clone();
-        glommio::spawn_local(async move {
-            let reply = fut.await;
-            let _ = tx.try_send((target, reply));
-        })
-        .detach();
-    }
-    rx
-}
-
-/// The long poll of every protocol edge: waits on each shard of
-/// `per_shard` (shard -> (topic, partition, offset seen)) until any of those
-/// partitions grows past its offset, `deadline` passes or the server shuts
-/// down; then ends the waits still running on the other shards, so none
-/// outlives the fetch it served (see `crate::waits`).
-pub async fn long_poll(
-    shard: &Rc<Shard>,
-    per_shard: BTreeMap<usize, Vec<(String, u32, u64)>>,
-    deadline: Instant,
-) {
-    if per_shard.is_empty() {
-        return;
-    }
-    let id = shard.router.waits.next_id(shard.id);
-    let left = deadline.saturating_duration_since(Instant::now());
-    let wait_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-    let targets: Vec<usize> = per_shard.keys().copied().collect();
-    let ops: Vec<(usize, Op)> = per_shard
-        .into_iter()
-        .map(|(s, items)| (s, Op::Wait { id, items, wait_ms }))
-        .collect();
-    let rx = fan_out(shard, ops);
-    let answered = Rc::new(std::cell::Cell::new(None));
-    let first = answered.clone();
-    let futs: Vec<Pin<Box<dyn Future<Output = ()>>>> = vec![
-        Box::pin(async move {
-            if let Some((target, _done)) = rx.recv().await {
-                first.set(Some(target));
-            }
-        }),
-        Box::pin(glommio::timer::sleep(left)),
-        Box::pin(shard.shutdown.wait()),
-    ];
-    first_of(futs).await;
-    // The wait that answered has ended by itself; end the others.
-    let cancels: Vec<(usize, Op)> = targets
-        .into_iter()
-        .filter(|s| Some(*s) != answered.get())
-        .map(|s| (s, Op::CancelWait { id }))
-        .collect();
-    if !cancels.is_empty() {
-        drop(fan_out(shard, cancels));
-    }
-}
-
-/// Collects up to `n` replies, or as many as arrive before `deadline`.
-async fn collect(
-    rx: &LocalReceiver<(usize, Reply)>,
-    n: usize,
-    deadline: Option<Instant>,
-) -> Vec<(usize, Reply)> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let next = async { rx.recv().await };
-        let got = match deadline {
-            None => next.await,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                let timer = async {
-                    glommio::timer::sleep(left).await;
-                    None
-                };
-                futures_lite::future::or(next, timer).await
-            }
-        };
-        match got {
-            Some(r) => out.push(r),
-            None => break,
-        }
-    }
-    out
-}
-
-fn unexpected(reply: Reply) -> WireError {
-    match reply {
-        Reply::Failed(e) => e,
-        _ => WireError::new(ErrorCode::Internal, "unexpected reply kind"),
-    }
-}
 
 fn respond(cid: u64, body: &ResponseBody, trailer: Vec<Bytes>) -> Outgoing {
     let head = encode_response(cid, body).unwrap_or_else(|e| {
@@ -314,7 +199,7 @@ async fn answer(
 async fn admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicResults, WireError> {
     match call(shard, 0, Op::Admin(op)).await {
         Reply::Topics(t) => Ok(t),
-        other => Err(unexpected(other)),
+        other => Err(reply_error(other)),
     }
 }
 
@@ -410,7 +295,7 @@ async fn describe(
                 }
             }
             other => {
-                let e = unexpected(other);
+                let e = reply_error(other);
                 for (ti, p) in idx {
                     let pd = &mut topics[*ti].partitions[*p as usize];
                     pd.error = e.code;
@@ -507,7 +392,7 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
                 }
             }
             other => {
-                let e = unexpected(other);
+                let e = reply_error(other);
                 for i in indexes {
                     results[i].error = e.code;
                     results[i].message = e.message.clone();
@@ -523,77 +408,6 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
         }
     }
     ProduceResponse { results }
-}
-
-fn out_of_reach(index: usize, e: WireError) -> FetchOut {
-    FetchOut {
-        index,
-        error: Some(e),
-        high_watermark: 0,
-        log_start_offset: 0,
-        frames: Vec::new(),
-    }
-}
-
-/// Reads every partition once (no waiting); results by request index.
-async fn read_all(shard: &Rc<Shard>, parts: &[FetchPartition], max_bytes: usize) -> Vec<FetchOut> {
-    let mut outs: Vec<Option<FetchOut>> = (0..parts.len()).map(|_| None).collect();
-    let mut per_shard: BTreeMap<usize, Vec<FetchItem>> = BTreeMap::new();
-    for (index, p) in parts.iter().enumerate() {
-        match shard.owner(&p.topic, p.partition) {
-            Ok(s) => per_shard.entry(s).or_default().push(FetchItem {
-                index,
-                topic: p.topic.clone(),
-                partition: p.partition,
-                offset: p.offset,
-                max_bytes: match p.partition_max_bytes as usize {
-                    0 => max_bytes,
-                    n => n.min(max_bytes),
-                },
-            }),
-            Err(e) => outs[index] = Some(out_of_reach(index, e)),
-        }
-    }
-    let mut waiting: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    let ops: Vec<(usize, Op)> = per_shard
-        .into_iter()
-        .map(|(s, items)| {
-            waiting.insert(s, items.iter().map(|i| i.index).collect());
-            (s, Op::Fetch { items })
-        })
-        .collect();
-    let n = ops.len();
-    let rx = fan_out(shard, ops);
-    for (target, reply) in collect(&rx, n, None).await {
-        let indexes = waiting.remove(&target).unwrap_or_default();
-        match reply {
-            Reply::Fetch(fs) => {
-                for f in fs {
-                    let i = f.index;
-                    outs[i] = Some(f);
-                }
-            }
-            other => {
-                let e = unexpected(other);
-                for i in indexes {
-                    outs[i] = Some(out_of_reach(i, e.clone()));
-                }
-            }
-        }
-    }
-    outs.into_iter()
-        .enumerate()
-        .map(|(i, o)| {
-            o.unwrap_or_else(|| out_of_reach(i, WireError::new(ErrorCode::Internal, "no answer")))
-        })
-        .collect()
-}
-
-fn bytes_of(outs: &[FetchOut]) -> usize {
-    outs.iter()
-        .flat_map(|o| o.frames.iter())
-        .map(|f| f.len())
-        .sum()
 }
 
 async fn fetch(
@@ -613,45 +427,30 @@ async fn fetch(
         0 => FETCH_BYTES_MAX,
         n => n.min(FETCH_BYTES_MAX),
     };
-    let wait_ms = r.max_wait_ms.min(FETCH_WAIT_MAX_MS);
-    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
-    let mut outs = read_all(shard, &r.partitions, max_bytes).await;
-    let min_bytes = (r.min_bytes as usize).max(1);
-    if bytes_of(&outs) < min_bytes && wait_ms > 0 && !shard.shutdown.is_fired() {
-        // Long poll: wake when any partition grows past what we saw, or at
-        // the deadline, then read again.
-        let mut per_shard: BTreeMap<usize, Vec<(String, u32, u64)>> = BTreeMap::new();
-        for (p, o) in r.partitions.iter().zip(&outs) {
-            if o.error.is_some() {
-                continue;
-            }
-            if let Ok(s) = shard.owner(&p.topic, p.partition) {
-                let seen = o.high_watermark.max(p.offset);
-                per_shard
-                    .entry(s)
-                    .or_default()
-                    .push((p.topic.clone(), p.partition, seen));
-            }
-        }
-        if !per_shard.is_empty() {
-            long_poll(shard, per_shard, deadline).await;
-            outs = read_all(shard, &r.partitions, max_bytes).await;
-        }
-    }
-    // Trim to max_bytes, whole frames only; the first frame always goes so
-    // that a frame larger than max_bytes cannot stall a consumer.
-    let mut budget = max_bytes;
-    let mut any = false;
+    let spec = ops::FetchSpec {
+        parts: r
+            .partitions
+            .iter()
+            .map(|p| ops::FetchPart {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: p.offset,
+                max_bytes: match p.partition_max_bytes as usize {
+                    0 => max_bytes,
+                    n => n.min(max_bytes),
+                },
+            })
+            .collect(),
+        max_bytes,
+        min_bytes: r.min_bytes as usize,
+        max_wait_ms: r.max_wait_ms.min(FETCH_WAIT_MAX_MS),
+    };
+    let outs = ops::fetch(shard, &spec).await;
     let mut results = Vec::with_capacity(outs.len());
     let mut trailer = Vec::new();
     for (p, o) in r.partitions.iter().zip(outs) {
         let mut len = 0usize;
         for f in o.frames {
-            if any && f.len() > budget {
-                break;
-            }
-            budget = budget.saturating_sub(f.len());
-            any = true;
             len += f.len();
             trailer.push(f);
         }
@@ -715,7 +514,7 @@ async fn list_offsets(
                     results[i] = res;
                 }
             }
-            other => return Err(unexpected(other)),
+            other => return Err(reply_error(other)),
         }
     }
     Ok(ListOffsetsResponse { results })
@@ -745,7 +544,7 @@ async fn offset_commit(
     let owner = group_shard(&r.group, &shard.placement());
     match call(shard, owner, Op::OffsetCommit(r)).await {
         Reply::OffsetCommit(c) => Ok(c),
-        other => Err(unexpected(other)),
+        other => Err(reply_error(other)),
     }
 }
 
@@ -763,6 +562,6 @@ async fn offset_fetch(
     let owner = group_shard(&r.group, &shard.placement());
     match call(shard, owner, Op::OffsetFetch(r)).await {
         Reply::OffsetFetch(c) => Ok(c),
-        other => Err(unexpected(other)),
+        other => Err(reply_error(other)),
     }
 }

@@ -5,8 +5,8 @@
 //! `Op::Metrics` and merged; see `metrics.rs`).
 //! Minimal HTTP/1.0-style: one request per connection, bounded head.
 
-use crate::handlers::fan_out;
 use crate::limits::{HTTP_REQUEST_BYTES_MAX, METRICS_SCRAPE_TIMEOUT_MS};
+use crate::ops::fan_out;
 use crate::router::{Op, Reply};
 use crate::shard::Shard;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};

@@ -20,7 +20,6 @@ pub mod alloc;
 pub mod config;
 pub mod connection;
 pub mod error;
-pub mod execute;
 pub mod group;
 pub mod handlers;
 pub mod http;
@@ -29,7 +28,9 @@ pub mod limits;
 pub mod metadata;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod router;
+pub mod serve;
 pub mod shard;
 pub mod shutdown;
 pub mod waits;
@@ -38,3 +39,9 @@ pub mod waits;
 pub mod engine {
     pub use strom_engine::*;
 }
+
+/// The unit tests run under the allocator the binary installs (`main.rs`),
+/// so `alloc`'s tests see what the server does.
+#[cfg(test)]
+#[global_allocator]
+static TEST_GLOBAL: alloc::StromAlloc = alloc::StromAlloc;

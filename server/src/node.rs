@@ -9,10 +9,11 @@
 
 use crate::config::{Args, LogFormat, ServerConfig};
 use crate::error::ServerError;
-use crate::{group, kafka, limits, metadata, shard};
+use crate::serve::ShardStart;
+use crate::shard::Shared;
+use crate::{group, kafka, limits, metadata};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use crate::shard::{ShardStart, Shared};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -189,7 +190,7 @@ pub fn run(args: Args) -> Result<(), ServerError> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("strom-shard-{id}"))
             .io_memory(limits::IO_MEMORY_BYTES)
-            .spawn(move || shard::run(start))
+            .spawn(move || crate::serve::run(start))
             .map_err(|e| ServerError::Executor(format!("shard {id}: {e}")))?;
         handles.push(handle);
         // Every shard binds the port shard 0 got (port 0 works).

@@ -11,25 +11,18 @@
 //!   which runs one at a time.
 //! - No `RefCell` borrow is held across an `.await`.
 
-use crate::connection;
 use crate::engine::Partition;
-use crate::error::{ServerError, WireError};
-use crate::limits::*;
+use crate::error::WireError;
 use crate::metadata::{self, Metadata, Placement};
 use crate::metrics::{PartitionSnapshot, PartitionTraffic, ShardMetrics, ShardSnapshot};
-use crate::router::{MeshMsg, Router};
+use crate::router::Router;
 use crate::shutdown::Event;
-use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
-use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// State shared by every shard and the main thread (atomics only).
 pub struct Shared {
@@ -49,20 +42,6 @@ pub struct Shared {
     pub group_config: crate::group::coordinator::CoordinatorConfig,
     /// The Kafka listener's settings, bound address and producer ids.
     pub kafka: crate::kafka::KafkaShared,
-}
-
-/// What start-up hands one shard.
-pub struct ShardStart {
-    pub id: usize,
-    pub listen: SocketAddr,
-    /// Shard 0 only: the HTTP address.
-    pub http: Option<SocketAddr>,
-    pub shared: Arc<Shared>,
-    pub mesh: Option<MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>>,
-    /// Where to report the bound addresses (native, http) or a failure.
-    pub bound: std::sync::mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), String>>,
-    /// Where to report readiness (partitions open) or a failure.
-    pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
 
 pub struct PartitionSlot {
@@ -290,7 +269,7 @@ impl Shard {
         self.groups.set_topics(self);
     }
 
-    async fn close_all(&self) {
+    pub async fn close_all(&self) {
         let all: Vec<_> = self.partitions.borrow_mut().drain().collect();
         for ((topic, p), slot) in all {
             if let Err(e) = slot.partition.close().await {
@@ -333,235 +312,5 @@ fn log_recovery(shard: usize, topic: &str, partition: u32, part: &Partition) {
             high_watermark = o.high_watermark,
             "partition opened"
         );
-    }
-}
-
-fn bind_err(addr: SocketAddr, e: impl std::fmt::Display) -> String {
-    ServerError::Bind {
-        addr: addr.to_string(),
-        reason: e.to_string(),
-    }
-    .to_string()
-}
-
-/// Counts a shard's exit, even by panic, so that the main thread notices.
-struct ExitGuard(Arc<Shared>);
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        self.0.exited.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// The body of one shard's executor.
-pub async fn run(start: ShardStart) {
-    let _exit = ExitGuard(start.shared.clone());
-    let ShardStart {
-        id,
-        listen,
-        http,
-        shared,
-        mesh,
-        bound,
-        ready,
-    } = start;
-    if let Some(max) = crate::config::engine_defaults().shard_cache_bytes_max {
-        strom_engine::log::set_shard_cache_bytes_max(max);
-    }
-    // A periodic timer from the first moment: twice under heavy load a
-    // start-up hung with both executors asleep in io_uring wait although
-    // work was pending (a wake-up from another thread, e.g. a spawn_blocking
-    // completion, was lost; attaching a debugger woke it). A timer bounds
-    // the cost of such a loss to one tick. Mitigation, not a root cause fix.
-    glommio::spawn_local(async {
-        loop {
-            glommio::timer::sleep(Duration::from_millis(REACTOR_NUDGE_MS)).await;
-        }
-    })
-    .detach();
-    // Bind first so that shard 0 can report the real port (port 0 works).
-    let listener = match TcpListener::bind(listen) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(bind_err(listen, e)));
-            return;
-        }
-    };
-    let http_listener = match http.map(TcpListener::bind).transpose() {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(bind_err(http.expect("http addr"), e)));
-            return;
-        }
-    };
-    // Every shard binds the Kafka port shard 0 got (recorded in `shared`).
-    let kafka_listener = match crate::kafka::bind(&shared.kafka) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(e));
-            return;
-        }
-    };
-    let native = listener.local_addr().unwrap_or(listen);
-    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let _ = bound.send(Ok((native, http_addr)));
-
-    // Join the mesh and learn every shard's peer id.
-    let (senders, receivers) = match mesh {
-        Some(m) => match m.join().await {
-            Ok((s, r)) => (Some(s), Some(r)),
-            Err(_) => {
-                let _ = ready.send(Err(format!("shard {id}: joining the mesh failed")));
-                return;
-            }
-        },
-        None => (None, None),
-    };
-    if let Some(s) = &senders {
-        shared.peers[id].store(s.peer_id(), Ordering::SeqCst);
-    } else {
-        shared.peers[id].store(0, Ordering::SeqCst);
-    }
-    while shared
-        .peers
-        .iter()
-        .any(|p| p.load(Ordering::SeqCst) == usize::MAX)
-    {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(shared.placement.shards, shared.shards);
-    let peer_of = shared
-        .peers
-        .iter()
-        .map(|p| p.load(Ordering::SeqCst))
-        .collect();
-    let shard = Rc::new(Shard {
-        id,
-        shards: shared.shards,
-        data_dir: shared.data_dir.clone(),
-        metadata: RefCell::new(Metadata {
-            shard_count: shared.shards as u32,
-            placement_epoch: shared.placement.epoch,
-            offsets_partitions: shared.placement.offsets_partitions,
-            ..Metadata::default()
-        }),
-        partitions: RefCell::new(HashMap::new()),
-        router: Router::new(id, senders, peer_of),
-        groups: crate::group::service::GroupShard::new(
-            shared.group_config.clone(),
-            shared.placement,
-        ),
-        shared: shared.clone(),
-        admin_lock: Semaphore::new(1),
-        apply_lock: Semaphore::new(1),
-        connections: Cell::new(0),
-        shutdown: Event::default(),
-        kafka: crate::kafka::KafkaShard::default(),
-        metrics: ShardMetrics::default(),
-    });
-    if let Some(r) = receivers {
-        serve_mesh(&shard, r);
-    }
-    // HTTP first, so that /health and a 503 /ready answer during start-up.
-    if let Some(h) = http_listener {
-        glommio::spawn_local(crate::http::serve(h, shard.clone())).detach();
-    }
-    shard.apply(shared.initial_metadata.clone()).await;
-    shard.groups.load(&shard).await;
-    tracing::debug!(
-        shard = id,
-        partitions = shard.partitions.borrow().len(),
-        "shard ready"
-    );
-    shared.ready.fetch_add(1, Ordering::SeqCst);
-    let _ = ready.send(Ok(id));
-
-    // Watch the process-wide flag.
-    let watcher = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while !shard.shared.shutdown.load(Ordering::SeqCst) {
-                glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
-            }
-            shard.shutdown.fire();
-        })
-    };
-    if let Some(k) = kafka_listener {
-        glommio::spawn_local(crate::kafka::serve(shard.clone(), k)).detach();
-    }
-    accept_loop(&shard, listener).await;
-    watcher.await;
-
-    // Drain: connections finish their in-flight requests and close.
-    let deadline = std::time::Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
-    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    // Keep serving the mesh until every shard has drained.
-    shared.drained.fetch_add(1, Ordering::SeqCst);
-    while shared.drained.load(Ordering::SeqCst) < shared.shards
-        && std::time::Instant::now() < deadline
-    {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    shard.close_all().await;
-    shard.groups.close().await;
-}
-
-async fn accept_loop(shard: &Rc<Shard>, listener: TcpListener) {
-    loop {
-        let accept = async { Some(listener.accept().await) };
-        let stop = async {
-            shard.shutdown.wait().await;
-            None
-        };
-        let Some(res) = futures_lite::future::or(stop, accept).await else {
-            return;
-        };
-        let stream = match res {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(shard = shard.id, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if shard.connections.get() >= CONNECTIONS_PER_SHARD_MAX {
-            ShardMetrics::add(&shard.metrics().connections_refused, 1);
-            shard.metrics().client_error(
-                shard.id,
-                crate::metrics::Protocol::Native,
-                "connect",
-                "ConnectionLimit",
-                &format!("refused: {CONNECTIONS_PER_SHARD_MAX} connections open on this shard"),
-            );
-            drop(stream);
-            continue;
-        }
-        glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
-    }
-}
-
-/// One task per peer: answers go to their waiting call; each call runs in
-/// its own task so that this loop never waits on a send.
-fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<MeshMsg>) {
-    for (peer, rx) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                match msg {
-                    MeshMsg::Reply { id, reply } => shard.router.complete(id, reply),
-                    MeshMsg::Call { id, op } => {
-                        let shard = shard.clone();
-                        glommio::spawn_local(async move {
-                            let reply = crate::execute::execute(&shard, op).await;
-                            shard.router.answer(peer, id, reply).await;
-                        })
-                        .detach();
-                    }
-                }
-            }
-        })
-        .detach();
     }
 }

@@ -9,14 +9,13 @@ use super::translate;
 use super::{KafkaOp, KafkaProduceItem, KafkaReply};
 use crate::engine::Durability;
 use crate::error::WireError;
-use crate::handlers::{call, fan_out};
 use crate::limits::*;
 use crate::metadata;
 use crate::metrics::Protocol;
-use crate::router::{AdminOp, FetchItem, FetchOut, Op, Reply};
+use crate::ops::{self, call, collect, fan_out};
+use crate::router::{AdminOp, FetchOut, Op, Reply};
 use crate::shard::Shard;
-use bytes::{Bytes, BytesMut};
-use glommio::channels::local_channel::LocalReceiver;
+use bytes::BytesMut;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_records_response::{
@@ -220,38 +219,10 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
     }
 }
 
-/// Collects up to `n` replies, or as many as arrive before `deadline`.
-async fn collect(
-    rx: &LocalReceiver<(usize, Reply)>,
-    n: usize,
-    deadline: Option<Instant>,
-) -> Vec<(usize, Reply)> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let next = async { rx.recv().await };
-        let got = match deadline {
-            None => next.await,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                let timer = async {
-                    glommio::timer::sleep(left).await;
-                    None
-                };
-                futures_lite::future::or(next, timer).await
-            }
-        };
-        match got {
-            Some(r) => out.push(r),
-            None => break,
-        }
-    }
-    out
-}
-
 fn reply_error(reply: Reply) -> WireError {
     match reply {
-        Reply::Failed(e) | Reply::Kafka(KafkaReply::Failed(e)) => e,
-        _ => WireError::new(native::ErrorCode::Internal, "unexpected reply kind"),
+        Reply::Kafka(KafkaReply::Failed(e)) => e,
+        other => ops::reply_error(other),
     }
 }
 
@@ -493,153 +464,81 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
     Some(ProduceResponse::default().with_responses(topics))
 }
 
-/// One partition named by a fetch.
-struct FetchWant {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    max_bytes: usize,
-}
-
-fn out_of_reach(index: usize, e: WireError) -> FetchOut {
-    FetchOut {
-        index,
-        error: Some(e),
-        high_watermark: 0,
-        log_start_offset: 0,
-        frames: Vec::new(),
-    }
-}
-
-/// Reads every partition once (no waiting); results by request index.
-async fn read_all(shard: &Rc<Shard>, wants: &[FetchWant]) -> Vec<FetchOut> {
-    let mut outs: Vec<Option<FetchOut>> = (0..wants.len()).map(|_| None).collect();
-    let mut per_shard: BTreeMap<usize, Vec<FetchItem>> = BTreeMap::new();
-    for (index, w) in wants.iter().enumerate() {
-        if w.partition < 0 {
-            outs[index] = Some(out_of_reach(
-                index,
-                WireError::unknown_partition(&w.topic, 0),
-            ));
-            continue;
-        }
-        if w.offset < 0 {
-            outs[index] = Some(out_of_reach(
-                index,
-                WireError::new(native::ErrorCode::OffsetOutOfRange, "negative offset"),
-            ));
-            continue;
-        }
-        match shard.owner(&w.topic, w.partition as u32) {
-            Ok(s) => per_shard.entry(s).or_default().push(FetchItem {
-                index,
-                topic: w.topic.clone(),
-                partition: w.partition as u32,
-                offset: w.offset as u64,
-                max_bytes: w.max_bytes,
-            }),
-            Err(e) => outs[index] = Some(out_of_reach(index, e)),
-        }
-    }
-    let ops: Vec<(usize, Op)> = per_shard
-        .into_iter()
-        .map(|(s, items)| (s, Op::Fetch { items }))
-        .collect();
-    let n = ops.len();
-    let rx = fan_out(shard, ops);
-    for (_, reply) in collect(&rx, n, None).await {
-        match reply {
-            Reply::Fetch(fs) => {
-                for f in fs {
-                    let i = f.index;
-                    outs[i] = Some(f);
-                }
-            }
-            other => {
-                let e = reply_error(other);
-                for (i, o) in outs.iter_mut().enumerate() {
-                    if o.is_none() {
-                        *o = Some(out_of_reach(i, e.clone()));
-                    }
-                }
-            }
-        }
-    }
-    outs.into_iter()
-        .enumerate()
-        .map(|(i, o)| {
-            o.unwrap_or_else(|| {
-                out_of_reach(i, WireError::new(native::ErrorCode::Internal, "no answer"))
-            })
-        })
-        .collect()
-}
-
 async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
     let shard = &ctx.shard;
     let max_bytes = match r.max_bytes {
         n if n <= 0 => FETCH_BYTES_MAX,
         n => (n as usize).min(FETCH_BYTES_MAX),
     };
-    let mut wants = Vec::new();
+    // (topic, Kafka partition index, what to read or why not), in order.
+    let mut wants: Vec<(String, i32, Result<ops::FetchPart, WireError>)> = Vec::new();
     for t in &r.topics {
         for p in &t.partitions {
             if wants.len() >= FETCH_PARTITIONS_MAX {
                 break;
             }
-            wants.push(FetchWant {
-                topic: t.topic.0.as_str().to_owned(),
-                partition: p.partition,
-                offset: p.fetch_offset,
-                max_bytes: match p.partition_max_bytes {
-                    n if n <= 0 => max_bytes,
-                    n => (n as usize).min(max_bytes),
-                },
-            });
+            let topic = t.topic.0.as_str().to_owned();
+            let part = if p.partition < 0 {
+                Err(WireError::unknown_partition(&topic, 0))
+            } else if p.fetch_offset < 0 {
+                Err(WireError::new(
+                    native::ErrorCode::OffsetOutOfRange,
+                    "negative offset",
+                ))
+            } else {
+                Ok(ops::FetchPart {
+                    topic: topic.clone(),
+                    partition: p.partition as u32,
+                    offset: p.fetch_offset as u64,
+                    max_bytes: match p.partition_max_bytes {
+                        n if n <= 0 => max_bytes,
+                        n => (n as usize).min(max_bytes),
+                    },
+                })
+            };
+            wants.push((topic, p.partition, part));
         }
     }
-    let wait_ms = (r.max_wait_ms.max(0) as u32).min(FETCH_WAIT_MAX_MS);
-    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
-    let mut outs = read_all(shard, &wants).await;
-    let min_bytes = r.min_bytes.max(1) as usize;
-    let got = |outs: &[FetchOut]| -> usize {
-        outs.iter()
-            .flat_map(|o| o.frames.iter())
-            .map(|f| f.len())
-            .sum()
+    let refused = wants.iter().any(|(_, _, w)| w.is_err());
+    let spec = ops::FetchSpec {
+        parts: wants
+            .iter()
+            .filter_map(|(_, _, w)| w.as_ref().ok().cloned())
+            .collect(),
+        max_bytes,
+        min_bytes: r.min_bytes.max(1) as usize,
+        // A partition refused here answers at once, as an error from a
+        // shard would.
+        max_wait_ms: if refused {
+            0
+        } else {
+            (r.max_wait_ms.max(0) as u32).min(FETCH_WAIT_MAX_MS)
+        },
     };
-    let any_error = |outs: &[FetchOut]| outs.iter().any(|o| o.error.is_some());
-    if got(&outs) < min_bytes && !any_error(&outs) && wait_ms > 0 && !shard.shutdown.is_fired() {
-        let mut per_shard: BTreeMap<usize, Vec<(String, u32, u64)>> = BTreeMap::new();
-        for (w, o) in wants.iter().zip(&outs) {
-            if let Ok(s) = shard.owner(&w.topic, w.partition as u32) {
-                let seen = o.high_watermark.max(w.offset as u64);
-                per_shard
-                    .entry(s)
-                    .or_default()
-                    .push((w.topic.clone(), w.partition as u32, seen));
-            }
-        }
-        if !per_shard.is_empty() {
-            crate::handlers::long_poll(shard, per_shard, deadline).await;
-            outs = read_all(shard, &wants).await;
-        }
-    }
-    // Whole frames within max_bytes; the first frame always goes so that a
-    // frame larger than max_bytes cannot stall a consumer.
-    let mut budget = max_bytes;
-    let mut any = false;
+    let mut read = ops::fetch(shard, &spec).await.into_iter();
+    let outs: Vec<FetchOut> = wants
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, w))| match w {
+            Ok(_) => read.next().unwrap_or_else(|| FetchOut {
+                index: i,
+                error: Some(WireError::new(native::ErrorCode::Internal, "no answer")),
+                high_watermark: 0,
+                log_start_offset: 0,
+                frames: Vec::new(),
+            }),
+            Err(e) => FetchOut {
+                index: i,
+                error: Some(e.clone()),
+                high_watermark: 0,
+                log_start_offset: 0,
+                frames: Vec::new(),
+            },
+        })
+        .collect();
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
-    for (w, o) in wants.iter().zip(outs) {
-        let mut frames: Vec<Bytes> = Vec::new();
-        for f in o.frames {
-            if any && f.len() > budget {
-                break;
-            }
-            budget = budget.saturating_sub(f.len());
-            any = true;
-            frames.push(f);
-        }
+    for ((topic, partition, _), o) in wants.iter().zip(outs) {
+        let frames = o.frames;
         let mut records = BytesMut::new();
         let mut error_code = o
             .error
@@ -649,8 +548,8 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
         if let Err(e) = translate::frames_to_kafka(&frames, &mut records) {
             tracing::error!(
                 shard = shard.id,
-                topic = %w.topic,
-                partition = w.partition,
+                topic = %topic,
+                partition = *partition,
                 error = %e,
                 "kafka fetch: translating stored frames failed"
             );
@@ -659,7 +558,7 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
         }
         let hw = o.high_watermark as i64;
         let pd = PartitionData::default()
-            .with_partition_index(w.partition)
+            .with_partition_index(*partition)
             .with_error_code(error_code)
             .with_high_watermark(hw)
             .with_last_stable_offset(hw)
@@ -668,10 +567,10 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(records.freeze()));
         match topics.last_mut() {
-            Some(t) if t.topic.0.as_str() == w.topic => t.partitions.push(pd),
+            Some(t) if t.topic.0.as_str() == topic.as_str() => t.partitions.push(pd),
             _ => topics.push(
                 FetchableTopicResponse::default()
-                    .with_topic(TopicName(sb(&w.topic)))
+                    .with_topic(TopicName(sb(topic)))
                     .with_partitions(vec![pd]),
             ),
         }

@@ -4,9 +4,9 @@
 
 use crate::engine::{Durability, EngineError};
 use crate::error::{engine_to_wire, WireError};
-use crate::handlers::fan_out;
 use crate::limits::*;
 use crate::metadata::{self, Metadata, TopicMeta};
+use crate::ops::fan_out;
 use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
 use crate::shard::Shard;
 use crate::shutdown::first_of;
