@@ -432,7 +432,7 @@ pub struct SecondPoint {
 }
 
 /// CPU seconds (user + system) of a process, from /proc.
-fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_string(),
@@ -500,7 +500,8 @@ pub struct Outcome {
     loadavg_start: Option<f64>,
 }
 
-fn loadavg() -> Option<f64> {
+/// The 1-minute load average (runnable threads, ours included).
+pub fn loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -557,6 +558,61 @@ pub fn main(mode: Mode, a: &LoadArgs) -> Result<(), BenchError> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// What one native run measured, for modes that compare another path with
+/// the native one in the same run (`kafka`).
+pub struct NativeRun {
+    /// The topics the run used (kept when `--keep-topics` was given).
+    pub topics: Arc<Vec<String>>,
+    pub measured_secs: f64,
+    /// Record value bytes produced (produce) or consumed (consume).
+    pub payload_bytes: u64,
+    pub records: u64,
+    pub requests: u64,
+    /// Produce ack latency, ns.
+    pub ack: Histogram<u64>,
+    /// Cores used over the measured window.
+    pub client_cpu: Option<f64>,
+    pub server_cpu: Option<f64>,
+}
+
+/// Runs `produce` or `consume` against a server that is already up: fresh
+/// topics, prefill, warm-up, measurement; no baselines and no report.
+/// Topics are deleted afterwards unless `a.keep_topics`.
+pub fn run_native(
+    addr: &str,
+    mode: Mode,
+    a: &LoadArgs,
+    server_pid: Option<u32>,
+) -> Result<NativeRun, BenchError> {
+    let plan = Plan::new(mode, a)?;
+    let topics = create_topics(addr, mode, a)?;
+    let result = run_load(addr, a, &plan, &topics, server_pid);
+    if !a.keep_topics {
+        if let Ok(mut c) = Client::connect(addr) {
+            for t in topics.iter() {
+                let _ = c.delete_topic(t);
+            }
+        }
+    }
+    let o = result?;
+    let t = &o.totals;
+    let (payload_bytes, records, requests) = if mode == Mode::Consume {
+        (t.consumed_bytes, t.consumed_records, t.fetch_requests)
+    } else {
+        (t.produced_bytes, t.produced_records, t.produce_requests)
+    };
+    Ok(NativeRun {
+        topics,
+        measured_secs: o.measured_secs,
+        payload_bytes,
+        records,
+        requests,
+        ack: o.ack,
+        client_cpu: o.client_cpu,
+        server_cpu: o.server_cpu,
+    })
 }
 
 fn report_title(mode: Mode, a: &LoadArgs) -> String {
@@ -1213,7 +1269,7 @@ fn json_doc(r: &Report, a: &LoadArgs, plan: &Plan, base: &Baselines, o: &Outcome
     })
 }
 
-fn write_json(path: &std::path::Path, doc: &Value) -> Result<(), BenchError> {
+pub fn write_json(path: &std::path::Path, doc: &Value) -> Result<(), BenchError> {
     let text = serde_json::to_string_pretty(doc).map_err(|source| BenchError::Json {
         path: path.to_path_buf(),
         source,

@@ -360,8 +360,9 @@ impl Report {
         print!("{}", self.render());
     }
 
-    /// Writes the report as pretty JSON to `path`.
-    pub fn write_json(&self, path: &Path) -> Result<(), BenchError> {
+    /// The report as a JSON object (`mode`, `unix_time`, `parameters`,
+    /// `machine`, `figures`, `latencies`), for modes that add their own keys.
+    pub fn to_json(&self) -> Value {
         let unix_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -391,16 +392,26 @@ impl Report {
                 .map(|(name, summary)| LatencyJson { name, summary })
                 .collect(),
         };
-        let file = std::fs::File::create(path).map_err(|e| BenchError::io("create", path, e))?;
-        let mut w = io::BufWriter::new(file);
-        serde_json::to_writer_pretty(&mut w, &doc).map_err(|source| BenchError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        io::Write::write_all(&mut w, b"\n").map_err(|e| BenchError::io("write", path, e))?;
-        io::Write::flush(&mut w).map_err(|e| BenchError::io("flush", path, e))?;
-        Ok(())
+        serde_json::to_value(&doc).unwrap_or(Value::Null)
     }
+
+    /// Writes the report as pretty JSON to `path`.
+    pub fn write_json(&self, path: &Path) -> Result<(), BenchError> {
+        write_json_value(path, &self.to_json())
+    }
+}
+
+/// Writes `doc` as pretty JSON to `path`.
+pub fn write_json_value(path: &Path, doc: &Value) -> Result<(), BenchError> {
+    let file = std::fs::File::create(path).map_err(|e| BenchError::io("create", path, e))?;
+    let mut w = io::BufWriter::new(file);
+    serde_json::to_writer_pretty(&mut w, doc).map_err(|source| BenchError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    io::Write::write_all(&mut w, b"\n").map_err(|e| BenchError::io("write", path, e))?;
+    io::Write::flush(&mut w).map_err(|e| BenchError::io("flush", path, e))?;
+    Ok(())
 }
 
 #[cfg(test)]

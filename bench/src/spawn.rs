@@ -1,8 +1,9 @@
 //! `--spawn`: starts a local `strom-server` (the binary next to this one, or
-//! `--server-bin`) with a fresh data directory, port 0 for every listener,
-//! waits for its `listening native=ADDR` line, and stops it with SIGTERM when
-//! dropped (SIGKILL if it has not exited after 15 s), then removes the data
-//! directory.
+//! `--server-bin`) with a fresh data directory, port 0 for every listener
+//! (the Kafka listener only when asked for), waits for its `listening
+//! native=ADDR` line (and the `http=` and `kafka=` lines printed before its
+//! `ready` line), and stops it with SIGTERM when dropped (SIGKILL if it has
+//! not exited after 15 s), then removes the data directory.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,10 @@ use crate::report::BenchError;
 pub struct SpawnedServer {
     child: Child,
     pub addr: String,
+    /// The HTTP side port (`/metrics`), when the server printed it.
+    pub http_addr: Option<String>,
+    /// The Kafka listener, when started with one.
+    pub kafka_addr: Option<String>,
     pub data_dir: PathBuf,
     pub binary: PathBuf,
     /// The parent directory, when this run created it (removed if empty).
@@ -30,12 +35,25 @@ pub fn default_binary() -> PathBuf {
 }
 
 impl SpawnedServer {
-    /// Starts the server with `--cores shards` (when given) and extra args.
+    /// Starts the server with `--cores shards` (when given) and extra args,
+    /// without a Kafka listener.
     pub fn start(
         binary: &Path,
         parent_dir: &Path,
         shards: Option<usize>,
         extra: &[String],
+    ) -> Result<SpawnedServer, BenchError> {
+        SpawnedServer::start_with(binary, parent_dir, shards, extra, false)
+    }
+
+    /// As [`SpawnedServer::start`]; `kafka` also opens the Kafka listener
+    /// on port 0.
+    pub fn start_with(
+        binary: &Path,
+        parent_dir: &Path,
+        shards: Option<usize>,
+        extra: &[String],
+        kafka: bool,
     ) -> Result<SpawnedServer, BenchError> {
         let existed = parent_dir.exists();
         std::fs::create_dir_all(parent_dir)
@@ -50,7 +68,7 @@ impl SpawnedServer {
         cmd.arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args(["--kafka-listen", "off"]);
+            .args(["--kafka-listen", if kafka { "127.0.0.1:0" } else { "off" }]);
         if let Some(n) = shards {
             cmd.arg("--cores").arg(n.to_string());
         }
@@ -68,10 +86,18 @@ impl SpawnedServer {
         std::thread::Builder::new()
             .name("server-stdout".into())
             .spawn(move || {
+                // The server prints every `listening` line, then `ready`.
+                let mut addrs = Listening::default();
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     if let Some(a) = line.strip_prefix("listening native=") {
-                        let _ = tx.send(a.trim().to_string());
+                        addrs.native = Some(a.trim().to_string());
+                    } else if let Some(a) = line.strip_prefix("listening http=") {
+                        addrs.http = Some(a.trim().to_string());
+                    } else if let Some(a) = line.strip_prefix("listening kafka=") {
+                        addrs.kafka = Some(a.trim().to_string());
+                    } else if line.starts_with("ready") && addrs.native.is_some() {
+                        let _ = tx.send(std::mem::take(&mut addrs));
                     }
                 }
             })
@@ -79,6 +105,8 @@ impl SpawnedServer {
         let mut server = SpawnedServer {
             child,
             addr: String::new(),
+            http_addr: None,
+            kafka_addr: None,
             data_dir,
             binary: binary.to_path_buf(),
             created_parent: (!existed).then(|| parent.clone()),
@@ -87,7 +115,14 @@ impl SpawnedServer {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(a) => {
-                    server.addr = a;
+                    server.addr = a.native.unwrap_or_default();
+                    server.http_addr = a.http;
+                    server.kafka_addr = a.kafka;
+                    if kafka && server.kafka_addr.is_none() {
+                        return Err(BenchError::Config(
+                            "strom-server printed no `listening kafka=` line".into(),
+                        ));
+                    }
                     return Ok(server);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
@@ -99,7 +134,8 @@ impl SpawnedServer {
                 }
                 _ => {
                     return Err(BenchError::Config(
-                        "strom-server did not print `listening native=` within 60 s".into(),
+                        "strom-server did not print `listening native=` and `ready` within 60 s"
+                            .into(),
                     ))
                 }
             }
@@ -109,6 +145,14 @@ impl SpawnedServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// The addresses a server printed before its `ready` line.
+#[derive(Default)]
+struct Listening {
+    native: Option<String>,
+    http: Option<String>,
+    kafka: Option<String>,
 }
 
 impl Drop for SpawnedServer {
