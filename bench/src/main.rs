@@ -7,10 +7,12 @@ mod baseline;
 mod compare;
 mod consume;
 mod engine;
+mod kafka;
 mod load;
 mod plot;
 mod produce;
 mod report;
+mod requests;
 mod scenario;
 mod spawn;
 mod wire;
@@ -39,6 +41,11 @@ enum Command {
     Consume(load::LoadArgs),
     /// Producers and consumers together: end-to-end latency.
     E2e(load::LoadArgs),
+    /// Many small produce requests from one event-loop thread: requests/s,
+    /// latency and server CPU per request, against a loopback ping-pong.
+    Requests(requests::RequestsArgs),
+    /// Produce and fetch over the Kafka protocol, against native in the same run.
+    Kafka(kafka::KafkaArgs),
     /// Run a scenario file (bench/scenarios/*.toml); flags after it are appended.
     Run(scenario::RunArgs),
     /// Ratios B/A of the figures two `--json` reports share.
@@ -65,6 +72,8 @@ fn dispatch(command: &Command) -> Result<(), report::BenchError> {
         Command::Produce(args) => load::main(load::Mode::Produce, args),
         Command::Consume(args) => load::main(load::Mode::Consume, args),
         Command::E2e(args) => load::main(load::Mode::E2e, args),
+        Command::Requests(args) => requests::main(args),
+        Command::Kafka(args) => kafka::main(args),
         Command::Compare(args) => compare::main(args),
         Command::Run(args) => {
             let argv = scenario::load(args)?;
@@ -74,11 +83,13 @@ fn dispatch(command: &Command) -> Result<(), report::BenchError> {
                 report::BenchError::Config(format!("scenario {}: {e}", args.file.display()))
             })?;
             match &cli.command {
-                Command::Produce(_) | Command::Consume(_) | Command::E2e(_) => {
-                    dispatch(&cli.command)
-                }
+                Command::Produce(_)
+                | Command::Consume(_)
+                | Command::E2e(_)
+                | Command::Requests(_)
+                | Command::Kafka(_) => dispatch(&cli.command),
                 _ => Err(report::BenchError::Config(
-                    "a scenario runs produce, consume or e2e".into(),
+                    "a scenario runs produce, consume, e2e, requests or kafka".into(),
                 )),
             }
         }

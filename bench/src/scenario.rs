@@ -2,7 +2,7 @@
 //! sets that mode's flags, with the flag names written with underscores:
 //!
 //! ```toml
-//! mode = "produce"            # produce | consume | e2e
+//! mode = "produce"            # produce | consume | e2e | requests | kafka
 //! description = "1 KiB records, batches of 1,000, acks=leader"
 //! message_size = 1024
 //! batch_records = 1000
@@ -39,8 +39,13 @@ pub fn argv(path: &Path, text: &str, extra: &[String]) -> Result<Vec<String>, Be
     let mode = table
         .get("mode")
         .and_then(toml::Value::as_str)
-        .ok_or_else(|| cfg(path, "needs mode = \"produce\" | \"consume\" | \"e2e\""))?;
-    if !matches!(mode, "produce" | "consume" | "e2e") {
+        .ok_or_else(|| {
+            cfg(
+                path,
+                "needs mode = \"produce\" | \"consume\" | \"e2e\" | \"requests\" | \"kafka\"",
+            )
+        })?;
+    if !matches!(mode, "produce" | "consume" | "e2e" | "requests" | "kafka") {
         return Err(cfg(path, format!("unknown mode {mode:?}")));
     }
     let mut out = vec![mode.to_string()];
