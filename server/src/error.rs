@@ -78,7 +78,46 @@ pub fn engine_to_wire(topic: &str, partition: u32, e: &EngineError) -> WireError
         EngineError::FrameTooLarge { .. } => ErrorCode::MessageTooLarge,
         EngineError::Config(_) => ErrorCode::InvalidConfig,
         e if e.is_no_space() => ErrorCode::NotEnoughSpace,
+        // The log refuses writes until it is reopened, which the owning
+        // shard does by itself (`Shard::engine_error`): a retry can help.
+        EngineError::Failed { .. } => ErrorCode::PartitionFailed,
+        // Closed under the request: reopened, deleted or shutting down.
+        EngineError::Closed => ErrorCode::PartitionUnavailable,
+        // The records are not stored; sending them again stores them.
+        EngineError::Truncated { .. } => ErrorCode::RecordsTruncated,
         _ => ErrorCode::Internal,
     };
     WireError::new(code, format!("{topic}/{partition}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_closed_and_truncated_logs_get_their_own_retriable_codes() {
+        let failed = EngineError::Failed {
+            reason: "fdatasync failed: EIO".into(),
+        };
+        let w = engine_to_wire("t", 3, &failed);
+        assert_eq!(w.code, ErrorCode::PartitionFailed);
+        assert!(w.message.starts_with("t/3: "), "{}", w.message);
+        assert!(w.message.contains("fdatasync failed: EIO"), "{}", w.message);
+        assert_eq!(
+            engine_to_wire("t", 3, &EngineError::Closed).code,
+            ErrorCode::PartitionUnavailable
+        );
+        let truncated = EngineError::Truncated {
+            offset: 10,
+            high_watermark: 4,
+        };
+        assert_eq!(
+            engine_to_wire("t", 3, &truncated).code,
+            ErrorCode::RecordsTruncated
+        );
+        // The codes are stable numbers: appended, never renumbered.
+        assert_eq!(ErrorCode::PartitionFailed.0, 30);
+        assert_eq!(ErrorCode::PartitionUnavailable.0, 31);
+        assert_eq!(ErrorCode::RecordsTruncated.0, 32);
+    }
 }

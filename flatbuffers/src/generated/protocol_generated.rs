@@ -13,10 +13,10 @@ pub mod protocol {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 29;
+pub const ENUM_MAX_ERROR_CODE: i16 = 32;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 30] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
   ErrorCode::None,
   ErrorCode::UnknownTopic,
   ErrorCode::UnknownPartition,
@@ -47,6 +47,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 30] = [
   ErrorCode::GroupIdNotFound,
   ErrorCode::MemberIdRequired,
   ErrorCode::GroupMaxSizeReached,
+  ErrorCode::PartitionFailed,
+  ErrorCode::PartitionUnavailable,
+  ErrorCode::RecordsTruncated,
 ];
 
 /// Stable wire error codes. Never renumber; never reuse a retired number.
@@ -86,9 +89,20 @@ impl ErrorCode {
   pub const GroupIdNotFound: Self = Self(27);
   pub const MemberIdRequired: Self = Self(28);
   pub const GroupMaxSizeReached: Self = Self(29);
+  /// A write or fdatasync of the partition's log failed, so the log refuses
+  /// writes until the server has reopened it from disk, which it does by
+  /// itself (what was durable survives). Retry. A request whose own write
+  /// failed may or may not have been stored.
+  pub const PartitionFailed: Self = Self(30);
+  /// The partition is not open at this moment (being reopened after a
+  /// failure, or closed under the request); retry.
+  pub const PartitionUnavailable: Self = Self(31);
+  /// The request's records were appended but truncated before they became
+  /// durable: they are not stored. Retry.
+  pub const RecordsTruncated: Self = Self(32);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 29;
+  pub const ENUM_MAX: i16 = 32;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::UnknownTopic,
@@ -120,6 +134,9 @@ impl ErrorCode {
     Self::GroupIdNotFound,
     Self::MemberIdRequired,
     Self::GroupMaxSizeReached,
+    Self::PartitionFailed,
+    Self::PartitionUnavailable,
+    Self::RecordsTruncated,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -154,6 +171,9 @@ impl ErrorCode {
       Self::GroupIdNotFound => Some("GroupIdNotFound"),
       Self::MemberIdRequired => Some("MemberIdRequired"),
       Self::GroupMaxSizeReached => Some("GroupMaxSizeReached"),
+      Self::PartitionFailed => Some("PartitionFailed"),
+      Self::PartitionUnavailable => Some("PartitionUnavailable"),
+      Self::RecordsTruncated => Some("RecordsTruncated"),
       _ => None,
     }
   }

@@ -57,6 +57,12 @@ pub fn wire_to_kafka(code: ErrorCode) -> i16 {
         ErrorCode::InvalidTopicName => INVALID_TOPIC_EXCEPTION,
         ErrorCode::ShuttingDown => NOT_LEADER_OR_FOLLOWER,
         ErrorCode::InvalidGroup => INVALID_GROUP_ID,
+        // Retriable in Kafka clients: a storage error on the leader's log...
+        ErrorCode::PartitionFailed => KAFKA_STORAGE_ERROR,
+        // ...and "ask again" for a partition that is briefly not served or
+        // whose records were truncated before they were durable (Kafka says
+        // this when the leader moved and truncated the log).
+        ErrorCode::PartitionUnavailable | ErrorCode::RecordsTruncated => NOT_LEADER_OR_FOLLOWER,
         _ => UNKNOWN_SERVER_ERROR,
     }
 }
@@ -494,6 +500,26 @@ pub fn sb(s: &str) -> StrBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_and_unavailable_partitions_get_codes_kafka_clients_retry() {
+        // KAFKA_STORAGE_ERROR and NOT_LEADER_OR_FOLLOWER are retriable in
+        // the Kafka protocol (clients refresh metadata and send again);
+        // UNKNOWN_SERVER_ERROR is not.
+        assert_eq!(
+            wire_to_kafka(ErrorCode::PartitionFailed),
+            KAFKA_STORAGE_ERROR
+        );
+        assert_eq!(
+            wire_to_kafka(ErrorCode::PartitionUnavailable),
+            NOT_LEADER_OR_FOLLOWER
+        );
+        assert_eq!(
+            wire_to_kafka(ErrorCode::RecordsTruncated),
+            NOT_LEADER_OR_FOLLOWER
+        );
+        assert_eq!(wire_to_kafka(ErrorCode::Internal), UNKNOWN_SERVER_ERROR);
+    }
 
     fn frame(key: i16, version: i16, cid: i32, rest: &[u8]) -> Bytes {
         let mut b = BytesMut::new();

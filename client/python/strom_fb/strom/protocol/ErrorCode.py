@@ -35,3 +35,14 @@ class ErrorCode(object):
     GroupIdNotFound = 27
     MemberIdRequired = 28
     GroupMaxSizeReached = 29
+    # A write or fdatasync of the partition's log failed, so the log refuses
+    # writes until the server has reopened it from disk, which it does by
+    # itself (what was durable survives). Retry. A request whose own write
+    # failed may or may not have been stored.
+    PartitionFailed = 30
+    # The partition is not open at this moment (being reopened after a
+    # failure, or closed under the request); retry.
+    PartitionUnavailable = 31
+    # The request's records were appended but truncated before they became
+    # durable: they are not stored. Retry.
+    RecordsTruncated = 32
