@@ -2,7 +2,7 @@
 //!
 //! Layout (an I/O-free core with a thin I/O shell):
 //! - I/O-free: [`config`], [`limits`], [`index`], [`scan`], [`retention`],
-//!   [`checkpoint`] — plain functions over bytes and state, unit-tested
+//!   [`checkpoint`], [`cache`] — plain functions over bytes and state, unit-tested
 //!   without io_uring.
 //! - [`storage`]: the only door to files, with DMA (glommio, O_DIRECT),
 //!   memory and fault-injecting implementations.
@@ -13,6 +13,7 @@
 //!
 //! The engine knows nothing of sockets or wire protocols.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

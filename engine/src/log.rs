@@ -37,6 +37,7 @@
 //! - Closed segments are truncated to their exact length, fully synced, and
 //!   have index files, before the checkpoint moves past them.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -44,6 +45,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use strom_flatbuffers::{stamp_base_offset, validate_incoming, FrameHeader, FrameLimits};
 
+use crate::cache::TailCache;
 use crate::checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_FILE};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::EngineError;
@@ -192,8 +194,9 @@ pub struct Log<S: Storage> {
     checkpoint: Checkpoint,
     unflushed_bytes: u64,
     oldest_unflushed_ms: Option<i64>,
-    cache: VecDeque<Bytes>,
-    cache_bytes: usize,
+    /// The tail cache, shared with the partition shell (which serves reads
+    /// from it without waiting for the log); borrowed, never across an await.
+    cache: Rc<RefCell<TailCache>>,
     read_ahead: Option<ReadAhead>,
     preallocated_len: u64,
     failed: Option<String>,
@@ -203,38 +206,7 @@ pub struct Log<S: Storage> {
     stats: LogStats,
 }
 
-thread_local! {
-    /// Bytes held by the tail caches of every log on this thread (shard),
-    /// and the shard's budget for them.
-    static SHARD_CACHE: std::cell::Cell<(usize, usize)> =
-        const { std::cell::Cell::new((0, DEFAULT_SHARD_CACHE_BYTES_MAX)) };
-}
-
-/// Sets the tail-cache budget shared by every log of the calling thread.
-pub fn set_shard_cache_bytes_max(max_bytes: usize) {
-    SHARD_CACHE.with(|c| c.set((c.get().0, max_bytes)));
-}
-
-/// Bytes currently cached by every log of the calling thread.
-pub fn shard_cache_bytes() -> usize {
-    SHARD_CACHE.with(|c| c.get().0)
-}
-
-fn shard_cache_over_budget() -> bool {
-    SHARD_CACHE.with(|c| c.get().0 > c.get().1)
-}
-
-/// What a cached frame costs against the cache budgets: its bytes plus its
-/// bookkeeping (allocation header, `Bytes` handle, queue slot); a frame kept
-/// as a view of a larger buffer, at least what that buffer may hold.
-fn cache_charge_bytes(frame: &Bytes) -> usize {
-    let held = if frame.len() < CACHE_COPY_FRAME_BYTES_MAX {
-        frame.len()
-    } else {
-        frame.len().max(CACHE_VIEW_CHARGE_BYTES_MIN)
-    };
-    held + CACHE_FRAME_OVERHEAD_BYTES
-}
+pub use crate::cache::{set_shard_cache_bytes_max, shard_cache_bytes};
 
 pub fn segment_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}.log")
@@ -336,8 +308,7 @@ impl<S: Storage> Log<S> {
             checkpoint: cp,
             unflushed_bytes: 0,
             oldest_unflushed_ms: None,
-            cache: VecDeque::new(),
-            cache_bytes: 0,
+            cache: Rc::new(RefCell::new(TailCache::default())),
             read_ahead: None,
             preallocated_len: 0,
             failed: None,
@@ -686,6 +657,9 @@ impl<S: Storage> Log<S> {
         let mut s = self.stats;
         s.segments = self.segments.len() as u64;
         s.log_bytes = self.segments.values().map(|s| s.len_bytes).sum();
+        let cache = self.cache.borrow();
+        s.cache_hits = cache.hits;
+        s.cache_misses = cache.misses;
         s
     }
 
@@ -703,6 +677,7 @@ impl<S: Storage> Log<S> {
                 "partition log failed; it refuses writes until it is reopened"
             );
             self.failed = Some(reason);
+            self.cache.borrow_mut().failed = true;
         }
     }
 
@@ -1207,53 +1182,20 @@ impl<S: Storage> Log<S> {
         }
     }
 
-    /// Caches a frame; evicts this log's oldest frames while over its own
-    /// budget or while the shard's total is over the shard budget (the
-    /// writer pays for its own room; memory stays bounded however many
-    /// partitions a shard holds).
-    ///
-    /// A frame is a view into the producer connection's read buffer (64 KiB
-    /// to 1 MiB): a small frame is copied into an allocation of its own
-    /// size, so that what the cache is charged is what it holds, not a read
-    /// buffer it would pin; a large one is charged for that buffer.
     fn cache_push(&mut self, frame: Bytes) {
-        let frame = if frame.len() < CACHE_COPY_FRAME_BYTES_MAX {
-            Bytes::copy_from_slice(&frame)
-        } else {
-            frame
-        };
-        self.cache_add(cache_charge_bytes(&frame));
-        self.cache.push_back(frame);
-        while self.cache_bytes > self.config.cache_bytes_max || shard_cache_over_budget() {
-            match self.cache.pop_front() {
-                Some(f) => self.cache_remove(cache_charge_bytes(&f)),
-                None => break,
-            }
-        }
-    }
-
-    fn cache_add(&mut self, charge_bytes: usize) {
-        self.cache_bytes += charge_bytes;
-        SHARD_CACHE.with(|c| c.set((c.get().0 + charge_bytes, c.get().1)));
-    }
-
-    fn cache_remove(&mut self, charge_bytes: usize) {
-        assert!(self.cache_bytes >= charge_bytes);
-        self.cache_bytes -= charge_bytes;
-        SHARD_CACHE.with(|c| c.set((c.get().0.saturating_sub(charge_bytes), c.get().1)));
+        self.cache
+            .borrow_mut()
+            .push(frame, self.config.cache_bytes_max);
     }
 
     /// Bytes cached by this log, as charged against its and the shard's budget.
     pub fn cache_bytes(&self) -> usize {
-        self.cache_bytes
+        self.cache.borrow().bytes()
     }
 
-    fn cache_first_offset(&self) -> Option<u64> {
-        self.cache.front().map(|f| {
-            FrameHeader::ref_from(f)
-                .expect("cached frame")
-                .base_offset()
-        })
+    /// The tail cache, for readers that must not wait for the log.
+    pub fn tail_cache(&self) -> Rc<RefCell<TailCache>> {
+        self.cache.clone()
     }
 
     /// Whole frames from the one holding `from_offset`, up to `max_bytes`
@@ -1310,29 +1252,11 @@ impl<S: Storage> Log<S> {
         if from_offset == end {
             return Ok(out);
         }
-        if let Some(first) = self.cache_first_offset() {
-            if first <= from_offset {
-                self.stats.cache_hits += 1;
-                let i = self.cache.partition_point(|f| {
-                    FrameHeader::ref_from(f)
-                        .expect("cached frame")
-                        .next_offset()
-                        <= from_offset
-                });
-                let mut total = 0;
-                for f in self.cache.iter().skip(i) {
-                    if !out.frames.is_empty()
-                        && (total + f.len() > max_bytes || out.frames.len() >= READ_FRAMES_MAX)
-                    {
-                        break;
-                    }
-                    total += f.len();
-                    out.frames.push(f.clone());
-                }
-                return Ok(out);
-            }
+        if let Some(frames) = self.cache.borrow_mut().read(from_offset, end, max_bytes) {
+            out.frames = frames;
+            return Ok(out);
         }
-        self.stats.cache_misses += 1;
+        self.cache.borrow_mut().misses += 1;
         self.read_from_disk(from_offset, max_bytes, &mut out)
             .await?;
         Ok(out)
@@ -1676,17 +1600,7 @@ impl<S: Storage> Log<S> {
                 }
             }
         }
-        while let Some(first) = self.cache_first_offset() {
-            let f = self.cache.front().expect("non-empty");
-            if FrameHeader::ref_from(f).expect("cached").next_offset() <= self.log_start_offset
-                && first < self.log_start_offset
-            {
-                let f = self.cache.pop_front().expect("non-empty");
-                self.cache_remove(cache_charge_bytes(&f));
-            } else {
-                break;
-            }
-        }
+        self.cache.borrow_mut().trim_front(self.log_start_offset);
         Ok(())
     }
 
@@ -1773,14 +1687,7 @@ impl<S: Storage> Log<S> {
         if tail_len > 0 {
             self.pending.tail = file.read_at(align_down(cut_pos), tail_len).await?.to_vec();
         }
-        while let Some(f) = self.cache.back() {
-            if FrameHeader::ref_from(f).expect("cached").base_offset() >= cut_offset {
-                let f = self.cache.pop_back().expect("non-empty");
-                self.cache_remove(cache_charge_bytes(&f));
-            } else {
-                break;
-            }
-        }
+        self.cache.borrow_mut().trim_back(cut_offset);
         self.write_checkpoint(false).await?;
         self.check_invariants();
         Ok(self.next_offset)
@@ -1943,9 +1850,9 @@ async fn write_index_files<S: Storage>(
 
 impl<S: Storage> Drop for Log<S> {
     fn drop(&mut self) {
-        // Give the shard budget back whatever way the log ends (close, crash, drop).
-        let held = self.cache_bytes;
-        SHARD_CACHE.with(|c| c.set((c.get().0.saturating_sub(held), c.get().1)));
+        // Give the shard budget back whatever way the log ends (close, crash,
+        // drop), even while a partition shell still holds the cache.
+        self.cache.borrow_mut().trim_back(0);
     }
 }
 

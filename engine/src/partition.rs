@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use event_listener::Event;
 
+use crate::cache::TailCache;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::EngineError;
 use crate::log::{AppendInfo, Log, LogStats, Offsets, ReadBatch, RecoveryReport};
@@ -102,6 +103,8 @@ pub fn now_ms() -> i64 {
 
 struct Inner<S: Storage> {
     log: async_lock::Mutex<Option<Log<S>>>,
+    /// The log's tail cache: reads it can serve never wait for the log.
+    cache: Rc<RefCell<TailCache>>,
     offsets: Cell<Offsets>,
     stats: Cell<LogStats>,
     sync_stats: RefCell<SyncStats>,
@@ -168,6 +171,7 @@ impl<S: Storage> Partition<S> {
         let policy = config.flush;
         let (log, report) = Log::open(storage, dir, config, now_ms()).await?;
         let inner = Rc::new(Inner {
+            cache: log.tail_cache(),
             offsets: Cell::new(log.offsets()),
             stats: Cell::new(log.stats()),
             sync_stats: RefCell::new(SyncStats::default()),
@@ -201,7 +205,12 @@ impl<S: Storage> Partition<S> {
     }
 
     pub fn stats(&self) -> LogStats {
-        self.inner.stats.get()
+        let mut s = self.inner.stats.get();
+        // Reads served by the cache alone count there.
+        let cache = self.inner.cache.borrow();
+        s.cache_hits = cache.hits;
+        s.cache_misses = cache.misses;
+        s
     }
 
     /// Group-commit fdatasync counts, latencies and sizes.
@@ -338,12 +347,38 @@ impl<S: Storage> Partition<S> {
         Ok(self.inner.offsets.get().durable_offset)
     }
 
+    /// Whole frames from the one holding `from_offset`, up to `max_bytes`.
+    /// A read the tail cache can serve is answered at once, whatever the log
+    /// is doing (a write, an fdatasync, a roll); others go through the log.
     pub async fn read(&self, from_offset: u64, max_bytes: usize) -> Result<ReadBatch, EngineError> {
+        if let Some(batch) = self.read_cached(from_offset, max_bytes) {
+            return Ok(batch);
+        }
         let mut guard = self.inner.log.lock().await;
         let log = guard.as_mut().ok_or(EngineError::Closed)?;
         let r = log.read(from_offset, max_bytes).await;
         self.publish(log);
         r
+    }
+
+    /// A read served by the tail cache alone (synchronous: no borrow crosses
+    /// an await), or None. The published offsets bound it: frames are
+    /// cached when appended, before their offsets are published.
+    fn read_cached(&self, from_offset: u64, max_bytes: usize) -> Option<ReadBatch> {
+        let o = self.inner.offsets.get();
+        if self.inner.closed.get() || from_offset < o.log_start_offset {
+            return None;
+        }
+        let mut cache = self.inner.cache.borrow_mut();
+        if cache.failed {
+            return None;
+        }
+        let frames = cache.read(from_offset, o.high_watermark, max_bytes)?;
+        Some(ReadBatch {
+            frames,
+            high_watermark: o.high_watermark,
+            log_start_offset: o.log_start_offset,
+        })
     }
 
     /// Resolves once the high watermark is above `offset` (or the partition closes).

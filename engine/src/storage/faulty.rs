@@ -140,6 +140,9 @@ struct State {
     fault: Option<(u64, FaultKind)>,
     /// Times each `fdatasync` yields to the executor before it returns.
     sync_yields: u32,
+    /// While set, writes (and syncs) wait before they take effect.
+    writes_held: bool,
+    syncs_held: bool,
 }
 
 impl State {
@@ -206,6 +209,8 @@ impl FaultyStorage {
             op_count: 0,
             fault: None,
             sync_yields: 0,
+            writes_held: false,
+            syncs_held: false,
         };
         Self {
             state: Rc::new(RefCell::new(state)),
@@ -233,6 +238,18 @@ impl FaultyStorage {
     /// operations with a sync in flight.
     pub fn set_sync_yields(&self, n: u32) {
         self.state.borrow_mut().sync_yields = n;
+    }
+
+    /// While `held`, every `write_at` (and spawned write) waits, yielding to
+    /// the executor, before it takes effect: a disk that stalls. Tests use it
+    /// to show what does not wait for a write.
+    pub fn hold_writes(&self, held: bool) {
+        self.state.borrow_mut().writes_held = held;
+    }
+
+    /// While `held`, every `fdatasync` waits before it takes effect.
+    pub fn hold_syncs(&self, held: bool) {
+        self.state.borrow_mut().syncs_held = held;
     }
 
     /// Simulates power loss: unsynced writes are kept up to a random point, the next
@@ -355,15 +372,17 @@ impl Storage for FaultyStorage {
 
 impl StorageFile for FaultyFile {
     type Buf = MemBuf;
-    type WriteTicket = std::future::Ready<Result<(), IoError>>;
+    type WriteTicket = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), IoError>>>>;
 
     fn spawn_write(self: std::rc::Rc<Self>, buf: MemBuf, pos: u64) -> Self::WriteTicket {
-        // The model's writes complete at once: do it now, deterministically.
-        std::future::ready(futures_lite::future::block_on(self.write_at(buf, pos)))
+        assert_write_aligned(pos, buf.len());
+        // The model's write runs when its ticket is polled (at once unless
+        // writes are held), deterministically.
+        Box::pin(async move { self.write_at(buf, pos).await })
     }
 
     fn spawn_pre_allocate(self: std::rc::Rc<Self>, len_bytes: u64) -> Self::WriteTicket {
-        std::future::ready(futures_lite::future::block_on(self.pre_allocate(len_bytes)))
+        Box::pin(async move { self.pre_allocate(len_bytes).await })
     }
 
     fn alloc_buf(&self, len: usize) -> MemBuf {
@@ -372,6 +391,9 @@ impl StorageFile for FaultyFile {
 
     async fn write_at(&self, buf: MemBuf, pos: u64) -> Result<(), IoError> {
         assert_write_aligned(pos, buf.len());
+        while self.state.borrow().writes_held {
+            futures_lite::future::yield_now().await;
+        }
         let began = self.begin("write_at");
         check_size("write_at", &self.path, pos + buf.len() as u64)?;
         let mut data = buf.0;
@@ -408,6 +430,9 @@ impl StorageFile for FaultyFile {
     }
 
     async fn fdatasync(&self) -> Result<(), IoError> {
+        while self.state.borrow().syncs_held {
+            futures_lite::future::yield_now().await;
+        }
         let began = self.begin("fdatasync");
         match &began {
             Ok(()) => self.inode.borrow_mut().sync(),

@@ -1,0 +1,130 @@
+//! "Nothing waits on a lock across I/O": the partition shell over a storage
+//! whose writes and fdatasyncs can be held (a stalled disk). Each test holds
+//! one kind of I/O and shows what must still complete meanwhile; a
+//! regression would hang, so each bounded wait is a race against a count of
+//! executor yields, after which the test fails instead.
+
+use std::path::Path;
+
+use bytes::BytesMut;
+use futures_lite::future::{block_on, or, yield_now, zip};
+use strom_engine::storage::FaultyStorage;
+use strom_engine::{Durability, FlushPolicy, Log, LogConfig, Partition};
+use strom_flatbuffers::{BatchBuilder, RecordIn};
+
+/// Executor yields a bounded wait allows before it counts as blocked.
+const YIELDS_MAX: usize = 1_000;
+
+fn cfg() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 10,
+        frame_bytes_max: 32 << 10,
+        cache_bytes_max: 1 << 20,
+        write_buffer_bytes: 64 << 10,
+        unwritten_bytes_max: 256 << 10,
+        checkpoint_interval_bytes: 64 << 10,
+        preallocate_bytes: 16 << 10,
+        flush: FlushPolicy::Never,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+fn frame(ts: i64, value_len: usize) -> BytesMut {
+    let mut b = BatchBuilder::new();
+    let v = vec![7u8; value_len];
+    b.push(&RecordIn {
+        timestamp_ms: ts,
+        key: None,
+        value: Some(&v),
+        headers: &[],
+    });
+    BytesMut::from(&b.finish()[..])
+}
+
+/// Runs `fut` to completion unless it needs more than `YIELDS_MAX` yields
+/// of the other futures to get there (then None: it was blocked).
+async fn within_yields<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    or(async { Some(fut.await) }, async {
+        for _ in 0..YIELDS_MAX {
+            yield_now().await;
+        }
+        None
+    })
+    .await
+}
+
+async fn open(storage: &FaultyStorage) -> Partition<FaultyStorage> {
+    Partition::open_on(storage.clone(), Path::new("/p"), cfg(), false)
+        .await
+        .expect("open")
+}
+
+/// A cached read completes while an acks=leader append waits for its write
+/// (it used to wait for the log lock, held across the write).
+#[test]
+fn a_cached_read_does_not_wait_for_a_held_write() {
+    block_on(async {
+        let storage = FaultyStorage::new(1);
+        let p = open(&storage).await;
+        for i in 0..3 {
+            p.append(frame(i, 100), Durability::Buffered)
+                .await
+                .expect("append");
+        }
+        storage.hold_writes(true);
+        let writer = p.append(frame(3, 100), Durability::Written);
+        let reader = async {
+            yield_now().await; // the writer is now in its write
+            let r = within_yields(p.read(0, 1 << 20)).await;
+            storage.hold_writes(false);
+            r
+        };
+        let (written, read) = zip(writer, reader).await;
+        written.expect("written append");
+        let batch = read.expect("the cached read waited for a held write");
+        assert_eq!(batch.expect("read").frames.len(), 4);
+    });
+}
+
+/// A cached read completes while a segment roll waits for its fdatasync.
+#[test]
+fn a_cached_read_does_not_wait_for_a_roll() {
+    block_on(async {
+        let storage = FaultyStorage::new(2);
+        let p = open(&storage).await;
+        // Fill the first segment to just below its size.
+        let mut n = 0;
+        while p.stats().log_bytes + 2 * 10_100 < cfg().segment_bytes {
+            p.append(frame(n, 10_000), Durability::Buffered)
+                .await
+                .expect("append");
+            n += 1;
+        }
+        storage.hold_syncs(true);
+        let appender = async {
+            // The second of these rolls the segment.
+            for i in 0..3 {
+                p.append(frame(n + i, 10_000), Durability::Buffered)
+                    .await
+                    .expect("append");
+            }
+        };
+        let reader = async {
+            for _ in 0..3 {
+                yield_now().await;
+            }
+            let r = within_yields(p.read(0, 1 << 20)).await;
+            storage.hold_syncs(false);
+            r
+        };
+        let ((), read) = zip(appender, reader).await;
+        let batch = read.expect("the cached read waited for a roll");
+        assert!(!batch.expect("read").frames.is_empty());
+        drop(p);
+        let (log, _) = Log::open(storage.clone(), Path::new("/p"), cfg(), 0)
+            .await
+            .expect("reopen");
+        assert!(log.offsets().high_watermark <= n as u64 + 3);
+    });
+}
