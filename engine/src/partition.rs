@@ -435,6 +435,18 @@ impl<S: Storage> Partition<S> {
         log.set_config(config)
     }
 
+    /// Tests only: fails the log as a failed write or fdatasync does (it
+    /// refuses writes until it is reopened), so that a server's recovery
+    /// from a failed partition can be tested end to end. The server calls
+    /// it only under a test-only environment variable.
+    #[doc(hidden)]
+    pub async fn fail_for_tests(&self, reason: &str) {
+        let mut guard = self.inner.log.lock().await;
+        if let Some(log) = guard.as_mut() {
+            log.fail(format!("injected for tests: {reason}"));
+        }
+    }
+
     /// Flushes, writes a clean checkpoint and closes the files.
     pub async fn close(self) -> Result<(), EngineError> {
         self.inner.closed.set(true);

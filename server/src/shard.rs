@@ -21,8 +21,8 @@ use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// State shared by every shard and the main thread (atomics only).
 pub struct Shared {
@@ -87,6 +87,25 @@ impl Shard {
         if let Some(slot) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
             ShardMetrics::add(&slot.traffic.records_in, records);
             ShardMetrics::add(&slot.traffic.bytes_in, bytes);
+            if let Some(f) = partition_fault() {
+                if f.topic == topic
+                    && f.partition == partition
+                    && slot.traffic.records_in.get() >= f.after_records
+                    && !FAULT_FIRED.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        shard = self.id,
+                        topic,
+                        partition,
+                        "{PARTITION_FAULT_ENV}: failing the partition's log"
+                    );
+                    let part = slot.partition.clone();
+                    glommio::spawn_local(
+                        async move { part.fail_for_tests(PARTITION_FAULT_ENV).await },
+                    )
+                    .detach();
+                }
+            }
         }
     }
 
@@ -165,6 +184,8 @@ impl Shard {
     /// owns, pushes config changes.
     pub async fn apply(&self, new: Metadata) {
         let _guard = self.apply_lock.acquire_permit(1).await;
+        // Read (and announce) an injected fault at start-up.
+        let _ = partition_fault();
         // The placement is fixed for the life of the process.
         assert_eq!(
             new.placement(),
@@ -279,6 +300,74 @@ impl Shard {
     }
 }
 
+/// The environment variable that injects a [`PartitionFault`]. Tests only:
+/// it makes a healthy server fail a partition on purpose.
+pub const PARTITION_FAULT_ENV: &str = "STROM_TEST_PARTITION_FAULT";
+
+/// A failed partition log, injected so that tests can show how a shard
+/// recovers from one (as from a failed fdatasync or write, after which the
+/// engine refuses writes until the log is reopened). Read once, at the
+/// first metadata apply, from [`PARTITION_FAULT_ENV`]; fires once per
+/// process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFault {
+    pub topic: String,
+    pub partition: u32,
+    /// The log fails once this many records were appended to it in this
+    /// process.
+    pub after_records: u64,
+    /// Then this many attempts to reopen it fail (as if the disk were still
+    /// broken) before one is let through.
+    pub failed_reopens: u32,
+}
+
+impl PartitionFault {
+    /// Parses `TOPIC:PARTITION:AFTER_RECORDS[:FAILED_REOPENS]`.
+    pub fn parse(s: &str) -> Result<PartitionFault, String> {
+        let bad = || {
+            format!(
+                "{PARTITION_FAULT_ENV}={s:?}: expected TOPIC:PARTITION:AFTER_RECORDS[:FAILED_REOPENS]"
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if !(3..=4).contains(&parts.len()) || parts[0].is_empty() {
+            return Err(bad());
+        }
+        Ok(PartitionFault {
+            topic: parts[0].to_owned(),
+            partition: parts[1].parse().map_err(|_| bad())?,
+            after_records: parts[2].parse().map_err(|_| bad())?,
+            failed_reopens: match parts.get(3) {
+                Some(n) => n.parse().map_err(|_| bad())?,
+                None => 0,
+            },
+        })
+    }
+}
+
+/// Whether the [`PartitionFault`] has fired (it fires once per process).
+static FAULT_FIRED: AtomicBool = AtomicBool::new(false);
+
+/// The injected [`PartitionFault`], if any (the environment is read once).
+fn partition_fault() -> Option<&'static PartitionFault> {
+    static FAULT: OnceLock<Option<PartitionFault>> = OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            let v = std::env::var(PARTITION_FAULT_ENV).ok()?;
+            match PartitionFault::parse(&v) {
+                Ok(f) => {
+                    eprintln!("warning: {PARTITION_FAULT_ENV}: injecting {f:?} (tests only)");
+                    Some(f)
+                }
+                Err(e) => {
+                    eprintln!("warning: {e}; no fault injected");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
 /// One line per opened partition: what recovery found and did.
 fn log_recovery(shard: usize, topic: &str, partition: u32, part: &Partition) {
     let r = part.recovery_report();
@@ -312,5 +401,30 @@ fn log_recovery(shard: usize, topic: &str, partition: u32, part: &Partition) {
             high_watermark = o.high_watermark,
             "partition opened"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_faults_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            PartitionFault::parse("orders:3:20"),
+            Ok(PartitionFault {
+                topic: "orders".into(),
+                partition: 3,
+                after_records: 20,
+                failed_reopens: 0,
+            })
+        );
+        assert_eq!(
+            PartitionFault::parse("a.b-c:0:1:2").map(|f| f.failed_reopens),
+            Ok(2)
+        );
+        for bad in ["", "t", "t:0", ":0:1", "t:x:1", "t:0:-1", "t:0:1:2:3"] {
+            assert!(PartitionFault::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
