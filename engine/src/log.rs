@@ -76,6 +76,61 @@ pub struct SyncTarget<F> {
     epoch: u64,
 }
 
+/// Why [`Log::try_append`] could not append now; the driver waits (without
+/// holding the log) and tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// `unwritten_bytes_max` is reached: wait for a write to complete.
+    Write,
+    /// The segment needs more preallocated space: wait for the fallocate.
+    Space,
+    /// The active segment is full or old: run [`Log::roll_if_due`].
+    Roll,
+}
+
+/// The outcome of [`Log::try_append`].
+#[derive(Debug)]
+pub enum AppendStep {
+    Done(AppendInfo),
+    /// Not appended; the frame is handed back.
+    Blocked(BytesMut, Blocked),
+}
+
+/// Identifies a job for [`Log::complete_job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobId {
+    /// A data write of the active segment (its sequence number).
+    Write(u64),
+    /// A fallocate of the active segment to `target` bytes; `foreground`
+    /// if an append waits for it (its error is the append's).
+    Prealloc { target: u64, foreground: bool },
+    /// Index files and checkpoint at a recovery point.
+    Checkpoint,
+}
+
+/// I/O the log started: the driver runs `fut` without holding the log and
+/// hands the result to [`Log::complete_job`] (in any order).
+pub struct Job {
+    pub id: JobId,
+    pub fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EngineError>>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({:?})", self.id)
+    }
+}
+
+/// A data write in flight: `pos..phys_end` on disk, data up to `end`.
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    pos: u64,
+    phys_end: u64,
+    end: u64,
+    done: bool,
+}
+
 /// Frames returned by a read, whole and verified.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBatch {
@@ -153,8 +208,11 @@ struct Pending<B> {
     buf: Option<B>,
     buf_pos: u64,
     buf_fill: usize,
-    /// Full buffers waiting to be written: (position, buffer).
-    sealed: Vec<(u64, B)>,
+    /// Buffers waiting to be written, in order: (position, buffer, end of
+    /// the data in it). Issued as soon as no write in flight overlaps them.
+    sealed: VecDeque<(u64, B, u64)>,
+    /// End of the data handed to `sealed` or to writes.
+    issued_len: u64,
     /// Bytes of the partial last block (`len % BLOCK`), kept to start the
     /// next buffer when `buf` is None.
     tail: Vec<u8>,
@@ -175,10 +233,21 @@ pub struct Log<S: Storage> {
     limits: FrameLimits,
     segments: BTreeMap<u64, Segment<S::File>>,
     pending: Pending<<S::File as StorageFile>::Buf>,
-    /// Writes of full buffers in flight, oldest first: (end position, ticket).
-    in_flight: VecDeque<(u64, <S::File as StorageFile>::WriteTicket)>,
-    /// A background fallocate of the active segment: (target size, ticket).
-    prealloc_in_flight: Option<(u64, <S::File as StorageFile>::WriteTicket)>,
+    /// Data writes in flight, oldest first (they may complete in any order;
+    /// `written_len` moves over the contiguous prefix of completed ones).
+    in_flight: VecDeque<InFlight>,
+    next_write_seq: u64,
+    /// Offsets below this should be written: a tail write is issued
+    /// whenever the partial block can be written and this is not reached.
+    write_wanted: u64,
+    /// Jobs started and not yet taken by a driver.
+    jobs: Vec<Job>,
+    /// The target of a fallocate in flight.
+    prealloc_in_flight: Option<u64>,
+    /// The error of a foreground fallocate, for the append that waited.
+    prealloc_error: Option<EngineError>,
+    /// A checkpoint job is in flight: (checkpoint it writes).
+    checkpoint_in_flight: Option<Checkpoint>,
     next_offset: u64,
     log_start_offset: u64,
     written_offset: u64,
@@ -296,7 +365,12 @@ impl<S: Storage> Log<S> {
             segments: BTreeMap::new(),
             pending: Pending::empty(),
             in_flight: VecDeque::new(),
+            next_write_seq: 0,
+            write_wanted: 0,
+            jobs: Vec::new(),
             prealloc_in_flight: None,
+            prealloc_error: None,
+            checkpoint_in_flight: None,
             next_offset: 0,
             log_start_offset: log_start,
             written_offset: 0,
@@ -700,12 +774,41 @@ impl<S: Storage> Log<S> {
     /// Validates and appends one producer frame, assigning its offsets. The
     /// frame is stamped in place, kept in the tail cache, and copied once into
     /// aligned write buffers; it is not yet on disk (see `write_pending`,
-    /// `flush`).
+    /// `flush`). Runs every job it needs inline (see [`Log::try_append`]).
     pub async fn append(
+        &mut self,
+        frame: BytesMut,
+        now_ms: i64,
+    ) -> Result<AppendInfo, EngineError> {
+        let mut frame = frame;
+        loop {
+            match self.try_append(frame, now_ms)? {
+                AppendStep::Done(info) => {
+                    self.drive_jobs().await?;
+                    return Ok(info);
+                }
+                AppendStep::Blocked(f, why) => {
+                    frame = f;
+                    match why {
+                        Blocked::Roll => self.roll_if_due(frame.len() as u64, now_ms).await?,
+                        Blocked::Write | Blocked::Space => self.drive_jobs().await?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends one frame now, or says what it waits for (synchronous: the
+    /// caller holds the log only for this call). Full buffers are handed to
+    /// write jobs at once; a fallocate step ahead is started as a job once
+    /// half of the current step is used. The driver runs the jobs
+    /// ([`Log::take_jobs`]) and, when blocked, waits for a completion (or
+    /// runs [`Log::roll_if_due`]) before trying again.
+    pub fn try_append(
         &mut self,
         mut frame: BytesMut,
         now_ms: i64,
-    ) -> Result<AppendInfo, EngineError> {
+    ) -> Result<AppendStep, EngineError> {
         self.check_not_failed()?;
         if frame.len() > self.config.frame_bytes_max {
             return Err(EngineError::FrameTooLarge {
@@ -716,22 +819,22 @@ impl<S: Storage> Log<S> {
         let summary = validate_incoming(&frame, &self.limits)?;
         let frame_len = frame.len() as u64;
         if self.should_roll(frame_len, now_ms) {
-            self.roll(now_ms).await?;
+            return Ok(AppendStep::Blocked(frame, Blocked::Roll));
         }
         // Reserve disk space first: ENOSPC is reported here, before any state changes.
         let active_len = self.active().len_bytes;
         let need = align_up(active_len + frame_len);
-        if need > self.preallocated_len {
-            self.settle_prealloc().await?;
-        }
         let step = self.config.preallocate_bytes.max(BLOCK_BYTES as u64);
         if need > self.preallocated_len {
-            let target = align_up(need.div_ceil(step) * step)
-                .min(align_up(self.config.segment_bytes).max(need));
-            self.check_disk_reserve(target - self.preallocated_len)
-                .await?;
-            self.active_file().pre_allocate(target).await?;
-            self.preallocated_len = target;
+            if let Some(e) = self.prealloc_error.take() {
+                return Err(e);
+            }
+            if self.prealloc_in_flight.is_none() {
+                let target = align_up(need.div_ceil(step) * step)
+                    .min(align_up(self.config.segment_bytes).max(need));
+                self.start_prealloc(target, true);
+            }
+            return Ok(AppendStep::Blocked(frame, Blocked::Space));
         }
         // Reserve the next step in the background once half of the current
         // one is used, so appends rarely wait for fallocate.
@@ -741,25 +844,14 @@ impl<S: Storage> Log<S> {
             && self.preallocated_len - need < step / 2
         {
             let target = (self.preallocated_len + step).min(segment_cap);
-            // Reserve ahead only while that leaves the disk reserve intact;
-            // otherwise the next step is taken (and refused) synchronously.
-            if self
-                .check_disk_reserve(target - self.preallocated_len)
-                .await
-                .is_ok()
-            {
-                let ticket = self.active_file().spawn_pre_allocate(target);
-                self.prealloc_in_flight = Some((target, ticket));
-            }
+            self.start_prealloc(target, false);
         }
-        // Back-pressure: wait for the oldest writes (or write everything)
-        // before more than `unwritten_bytes_max` waits for the disk.
-        while self.unwritten_bytes() + frame.len() as u64 > self.config.unwritten_bytes_max as u64 {
-            if self.in_flight.is_empty() {
-                self.write_pending().await?;
-                break;
-            }
-            self.complete_oldest_write().await?;
+        // Back-pressure: wait for writes before more than
+        // `unwritten_bytes_max` waits for the disk.
+        let unwritten = self.unwritten_bytes();
+        if unwritten > 0 && unwritten + frame_len > self.config.unwritten_bytes_max as u64 {
+            self.request_write(self.next_offset);
+            return Ok(AppendStep::Blocked(frame, Blocked::Write));
         }
         let base_offset = self.next_offset;
         stamp_base_offset(&mut frame, base_offset);
@@ -768,8 +860,6 @@ impl<S: Storage> Log<S> {
         let next = header.next_offset();
         debug_assert_eq!(header.record_count.get(), summary.record_count);
         self.copy_into_buffers(&frame);
-        // Full buffers go to the disk now, while the next appends are copied.
-        self.start_sealed_writes();
         let interval = self.config.index_interval_bytes;
         let seg = self.active_mut();
         let position = seg.len_bytes;
@@ -791,12 +881,111 @@ impl<S: Storage> Log<S> {
         self.stats.appended_frames += 1;
         self.stats.appended_bytes += frame_len;
         self.cache_push(frame);
+        // Full buffers go to the disk now, while the next appends are copied.
+        self.issue_writes();
         self.assert_offsets();
-        Ok(AppendInfo {
+        Ok(AppendStep::Done(AppendInfo {
             base_offset,
             last_offset: next - 1,
             append_time_ms: now_ms,
-        })
+        }))
+    }
+
+    /// Starts a fallocate of the active segment to `target` (after checking
+    /// the disk reserve) as a job.
+    fn start_prealloc(&mut self, target: u64, foreground: bool) {
+        debug_assert!(self.prealloc_in_flight.is_none());
+        let more = target.saturating_sub(self.preallocated_len);
+        let storage = self.storage.clone();
+        let dir = self.dir.clone();
+        let reserve = self.config.disk_reserve_bytes;
+        let file = self.active_file();
+        self.prealloc_in_flight = Some(target);
+        self.jobs.push(Job {
+            id: JobId::Prealloc { target, foreground },
+            fut: Box::pin(async move {
+                check_disk_reserve(&storage, &dir, reserve, more).await?;
+                file.pre_allocate(target).await?;
+                Ok(())
+            }),
+        });
+    }
+
+    /// Rolls the segment if `should_roll` says so for a frame of `frame_len`
+    /// bytes (the check is repeated: another appender may have rolled).
+    pub async fn roll_if_due(&mut self, frame_len: u64, now_ms: i64) -> Result<(), EngineError> {
+        self.check_not_failed()?;
+        if self.should_roll(frame_len, now_ms) {
+            self.roll(now_ms).await?;
+        }
+        Ok(())
+    }
+
+    /// Jobs started since the last call, for the driver to run.
+    pub fn take_jobs(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.jobs)
+    }
+
+    /// Runs every job inline, until none is left (the drivers that hold the
+    /// log across awaits: this type's async methods). Returns the first
+    /// error of a data write.
+    async fn drive_jobs(&mut self) -> Result<(), EngineError> {
+        let mut first_err = None;
+        loop {
+            let jobs = self.take_jobs();
+            if jobs.is_empty() {
+                break;
+            }
+            for job in jobs {
+                let r = job.fut.await;
+                if let (JobId::Write(_), Err(e)) = (job.id, &r) {
+                    if first_err.is_none() {
+                        first_err = Some(EngineError::Failed {
+                            reason: format!("write failed: {e}"),
+                        });
+                    }
+                }
+                self.complete_job(job.id, r);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the result of a job. A failed data write fails the log; a
+    /// failed background fallocate is forgotten (the next append that needs
+    /// the space takes it in the foreground), a failed foreground one is
+    /// the error of the append waiting for it; a failed checkpoint leaves
+    /// the previous one in place (recovery scans more).
+    pub fn complete_job(&mut self, id: JobId, result: Result<(), EngineError>) {
+        match id {
+            JobId::Write(seq) => self.complete_write(seq, result),
+            JobId::Prealloc { target, foreground } => {
+                debug_assert_eq!(self.prealloc_in_flight, Some(target));
+                self.prealloc_in_flight = None;
+                match result {
+                    Ok(()) => self.preallocated_len = self.preallocated_len.max(target),
+                    Err(e) if foreground => self.prealloc_error = Some(e),
+                    Err(e) => {
+                        tracing::debug!(dir = %self.dir.display(), error = %e, "fallocate ahead failed")
+                    }
+                }
+            }
+            JobId::Checkpoint => {
+                let cp = self
+                    .checkpoint_in_flight
+                    .take()
+                    .expect("checkpoint in flight");
+                match result {
+                    Ok(()) => self.checkpoint = cp,
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "checkpoint failed")
+                    }
+                }
+            }
+        }
     }
 
     fn should_roll(&self, frame_len: u64, now_ms: i64) -> bool {
@@ -853,89 +1042,132 @@ impl<S: Storage> Log<S> {
             if p.buf_fill == buf.len() {
                 // Full buffers end on a block boundary: no partial block.
                 let full = p.buf.take().expect("buffer");
-                p.sealed.push((p.buf_pos, full));
+                let end = p.buf_pos + full.len() as u64;
+                p.issued_len = end;
+                p.sealed.push_back((p.buf_pos, full, end));
                 p.tail.clear();
                 p.buf_fill = 0;
             }
         }
     }
 
-    /// Hands every pending buffer to the disk (concurrently; they cover
-    /// disjoint blocks) and waits for the writes. Afterwards everything
-    /// appended survives a process crash.
+    /// Hands every pending buffer to the disk and waits for the writes.
+    /// Afterwards everything appended survives a process crash.
     pub async fn write_pending(&mut self) -> Result<(), EngineError> {
         self.check_not_failed()?;
-        self.start_sealed_writes();
-        while !self.in_flight.is_empty() {
-            self.complete_oldest_write().await?;
+        let target = self.next_offset;
+        loop {
+            self.request_write(target);
+            if self.jobs.is_empty() {
+                break;
+            }
+            self.drive_jobs().await?;
         }
-        let Some(mut buf) = self.pending.buf.take() else {
-            return Ok(());
-        };
-        let fill = self.pending.buf_fill;
-        let pos = self.pending.buf_pos;
-        // The next buffer restarts at the partial block, from `tail`.
-        let block_start = align_down(fill as u64) as usize;
-        self.pending.tail = buf.as_slice()[block_start..fill].to_vec();
-        self.pending.buf_fill = 0;
-        let end = pos + fill as u64;
-        if end <= self.written_len {
-            return Ok(());
-        }
-        let padded = align_up(fill as u64) as usize;
-        buf.trim_to(padded);
-        // Buffers are not zeroed on allocation: zero the padding.
-        buf.as_mut_slice()[fill..padded].fill(0);
-        // Every earlier write has completed: rewriting the tail block now
-        // cannot race an older write of it.
-        debug_assert!(self.in_flight.is_empty());
-        let file = self.active_file();
-        if let Err(e) = file.write_at(buf, pos).await {
-            // The buffer is gone and the write may have landed in part; only
-            // a reopen (recovery) can rebuild a consistent view of the tail.
-            self.fail(format!("write failed: {e}"));
-            return Err(e.into());
-        }
-        self.stats.writes += 1;
-        self.mark_written(end);
+        self.check_not_failed()?;
+        assert!(
+            self.written_offset >= target,
+            "write_pending left data behind"
+        );
         Ok(())
     }
 
-    /// Starts the writes of every full (sealed) buffer at once. Full buffers
-    /// cover disjoint blocks, and the tail block they may start with was
-    /// written by a `write_pending` that has completed, so none overlaps a
-    /// write in flight.
-    fn start_sealed_writes(&mut self) {
-        if self.pending.sealed.is_empty() {
+    /// Asks for every offset below `upto` to be written: issues what can be
+    /// issued now (synchronous); the rest is issued as earlier writes
+    /// complete ([`Log::complete_job`]). The driver runs the jobs.
+    pub fn request_write(&mut self, upto: u64) {
+        self.write_wanted = self.write_wanted.max(upto.min(self.next_offset));
+        self.issue_writes();
+    }
+
+    /// Whether a write of blocks from `pos` would overlap a write in flight
+    /// (the tail block of the previous write): it must wait, or an older
+    /// write of that block could land after the newer one.
+    fn overlaps_in_flight(&self, pos: u64) -> bool {
+        self.in_flight.iter().any(|w| !w.done && w.phys_end > pos)
+    }
+
+    /// Issues the sealed buffers that overlap no write in flight, in order;
+    /// then, if offsets below `write_wanted` wait in the partial buffer, seals
+    /// it as a tail write (its partial block is rewritten by the next one).
+    fn issue_writes(&mut self) {
+        if self.failed.is_some() {
             return;
         }
-        let file = self.active_file();
-        for (pos, buf) in std::mem::take(&mut self.pending.sealed) {
-            let end = pos + buf.len() as u64;
-            debug_assert!(self.in_flight.back().is_none_or(|(e, _)| *e <= pos));
-            let ticket = file.clone().spawn_write(buf, pos);
-            self.in_flight.push_back((end, ticket));
-            self.stats.writes += 1;
+        loop {
+            if let Some(&(pos, _, _)) = self.pending.sealed.front() {
+                if self.overlaps_in_flight(pos) {
+                    return;
+                }
+                let (pos, buf, end) = self.pending.sealed.pop_front().expect("front");
+                self.start_write(pos, buf, end);
+                continue;
+            }
+            if self.written_offset >= self.write_wanted || self.pending.buf.is_none() {
+                return;
+            }
+            let fill = self.pending.buf_fill;
+            let pos = self.pending.buf_pos;
+            let end = pos + fill as u64;
+            if end <= self.pending.issued_len || self.overlaps_in_flight(pos) {
+                return;
+            }
+            let mut buf = self.pending.buf.take().expect("buffer");
+            // The next buffer restarts at the partial block, from `tail`.
+            let block_start = align_down(fill as u64) as usize;
+            self.pending.tail = buf.as_slice()[block_start..fill].to_vec();
+            self.pending.buf_fill = 0;
+            let padded = align_up(fill as u64) as usize;
+            buf.trim_to(padded);
+            // Buffers are not zeroed on allocation: zero the padding.
+            buf.as_mut_slice()[fill..padded].fill(0);
+            self.pending.issued_len = end;
+            self.pending.sealed.push_back((pos, buf, end));
         }
     }
 
-    /// Waits for the oldest write in flight (writes complete in order of
-    /// start for our accounting: `written_len` only moves forward over a
-    /// contiguous prefix).
-    async fn complete_oldest_write(&mut self) -> Result<(), EngineError> {
-        let Some((end, ticket)) = self.in_flight.pop_front() else {
-            return Ok(());
-        };
-        if let Err(e) = ticket.await {
-            self.fail(format!("write failed: {e}"));
-            // Let the other writes finish before reporting: they hold buffers.
-            while let Some((_, t)) = self.in_flight.pop_front() {
-                let _ = t.await;
-            }
-            return Err(e.into());
+    fn start_write(&mut self, pos: u64, buf: <S::File as StorageFile>::Buf, end: u64) {
+        let phys_end = pos + buf.len() as u64;
+        debug_assert!(!self.overlaps_in_flight(pos));
+        debug_assert!(self.in_flight.back().is_none_or(|w| w.end <= end));
+        let seq = self.next_write_seq;
+        self.next_write_seq += 1;
+        let ticket = self.active_file().spawn_write(buf, pos);
+        self.in_flight.push_back(InFlight {
+            seq,
+            pos,
+            phys_end,
+            end,
+            done: false,
+        });
+        self.stats.writes += 1;
+        self.jobs.push(Job {
+            id: JobId::Write(seq),
+            fut: Box::pin(async move { ticket.await.map_err(EngineError::from) }),
+        });
+    }
+
+    /// A data write completed. `written_len` only moves forward over the
+    /// contiguous prefix of completed writes; a failure fails the log.
+    fn complete_write(&mut self, seq: u64, result: Result<(), EngineError>) {
+        let w = self
+            .in_flight
+            .iter_mut()
+            .find(|w| w.seq == seq)
+            .expect("a write in flight");
+        w.done = true;
+        if let Err(e) = result {
+            // The buffer is gone and the write may have landed in part; only
+            // a reopen (recovery) can rebuild a consistent view of the tail.
+            let pos = w.pos;
+            self.fail(format!("write at byte {pos} failed: {e}"));
         }
-        self.mark_written(end);
-        Ok(())
+        while self.in_flight.front().is_some_and(|w| w.done) {
+            let w = self.in_flight.pop_front().expect("front");
+            if self.failed.is_none() {
+                self.mark_written(w.end);
+            }
+        }
+        self.issue_writes();
     }
 
     /// Bytes up to `end` of the active segment are on the disk.
@@ -953,34 +1185,14 @@ impl<S: Storage> Log<S> {
         self.assert_offsets();
     }
 
-    /// NoSpace if taking `more_bytes` would leave less than the configured
-    /// reserve free on the log's file system.
-    async fn check_disk_reserve(&self, more_bytes: u64) -> Result<(), EngineError> {
-        if self.config.disk_reserve_bytes == 0 {
-            return Ok(());
-        }
-        if let Some(free) = self.storage.free_bytes(&self.dir).await? {
-            if free < more_bytes.saturating_add(self.config.disk_reserve_bytes) {
-                let msg = format!(
-                    "{free} bytes free, {more_bytes} more would cut into the {} byte reserve",
-                    self.config.disk_reserve_bytes
-                );
-                let source = std::io::Error::new(std::io::ErrorKind::StorageFull, msg);
-                return Err(EngineError::NoSpace(crate::io_error::IoError::new(
-                    "reserve", &self.dir, source,
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for a background fallocate, if any. Must run before the active
-    /// file is truncated or closed, so a late fallocate cannot grow a file
-    /// after it was cut to its exact length.
+    /// Waits for every job (a background fallocate included). Must run
+    /// before the active file is truncated or closed, so a late fallocate
+    /// cannot grow a file after it was cut to its exact length.
     async fn settle_prealloc(&mut self) -> Result<(), EngineError> {
-        if let Some((target, ticket)) = self.prealloc_in_flight.take() {
-            ticket.await?;
-            self.preallocated_len = self.preallocated_len.max(target);
+        self.drive_jobs().await?;
+        debug_assert!(self.prealloc_in_flight.is_none());
+        if let Some(e) = self.prealloc_error.take() {
+            return Err(e);
         }
         Ok(())
     }
@@ -1072,6 +1284,18 @@ impl<S: Storage> Log<S> {
     /// Writes a checkpoint (and the active index) once enough durable bytes
     /// accumulated past the last one, bounding the next recovery scan.
     pub async fn maybe_checkpoint(&mut self) -> Result<(), EngineError> {
+        self.start_checkpoint_if_due();
+        self.drive_jobs().await
+    }
+
+    /// Starts a checkpoint job (index files of the active segment up to the
+    /// durable point, then the checkpoint) once `checkpoint_interval_bytes`
+    /// of durable data accumulated past the last one. One at a time; the
+    /// index is encoded now (synchronously), so appends go on meanwhile.
+    pub fn start_checkpoint_if_due(&mut self) {
+        if self.checkpoint_in_flight.is_some() || self.failed.is_some() {
+            return;
+        }
         let active_base = self.active().base_offset;
         let behind = if self.checkpoint.recovery_segment_base == active_base {
             self.durable_len
@@ -1079,14 +1303,34 @@ impl<S: Storage> Log<S> {
         } else {
             u64::MAX
         };
-        if behind >= self.config.checkpoint_interval_bytes {
-            self.write_checkpoint(false).await?;
+        if behind < self.config.checkpoint_interval_bytes {
+            return;
         }
-        Ok(())
+        let (cp, o, t) = self.checkpoint_at_durable_point(false);
+        self.checkpoint_in_flight = Some(cp);
+        let storage = self.storage.clone();
+        let dir = self.dir.clone();
+        let base = cp.recovery_segment_base;
+        self.jobs.push(Job {
+            id: JobId::Checkpoint,
+            fut: Box::pin(async move {
+                storage
+                    .write_atomic(&dir.join(index_file_name(base)), &o)
+                    .await?;
+                storage
+                    .write_atomic(&dir.join(time_index_file_name(base)), &t)
+                    .await?;
+                storage
+                    .write_atomic(&dir.join(CHECKPOINT_FILE), &cp.encode())
+                    .await?;
+                Ok(())
+            }),
+        });
     }
 
-    /// Persists the active index up to the durable point, then the checkpoint.
-    async fn write_checkpoint(&mut self, clean: bool) -> Result<(), EngineError> {
+    /// The checkpoint at the durable point of the active segment, and the
+    /// encoded offset and time index files covering up to it.
+    fn checkpoint_at_durable_point(&self, clean: bool) -> (Checkpoint, Vec<u8>, Vec<u8>) {
         let seg = self.active();
         let base = seg.base_offset;
         let durable_len = if self.durable_offset == self.next_offset {
@@ -1097,7 +1341,8 @@ impl<S: Storage> Log<S> {
         let durable_offset = self.durable_offset.max(base);
         let ix = seg.index.as_ref().expect("active index");
         let rel_limit = (durable_offset - base) as u32;
-        write_index_files(&self.storage, &self.dir, base, ix, durable_len, rel_limit).await?;
+        let o = ix.encode_offsets(base, durable_len);
+        let t = ix.encode_times(base, durable_len, rel_limit);
         let cp = Checkpoint {
             log_start_offset: self.log_start_offset,
             recovery_segment_base: base,
@@ -1105,6 +1350,24 @@ impl<S: Storage> Log<S> {
             recovery_offset: durable_offset,
             clean,
         };
+        (cp, o, t)
+    }
+
+    /// Persists the active index up to the durable point, then the checkpoint.
+    async fn write_checkpoint(&mut self, clean: bool) -> Result<(), EngineError> {
+        // A checkpoint job in flight must land first: an older checkpoint
+        // must never replace a newer one.
+        if self.checkpoint_in_flight.is_some() {
+            self.drive_jobs().await?;
+        }
+        let (cp, o, t) = self.checkpoint_at_durable_point(clean);
+        let base = cp.recovery_segment_base;
+        self.storage
+            .write_atomic(&self.dir.join(index_file_name(base)), &o)
+            .await?;
+        self.storage
+            .write_atomic(&self.dir.join(time_index_file_name(base)), &t)
+            .await?;
         self.storage
             .write_atomic(&self.dir.join(CHECKPOINT_FILE), &cp.encode())
             .await?;
@@ -1820,11 +2083,37 @@ impl<B> Pending<B> {
             buf: None,
             buf_pos: 0,
             buf_fill: 0,
-            sealed: Vec::new(),
+            sealed: VecDeque::new(),
+            issued_len: 0,
             tail: Vec::new(),
             frame_ends: VecDeque::new(),
         }
     }
+}
+
+/// NoSpace if taking `more_bytes` would leave less than `reserve_bytes`
+/// free on the file system holding `dir`.
+async fn check_disk_reserve<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    reserve_bytes: u64,
+    more_bytes: u64,
+) -> Result<(), EngineError> {
+    if reserve_bytes == 0 {
+        return Ok(());
+    }
+    if let Some(free) = storage.free_bytes(dir).await? {
+        if free < more_bytes.saturating_add(reserve_bytes) {
+            let msg = format!(
+                "{free} bytes free, {more_bytes} more would cut into the {reserve_bytes} byte reserve"
+            );
+            let source = std::io::Error::new(std::io::ErrorKind::StorageFull, msg);
+            return Err(EngineError::NoSpace(crate::io_error::IoError::new(
+                "reserve", dir, source,
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes a segment's offset and time index files (each atomically),
@@ -1876,4 +2165,151 @@ async fn remove_segment_files<S: Storage>(
 pub async fn remove_log_dir<S: Storage>(storage: &S, dir: &Path) -> Result<(), EngineError> {
     storage.remove_dir_all(dir).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The write-job rules of the synchronous core, driven by hand: jobs are
+    //! taken and completed in the order a test chooses.
+    use super::*;
+    use crate::storage::FaultyStorage;
+    use futures_lite::future::block_on;
+    use strom_flatbuffers::{BatchBuilder, RecordIn};
+
+    fn cfg() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1 << 20,
+            frame_bytes_max: 128 << 10,
+            write_buffer_bytes: 64 << 10,
+            unwritten_bytes_max: 1 << 20,
+            preallocate_bytes: 1 << 20,
+            flush: FlushPolicy::Never,
+            retention_ms: None,
+            ..LogConfig::default()
+        }
+    }
+
+    fn frame(value_len: usize) -> BytesMut {
+        let mut b = BatchBuilder::new();
+        let v = vec![7u8; value_len];
+        b.push(&RecordIn {
+            timestamp_ms: 1,
+            key: None,
+            value: Some(&v),
+            headers: &[],
+        });
+        BytesMut::from(&b.finish()[..])
+    }
+
+    fn open() -> Log<FaultyStorage> {
+        let storage = FaultyStorage::new(7);
+        let (mut log, _) = block_on(Log::open(storage, Path::new("/t"), cfg(), 0)).expect("open");
+        // Preallocate the whole segment, so appends start no fallocate job.
+        match log.try_append(frame(10), 0).expect("append") {
+            AppendStep::Blocked(f, Blocked::Space) => {
+                block_on(log.drive_jobs()).expect("fallocate");
+                assert!(matches!(log.try_append(f, 0), Ok(AppendStep::Done(_))));
+            }
+            other => panic!("{other:?}"),
+        }
+        block_on(log.write_pending()).expect("write");
+        assert!(log.take_jobs().is_empty());
+        log
+    }
+
+    fn append(log: &mut Log<FaultyStorage>, value_len: usize) -> u64 {
+        match log.try_append(frame(value_len), 0).expect("append") {
+            AppendStep::Done(info) => info.last_offset + 1,
+            AppendStep::Blocked(_, why) => panic!("blocked: {why:?}"),
+        }
+    }
+
+    fn run(log: &mut Log<FaultyStorage>, job: Job) {
+        let r = block_on(job.fut);
+        log.complete_job(job.id, r);
+    }
+
+    /// The partial tail block is rewritten by each tail write; a newer tail
+    /// write is issued only after the older write of that block completed,
+    /// so it can never be overtaken by it.
+    #[test]
+    fn a_tail_block_write_waits_for_the_older_write_of_that_block() {
+        let mut log = open();
+        let end1 = append(&mut log, 100);
+        log.request_write(end1);
+        let mut first = log.take_jobs();
+        assert_eq!(first.len(), 1, "one tail write");
+        let end2 = append(&mut log, 100);
+        log.request_write(end2);
+        assert!(
+            log.take_jobs().is_empty(),
+            "a second write of the tail block was issued while the first is in flight"
+        );
+        assert_eq!(log.offsets().written_offset, end1 - 1);
+        run(&mut log, first.pop().expect("job"));
+        assert_eq!(log.offsets().written_offset, end1);
+        // The completion issued the newer tail write.
+        let second = log.take_jobs();
+        assert_eq!(second.len(), 1);
+        for job in second {
+            run(&mut log, job);
+        }
+        assert_eq!(log.offsets().written_offset, end2);
+        block_on(log.check_indexes_against_scan()).expect("on disk as appended");
+    }
+
+    /// Full buffers are written concurrently and may complete in any order;
+    /// the written offset only moves over the contiguous written prefix.
+    #[test]
+    fn written_offset_moves_only_over_a_contiguous_prefix() {
+        let mut log = open();
+        let before = log.offsets().written_offset;
+        // Three 60 KiB frames fill two 64 KiB buffers: two full-buffer writes.
+        let mut ends = Vec::new();
+        for _ in 0..3 {
+            ends.push(append(&mut log, 60 << 10));
+        }
+        let mut jobs = log.take_jobs();
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
+        let second = jobs.pop().expect("second");
+        let first = jobs.pop().expect("first");
+        run(&mut log, second);
+        assert_eq!(
+            log.offsets().written_offset,
+            before,
+            "written past a write still in flight"
+        );
+        run(&mut log, first);
+        let w = log.offsets().written_offset;
+        assert!(w >= ends[1] && w < ends[2], "written {w}, ends {ends:?}");
+        block_on(log.write_pending()).expect("write");
+        assert_eq!(log.offsets().written_offset, ends[2]);
+        block_on(log.check_indexes_against_scan()).expect("on disk as appended");
+    }
+
+    /// A failed write fails the log, even when a later write completes first.
+    #[test]
+    fn a_failed_write_fails_the_log_whatever_the_completion_order() {
+        let mut log = open();
+        for _ in 0..3 {
+            append(&mut log, 60 << 10);
+        }
+        let before = log.offsets().written_offset;
+        let mut jobs = log.take_jobs();
+        let second = jobs.pop().expect("second");
+        let first = jobs.pop().expect("first");
+        run(&mut log, second);
+        log.complete_job(
+            first.id,
+            Err(EngineError::Failed {
+                reason: "injected".into(),
+            }),
+        );
+        assert!(log.failed().is_some());
+        assert_eq!(log.offsets().written_offset, before);
+        assert!(matches!(
+            log.try_append(frame(10), 0),
+            Err(EngineError::Failed { .. })
+        ));
+    }
 }

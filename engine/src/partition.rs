@@ -21,6 +21,7 @@
 //! nothing (`Log::complete_sync`), and its waiters get `Truncated`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,7 +32,9 @@ use event_listener::Event;
 use crate::cache::TailCache;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::EngineError;
-use crate::log::{AppendInfo, Log, LogStats, Offsets, ReadBatch, RecoveryReport};
+use crate::log::{
+    AppendInfo, AppendStep, Blocked, Job, JobId, Log, LogStats, Offsets, ReadBatch, RecoveryReport,
+};
 use crate::storage::{DmaStorage, Storage, StorageFile};
 
 /// How far an append must get before it is acknowledged.
@@ -102,7 +105,23 @@ pub fn now_ms() -> i64 {
 }
 
 struct Inner<S: Storage> {
-    log: async_lock::Mutex<Option<Log<S>>>,
+    /// The log, borrowed only in synchronous sections (never across an
+    /// await); `None` while an exclusive operation holds it, and after close.
+    log: RefCell<Option<Log<S>>>,
+    /// Serializes exclusive operations (roll, truncation, retention, record
+    /// deletion, reads from disk, timestamp look-ups, close).
+    exclusive: async_lock::Mutex<()>,
+    /// An exclusive operation waits for the log: new appends and writes
+    /// wait until it is done, so that jobs in flight drain.
+    exclusive_wanted: Cell<bool>,
+    /// Jobs taken from the log and not yet completed.
+    jobs_in_flight: Cell<usize>,
+    /// Jobs waiting for a task to run them when there is no executor to
+    /// spawn on (`open_on` without background): run by whoever waits.
+    inline_jobs: RefCell<VecDeque<Job>>,
+    spawn_jobs: bool,
+    /// Notified whenever a job completes or the log comes back.
+    progress: Event,
     /// The log's tail cache: reads it can serve never wait for the log.
     cache: Rc<RefCell<TailCache>>,
     offsets: Cell<Offsets>,
@@ -151,6 +170,32 @@ impl<S: Storage> Drop for SyncGuard<'_, S> {
     }
 }
 
+/// The log, taken out for an exclusive operation (no job in flight); put
+/// back, published, and its new jobs started when dropped.
+struct Exclusive<'a, S: Storage> {
+    partition: &'a Partition<S>,
+    log: Option<Log<S>>,
+    _lock: async_lock::MutexGuard<'a, ()>,
+}
+
+impl<S: Storage> Exclusive<'_, S> {
+    fn log(&mut self) -> &mut Log<S> {
+        self.log.as_mut().expect("held")
+    }
+}
+
+impl<S: Storage> Drop for Exclusive<'_, S> {
+    fn drop(&mut self) {
+        let inner = &self.partition.inner;
+        if let Some(log) = self.log.take() {
+            *inner.log.borrow_mut() = Some(log);
+            self.partition.with_log(|_| ());
+        }
+        inner.exclusive_wanted.set(false);
+        inner.progress.notify(usize::MAX);
+    }
+}
+
 impl Partition<DmaStorage> {
     /// Opens the partition in `dir` on O_DIRECT files, recovering if needed,
     /// and starts its background task on the current glommio executor.
@@ -161,7 +206,8 @@ impl Partition<DmaStorage> {
 
 impl<S: Storage> Partition<S> {
     /// Opens on any storage. `background` spawns the flush/retention task
-    /// (needs a glommio executor).
+    /// and runs I/O jobs as tasks of their own (needs a glommio executor);
+    /// without it, jobs run in the tasks that wait for them.
     pub async fn open_on(
         storage: S,
         dir: &Path,
@@ -176,7 +222,13 @@ impl<S: Storage> Partition<S> {
             stats: Cell::new(log.stats()),
             sync_stats: RefCell::new(SyncStats::default()),
             flush_policy: Cell::new(policy),
-            log: async_lock::Mutex::new(Some(log)),
+            log: RefCell::new(Some(log)),
+            exclusive: async_lock::Mutex::new(()),
+            exclusive_wanted: Cell::new(false),
+            jobs_in_flight: Cell::new(0),
+            inline_jobs: RefCell::new(VecDeque::new()),
+            spawn_jobs: background,
+            progress: Event::new(),
             data_event: Event::new(),
             sync_event: Event::new(),
             syncs_in_flight: Cell::new(0),
@@ -232,19 +284,161 @@ impl<S: Storage> Partition<S> {
         }
     }
 
+    /// Runs `f` on the log in a synchronous section (the borrow never
+    /// crosses an await), then publishes its offsets and starts the jobs it
+    /// queued. None if an exclusive operation holds the log, or it is closed.
+    fn with_log<R>(&self, f: impl FnOnce(&mut Log<S>) -> R) -> Option<R> {
+        let (r, jobs) = {
+            let mut slot = self.inner.log.borrow_mut();
+            let log = slot.as_mut()?;
+            let r = f(log);
+            self.publish(log);
+            (r, log.take_jobs())
+        };
+        self.start_jobs(jobs);
+        Some(r)
+    }
+
+    /// Hands jobs to tasks of their own (or to the inline queue); each
+    /// feeds its result back to the log in a synchronous section.
+    fn start_jobs(&self, jobs: Vec<Job>) {
+        for job in jobs {
+            self.inner
+                .jobs_in_flight
+                .set(self.inner.jobs_in_flight.get() + 1);
+            if self.inner.spawn_jobs {
+                let p = self.clone();
+                glommio::spawn_local(async move {
+                    let r = job.fut.await;
+                    p.finish_job(job.id, r);
+                })
+                .detach();
+            } else {
+                self.inner.inline_jobs.borrow_mut().push_back(job);
+            }
+        }
+    }
+
+    fn finish_job(&self, id: JobId, result: Result<(), EngineError>) {
+        // Exclusive operations wait for every job before they take the log.
+        let done = self.with_log(|log| log.complete_job(id, result));
+        assert!(done.is_some(), "a job completed while the log was taken");
+        let n = self.inner.jobs_in_flight.get();
+        assert!(n > 0);
+        self.inner.jobs_in_flight.set(n - 1);
+        self.inner.progress.notify(usize::MAX);
+    }
+
+    /// Runs the inline queue's jobs (no-op when jobs run as tasks).
+    async fn drive_inline(&self) {
+        loop {
+            let job = self.inner.inline_jobs.borrow_mut().pop_front();
+            let Some(job) = job else { return };
+            let r = job.fut.await;
+            self.finish_job(job.id, r);
+        }
+    }
+
+    /// Waits for the next job completion (or the log's return).
+    async fn wait_progress(&self) {
+        let listener = self.inner.progress.listen();
+        if !self.inner.inline_jobs.borrow().is_empty() {
+            self.drive_inline().await;
+            return;
+        }
+        listener.await;
+    }
+
+    /// Waits until the log is available for a synchronous section: not held
+    /// by an exclusive operation, nor wanted by one.
+    async fn log_ready(&self) -> Result<(), EngineError> {
+        loop {
+            if self.inner.closed.get() {
+                return Err(EngineError::Closed);
+            }
+            if !self.inner.exclusive_wanted.get() && self.inner.log.borrow().is_some() {
+                return Ok(());
+            }
+            let listener = self.inner.progress.listen();
+            if !self.inner.exclusive_wanted.get() && self.inner.log.borrow().is_some() {
+                continue;
+            }
+            self.drive_inline().await;
+            listener.await;
+        }
+    }
+
+    /// Takes the log for an operation that holds it across awaits, once
+    /// every job in flight completed (their results go to the log first).
+    async fn exclusive(&self) -> Result<Exclusive<'_, S>, EngineError> {
+        let lock = self.inner.exclusive.lock().await;
+        self.inner.exclusive_wanted.set(true);
+        let mut guard = Exclusive {
+            partition: self,
+            log: None,
+            _lock: lock,
+        };
+        loop {
+            self.drive_inline().await;
+            if self.inner.jobs_in_flight.get() == 0 {
+                break;
+            }
+            let listener = self.inner.progress.listen();
+            if self.inner.jobs_in_flight.get() == 0 {
+                break;
+            }
+            listener.await;
+        }
+        guard.log = self.inner.log.borrow_mut().take();
+        if guard.log.is_none() {
+            return Err(EngineError::Closed);
+        }
+        Ok(guard)
+    }
+
+    /// Runs an exclusive operation and publishes the log afterwards.
+    async fn run_exclusive<R>(
+        &self,
+        op: impl AsyncFnOnce(&mut Log<S>) -> Result<R, EngineError>,
+    ) -> Result<R, EngineError> {
+        let mut guard = self.exclusive().await?;
+        let r = op(guard.log()).await;
+        drop(guard);
+        r
+    }
+
     /// Appends one producer frame and waits until it reached `durability`
-    /// (or the flush policy's stronger requirement).
+    /// (or the flush policy's stronger requirement). The append itself is a
+    /// synchronous section: it copies the frame and returns; it waits only
+    /// for back-pressure (a write), preallocated space, or a segment roll.
     pub async fn append(
         &self,
         frame: BytesMut,
         durability: Durability,
     ) -> Result<AppendInfo, EngineError> {
-        let info = {
-            let mut guard = self.inner.log.lock().await;
-            let log = guard.as_mut().ok_or(EngineError::Closed)?;
-            let info = log.append(frame, now_ms()).await?;
-            self.publish(log);
-            info
+        let mut slot = Some(frame);
+        let info = loop {
+            self.log_ready().await?;
+            let Some(step) = self.with_log(|log| {
+                let frame = slot.take().expect("frame");
+                log.try_append(frame, now_ms())
+            }) else {
+                continue;
+            };
+            match step? {
+                AppendStep::Done(info) => break info,
+                AppendStep::Blocked(frame, why) => {
+                    let len = frame.len() as u64;
+                    slot = Some(frame);
+                    match why {
+                        Blocked::Roll => {
+                            self.run_exclusive(async |log| log.roll_if_due(len, now_ms()).await)
+                                .await?
+                        }
+                        Blocked::Write | Blocked::Space => self.wait_progress().await,
+                    }
+                }
+            }
         };
         let target = info.last_offset + 1;
         let durable = durability == Durability::Durable
@@ -257,15 +451,42 @@ impl<S: Storage> Partition<S> {
         Ok(info)
     }
 
+    /// Waits until every offset below `target` is written: asks the log for
+    /// the writes, then waits for their completions, never for a lock.
     async fn write_to(&self, target: u64) -> Result<(), EngineError> {
-        if self.inner.offsets.get().written_offset >= target {
-            return Ok(());
+        loop {
+            if self.inner.offsets.get().written_offset >= target {
+                return Ok(());
+            }
+            self.log_ready().await?;
+            let listener = self.inner.progress.listen();
+            let Some(r) = self.with_log(|log| {
+                if let Some(reason) = log.failed() {
+                    return Err(EngineError::Failed {
+                        reason: reason.to_owned(),
+                    });
+                }
+                let o = log.offsets();
+                if o.high_watermark < target {
+                    return Err(EngineError::Truncated {
+                        offset: target,
+                        high_watermark: o.high_watermark,
+                    });
+                }
+                log.request_write(target);
+                Ok(log.offsets().written_offset)
+            }) else {
+                continue;
+            };
+            if r? >= target {
+                return Ok(());
+            }
+            if !self.inner.inline_jobs.borrow().is_empty() {
+                self.drive_inline().await;
+                continue;
+            }
+            listener.await;
         }
-        let mut guard = self.inner.log.lock().await;
-        let log = guard.as_mut().ok_or(EngineError::Closed)?;
-        let r = log.write_pending().await;
-        self.publish(log);
-        r
     }
 
     /// Waits until every offset below `target` is durable (group commit).
@@ -296,13 +517,21 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             let _guard = SyncGuard::new(&self.inner);
-            let sync = {
-                let mut guard = self.inner.log.lock().await;
-                let log = guard.as_mut().ok_or(EngineError::Closed)?;
-                let r = log.write_pending().await;
-                self.publish(log);
-                r?;
-                log.sync_target()
+            // Everything appended so far is written first (its writes run
+            // as jobs; this waits for their completions, not for a lock).
+            let high_watermark = self.inner.offsets.get().high_watermark;
+            if high_watermark < target {
+                return Err(EngineError::Truncated {
+                    offset: target,
+                    high_watermark,
+                });
+            }
+            self.write_to(high_watermark).await?;
+            let sync = loop {
+                self.log_ready().await?;
+                if let Some(sync) = self.with_log(|log| log.sync_target()) {
+                    break sync;
+                }
             };
             self.inner
                 .sync_covered
@@ -319,8 +548,6 @@ impl<S: Storage> Partition<S> {
             let started = std::time::Instant::now();
             let synced = sync.file.fdatasync().await;
             let took = started.elapsed();
-            let mut guard = self.inner.log.lock().await;
-            let log = guard.as_mut().ok_or(EngineError::Closed)?;
             if synced.is_ok() {
                 self.inner
                     .sync_stats
@@ -330,12 +557,24 @@ impl<S: Storage> Partition<S> {
                 self.inner.sync_stats.borrow_mut().failures += 1;
             }
             // A failure fails the log; a sync that a truncation or roll
-            // overtook publishes nothing (the loop looks again).
-            let r = log.complete_sync(&sync, synced);
-            self.publish(log);
-            r?;
-            let r = log.maybe_checkpoint().await;
-            self.publish(log);
+            // overtook publishes nothing (the loop looks again). The log may
+            // be held by an exclusive operation meanwhile: wait for it.
+            let mut synced = Some(synced);
+            let r = loop {
+                if let Some(r) = self.with_log(|log| {
+                    let r = log.complete_sync(&sync, synced.take().expect("once"));
+                    if r.is_ok() {
+                        log.start_checkpoint_if_due();
+                    }
+                    r
+                }) {
+                    break r;
+                }
+                if self.inner.closed.get() {
+                    return Err(EngineError::Closed);
+                }
+                self.wait_progress().await;
+            };
             r?;
         }
     }
@@ -354,11 +593,8 @@ impl<S: Storage> Partition<S> {
         if let Some(batch) = self.read_cached(from_offset, max_bytes) {
             return Ok(batch);
         }
-        let mut guard = self.inner.log.lock().await;
-        let log = guard.as_mut().ok_or(EngineError::Closed)?;
-        let r = log.read(from_offset, max_bytes).await;
-        self.publish(log);
-        r
+        self.run_exclusive(async |log| log.read(from_offset, max_bytes).await)
+            .await
     }
 
     /// A read served by the tail cache alone (synchronous: no borrow crosses
@@ -396,43 +632,37 @@ impl<S: Storage> Partition<S> {
     }
 
     pub async fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<u64>, EngineError> {
-        let mut guard = self.inner.log.lock().await;
-        let log = guard.as_mut().ok_or(EngineError::Closed)?;
-        let r = log.offset_for_timestamp(ts_ms).await;
-        self.publish(log);
-        r
+        self.run_exclusive(async |log| log.offset_for_timestamp(ts_ms).await)
+            .await
     }
 
     pub async fn delete_records_before(&self, offset: u64) -> Result<u64, EngineError> {
-        let mut guard = self.inner.log.lock().await;
-        let log = guard.as_mut().ok_or(EngineError::Closed)?;
-        let r = log.delete_records_before(offset).await;
-        self.publish(log);
-        r
+        self.run_exclusive(async |log| log.delete_records_before(offset).await)
+            .await
     }
 
     pub async fn truncate_to(&self, offset: u64) -> Result<u64, EngineError> {
-        let mut guard = self.inner.log.lock().await;
-        let log = guard.as_mut().ok_or(EngineError::Closed)?;
-        let r = log.truncate_to(offset).await;
-        self.publish(log);
-        r
+        self.run_exclusive(async |log| log.truncate_to(offset).await)
+            .await
     }
 
     pub async fn apply_retention(&self) -> Result<usize, EngineError> {
-        let mut guard = self.inner.log.lock().await;
-        let log = guard.as_mut().ok_or(EngineError::Closed)?;
-        let r = log.apply_retention(now_ms()).await;
-        self.publish(log);
-        r
+        self.run_exclusive(async |log| log.apply_retention(now_ms()).await)
+            .await
     }
 
     /// Applies a new configuration (validated first).
     pub async fn set_config(&self, config: LogConfig) -> Result<(), EngineError> {
-        let mut guard = self.inner.log.lock().await;
-        let log = guard.as_mut().ok_or(EngineError::Closed)?;
-        self.inner.flush_policy.set(config.flush);
-        log.set_config(config)
+        loop {
+            self.log_ready().await?;
+            let flush = config.flush;
+            if let Some(r) = self.with_log(|log| log.set_config(config.clone())) {
+                if r.is_ok() {
+                    self.inner.flush_policy.set(flush);
+                }
+                return r;
+            }
+        }
     }
 
     /// Tests only: fails the log as a failed write or fdatasync does (it
@@ -441,21 +671,23 @@ impl<S: Storage> Partition<S> {
     /// it only under a test-only environment variable.
     #[doc(hidden)]
     pub async fn fail_for_tests(&self, reason: &str) {
-        let mut guard = self.inner.log.lock().await;
-        if let Some(log) = guard.as_mut() {
-            log.fail(format!("injected for tests: {reason}"));
-        }
+        let _ = self
+            .run_exclusive(async |log| {
+                log.fail(format!("injected for tests: {reason}"));
+                Ok(())
+            })
+            .await;
     }
 
     /// Flushes, writes a clean checkpoint and closes the files.
     pub async fn close(self) -> Result<(), EngineError> {
+        let mut guard = self.exclusive().await?;
+        let log = guard.log.take().expect("held");
         self.inner.closed.set(true);
         self.inner.data_event.notify(usize::MAX);
-        let mut guard = self.inner.log.lock().await;
-        match guard.take() {
-            Some(log) => log.close(now_ms()).await,
-            None => Ok(()),
-        }
+        self.inner.progress.notify(usize::MAX);
+        drop(guard);
+        log.close(now_ms()).await
     }
 }
 
@@ -476,10 +708,7 @@ async fn background_task<S: Storage>(weak: Weak<Inner<S>>) {
             return;
         }
         let p = Partition { inner };
-        let due = {
-            let guard = p.inner.log.lock().await;
-            guard.as_ref().is_some_and(|log| log.flush_due(now_ms()))
-        };
+        let due = p.with_log(|log| log.flush_due(now_ms())).unwrap_or(false);
         if due {
             let _ = p.flush().await;
         }

@@ -128,3 +128,76 @@ fn a_cached_read_does_not_wait_for_a_roll() {
         assert!(log.offsets().high_watermark <= n as u64 + 3);
     });
 }
+
+/// Appends complete while an acks=leader append waits for its held write:
+/// the writer waits for its own bytes, holding nothing (it used to hold the
+/// log lock across the write, and every append queued behind it).
+#[test]
+fn appends_do_not_wait_for_a_held_write() {
+    block_on(async {
+        let storage = FaultyStorage::new(3);
+        let p = open(&storage).await;
+        p.append(frame(0, 100), Durability::Buffered)
+            .await
+            .expect("append");
+        storage.hold_writes(true);
+        let writer = p.append(frame(1, 100), Durability::Written);
+        let others = async {
+            yield_now().await; // the writer is now waiting for its write
+            let r = within_yields(async {
+                for i in 2..10 {
+                    p.append(frame(i, 100), Durability::Buffered)
+                        .await
+                        .expect("append");
+                }
+            })
+            .await;
+            assert!(
+                p.offsets().written_offset < 2,
+                "the held write completed early"
+            );
+            storage.hold_writes(false);
+            r
+        };
+        let (written, appended) = zip(writer, others).await;
+        appended.expect("buffered appends waited for a held write");
+        written.expect("written append");
+        assert!(p.offsets().written_offset >= 2);
+        p.flush().await.expect("flush");
+        assert_eq!(p.offsets().durable_offset, 10);
+    });
+}
+
+/// A durable append waits for the fdatasync; a concurrent acks=leader
+/// append and a cached read do not.
+#[test]
+fn written_appends_and_reads_do_not_wait_for_a_held_fdatasync() {
+    block_on(async {
+        let storage = FaultyStorage::new(4);
+        let p = open(&storage).await;
+        storage.hold_syncs(true);
+        let durable = p.append(frame(0, 100), Durability::Durable);
+        let others = async {
+            for _ in 0..3 {
+                yield_now().await;
+            }
+            let r = within_yields(async {
+                let info = p
+                    .append(frame(1, 100), Durability::Written)
+                    .await
+                    .expect("written append");
+                let batch = p.read(0, 1 << 20).await.expect("read");
+                (info, batch)
+            })
+            .await;
+            assert_eq!(p.offsets().durable_offset, 0, "the held sync completed");
+            storage.hold_syncs(false);
+            r
+        };
+        let (d, r) = zip(durable, others).await;
+        d.expect("durable append");
+        let (info, batch) = r.expect("waited for a held fdatasync");
+        assert_eq!(info.base_offset, 1);
+        assert_eq!(batch.frames.len(), 2);
+    });
+}
