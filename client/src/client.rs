@@ -37,11 +37,37 @@ pub enum OffsetSpec {
     At(u64),
 }
 
+/// Which connection carries a partition's requests: the one the client was
+/// given, or a direct connection to the shard that owns the partition
+/// (see [`Client::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Bootstrap,
+    Shard(u16),
+}
+
+/// A direct connection to one shard, opened on first use.
+#[derive(Debug)]
+enum Direct {
+    Unopened,
+    Open(Box<Connection>),
+    /// Connecting failed: that shard's partitions go through the bootstrap
+    /// connection (the server forwards them) until the metadata is reset.
+    Unreachable,
+}
+
 /// A connection with a metadata cache; see the module docs.
 #[derive(Debug)]
 pub struct Client {
     conn: Connection,
     partitions: HashMap<String, u32>,
+    /// topic -> owning shard of each partition (from DescribeTopics).
+    owners: HashMap<String, Vec<u16>>,
+    /// Index = shard id; sized from the handshake's shard ports.
+    direct: Vec<Direct>,
+    /// The bootstrap connection's generation `direct` and `owners` belong to.
+    direct_generation: u64,
+    direct_enabled: bool,
 }
 
 fn unexpected(request: &'static str, body: &ResponseBody) -> Error {
@@ -69,10 +95,86 @@ impl Client {
     }
 
     pub fn new(conn: Connection) -> Client {
+        let direct_generation = conn.generation();
         Client {
             conn,
             partitions: HashMap::new(),
+            owners: HashMap::new(),
+            direct: Vec::new(),
+            direct_generation,
+            direct_enabled: true,
         }
+    }
+
+    /// Whether partitions' requests go straight to their owning shard when
+    /// the server offers direct ports (the default), or all through the
+    /// bootstrap connection.
+    pub fn set_direct(&mut self, enabled: bool) {
+        self.direct_enabled = enabled;
+    }
+
+    /// Where the requests of `topic`/`partition` go: the owning shard's
+    /// direct connection when the server advertises shard ports and that
+    /// shard is reachable, else the bootstrap connection (whose shard
+    /// forwards them). Learns the owners with one DescribeTopics per topic.
+    pub fn route(&mut self, topic: &str, partition: u32) -> Route {
+        if !self.direct_enabled {
+            return Route::Bootstrap;
+        }
+        if self.direct_generation != self.conn.generation() {
+            // Reconnected: the server may have restarted with other shards.
+            self.owners.clear();
+            self.direct.clear();
+            self.direct_generation = self.conn.generation();
+        }
+        let ports = &self.conn.server_info().shard_ports;
+        if ports.is_empty() {
+            return Route::Bootstrap;
+        }
+        if self.direct.len() != ports.len() {
+            self.direct = (0..ports.len()).map(|_| Direct::Unopened).collect();
+        }
+        if !self.owners.contains_key(topic) && self.describe_topic(topic).is_err() {
+            return Route::Bootstrap;
+        }
+        let owner = match self
+            .owners
+            .get(topic)
+            .and_then(|o| o.get(partition as usize))
+        {
+            Some(&s) => s,
+            None => return Route::Bootstrap,
+        };
+        let Some(&port) = self.conn.server_info().shard_ports.get(usize::from(owner)) else {
+            return Route::Bootstrap;
+        };
+        if owner == self.conn.server_info().shard_id {
+            return Route::Bootstrap;
+        }
+        let slot = &mut self.direct[usize::from(owner)];
+        if let Direct::Unopened = slot {
+            let host = self.conn.addr().ip();
+            let addr = std::net::SocketAddr::new(host, port).to_string();
+            *slot = match Connection::connect(&addr, self.conn.config().clone()) {
+                Ok(c) if c.server_info().shard_id == owner => Direct::Open(Box::new(c)),
+                _ => Direct::Unreachable,
+            };
+        }
+        match slot {
+            Direct::Open(_) => Route::Shard(owner),
+            _ => Route::Bootstrap,
+        }
+    }
+
+    /// The connection of `route` (the bootstrap one when that shard's
+    /// direct connection is not open).
+    pub fn connection_on(&mut self, route: Route) -> &mut Connection {
+        if let Route::Shard(s) = route {
+            if let Some(Direct::Open(c)) = self.direct.get_mut(usize::from(s)) {
+                return c;
+            }
+        }
+        &mut self.conn
     }
 
     /// The server's handshake answer: versions and limits.
@@ -92,6 +194,7 @@ impl Client {
     /// Forgets cached metadata for `topic` (after an `UnknownTopic`).
     pub fn invalidate(&mut self, topic: &str) {
         self.partitions.remove(topic);
+        self.owners.remove(topic);
     }
 
     pub(crate) fn note_error(&mut self, topic: &str, code: ErrorCode) {
@@ -134,7 +237,7 @@ impl Client {
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<()> {
-        self.partitions.remove(name);
+        self.invalidate(name);
         let body = RequestBody::DeleteTopics(DeleteTopicsRequest {
             names: vec![name.to_owned()],
         });
@@ -171,8 +274,16 @@ impl Client {
                     if t.error == ErrorCode::None {
                         self.partitions
                             .insert(t.name.clone(), t.partitions.len() as u32);
+                        let mut owners = vec![0u16; t.partitions.len()];
+                        for p in &t.partitions {
+                            if let Some(o) = owners.get_mut(p.partition as usize) {
+                                *o = p.owner_shard;
+                            }
+                        }
+                        self.owners.insert(t.name.clone(), owners);
                     } else {
                         self.partitions.remove(&t.name);
+                        self.owners.remove(&t.name);
                     }
                 }
                 Ok(r.topics)
@@ -196,7 +307,7 @@ impl Client {
 
     /// Raises the partition count of `name` to `total`.
     pub fn create_partitions(&mut self, name: &str, total: u32) -> Result<()> {
-        self.partitions.remove(name);
+        self.invalidate(name);
         let body = RequestBody::CreatePartitions(CreatePartitionsRequest {
             topics: vec![PartitionsIncrease {
                 name: name.to_owned(),
@@ -232,6 +343,17 @@ impl Client {
     /// ListOffsets for many (topic, partition, timestamp) at once; `None`
     /// where no record is at or after the timestamp.
     pub fn list_offsets(&mut self, parts: &[(String, u32, i64)]) -> Result<Vec<Option<u64>>> {
+        // Parts that all live on one shard are asked there directly.
+        let mut routes = parts.iter().map(|(t, p, _)| (t.clone(), *p)).collect::<Vec<_>>();
+        let first = match routes.pop() {
+            Some((t, p)) => self.route(&t, p),
+            None => Route::Bootstrap,
+        };
+        let route = if routes.iter().all(|(t, p)| self.route(t, *p) == first) {
+            first
+        } else {
+            Route::Bootstrap
+        };
         let body = RequestBody::ListOffsets(ListOffsetsRequest {
             partitions: parts
                 .iter()
@@ -242,7 +364,7 @@ impl Client {
                 })
                 .collect(),
         });
-        let results = match self.call(&body)?.body {
+        let results = match self.connection_on(route).call(&body, &[], 0)?.body {
             ResponseBody::ListOffsets(r) => r.results,
             other => return Err(unexpected("list_offsets", &other)),
         };

@@ -15,7 +15,7 @@
 //!   without moving any position, so nothing is skipped; the caller decides
 //!   (seek, or give up).
 
-use crate::client::{Client, OffsetSpec};
+use crate::client::{Client, OffsetSpec, Route};
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::{check, Error, Result};
 use bytes::Bytes;
@@ -226,9 +226,25 @@ impl Consumer {
                 })
                 .collect(),
         });
+        // When every assigned partition lives on one shard, read them from
+        // that shard directly; otherwise one request through the bootstrap
+        // connection, whose shard fans it out (one long poll for all).
+        let mut routes = self
+            .assignments
+            .iter()
+            .map(|a| (a.topic.clone(), a.partition))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(t, p)| self.client.route(&t, p));
+        let first = routes.next().unwrap_or(Route::Bootstrap);
+        let route = if routes.all(|r| r == first) {
+            first
+        } else {
+            Route::Bootstrap
+        };
         let response = self
             .client
-            .connection()
+            .connection_on(route)
             .call(&body, &[], u64::from(max_wait_ms))?;
         let fetch = match response.body {
             ResponseBody::Fetch(f) => f,

@@ -26,7 +26,7 @@ pub mod producer;
 #[cfg(test)]
 mod mock;
 
-pub use client::{Client, OffsetSpec};
+pub use client::{Client, OffsetSpec, Route};
 pub use connection::{Connection, ConnectionConfig, Response};
 pub use consumer::{Assignment, Consumer, ConsumerConfig, FetchedFrame};
 pub use error::{Error, Result};

@@ -33,7 +33,7 @@
 //!   With `acks = none` the server never answers and records report
 //!   [`Error::NotAcknowledged`].
 
-use crate::client::Client;
+use crate::client::{Client, Route};
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::{Error, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -164,6 +164,8 @@ struct SealedBatch {
 }
 
 struct InFlight {
+    /// The connection it was sent on.
+    route: Route,
     correlation_id: u64,
     generation: u64,
     batches: Vec<(String, u32, Vec<u64>)>,
@@ -432,45 +434,65 @@ impl Producer {
                 }
                 return;
             }
-            let body = RequestBody::Produce(ProduceRequest {
-                acks: self.config.acks,
-                timeout_ms: self.config.timeout_ms,
-                batches: batches
-                    .iter()
-                    .map(|b| ProduceBatch {
-                        topic: b.topic.clone(),
-                        partition: b.partition,
-                        batch_len: b.frame.len() as u32,
-                    })
-                    .collect(),
-            });
-            let trailer: Vec<&[u8]> = batches.iter().map(|b| b.frame.as_slice()).collect();
-            let sent = self.client.connection().send(&body, &trailer);
-            let generation = self.client.connection().generation();
-            let meta: Vec<(String, u32, Vec<u64>)> = batches
-                .into_iter()
-                .map(|b| (b.topic, b.partition, b.seqs))
-                .collect();
-            match sent {
-                Ok(correlation_id) if self.config.acks != Acks::None => {
-                    self.inflight.push_back(InFlight {
-                        correlation_id,
-                        generation,
-                        batches: meta,
-                    });
+            // One request per owning shard: each goes straight to its
+            // shard when the server offers direct ports (`Client::route`).
+            let mut by_route: Vec<(Route, Vec<SealedBatch>)> = Vec::new();
+            for b in batches {
+                let route = self.client.route(&b.topic, b.partition);
+                match by_route.iter_mut().find(|(r, _)| *r == route) {
+                    Some((_, v)) => v.push(b),
+                    None => by_route.push((route, vec![b])),
                 }
-                Ok(_) => {
-                    for (topic, partition, seqs) in &meta {
-                        self.fail(seqs, &Error::NotAcknowledged, topic, *partition);
-                    }
+            }
+            for (route, batches) in by_route {
+                self.send_request(route, batches);
+            }
+        }
+    }
+
+    /// Sends one produce request of `batches` on `route`'s connection and
+    /// tracks it (or settles its records when it cannot be sent).
+    fn send_request(&mut self, route: Route, batches: Vec<SealedBatch>) {
+        let body = RequestBody::Produce(ProduceRequest {
+            acks: self.config.acks,
+            timeout_ms: self.config.timeout_ms,
+            batches: batches
+                .iter()
+                .map(|b| ProduceBatch {
+                    topic: b.topic.clone(),
+                    partition: b.partition,
+                    batch_len: b.frame.len() as u32,
+                })
+                .collect(),
+        });
+        let trailer: Vec<&[u8]> = batches.iter().map(|b| b.frame.as_slice()).collect();
+        let conn = self.client.connection_on(route);
+        let sent = conn.send(&body, &trailer);
+        let generation = conn.generation();
+        let meta: Vec<(String, u32, Vec<u64>)> = batches
+            .into_iter()
+            .map(|b| (b.topic, b.partition, b.seqs))
+            .collect();
+        match sent {
+            Ok(correlation_id) if self.config.acks != Acks::None => {
+                self.inflight.push_back(InFlight {
+                    route,
+                    correlation_id,
+                    generation,
+                    batches: meta,
+                });
+            }
+            Ok(_) => {
+                for (topic, partition, seqs) in &meta {
+                    self.fail(seqs, &Error::NotAcknowledged, topic, *partition);
                 }
-                Err(e) => {
-                    // The request was not (completely) written: nothing of it
-                    // can have been appended, but say "undetermined" anyway
-                    // since a partial write is indistinguishable here.
-                    for (topic, partition, seqs) in &meta {
-                        self.fail(seqs, &e, topic, *partition);
-                    }
+            }
+            Err(e) => {
+                // The request was not (completely) written: nothing of it
+                // can have been appended, but say "undetermined" anyway
+                // since a partial write is indistinguishable here.
+                for (topic, partition, seqs) in &meta {
+                    self.fail(seqs, &e, topic, *partition);
                 }
             }
         }
@@ -496,7 +518,7 @@ impl Producer {
         let Some(req) = self.inflight.pop_front() else {
             return;
         };
-        let conn = self.client.connection();
+        let conn = self.client.connection_on(req.route);
         let outcome = if conn.generation() != req.generation {
             Err(Error::Undetermined {
                 topic: String::new(),

@@ -256,6 +256,11 @@ pub struct ApiVersionsResponse {
     pub fetch_wait_max_ms: u32,
     pub server_version: String,
     pub shard_count: u16,
+    /// The shard serving this connection.
+    pub shard_id: u16,
+    /// Index = shard id: the port where that shard alone accepts
+    /// connections (empty: no direct ports).
+    pub shard_ports: Vec<u16>,
 }
 
 /// Per-topic outcome of create, delete and create-partitions.
@@ -1065,6 +1070,7 @@ fn encode_response_body(
         ResponseBody::ApiVersions(r) => {
             let message = Some(fbb.create_string(&r.message));
             let server_version = Some(fbb.create_string(&r.server_version));
+            let shard_ports = Some(fbb.create_vector(&r.shard_ports));
             let o = fb::ApiVersionsResponse::create(
                 fbb,
                 &fb::ApiVersionsResponseArgs {
@@ -1079,6 +1085,8 @@ fn encode_response_body(
                     fetch_wait_max_ms: r.fetch_wait_max_ms,
                     server_version,
                     shard_count: r.shard_count,
+                    shard_id: r.shard_id,
+                    shard_ports,
                 },
             );
             (T::ApiVersionsResponse, o.as_union_value())
@@ -1582,6 +1590,8 @@ fn response_body(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
                 fetch_wait_max_ms: b.fetch_wait_max_ms(),
                 server_version: s(b.server_version()),
                 shard_count: b.shard_count(),
+                shard_id: b.shard_id(),
+                shard_ports: b.shard_ports().map(|v| v.iter().collect()).unwrap_or_default(),
             })
         }
         T::CreateTopicsResponse => {
@@ -2608,6 +2618,8 @@ mod tests {
                 message_bytes_max: 5,
                 server_version: "x".into(),
                 shard_count: 2,
+                shard_id: 1,
+                shard_ports: vec![40001, 40002],
                 ..Default::default()
             }),
             ResponseBody::CreateTopics(tr.clone()),

@@ -34,7 +34,7 @@ pub struct Args {
     /// environment variable (e.g. `info`, `strom_server=debug`) [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// TOML file with any of: data_dir, listen, http, cores,
+    /// TOML file with any of: data_dir, listen, http, shard_ports, cores,
     /// offsets_retention_ms, group_initial_rebalance_delay_ms,
     /// group_min_session_timeout_ms, group_max_session_timeout_ms,
     /// kafka_listen, kafka_advertise, kafka_auto_create, kafka_partitions,
@@ -50,6 +50,12 @@ pub struct Args {
     /// HTTP address for /health, /ready, /metrics [default: 127.0.0.1:9401]
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<String>,
+    /// Direct per-shard native ports, told to clients in the handshake so
+    /// they reach a partition's owning shard with no cross-core hop:
+    /// `auto` (any free port per shard, on the --listen host), `off`, or a
+    /// first port BASE (shard i listens on BASE+i) [default: auto]
+    #[arg(long, value_name = "auto|off|BASE")]
+    pub shard_ports: Option<String>,
     /// Number of shards (one pinned executor each) [default: all cores]
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,
@@ -136,6 +142,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub http: Option<String>,
+    pub shard_ports: Option<String>,
     pub cores: Option<usize>,
     pub offsets_retention_ms: Option<u64>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -155,9 +162,48 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub http: SocketAddr,
+    pub shard_ports: ShardPorts,
     pub shards: usize,
     pub groups: crate::group::coordinator::CoordinatorConfig,
     pub kafka: crate::kafka::KafkaConfig,
+}
+
+/// Where each shard's direct native listener goes (`--shard-ports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardPorts {
+    /// Any free port, one per shard, on the `--listen` host.
+    Auto,
+    /// No direct ports: clients reach partitions through any shard.
+    Off,
+    /// Shard i listens on `base + i`.
+    Base(u16),
+}
+
+impl ShardPorts {
+    pub fn parse(s: &str) -> Result<ShardPorts, ServerError> {
+        match s {
+            "auto" => Ok(ShardPorts::Auto),
+            "off" => Ok(ShardPorts::Off),
+            n => match n.parse::<u16>() {
+                Ok(base) if base > 0 => Ok(ShardPorts::Base(base)),
+                _ => Err(ServerError::Argument(format!(
+                    "--shard-ports {s:?}: expected auto, off or a port number"
+                ))),
+            },
+        }
+    }
+
+    /// The address shard `id` binds its direct listener on, if any.
+    pub fn addr(self, listen: SocketAddr, id: usize) -> Result<Option<SocketAddr>, ServerError> {
+        let port = match self {
+            ShardPorts::Off => return Ok(None),
+            ShardPorts::Auto => 0,
+            ShardPorts::Base(base) => u16::try_from(usize::from(base) + id).map_err(|_| {
+                ServerError::Argument(format!("--shard-ports {base}: shard {id} has no port"))
+            })?,
+        };
+        Ok(Some(SocketAddr::new(listen.ip(), port)))
+    }
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, ServerError> {
@@ -262,6 +308,12 @@ impl ServerConfig {
             data_dir,
             listen: parse_addr("--listen", &listen)?,
             http: parse_addr("--http", &http)?,
+            shard_ports: ShardPorts::parse(
+                args.shard_ports
+                    .or(file.shard_ports)
+                    .as_deref()
+                    .unwrap_or("auto"),
+            )?,
             shards,
             kafka: crate::kafka::KafkaConfig {
                 listen: kafka_listen,
@@ -279,6 +331,26 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_ports_parse_and_place_each_shard() {
+        let listen: SocketAddr = "127.0.0.1:9400".parse().expect("addr");
+        assert_eq!(ShardPorts::parse("auto").expect("auto"), ShardPorts::Auto);
+        assert_eq!(ShardPorts::parse("off").expect("off"), ShardPorts::Off);
+        let base = ShardPorts::parse("9500").expect("base");
+        assert_eq!(
+            base.addr(listen, 3).expect("fits"),
+            Some("127.0.0.1:9503".parse().expect("addr"))
+        );
+        assert_eq!(
+            ShardPorts::Auto.addr(listen, 1).expect("auto"),
+            Some("127.0.0.1:0".parse().expect("addr"))
+        );
+        assert_eq!(ShardPorts::Off.addr(listen, 0).expect("off"), None);
+        assert!(ShardPorts::parse("0").is_err());
+        assert!(ShardPorts::parse("x").is_err());
+        assert!(ShardPorts::Base(65535).addr(listen, 1).is_err());
+    }
 
     #[test]
     fn the_engine_table_sets_partition_defaults_and_is_validated() {

@@ -61,6 +61,8 @@ pub fn api_versions(shard: &Shard, r: &ApiVersionsRequest) -> (bool, ApiVersions
         fetch_wait_max_ms: FETCH_WAIT_MAX_MS,
         server_version: format!("strom-server {}", env!("CARGO_PKG_VERSION")),
         shard_count: shard.shards as u16,
+        shard_id: shard.id as u16,
+        shard_ports: shard.shared.shard_ports.get().cloned().unwrap_or_default(),
     };
     (ok, resp)
 }

@@ -166,6 +166,7 @@ pub fn run(args: Args) -> Result<(), ServerError> {
         initial_metadata: meta,
         group_config: cfg.groups.clone(),
         kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
+        shard_ports: std::sync::OnceLock::new(),
     });
     let mesh =
         (cfg.shards > 1).then(|| MeshBuilder::full(cfg.shards, limits::MESH_CHANNEL_CAPACITY));
@@ -176,11 +177,17 @@ pub fn run(args: Args) -> Result<(), ServerError> {
     let mut handles = Vec::new();
     let mut listen = cfg.listen;
     let mut addrs = None;
-    for id in 0..cfg.shards {
+    let mut direct_ports: Vec<u16> = Vec::with_capacity(cfg.shards);
+    // Checked before any shard starts (a BASE too high for the last shard).
+    let direct_addrs = (0..cfg.shards)
+        .map(|id| cfg.shard_ports.addr(cfg.listen, id))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (id, &direct) in direct_addrs.iter().enumerate() {
         let (bound_tx, bound_rx) = mpsc::channel();
         let start = ShardStart {
             id,
             listen,
+            direct,
             http: (id == 0).then_some(cfg.http),
             shared: shared.clone(),
             mesh: mesh.clone(),
@@ -195,11 +202,12 @@ pub fn run(args: Args) -> Result<(), ServerError> {
         handles.push(handle);
         // Every shard binds the port shard 0 got (port 0 works).
         match bound_rx.recv() {
-            Ok(Ok((native, http))) => {
+            Ok(Ok(b)) => {
                 if id == 0 {
-                    listen = native;
-                    addrs = Some((native, http));
+                    listen = b.native;
+                    addrs = Some((b.native, b.http));
                 }
+                direct_ports.extend(b.direct.map(|a| a.port()));
             }
             Ok(Err(e)) => return Err(fail(&shared, handles, ServerError::Executor(e))),
             Err(_) => {
@@ -210,6 +218,10 @@ pub fn run(args: Args) -> Result<(), ServerError> {
                 ))
             }
         }
+    }
+    // Every shard has a direct port, or none has (`--shard-ports off`).
+    if direct_ports.len() == cfg.shards {
+        let _ = shared.shard_ports.set(direct_ports);
     }
     for _ in 0..cfg.shards {
         match ready_rx.recv() {

@@ -32,12 +32,14 @@ use std::time::Duration;
 pub struct ShardStart {
     pub id: usize,
     pub listen: SocketAddr,
+    /// Where this shard alone accepts native connections (`--shard-ports`).
+    pub direct: Option<SocketAddr>,
     /// Shard 0 only: the HTTP address.
     pub http: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     pub mesh: Option<MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>>,
-    /// Where to report the bound addresses (native, http) or a failure.
-    pub bound: std::sync::mpsc::Sender<Result<(SocketAddr, Option<SocketAddr>), String>>,
+    /// Where to report the bound addresses or a failure.
+    pub bound: std::sync::mpsc::Sender<Result<Bound, String>>,
     /// Where to report readiness (partitions open) or a failure.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
 }
@@ -59,12 +61,23 @@ impl Drop for ExitGuard {
     }
 }
 
+/// The addresses one shard bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub native: SocketAddr,
+    /// Shard 0 only.
+    pub http: Option<SocketAddr>,
+    /// The shard's own port (`--shard-ports`), if any.
+    pub direct: Option<SocketAddr>,
+}
+
 /// The body of one shard's executor.
 pub async fn run(start: ShardStart) {
     let _exit = ExitGuard(start.shared.clone());
     let ShardStart {
         id,
         listen,
+        direct,
         http,
         shared,
         mesh,
@@ -108,9 +121,18 @@ pub async fn run(start: ShardStart) {
             return;
         }
     };
-    let native = listener.local_addr().unwrap_or(listen);
-    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let _ = bound.send(Ok((native, http_addr)));
+    let direct_listener = match direct.map(TcpListener::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = bound.send(Err(bind_err(direct.expect("direct addr"), e)));
+            return;
+        }
+    };
+    let _ = bound.send(Ok(Bound {
+        native: listener.local_addr().unwrap_or(listen),
+        http: http_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        direct: direct_listener.as_ref().and_then(|l| l.local_addr().ok()),
+    }));
 
     // Join the mesh and learn every shard's peer id.
     let (senders, receivers) = match mesh {
@@ -195,7 +217,14 @@ pub async fn run(start: ShardStart) {
     if let Some(k) = kafka_listener {
         glommio::spawn_local(crate::kafka::serve(shard.clone(), k)).detach();
     }
+    let direct_loop = direct_listener.map(|l| {
+        let shard = shard.clone();
+        glommio::spawn_local(async move { accept_loop(&shard, l).await })
+    });
     accept_loop(&shard, listener).await;
+    if let Some(d) = direct_loop {
+        d.await;
+    }
     watcher.await;
 
     // Drain: connections finish their in-flight requests and close.

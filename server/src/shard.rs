@@ -42,6 +42,9 @@ pub struct Shared {
     pub group_config: crate::group::coordinator::CoordinatorConfig,
     /// The Kafka listener's settings, bound address and producer ids.
     pub kafka: crate::kafka::KafkaShared,
+    /// Index = shard id: the shard's direct native port (set once every
+    /// shard has bound; unset with `--shard-ports off`).
+    pub shard_ports: std::sync::OnceLock<Vec<u16>>,
 }
 
 pub struct PartitionSlot {

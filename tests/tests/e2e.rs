@@ -678,3 +678,112 @@ fn durable_acks_survive_a_crash() {
     server.start_again();
     read_and_compare(server.addr(), "crash", &recs, &placed);
 }
+
+/// The sum of `strom_forwarded_requests_total` over every shard and target.
+fn forwarded_total(server: &TestServer) -> u64 {
+    let http = server.http_addr().expect("http address");
+    let mut s = TcpStream::connect(http).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut page = String::new();
+    let _ = s.read_to_string(&mut page);
+    assert!(page.contains("strom_shard_records_in_total"), "no metrics page");
+    page.lines()
+        .filter(|l| l.starts_with("strom_forwarded_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Produces `n` records over every partition of `topic` one request at a
+/// time per record batch, then reads them back; returns how many requests
+/// the servers forwarded between shards meanwhile.
+fn produce_and_consume_counting_forwards(
+    server: &TestServer,
+    topic: &str,
+    direct: bool,
+    n: usize,
+) -> u64 {
+    let mut client = Client::connect(server.addr()).expect("connect");
+    client.set_direct(direct);
+    client.describe_topic(topic).expect("describe");
+    let mut producer = Producer::new(
+        client,
+        ProducerConfig {
+            acks: Acks::Leader,
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        },
+    );
+    let before = forwarded_total(server);
+    for i in 0..n {
+        let value = format!("v{i}");
+        producer
+            .send(&ProducerRecord::new(topic, value.as_bytes()).partition((i % 4) as u32))
+            .expect("send");
+        if i % 50 == 49 {
+            for r in producer.flush() {
+                r.expect("acknowledged");
+            }
+        }
+    }
+    for r in producer.flush() {
+        r.expect("acknowledged");
+    }
+    for p in 0..4u32 {
+        // One partition per consumer: it lives on one shard.
+        let mut client = Client::connect(server.addr()).expect("connect");
+        client.set_direct(direct);
+        let mut c = Consumer::new(client, ConsumerConfig::default());
+        c.assign(topic, p, OffsetSpec::Earliest).expect("assign");
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got < n / 4 {
+            assert!(Instant::now() < deadline, "{topic}/{p}: read {got} of {}", n / 4);
+            for f in c.poll(Duration::from_millis(200)).expect("poll") {
+                got += f.records().count();
+            }
+        }
+        assert_eq!(got, n / 4, "{topic}/{p}: exactly what was produced");
+    }
+    forwarded_total(server) - before
+}
+
+/// The story: a native client's produce and fetch landed on whichever shard
+/// accepted its connection, and half of them crossed cores to the owning
+/// shard (a mesh hop, a wake-up and a copy each). The server now tells
+/// clients each shard's own port in the handshake and strom-client sends a
+/// partition's requests there, so nothing crosses cores.
+#[test]
+fn direct_routing_sends_every_request_to_the_owning_shard() {
+    let server = TestServer::start(2);
+    let mut admin = Client::connect(server.addr()).expect("connect");
+    let info = admin.server_info().clone();
+    assert_eq!(info.shard_ports.len(), 2, "one direct port per shard: {info:?}");
+    admin.create_topic("via-any", 4, &[]).expect("create");
+    admin.create_topic("direct", 4, &[]).expect("create");
+    let owners: Vec<u16> = admin
+        .describe_topic("direct")
+        .expect("describe")
+        .partitions
+        .iter()
+        .map(|p| p.owner_shard)
+        .collect();
+    assert!(owners.contains(&0) && owners.contains(&1), "{owners:?}");
+    let n = 400;
+    // Through the bootstrap connection the other shard's partitions are
+    // forwarded: the measurement can see forwarding.
+    let via_any = produce_and_consume_counting_forwards(&server, "via-any", false, n);
+    assert!(
+        via_any >= 8,
+        "with direct routing off some requests must cross shards ({via_any})"
+    );
+    // Direct: no produce, fetch or offset look-up crosses; what remains are
+    // the metadata look-ups (a DescribeTopics asks every shard: one per
+    // client, five clients) and the metrics scrapes (one call per scrape).
+    let direct = produce_and_consume_counting_forwards(&server, "direct", true, n);
+    assert!(
+        direct <= 5 + 2,
+        "{direct} requests crossed shards with direct routing (via any shard: {via_any})"
+    );
+}

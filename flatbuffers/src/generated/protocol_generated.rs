@@ -993,6 +993,8 @@ impl<'a> ApiVersionsResponse<'a> {
   pub const VT_FETCH_WAIT_MAX_MS: ::flatbuffers::VOffsetT = 20;
   pub const VT_SERVER_VERSION: ::flatbuffers::VOffsetT = 22;
   pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 24;
+  pub const VT_SHARD_ID: ::flatbuffers::VOffsetT = 26;
+  pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1004,6 +1006,7 @@ impl<'a> ApiVersionsResponse<'a> {
     args: &'args ApiVersionsResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ApiVersionsResponse<'bldr>> {
     let mut builder = ApiVersionsResponseBuilder::new(_fbb);
+    if let Some(x) = args.shard_ports { builder.add_shard_ports(x); }
     if let Some(x) = args.server_version { builder.add_server_version(x); }
     builder.add_fetch_wait_max_ms(args.fetch_wait_max_ms);
     builder.add_fetch_partitions_max(args.fetch_partitions_max);
@@ -1011,6 +1014,7 @@ impl<'a> ApiVersionsResponse<'a> {
     builder.add_frame_bytes_max(args.frame_bytes_max);
     builder.add_message_bytes_max(args.message_bytes_max);
     if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_shard_id(args.shard_id);
     builder.add_shard_count(args.shard_count);
     builder.add_max_version(args.max_version);
     builder.add_min_version(args.min_version);
@@ -1102,6 +1106,25 @@ impl<'a> ApiVersionsResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(ApiVersionsResponse::VT_SHARD_COUNT, Some(0)).unwrap()}
   }
+  /// The shard serving this connection.
+  #[inline]
+  pub fn shard_id(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(ApiVersionsResponse::VT_SHARD_ID, Some(0)).unwrap()}
+  }
+  /// Index = shard id: the port on which that shard alone accepts
+  /// connections (same host as this connection). A client that sends a
+  /// partition's requests there reaches its owner with no cross-core hop.
+  /// Empty when the server offers no direct ports.
+  #[inline]
+  pub fn shard_ports(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(ApiVersionsResponse::VT_SHARD_PORTS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ApiVersionsResponse<'_> {
@@ -1121,6 +1144,8 @@ impl ::flatbuffers::Verifiable for ApiVersionsResponse<'_> {
      .visit_field::<u32>("fetch_wait_max_ms", Self::VT_FETCH_WAIT_MAX_MS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("server_version", Self::VT_SERVER_VERSION, false)?
      .visit_field::<u16>("shard_count", Self::VT_SHARD_COUNT, false)?
+     .visit_field::<u16>("shard_id", Self::VT_SHARD_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("shard_ports", Self::VT_SHARD_PORTS, false)?
      .finish();
     Ok(())
   }
@@ -1137,6 +1162,8 @@ pub struct ApiVersionsResponseArgs<'a> {
     pub fetch_wait_max_ms: u32,
     pub server_version: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shard_count: u16,
+    pub shard_id: u16,
+    pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
 }
 impl<'a> Default for ApiVersionsResponseArgs<'a> {
   #[inline]
@@ -1153,6 +1180,8 @@ impl<'a> Default for ApiVersionsResponseArgs<'a> {
       fetch_wait_max_ms: 0,
       server_version: None,
       shard_count: 0,
+      shard_id: 0,
+      shard_ports: None,
     }
   }
 }
@@ -1207,6 +1236,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ApiVersionsResponseBuilder<'a
     self.fbb_.push_slot::<u16>(ApiVersionsResponse::VT_SHARD_COUNT, shard_count, 0);
   }
   #[inline]
+  pub fn add_shard_id(&mut self, shard_id: u16) {
+    self.fbb_.push_slot::<u16>(ApiVersionsResponse::VT_SHARD_ID, shard_id, 0);
+  }
+  #[inline]
+  pub fn add_shard_ports(&mut self, shard_ports: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ApiVersionsResponse::VT_SHARD_PORTS, shard_ports);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ApiVersionsResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ApiVersionsResponseBuilder {
@@ -1235,6 +1272,8 @@ impl ::core::fmt::Debug for ApiVersionsResponse<'_> {
       ds.field("fetch_wait_max_ms", &self.fetch_wait_max_ms());
       ds.field("server_version", &self.server_version());
       ds.field("shard_count", &self.shard_count());
+      ds.field("shard_id", &self.shard_id());
+      ds.field("shard_ports", &self.shard_ports());
       ds.finish()
   }
 }

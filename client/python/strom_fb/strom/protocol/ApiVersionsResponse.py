@@ -107,8 +107,47 @@ class ApiVersionsResponse(object):
             return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)
         return 0
 
+    # The shard serving this connection.
+    # ApiVersionsResponse
+    def ShardId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(26))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)
+        return 0
+
+    # Index = shard id: the port on which that shard alone accepts
+    # connections (same host as this connection). A client that sends a
+    # partition's requests there reaches its owner with no cross-core hop.
+    # Empty when the server offers no direct ports.
+    # ApiVersionsResponse
+    def ShardPorts(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint16Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 2))
+        return 0
+
+    # ApiVersionsResponse
+    def ShardPortsAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint16Flags, o)
+        return 0
+
+    # ApiVersionsResponse
+    def ShardPortsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # ApiVersionsResponse
+    def ShardPortsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
+        return o == 0
+
 def ApiVersionsResponseStart(builder):
-    builder.StartObject(11)
+    builder.StartObject(13)
 
 def Start(builder):
     ApiVersionsResponseStart(builder)
@@ -178,6 +217,24 @@ def ApiVersionsResponseAddShardCount(builder, shardCount):
 
 def AddShardCount(builder, shardCount):
     ApiVersionsResponseAddShardCount(builder, shardCount)
+
+def ApiVersionsResponseAddShardId(builder, shardId):
+    builder.PrependUint16Slot(11, shardId, 0)
+
+def AddShardId(builder, shardId):
+    ApiVersionsResponseAddShardId(builder, shardId)
+
+def ApiVersionsResponseAddShardPorts(builder, shardPorts):
+    builder.PrependUOffsetTRelativeSlot(12, flatbuffers.number_types.UOffsetTFlags.py_type(shardPorts), 0)
+
+def AddShardPorts(builder, shardPorts):
+    ApiVersionsResponseAddShardPorts(builder, shardPorts)
+
+def ApiVersionsResponseStartShardPortsVector(builder, numElems):
+    return builder.StartVector(2, numElems, 2)
+
+def StartShardPortsVector(builder, numElems):
+    return ApiVersionsResponseStartShardPortsVector(builder, numElems)
 
 def ApiVersionsResponseEnd(builder):
     return builder.EndObject()
