@@ -344,7 +344,10 @@ impl Client {
     /// where no record is at or after the timestamp.
     pub fn list_offsets(&mut self, parts: &[(String, u32, i64)]) -> Result<Vec<Option<u64>>> {
         // Parts that all live on one shard are asked there directly.
-        let mut routes = parts.iter().map(|(t, p, _)| (t.clone(), *p)).collect::<Vec<_>>();
+        let mut routes = parts
+            .iter()
+            .map(|(t, p, _)| (t.clone(), *p))
+            .collect::<Vec<_>>();
         let first = match routes.pop() {
             Some((t, p)) => self.route(&t, p),
             None => Route::Bootstrap,

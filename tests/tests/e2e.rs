@@ -688,7 +688,10 @@ fn forwarded_total(server: &TestServer) -> u64 {
     write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
     let mut page = String::new();
     let _ = s.read_to_string(&mut page);
-    assert!(page.contains("strom_shard_records_in_total"), "no metrics page");
+    assert!(
+        page.contains("strom_shard_records_in_total"),
+        "no metrics page"
+    );
     page.lines()
         .filter(|l| l.starts_with("strom_forwarded_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
@@ -739,7 +742,11 @@ fn produce_and_consume_counting_forwards(
         let mut got = 0;
         let deadline = Instant::now() + Duration::from_secs(20);
         while got < n / 4 {
-            assert!(Instant::now() < deadline, "{topic}/{p}: read {got} of {}", n / 4);
+            assert!(
+                Instant::now() < deadline,
+                "{topic}/{p}: read {got} of {}",
+                n / 4
+            );
             for f in c.poll(Duration::from_millis(200)).expect("poll") {
                 got += f.records().count();
             }
@@ -759,7 +766,11 @@ fn direct_routing_sends_every_request_to_the_owning_shard() {
     let server = TestServer::start(2);
     let mut admin = Client::connect(server.addr()).expect("connect");
     let info = admin.server_info().clone();
-    assert_eq!(info.shard_ports.len(), 2, "one direct port per shard: {info:?}");
+    assert_eq!(
+        info.shard_ports.len(),
+        2,
+        "one direct port per shard: {info:?}"
+    );
     admin.create_topic("via-any", 4, &[]).expect("create");
     admin.create_topic("direct", 4, &[]).expect("create");
     let owners: Vec<u16> = admin
