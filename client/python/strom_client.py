@@ -278,17 +278,57 @@ def _s(v):
 
 
 class StromClient:
-    """One blocking connection; the ApiVersions handshake runs first."""
+    """One blocking connection; the ApiVersions handshake runs first.
 
-    def __init__(self, server="127.0.0.1:9400", timeout_ms=SOCKET_TIMEOUT_MS):
+    With ``direct=True`` (the default) a partition's produce, fetch and
+    offset look-ups go straight to the shard that owns it, over that shard's
+    own port (told by the handshake), so they never cross cores inside the
+    server; a shard that cannot be reached falls back to this connection.
+    """
+
+    def __init__(self, server="127.0.0.1:9400", timeout_ms=SOCKET_TIMEOUT_MS, direct=True):
         host, port = server.rsplit(":", 1)
+        self.host = host
+        self.timeout_ms = timeout_ms
         self.sock = socket.create_connection((host, int(port)), timeout=timeout_ms / 1000)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.next_id = 1
+        self.direct = direct
+        self.shard_id = 0
+        self.shard_ports = []
+        self._owners = {}  # topic -> [owner shard of each partition]
+        self._shards = {}  # shard id -> StromClient on its port, or None (unreachable)
         self._handshake()
 
     def close(self):
+        for c in self._shards.values():
+            if c is not None:
+                c.close()
+        self._shards.clear()
         self.sock.close()
+
+    def _conn_for(self, topic, partition):
+        """The connection that reaches the owner of topic/partition directly."""
+        if not self.direct or not self.shard_ports:
+            return self
+        if topic not in self._owners:
+            try:
+                self.partition_count(topic)
+            except (StromError, OSError):
+                return self
+        owners = self._owners.get(topic, [])
+        if partition >= len(owners):
+            return self
+        owner = owners[partition]
+        if owner == self.shard_id or owner >= len(self.shard_ports):
+            return self
+        if owner not in self._shards:
+            try:
+                c = StromClient("%s:%d" % (self.host, self.shard_ports[owner]), self.timeout_ms, direct=False)
+                self._shards[owner] = c if c.shard_id == owner else None
+            except OSError:
+                self._shards[owner] = None
+        return self._shards[owner] or self
 
     # envelope: u32 total_len | u32 fb_len | table | trailer
     def _call(self, body_type, build_body, trailer=b"", expect_response=True):
@@ -355,6 +395,8 @@ class StromClient:
         if not r.MinVersion() <= PROTOCOL_VERSION <= r.MaxVersion():
             raise StromError(ErrorCode.UnsupportedVersion, "server speaks %d..%d" % (r.MinVersion(), r.MaxVersion()))
         self.server_version = _s(r.ServerVersion())
+        self.shard_id = r.ShardId()
+        self.shard_ports = [r.ShardPorts(i) for i in range(r.ShardPortsLength())]
 
     # ----------------------------------------------------------- topics
 
@@ -411,6 +453,12 @@ class StromClient:
             if _s(t.Name()) == topic:
                 if t.Error() != 0:
                     raise StromError(t.Error(), _s(t.Message()))
+                owners = [0] * t.PartitionsLength()
+                for j in range(t.PartitionsLength()):
+                    p = t.Partitions(j)
+                    if p.Partition() < len(owners):
+                        owners[p.Partition()] = p.OwnerShard()
+                self._owners[topic] = owners
                 return t.PartitionsLength()
         raise StromError(ErrorCode.UnknownTopic, topic)
 
@@ -434,7 +482,8 @@ class StromClient:
             ProduceRequest.AddBatches(b, batches)
             return ProduceRequest.End(b)
 
-        _, tab, _ = self._call(RequestBody.ProduceRequest, build, frame, expect_response=acks != ACKS_NONE)
+        conn = self._conn_for(topic, partition)
+        _, tab, _ = conn._call(RequestBody.ProduceRequest, build, frame, expect_response=acks != ACKS_NONE)
         if tab is None:
             return None
         r = self._as(ProduceResponse.ProduceResponse, tab).Results(0)
@@ -457,7 +506,7 @@ class StromClient:
             ListOffsetsRequest.AddPartitions(b, parts)
             return ListOffsetsRequest.End(b)
 
-        _, tab, _ = self._call(RequestBody.ListOffsetsRequest, build)
+        _, tab, _ = self._conn_for(topic, partition)._call(RequestBody.ListOffsetsRequest, build)
         r = self._as(ListOffsetsResponse.ListOffsetsResponse, tab).Results(0)
         if r.Error() != 0:
             raise StromError(r.Error(), _s(r.Message()))
@@ -482,7 +531,7 @@ class StromClient:
             FetchRequest.AddPartitions(b, parts)
             return FetchRequest.End(b)
 
-        _, tab, trailer = self._call(RequestBody.FetchRequest, build)
+        _, tab, trailer = self._conn_for(topic, partition)._call(RequestBody.FetchRequest, build)
         r = self._as(FetchResponse.FetchResponse, tab).Results(0)
         if r.Error() != 0:
             raise StromError(r.Error(), _s(r.Message()))

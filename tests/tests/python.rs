@@ -141,3 +141,44 @@ fn python_client_creates_produces_and_consumes() {
     assert_eq!(code, 1);
     assert!(err.contains("TopicAlreadyExists"), "{err}");
 }
+
+/// The Python client sends each partition's produce, fetch and offset
+/// look-ups to the shard that owns it, over that shard's own port (the
+/// handshake tells the ports, DescribeTopics the owners).
+#[test]
+fn python_client_routes_each_partition_to_its_owning_shard() {
+    if let Err(reason) = python_ready() {
+        skip_test(
+            "python_client_routes_each_partition_to_its_owning_shard",
+            &reason,
+        );
+        return;
+    }
+    let server = TestServer::start(2);
+    let script = r#"
+import sys
+from strom_client import StromClient, Record
+c = StromClient(sys.argv[1])
+assert len(c.shard_ports) == 2, c.shard_ports
+c.create_topic("pyd", 4)
+assert c.partition_count("pyd") == 4
+owners = c._owners["pyd"]
+assert sorted(set(owners)) == [0, 1], owners
+for p in range(4):
+    conn = c._conn_for("pyd", p)
+    assert conn.shard_id == owners[p], (p, conn.shard_id, owners)
+    base = c.produce("pyd", p, [Record(b"k", b"v%d" % p)])
+    assert base == 0, base
+    assert c.list_offset("pyd", p, -2) == 0 and c.list_offset("pyd", p, -1) == 1
+    recs, hw = c.fetch("pyd", p, 0, max_wait_ms=0)
+    assert hw == 1 and [r.value for r in recs] == [b"v%d" % p], (hw, recs)
+print("routed", owners)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.current_dir(workspace_root().join("client/python"))
+        .args(["-c", script, server.addr()]);
+    let (code, out, err) = run_with_timeout(&mut cmd, b"", STEP_TIMEOUT);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.starts_with("routed"), "{out}");
+}
