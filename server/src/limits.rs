@@ -88,3 +88,14 @@ pub const KAFKA_METADATA_TOPICS_MAX: usize = 10_000;
 /// Period of each shard's keep-awake timer (bounds a lost cross-thread
 /// wake-up to one period; see `shard::run`).
 pub const REACTOR_NUDGE_MS: u64 = 50;
+
+/// First wait after a failed attempt to reopen a partition whose log failed
+/// (a failed write or fdatasync); each further failed attempt doubles it.
+pub const PARTITION_REOPEN_BACKOFF_MIN_MS: u64 = 100;
+/// Longest wait between attempts to reopen a failed partition: a disk that
+/// stays broken is tried this often, for as long as the partition exists.
+pub const PARTITION_REOPEN_BACKOFF_MAX_MS: u64 = 30_000;
+const _: () = assert!(
+    PARTITION_REOPEN_BACKOFF_MIN_MS >= 1
+        && PARTITION_REOPEN_BACKOFF_MIN_MS <= PARTITION_REOPEN_BACKOFF_MAX_MS
+);

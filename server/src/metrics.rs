@@ -140,6 +140,8 @@ pub struct ShardMetrics {
     pub records_out: Cell<u64>,
     /// Connections closed because their byte stream could not be framed.
     pub framing_errors: Cell<u64>,
+    /// Partitions reopened after their log failed (`Shard::engine_error`).
+    pub partition_reopens: Cell<u64>,
     /// Operations sent to each other shard, by target shard id.
     forwarded: RefCell<BTreeMap<usize, u64>>,
     /// Failures of work no client waits for (background flush, retention,
@@ -496,6 +498,12 @@ impl ShardMetrics {
             "Connections closed because their bytes could not be framed.",
             sl,
             self.framing_errors.get(),
+        );
+        x.counter(
+            "strom_partition_reopens_total",
+            "Partitions reopened from disk after their log failed (a failed write or fdatasync); each attempt is logged, failed attempts count as background errors of kind reopen_partition.",
+            sl,
+            self.partition_reopens.get(),
         );
         for (kind, n) in self.background_errors.borrow().iter() {
             x.counter(

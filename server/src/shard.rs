@@ -5,14 +5,28 @@
 //! shutdown drains its connections, waits for every other shard to drain,
 //! then closes its partitions (flush + clean-shutdown marker).
 //!
+//! A partition whose log failed (a failed write or fdatasync: the engine
+//! then refuses writes until the log is reopened) is reopened in the
+//! background ([`Shard::engine_error`] starts it): the failed instance is
+//! closed, the log reopened from disk (recovery keeps what is on disk and
+//! discards a torn tail), with bounded exponential back-off between
+//! attempts, until one succeeds or the partition goes away.
+//!
 //! Invariants:
 //! - `partitions` holds exactly the partitions of the current metadata that
-//!   this shard owns and managed to open; it changes only in [`Shard::apply`],
-//!   which runs one at a time.
+//!   this shard owns and managed to open; entries are added and removed only
+//!   in [`Shard::apply`], and a reopen only swaps a slot's `partition`;
+//!   `apply` and each reopen attempt hold `apply_lock`, so they run one at a
+//!   time.
+//! - At most one reopen runs per partition: a slot is `reopening` from the
+//!   moment its reopen starts until it ends; while it is, requests for the
+//!   partition get the retriable `PartitionUnavailable`.
 //! - No `RefCell` borrow is held across an `.await`.
 
-use crate::engine::Partition;
-use crate::error::WireError;
+use crate::engine::{EngineError, Partition};
+use crate::error::{engine_to_wire, WireError};
+use crate::kafka::idempotence::PartitionKey;
+use crate::limits::{PARTITION_REOPEN_BACKOFF_MAX_MS, PARTITION_REOPEN_BACKOFF_MIN_MS};
 use crate::metadata::{self, Metadata, Placement};
 use crate::metrics::{PartitionSnapshot, PartitionTraffic, ShardMetrics, ShardSnapshot};
 use crate::router::Router;
@@ -21,6 +35,7 @@ use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -51,6 +66,8 @@ pub struct PartitionSlot {
     pub topic_id: u64,
     pub partition: Partition,
     pub traffic: PartitionTraffic,
+    /// Its log failed and is being reopened (see [`Shard::engine_error`]).
+    pub reopening: bool,
 }
 
 pub struct Shard {
@@ -152,6 +169,12 @@ impl Shard {
     /// The open partition, or the wire error explaining why there is none.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Partition, WireError> {
         if let Some(slot) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
+            if slot.reopening {
+                return Err(WireError::new(
+                    strom_flatbuffers::protocol::ErrorCode::PartitionUnavailable,
+                    format!("{topic}/{partition}: its log failed and is being reopened; retry"),
+                ));
+            }
             return Ok(slot.partition.clone());
         }
         match self.metadata.borrow().topics.get(topic) {
@@ -167,6 +190,171 @@ impl Shard {
                 ),
             )),
         }
+    }
+
+    /// Maps an error of an operation on an owned partition to its wire
+    /// form, and, when it says the partition's log failed, starts reopening
+    /// the partition in the background (unless that is under way already).
+    /// Every owner-side operation that can fail the log reports its errors
+    /// here.
+    pub fn engine_error(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        e: &EngineError,
+    ) -> WireError {
+        if matches!(e, EngineError::Failed { .. }) {
+            self.start_reopen(topic, partition);
+        }
+        engine_to_wire(topic, partition, e)
+    }
+
+    /// Marks the slot `reopening` and spawns [`Shard::reopen`], once.
+    ///
+    /// A `Failed` always comes from the slot's current instance: reopening
+    /// it takes its log out under the log's lock, after which a request
+    /// still holding the old instance gets `Closed`, not `Failed`.
+    fn start_reopen(self: &Rc<Self>, topic: &str, partition: u32) {
+        let key = (topic.to_owned(), partition);
+        let topic_id = {
+            let mut parts = self.partitions.borrow_mut();
+            let Some(slot) = parts.get_mut(&key) else {
+                return;
+            };
+            if slot.reopening {
+                return;
+            }
+            slot.reopening = true;
+            slot.topic_id
+        };
+        tracing::warn!(
+            shard = self.id,
+            topic,
+            partition,
+            "partition log failed; reopening it in the background"
+        );
+        glommio::spawn_local(self.clone().reopen(key, topic_id)).detach();
+    }
+
+    /// Reopens a failed partition until an attempt succeeds, the partition
+    /// goes away (topic deleted or re-created) or the server shuts down,
+    /// waiting [`reopen_backoff_ms`] between attempts.
+    async fn reopen(self: Rc<Self>, key: (String, u32), topic_id: u64) {
+        for attempt in 1u32.. {
+            if self.shutdown.is_fired() {
+                return;
+            }
+            if self.reopen_once(&key, topic_id, attempt).await {
+                return;
+            }
+            let wait_ms = reopen_backoff_ms(attempt);
+            tracing::info!(
+                shard = self.id,
+                topic = %key.0,
+                partition = key.1,
+                attempt,
+                retry_in_ms = wait_ms,
+                "partition reopen: next attempt after back-off"
+            );
+            let sleep = async {
+                glommio::timer::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            };
+            futures_lite::future::or(sleep, self.shutdown.wait()).await;
+        }
+    }
+
+    /// One attempt: closes the failed instance, opens the log from disk and
+    /// puts it in the slot. True when done (reopened, or nothing left to
+    /// reopen).
+    async fn reopen_once(&self, key: &(String, u32), topic_id: u64, attempt: u32) -> bool {
+        let _guard = self.apply_lock.acquire_permit(1).await;
+        let (topic, p) = (key.0.as_str(), key.1);
+        let old = match self.partitions.borrow().get(key) {
+            Some(slot) if slot.topic_id == topic_id && slot.reopening => slot.partition.clone(),
+            _ => {
+                tracing::info!(
+                    shard = self.id,
+                    topic,
+                    partition = p,
+                    "partition gone; not reopening it"
+                );
+                return true;
+            }
+        };
+        let config = match self.metadata.borrow().topics.get(topic) {
+            Some(t) if t.id == topic_id => metadata::log_config(&t.configs),
+            _ => return true,
+        };
+        tracing::warn!(
+            shard = self.id,
+            topic,
+            partition = p,
+            attempt,
+            "reopening partition"
+        );
+        // A failed log refuses to close cleanly: its files are closed without
+        // the clean-shutdown marker, so the open below runs recovery.
+        if let Err(e) = old.close().await {
+            tracing::debug!(shard = self.id, topic, partition = p, error = %e, "closing the failed partition");
+        }
+        let dir = metadata::partition_dir(&self.data_dir, topic, p);
+        let opened = match (config, partition_fault()) {
+            (Err(e), _) => Err(e.message),
+            (Ok(_), Some(f))
+                if f.topic == topic && f.partition == p && attempt <= f.failed_reopens =>
+            {
+                Err(format!(
+                    "{PARTITION_FAULT_ENV}: injected failure of attempt {attempt}"
+                ))
+            }
+            (Ok(config), _) => Partition::open(&dir, config)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let part = match opened {
+            Ok(part) => part,
+            Err(e) => {
+                self.metrics().count_background_error("reopen_partition");
+                tracing::error!(shard = self.id, topic, partition = p, attempt, dir = %dir.display(), error = %e, "reopening partition failed");
+                return false;
+            }
+        };
+        let installed = match self.partitions.borrow_mut().get_mut(key) {
+            Some(slot) if slot.topic_id == topic_id => {
+                slot.partition = part.clone();
+                slot.reopening = false;
+                true
+            }
+            _ => false,
+        };
+        if !installed {
+            // Closed under us (shutdown): close what we opened.
+            if let Err(e) = part.close().await {
+                tracing::error!(shard = self.id, topic, partition = p, error = %e, "closing a reopened partition nobody holds failed");
+            }
+            return true;
+        }
+        ShardMetrics::add(&self.metrics.partition_reopens, 1);
+        log_recovery(self.id, topic, p, &part);
+        // Idempotent producers' batches that did not survive must be
+        // appended again when retried, not answered as duplicates.
+        let high_watermark = part.offsets().high_watermark;
+        self.kafka.forget_from(
+            PartitionKey {
+                topic_id,
+                partition: p,
+            },
+            high_watermark,
+        );
+        tracing::warn!(
+            shard = self.id,
+            topic,
+            partition = p,
+            attempt,
+            high_watermark,
+            "partition reopened after its log failed"
+        );
+        true
     }
 
     /// The owning shard of (topic, partition) per the current metadata.
@@ -278,6 +466,7 @@ impl Shard {
                                         topic_id: t.id,
                                         partition: part,
                                         traffic: PartitionTraffic::default(),
+                                        reopening: false,
                                     },
                                 );
                             }
@@ -301,6 +490,15 @@ impl Shard {
             }
         }
     }
+}
+
+/// How long to wait after failed reopen attempt `attempt` (1-based): the
+/// minimum, doubling each time, at most the maximum.
+pub fn reopen_backoff_ms(attempt: u32) -> u64 {
+    let doublings = attempt.saturating_sub(1).min(63);
+    PARTITION_REOPEN_BACKOFF_MIN_MS
+        .saturating_mul(1u64 << doublings)
+        .min(PARTITION_REOPEN_BACKOFF_MAX_MS)
 }
 
 /// The environment variable that injects a [`PartitionFault`]. Tests only:
@@ -410,6 +608,21 @@ fn log_recovery(shard: usize, topic: &str, partition: u32, part: &Partition) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reopen_back_off_doubles_from_the_minimum_up_to_the_maximum() {
+        assert_eq!(reopen_backoff_ms(1), PARTITION_REOPEN_BACKOFF_MIN_MS);
+        assert_eq!(reopen_backoff_ms(2), 2 * PARTITION_REOPEN_BACKOFF_MIN_MS);
+        assert_eq!(reopen_backoff_ms(3), 4 * PARTITION_REOPEN_BACKOFF_MIN_MS);
+        let mut last = 0;
+        for attempt in 1..200 {
+            let ms = reopen_backoff_ms(attempt);
+            assert!(ms >= last && ms <= PARTITION_REOPEN_BACKOFF_MAX_MS);
+            last = ms;
+        }
+        assert_eq!(last, PARTITION_REOPEN_BACKOFF_MAX_MS);
+        assert_eq!(reopen_backoff_ms(u32::MAX), PARTITION_REOPEN_BACKOFF_MAX_MS);
+    }
 
     #[test]
     fn partition_faults_parse_and_bad_ones_are_refused() {

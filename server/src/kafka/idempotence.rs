@@ -237,6 +237,24 @@ impl ProducerStates {
         debug_assert_eq!(self.states.len(), self.by_recency.len());
     }
 
+    /// Forgets the remembered batches of partition `key` at or past
+    /// `offset`: the partition was reopened after its log failed and
+    /// recovered up to `offset`, so those batches may be gone, and a retry of
+    /// one must be appended again, not answered as a duplicate. Batches
+    /// below `offset` survived and stay; each producer keeps its epoch.
+    /// Returns how many batches went.
+    pub fn forget_from(&mut self, key: PartitionKey, offset: u64) -> usize {
+        let mut dropped = 0;
+        for ((k, _), p) in self.states.iter_mut() {
+            if *k == key {
+                let before = p.batches.len();
+                p.batches.retain(|a| a.last_offset < offset);
+                dropped += before - p.batches.len();
+            }
+        }
+        dropped
+    }
+
     /// Drops the state of every topic whose id `live` rejects (deleted
     /// topics); returns how many states went.
     pub fn retain_topics(&mut self, live: impl Fn(u64) -> bool) -> usize {
@@ -278,6 +296,43 @@ mod tests {
             topic_id,
             partition,
         }
+    }
+
+    /// The bug this guards: after a failed log is reopened, a batch whose
+    /// records did not survive was still remembered, so the producer's
+    /// retry was answered as a duplicate with offsets the log no longer
+    /// holds (or holds other records at), and stored nothing.
+    #[test]
+    fn batches_lost_by_a_reopen_are_appended_again_and_survivors_stay_duplicates() {
+        let mut t = Table(ProducerStates::default());
+        let other = key(1, 1);
+        // Offsets 0..=9, 10..=19, 20..=29 on K; one batch on another partition.
+        for (i, first) in [0, 10, 20].into_iter().enumerate() {
+            let b = batch(0, first, 10);
+            assert_eq!(t.check(&b), Check::Append);
+            t.record(&b, i as u64 * 10, i as u64 * 10 + 9);
+        }
+        t.0.record(other, &batch(0, 0, 10), 0, 9);
+        // The log came back with offsets 0..20: the third batch is gone.
+        assert_eq!(t.0.forget_from(K, 20), 1);
+        assert_eq!(
+            t.check(&batch(0, 10, 10)),
+            Check::Duplicate {
+                base_offset: 10,
+                last_offset: 19
+            }
+        );
+        assert_eq!(t.check(&batch(0, 20, 10)), Check::Append);
+        // Nothing survived: the producer starts again where it likes, but
+        // its epoch still fences older ones.
+        assert_eq!(t.0.forget_from(K, 0), 2);
+        assert_eq!(t.check(&batch(0, 0, 10)), Check::Append);
+        assert!(matches!(t.check(&batch(-1, 0, 10)), Check::Reject { .. }));
+        // Other partitions keep theirs.
+        assert!(matches!(
+            t.0.check(other, &batch(0, 0, 10)),
+            Check::Duplicate { .. }
+        ));
     }
 
     /// The bug this guards: state was keyed by topic name, so a topic

@@ -249,6 +249,20 @@ impl KafkaShard {
         self.producers.borrow_mut().record(key, b, base, last);
     }
 
+    /// Forgets the idempotent-producer batches of a reopened partition that
+    /// its recovered log no longer holds (see `ProducerStates::forget_from`).
+    pub fn forget_from(&self, key: PartitionKey, offset: u64) {
+        let dropped = self.producers.borrow_mut().forget_from(key, offset);
+        if dropped > 0 {
+            tracing::warn!(
+                topic_id = key.topic_id,
+                partition = key.partition,
+                batches = dropped,
+                "kafka: producer batches past the reopened log's end forgotten"
+            );
+        }
+    }
+
     /// Drops the producer state and lanes of every topic not in `meta`
     /// (called once a metadata change is applied: deleted topics, and the
     /// old incarnation of re-created ones, go).
@@ -433,7 +447,7 @@ async fn produce_one(
         }
     };
     let fail = |e: crate::engine::EngineError| {
-        let w = engine_to_wire(topic, p, &e);
+        let w = shard.engine_error(topic, p, &e);
         ProduceOutcome {
             error_code: codec::wire_to_kafka(w.code),
             message: Some(w.message),

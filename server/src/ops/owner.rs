@@ -99,7 +99,7 @@ async fn produce(
                             res.log_start_offset = part.offsets().log_start_offset;
                         }
                         Err(e) => {
-                            let w = engine_to_wire(&topic, p, &e);
+                            let w = shard.engine_error(&topic, p, &e);
                             res.error = w.code;
                             res.message = w.message;
                         }
