@@ -74,9 +74,10 @@ const RESPONSE_BYTES_MAX: usize = 256 << 20;
 const PRODUCE_TIMEOUT_MS: i32 = 30_000;
 /// Offset of the correlation id in a framed request (size, key, version).
 const CORRELATION_ID_AT: usize = 8;
-/// Record batch v2 header: base offset @0 (8), batch length @8 (4), last
-/// offset delta @23 (4); batch length counts from byte 12.
+/// Record batch v2 header: base offset @0 (8), batch length @8 (4), magic
+/// @16 (1), last offset delta @23 (4); batch length counts from byte 12.
 const BATCH_LENGTH_AT: usize = 8;
+const MAGIC_AT: usize = 16;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const BATCH_OVERHEAD_BYTES: usize = 12;
 const BATCH_HEADER_BYTES: usize = 61;
@@ -444,6 +445,12 @@ fn count_batches(blob: &[u8], position: i64) -> Result<(u64, i64), String> {
                 .try_into()
                 .expect("4 bytes"),
         );
+        if b[MAGIC_AT] != 2 {
+            return Err(format!(
+                "record batch at {base}: magic {}, want 2",
+                b[MAGIC_AT]
+            ));
+        }
         if len < (BATCH_HEADER_BYTES - BATCH_OVERHEAD_BYTES) as i32 || delta < 0 {
             return Err(format!(
                 "record batch at {base}: length {len}, last offset delta {delta}"
