@@ -55,6 +55,9 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 pub const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Messages queued on one inter-shard channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Most messages one mesh send carries (`router::MeshBatch`); a longer
+/// queue for a peer leaves in several sends.
+pub const MESH_BATCH_MESSAGES_MAX: usize = 256;
 /// io_uring registered buffer memory per executor.
 pub const IO_MEMORY_BYTES: usize = 2 << 20;
 /// How long shutdown waits for in-flight requests before closing anyway.

@@ -14,7 +14,7 @@ use crate::error::ServerError;
 use crate::limits::*;
 use crate::metadata::Metadata;
 use crate::metrics::ShardMetrics;
-use crate::router::{MeshMsg, Router};
+use crate::router::{MeshBatch, MeshMsg, Router};
 use crate::shard::{Shard, Shared};
 use crate::shutdown::Event;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
@@ -37,7 +37,7 @@ pub struct ShardStart {
     /// Shard 0 only: the HTTP address.
     pub http: Option<SocketAddr>,
     pub shared: Arc<Shared>,
-    pub mesh: Option<MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>>,
+    pub mesh: Option<MeshBuilder<MeshBatch, glommio::channels::channel_mesh::Full>>,
     /// Where to report the bound addresses or a failure.
     pub bound: std::sync::mpsc::Sender<Result<Bound, String>>,
     /// Where to report readiness (partitions open) or a failure.
@@ -279,20 +279,22 @@ async fn accept_loop(shard: &Rc<Shard>, listener: TcpListener) {
 
 /// One task per peer: answers go to their waiting call; each call runs in
 /// its own task so that this loop never waits on a send.
-fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<MeshMsg>) {
+fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<MeshBatch>) {
     for (peer, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                match msg {
-                    MeshMsg::Reply { id, reply } => shard.router.complete(id, reply),
-                    MeshMsg::Call { id, op } => {
-                        let shard = shard.clone();
-                        glommio::spawn_local(async move {
-                            let reply = crate::ops::owner::execute(&shard, op).await;
-                            shard.router.answer(peer, id, reply).await;
-                        })
-                        .detach();
+            while let Some(batch) = rx.recv().await {
+                for msg in batch {
+                    match msg {
+                        MeshMsg::Reply { id, reply } => shard.router.complete(id, reply),
+                        MeshMsg::Call { id, op } => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let reply = crate::ops::owner::execute(&shard, op).await;
+                                shard.router.answer(peer, id, reply);
+                            })
+                            .detach();
+                        }
                     }
                 }
             }
