@@ -37,8 +37,9 @@ use strom_client::{
     ProducerRecord,
 };
 use strom_flatbuffers::protocol::{
-    encode_request, ApiVersionsRequest, FetchPartition, FetchRequest, ProduceBatch, ProduceRequest,
-    RequestBody, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+    decode_response, encode_request, ApiVersionsRequest, ErrorCode, FetchPartition, FetchRequest,
+    ProduceBatch, ProduceRequest, RequestBody, ResponseBody, PROTOCOL_VERSION_MAX,
+    PROTOCOL_VERSION_MIN,
 };
 use strom_flatbuffers::{BatchBuilder, RecordIn};
 use strom_tests::TestServer;
@@ -815,4 +816,167 @@ fn scenario(deaf: usize) {
         );
     }
     server.kill();
+}
+
+// ------------------------------------------------ small frames, cold partitions
+
+/// Partitions of the topic that receives the small frames.
+const SMALL_PARTITIONS: u32 = 200;
+/// Frames each of them receives after the warm-up.
+const SMALL_FRAMES_PER_PARTITION: u32 = 20;
+/// The value of each frame's single record.
+const SMALL_RECORD_BYTES: usize = 100;
+/// The per-shard tail cache budget (`[engine] shard_cache_bytes_max`) the
+/// server runs with: well below what the frames would pin as views.
+const SMALL_SHARD_CACHE_BYTES: u64 = 4 * MIB;
+/// What one more cached small frame may add to a partition's own memory
+/// besides the cache: the pages of its write buffer it fills (a frame
+/// never spans more than two).
+const PAGE_BYTES: u64 = 4 << 10;
+
+/// One produce request (`acks = leader`) of one frame with one record of
+/// [`SMALL_RECORD_BYTES`] for `partition`.
+fn small_produce(cid: u64, topic: &str, partition: u32, value: &[u8]) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    b.push(&RecordIn {
+        timestamp_ms: 1_800_000_000_000,
+        key: None,
+        value: Some(value),
+        headers: &[],
+    });
+    let frame = b.finish();
+    let mut req = encode_request(
+        cid,
+        &RequestBody::Produce(ProduceRequest {
+            acks: Acks::Leader,
+            timeout_ms: 30_000,
+            batches: vec![ProduceBatch {
+                topic: topic.to_owned(),
+                partition,
+                batch_len: frame.len() as u32,
+            }],
+        }),
+    )
+    .expect("encode");
+    req.extend_from_slice(&frame);
+    req
+}
+
+/// Sends one produce request and requires its answer to be a success.
+fn produce_and_wait(s: &mut TcpStream, cid: u64, topic: &str, partition: u32, value: &[u8]) {
+    s.write_all(&small_produce(cid, topic, partition, value))
+        .expect("write produce");
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("produce answer");
+    let mut message = len.to_vec();
+    message.resize(4 + u32::from_le_bytes(len) as usize, 0);
+    s.read_exact(&mut message[4..])
+        .expect("produce answer body");
+    let answer = decode_response(&message).expect("decode produce answer");
+    assert_eq!(answer.correlation_id, cid);
+    match answer.body {
+        ResponseBody::Produce(r) => {
+            assert!(
+                r.results.iter().all(|r| r.error == ErrorCode::None),
+                "{topic}/{partition}: {:?}",
+                r.results
+            );
+        }
+        other => panic!("{topic}/{partition}: unexpected answer {other:?}"),
+    }
+}
+
+/// The story: a produce frame is a view into its connection's read buffer,
+/// and the tail cache kept small frames as views while charging them only
+/// their own bytes. Each read of a connection makes room for at least
+/// `READ_BUFFER_BYTES` (64 KiB); a client that sends one small request at a
+/// time gets a fresh buffer for nearly every request, so each cached
+/// 100-byte frame of a cold partition (nobody reads it, nothing evicts it)
+/// pinned a whole 64 KiB buffer, and the cache budget, charged a few
+/// hundred bytes per frame, bounded nothing: here 200 partitions x 20
+/// frames would pin about 250 MiB behind a 2 x 4 MiB cache budget. The
+/// engine now copies small frames into memory the cache owns
+/// (`CACHE_COPY_FRAME_BYTES_MAX`), so the budget bounds what they cost.
+#[test]
+fn small_frames_of_cold_partitions_stay_within_the_cache_budget() {
+    let dir = strom_tests::TempDir::new("strom-small-frames");
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[engine]\nshard_cache_bytes_max = {SMALL_SHARD_CACHE_BYTES}\n"),
+    )
+    .expect("write config");
+    let data = dir.path().join("data");
+    let config_arg = config.to_str().expect("utf-8 path").to_owned();
+    let server = TestServer::start_in(SHARDS, &data, &["--config", &config_arg]);
+    let addr = server.addr().to_owned();
+    let pid = server.pid().expect("running");
+    let mut admin = Client::connect_with(&addr, conn_config()).expect("connect");
+    admin
+        .create_topic("small", SMALL_PARTITIONS, &[])
+        .expect("create small");
+    // ONE connection, one request at a time, for every frame.
+    let mut s = handshaken(&addr);
+    let value = vec![0x3cu8; SMALL_RECORD_BYTES];
+    let mut cid = 1u64;
+    // Warm-up: every partition takes one frame, so that what a partition
+    // costs whatever it caches (its segment, index and write buffer pages)
+    // is in the baseline.
+    for p in 0..SMALL_PARTITIONS {
+        produce_and_wait(&mut s, cid, "small", p, &value);
+        cid += 1;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (baseline, _) = rss(pid).expect("read /proc/<pid>/status");
+    let began = Instant::now();
+    for _ in 0..SMALL_FRAMES_PER_PARTITION {
+        for p in 0..SMALL_PARTITIONS {
+            produce_and_wait(&mut s, cid, "small", p, &value);
+            cid += 1;
+        }
+    }
+    let took = began.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let (after, _) = rss(pid).expect("read /proc/<pid>/status");
+    // The budget: what the frames may cost is the shards' cache budget
+    // (copied or not, the cache charges them and evicts past it); each
+    // partition's write buffer may fill a few more pages; the rest is the
+    // fixed allowance the other abuse cases use (allocator, metrics).
+    let frames = u64::from(SMALL_PARTITIONS) * u64::from(SMALL_FRAMES_PER_PARTITION);
+    let parts = [
+        (
+            "baseline (RSS after the warm-up frame of every partition)",
+            baseline,
+        ),
+        (
+            "shards x shard_cache_bytes_max",
+            u64::from(SHARDS) * SMALL_SHARD_CACHE_BYTES,
+        ),
+        (
+            "partitions x 2 write-buffer pages",
+            u64::from(SMALL_PARTITIONS) * 2 * PAGE_BYTES,
+        ),
+        ("slack", SLACK_BYTES),
+    ];
+    let budget: u64 = parts.iter().map(|p| p.1).sum();
+    let derivation = parts
+        .iter()
+        .map(|(what, b)| format!("  {:>8} KiB  {what}", b >> 10))
+        .collect::<Vec<_>>()
+        .join("\n");
+    println!(
+        "{frames} small frames in {took:?}: RSS {} -> {} MiB ({} bytes per frame), budget {} MiB",
+        baseline / MIB,
+        after / MIB,
+        after.saturating_sub(baseline) / frames,
+        budget / MIB
+    );
+    assert!(
+        after <= budget,
+        "RSS {} MiB after {frames} small frames over one connection is over the budget of {} MiB \
+         ({} bytes per frame):\n{derivation}",
+        after / MIB,
+        budget / MIB,
+        after.saturating_sub(baseline) / frames
+    );
 }
