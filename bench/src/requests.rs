@@ -12,14 +12,17 @@
 //! has drained, and counts requests once written.
 //!
 //! Placement: the server accepts each connection on whichever shard the
-//! kernel's SO_REUSEPORT hash picks, and the protocol does not say which
-//! (the `ApiVersions` answer carries `shard_count`, not the accepting shard).
-//! The bench derives it without changing the server: it opens connections
-//! one at a time and reads `strom_connections_open{shard=..}` from the
-//! server's `/metrics` before and after each handshake; the shard whose gauge
-//! rose accepted it. Partition owners come from `DescribeTopics`
-//! (`owner_shard`). `local` then sends only to partitions of the accepting
-//! shard, `forwarded` only to partitions of another shard, `any` to all.
+//! kernel's SO_REUSEPORT hash picks. A server that announces per-shard
+//! ports (`shard_ports` in `ApiVersions`) names the serving shard in every
+//! handshake (`shard_id`), and the bench reads it there. Otherwise (an
+//! older server, or `--shard-ports off`; `shard_id` then reads 0 either
+//! way) the bench derives it without help from the server: it opens
+//! connections one at a time and reads `strom_connections_open{shard=..}`
+//! from the server's `/metrics` before and after each handshake; the shard
+//! whose gauge rose accepted it. Partition owners come from
+//! `DescribeTopics` (`owner_shard`). `local` then sends only to partitions
+//! of the accepting shard, `forwarded` only to partitions of another shard,
+//! `any` to all.
 //!
 //! Same-run baseline (before the server starts): the same event loop, the
 //! same connections x depth and the same request bytes against a trivial
@@ -47,9 +50,9 @@ use serde_json::{json, Value};
 use strom_client::Client;
 use strom_flatbuffers::protocol::{
     announced_len, decode_response, encode_request, encode_response, peek_correlation_id,
-    peek_message, ApiVersionsRequest, ErrorCode, ProduceBatch, ProduceRequest, ProduceResponse,
-    ProduceResult, RequestBody, ResponseBody, MESSAGE_BYTES_MAX, PROTOCOL_VERSION_MAX,
-    PROTOCOL_VERSION_MIN,
+    peek_message, ApiVersionsRequest, ApiVersionsResponse, ErrorCode, ProduceBatch, ProduceRequest,
+    ProduceResponse, ProduceResult, RequestBody, ResponseBody, MESSAGE_BYTES_MAX,
+    PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
 };
 use strom_flatbuffers::{BatchBuilder, RecordIn};
 
@@ -898,8 +901,9 @@ fn run_pingpong(
 // ------------------------------------------------------------- the server
 
 /// Connects and performs the `ApiVersions` handshake on a blocking socket;
-/// returns the stream and the server's in-flight limit per connection.
-fn handshake(addr: &str) -> Result<(TcpStream, u32), BenchError> {
+/// returns the stream and the server's answer (its in-flight limit per
+/// connection, the serving shard).
+fn handshake(addr: &str) -> Result<(TcpStream, ApiVersionsResponse), BenchError> {
     let mut s = TcpStream::connect(addr).map_err(|e| net("connect", addr, e))?;
     s.set_nodelay(true)
         .map_err(|e| net("set_nodelay", addr, e))?;
@@ -940,7 +944,7 @@ fn handshake(addr: &str) -> Result<(TcpStream, u32), BenchError> {
         ResponseBody::ApiVersions(v) if v.error == ErrorCode::None => {
             s.set_read_timeout(None)
                 .map_err(|e| net("set_read_timeout", addr, e))?;
-            Ok((s, v.inflight_requests_max))
+            Ok((s, v))
         }
         other => Err(cfg(format!("handshake with {addr}: {other:?}"))),
     }
@@ -991,27 +995,48 @@ fn risen_shard(before: &[(usize, u64)], after: &[(usize, u64)]) -> Option<usize>
     others_same.then_some(first)
 }
 
-/// Opens `n` connections, each handshaken; with `http`, also the shard that
-/// accepted each (one connection at a time, a scrape after each).
+/// How the shard that accepted each connection was learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ShardSource {
+    /// One shard: every connection is on it.
+    SingleShard,
+    /// The handshake's `shard_id` (servers that announce `shard_ports`).
+    Handshake,
+    /// `strom_connections_open` before and after each connection.
+    Metrics,
+    /// Not known (placement `any` only).
+    Unknown,
+}
+
+/// Opens `n` connections, each handshaken, and the shard that accepted
+/// each, by `source` (with `Metrics`: one connection at a time, a scrape of
+/// `http` after each).
 fn open_connections(
     addr: &str,
     http: Option<&str>,
+    source: ShardSource,
     n: usize,
     depth: usize,
 ) -> Result<Vec<(TcpStream, Option<usize>)>, BenchError> {
     let mut out = Vec::with_capacity(n);
-    let mut before = match http {
-        Some(h) => Some(connections_open(h)?),
-        None => None,
+    let mut before = match (source, http) {
+        (ShardSource::Metrics, Some(h)) => Some(connections_open(h)?),
+        _ => None,
     };
     for i in 0..n {
-        let (s, inflight_max) = handshake(addr)?;
+        let (s, v) = handshake(addr)?;
+        let inflight_max = v.inflight_requests_max;
         if depth > inflight_max as usize {
             return Err(cfg(format!(
                 "--depth {depth} exceeds the server's {inflight_max} requests in flight per connection"
             )));
         }
-        let mut shard = None;
+        let mut shard = match source {
+            ShardSource::SingleShard => Some(0),
+            ShardSource::Handshake => Some(usize::from(v.shard_id)),
+            ShardSource::Metrics | ShardSource::Unknown => None,
+        };
         if let (Some(h), Some(b)) = (http, before.as_mut()) {
             for _ in 0..SHARD_PROBE_TRIES {
                 let after = connections_open(h)?;
@@ -1066,6 +1091,7 @@ struct ServerSetup {
     shards: usize,
     conns: Vec<LoopConn>,
     per_shard: Vec<usize>,
+    source: ShardSource,
 }
 
 fn setup_server(
@@ -1076,7 +1102,20 @@ fn setup_server(
     frame: &[u8],
 ) -> Result<ServerSetup, BenchError> {
     let mut admin = Client::connect(addr).map_err(|e| cfg(format!("connect {addr}: {e}")))?;
-    let shards = usize::from(admin.server_info().shard_count.max(1));
+    let info = admin.server_info();
+    let shards = usize::from(info.shard_count.max(1));
+    // A server that announces per-shard ports also names the serving shard
+    // in every handshake; an older one leaves `shard_id` at 0, so only
+    // /metrics can tell.
+    let source = if shards == 1 {
+        ShardSource::SingleShard
+    } else if !info.shard_ports.is_empty() {
+        ShardSource::Handshake
+    } else if http.is_some() {
+        ShardSource::Metrics
+    } else {
+        ShardSource::Unknown
+    };
     admin
         .create_topic(topic, a.partitions, &[])
         .map_err(|e| cfg(format!("create topic {topic}: {e}")))?;
@@ -1089,14 +1128,11 @@ fn setup_server(
             *o = usize::from(p.owner_shard);
         }
     }
-    // With one shard every connection is local; no need to ask /metrics.
-    let http = if shards > 1 { http } else { None };
-    let streams = open_connections(addr, http, a.connections, a.depth)?;
+    let streams = open_connections(addr, http, source, a.connections, a.depth)?;
     drop(admin);
     let mut per_shard = vec![0usize; shards];
     let mut conns = Vec::with_capacity(streams.len());
     for (i, (stream, shard)) in streams.into_iter().enumerate() {
-        let shard = if shards == 1 { Some(0) } else { shard };
         if let Some(c) = shard.and_then(|s| per_shard.get_mut(s)) {
             *c += 1;
         }
@@ -1119,6 +1155,7 @@ fn setup_server(
         shards,
         conns,
         per_shard,
+        source,
     })
 }
 
@@ -1314,8 +1351,8 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
     let setup = setup_server(a, &addr, http.as_deref(), &topic, &frame);
     let result = setup.and_then(|s| {
         eprintln!(
-            "{} connections on {} shard(s) {:?}, placement {:?}",
-            a.connections, s.shards, s.per_shard, a.placement
+            "{} connections on {} shard(s) {:?} (learnt from {:?}), placement {:?}",
+            a.connections, s.shards, s.per_shard, s.source, a.placement
         );
         let plan = LoopPlan {
             depth: a.depth,
@@ -1326,7 +1363,7 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
         };
         let probe: CpuProbe = Box::new(move || pid.and_then(|p| cpu_secs(Some(p))));
         let r = drive_on(s.conns, plan, probe, client_core)?;
-        Ok((s.shards, s.per_shard, r))
+        Ok((s.shards, s.per_shard, s.source, r))
     });
     if !a.keep_topics {
         if let Ok(mut c) = Client::connect(&addr) {
@@ -1334,7 +1371,7 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
         }
     }
     drop(server);
-    let (shards, per_shard, r) = result?;
+    let (shards, per_shard, source, r) = result?;
     let report = build_report(a, shards, &per_shard, load0, base.as_ref(), &r);
     report.print();
     if let Some(path) = &a.json {
@@ -1343,6 +1380,7 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
             o.insert("name".into(), json!(a.name));
             o.insert("topic".into(), json!(topic));
             o.insert("connections_per_shard".into(), json!(per_shard));
+            o.insert("shard_learnt_from".into(), json!(source));
             o.insert("server".into(), result_json(&r));
             o.insert(
                 "baseline".into(),

@@ -122,6 +122,12 @@ fn check_requests(doc: &Value, shards: usize) {
     assert!(doc["server"]["requests"].as_u64().unwrap_or(0) > 0);
     assert!(doc["baseline"]["requests"].as_u64().unwrap_or(0) > 0);
     assert_eq!(doc["parameters"]["resolved"]["shards"], shards);
+    let source = doc["shard_learnt_from"].as_str().unwrap_or("");
+    if shards == 1 {
+        assert_eq!(source, "single_shard");
+    } else {
+        assert!(source == "handshake" || source == "metrics", "{source}");
+    }
 }
 
 const REQUESTS_QUICK: &[&str] = &[
