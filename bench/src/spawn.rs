@@ -76,9 +76,17 @@ impl SpawnedServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| BenchError::io("spawn strom-server", binary, e))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing owns the directories yet: remove what this call made.
+                let _ = std::fs::remove_dir_all(&data_dir);
+                if !existed {
+                    let _ = std::fs::remove_dir(&parent);
+                }
+                return Err(BenchError::io("spawn strom-server", binary, e));
+            }
+        };
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         // Reads the start-up lines, then keeps draining stdout so the server
