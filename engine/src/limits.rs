@@ -15,6 +15,13 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Largest segment: positions in the offset index are u32.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Once the active segment is this full (percent of `segment_bytes`), the
+/// next segment file is created and its first fallocate step taken in the
+/// background, so that a roll only switches files (no I/O on the append
+/// path). A topic with `segment_ms` prepares it at once.
+pub const NEXT_SEGMENT_PREPARE_PERCENT: u64 = 50;
+const _: () = assert!(NEXT_SEGMENT_PREPARE_PERCENT <= 100);
+
 /// Segment files are grown with fallocate in steps of this many bytes.
 pub const DEFAULT_PREALLOCATE_BYTES: u64 = 32 << 20;
 

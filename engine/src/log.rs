@@ -82,10 +82,9 @@ pub struct SyncTarget<F> {
 pub enum Blocked {
     /// `unwritten_bytes_max` is reached: wait for a write to complete.
     Write,
-    /// The segment needs more preallocated space: wait for the fallocate.
+    /// The segment needs more preallocated space, or a roll needs the next
+    /// segment file (or the previous roll's jobs): wait for a job.
     Space,
-    /// The active segment is full or old: run [`Log::roll_if_due`].
-    Roll,
 }
 
 /// The outcome of [`Log::try_append`].
@@ -106,6 +105,45 @@ pub enum JobId {
     Prealloc { target: u64, foreground: bool },
     /// Index files and checkpoint at a recovery point.
     Checkpoint,
+    /// Creating and preallocating the next segment file (`NEXT_SEGMENT_FILE`).
+    PrepareSegment,
+    /// The fdatasync of a segment closed by a roll.
+    CloseSync,
+    /// Truncation to size and index files of a segment closed by a roll,
+    /// the rename of the new active file to its name, then the checkpoint.
+    CloseFinish,
+}
+
+/// The file a roll switches to, created ahead under a fixed name (its base
+/// offset is known only at the roll). Recovery adopts it when its first
+/// frame continues the log, and removes it otherwise.
+pub const NEXT_SEGMENT_FILE: &str = "next.segment";
+
+/// The next segment file, prepared in the background.
+enum NextSegment<F> {
+    None,
+    /// The job fills the slot with the created, preallocated file.
+    Preparing(Rc<RefCell<Option<(F, u64)>>>),
+    Ready {
+        file: Rc<F>,
+        preallocated_len: u64,
+    },
+}
+
+/// A segment closed by a roll whose fdatasync, truncation, index files and
+/// the checkpoint after it are still running as jobs. All its data was
+/// written before the switch; it is read from its file meanwhile.
+struct Closing<F> {
+    base: u64,
+    file: Rc<F>,
+    len: u64,
+    /// The offset after its last record (the new active segment's base).
+    end_offset: u64,
+    /// Its fdatasync completed: offsets up to `end_offset` are durable.
+    synced: bool,
+    /// A sync of the new active segment completed first: (offset, length)
+    /// it made durable, published once this segment is synced.
+    deferred_durable: Option<(u64, u64)>,
 }
 
 /// I/O the log started: the driver runs `fut` without holding the log and
@@ -248,6 +286,11 @@ pub struct Log<S: Storage> {
     prealloc_error: Option<EngineError>,
     /// A checkpoint job is in flight: (checkpoint it writes).
     checkpoint_in_flight: Option<Checkpoint>,
+    next_segment: NextSegment<S::File>,
+    /// The error of the last failed preparation of the next segment, for
+    /// the append that needs it.
+    next_segment_error: Option<EngineError>,
+    closing: Option<Closing<S::File>>,
     next_offset: u64,
     log_start_offset: u64,
     written_offset: u64,
@@ -336,6 +379,23 @@ impl<S: Storage> Log<S> {
             }
         }
         bases.sort_unstable();
+        // The next segment file a roll prepared: a roll that switched to it
+        // may have crashed before renaming it (its first frame then follows
+        // the last named segment; recovery checks that offsets continue).
+        // Otherwise it is empty, or not part of the log: remove it.
+        if names.iter().any(|n| n == NEXT_SEGMENT_FILE) {
+            let path = dir.join(NEXT_SEGMENT_FILE);
+            let first = first_frame_base(&storage, &path).await?;
+            match (first, bases.last()) {
+                (Some(b), Some(&last)) if b > last => {
+                    storage
+                        .rename(&path, &dir.join(segment_file_name(b)))
+                        .await?;
+                    bases.push(b);
+                }
+                _ => storage.remove(&path).await?,
+            }
+        }
         let cp = checkpoint.unwrap_or(Checkpoint {
             log_start_offset: bases.first().copied().unwrap_or(0),
             recovery_segment_base: bases.first().copied().unwrap_or(0),
@@ -371,6 +431,9 @@ impl<S: Storage> Log<S> {
             prealloc_in_flight: None,
             prealloc_error: None,
             checkpoint_in_flight: None,
+            next_segment: NextSegment::None,
+            next_segment_error: None,
+            closing: None,
             next_offset: 0,
             log_start_offset: log_start,
             written_offset: 0,
@@ -517,6 +580,19 @@ impl<S: Storage> Log<S> {
                 )
                 .await?;
             next_offset = end_offset;
+            if valid_end < seg_len && reason.is_none() && bases.get(i + 1) == Some(&end_offset) {
+                // A segment closed by a roll that crashed before its
+                // truncation: preallocated zeros past its end, and the next
+                // segment continues exactly there. Trim it and go on.
+                let seg = self.segments.get_mut(&base).expect("segment");
+                seg.file.as_ref().expect("open").truncate(valid_end).await?;
+                seg.len_bytes = valid_end;
+                report.trimmed_zero_bytes += seg_len - valid_end;
+                if let Some(ix) = ix {
+                    seg.index = Some(ix);
+                }
+                continue;
+            }
             if valid_end < seg_len {
                 if reason.is_some() {
                     report.truncated_bytes += seg_len - valid_end;
@@ -784,15 +860,16 @@ impl<S: Storage> Log<S> {
         loop {
             match self.try_append(frame, now_ms)? {
                 AppendStep::Done(info) => {
-                    self.drive_jobs().await?;
+                    // The frame is appended: a job that fails now fails the
+                    // log, and the next operation reports it.
+                    let _ = self.drive_jobs().await;
                     return Ok(info);
                 }
                 AppendStep::Blocked(f, why) => {
                     frame = f;
-                    match why {
-                        Blocked::Roll => self.roll_if_due(frame.len() as u64, now_ms).await?,
-                        Blocked::Write | Blocked::Space => self.drive_jobs().await?,
-                    }
+                    let _ = why;
+                    self.drive_jobs().await?;
+                    self.check_not_failed()?;
                 }
             }
         }
@@ -819,7 +896,9 @@ impl<S: Storage> Log<S> {
         let summary = validate_incoming(&frame, &self.limits)?;
         let frame_len = frame.len() as u64;
         if self.should_roll(frame_len, now_ms) {
-            return Ok(AppendStep::Blocked(frame, Blocked::Roll));
+            if let Some(why) = self.try_switch_segment(now_ms)? {
+                return Ok(AppendStep::Blocked(frame, why));
+            }
         }
         // Reserve disk space first: ENOSPC is reported here, before any state changes.
         let active_len = self.active().len_bytes;
@@ -883,6 +962,7 @@ impl<S: Storage> Log<S> {
         self.cache_push(frame);
         // Full buffers go to the disk now, while the next appends are copied.
         self.issue_writes();
+        self.maybe_prepare_next_segment();
         self.assert_offsets();
         Ok(AppendStep::Done(AppendInfo {
             base_offset,
@@ -912,12 +992,239 @@ impl<S: Storage> Log<S> {
     }
 
     /// Rolls the segment if `should_roll` says so for a frame of `frame_len`
-    /// bytes (the check is repeated: another appender may have rolled).
+    /// bytes, and runs the roll's jobs inline.
     pub async fn roll_if_due(&mut self, frame_len: u64, now_ms: i64) -> Result<(), EngineError> {
         self.check_not_failed()?;
         if self.should_roll(frame_len, now_ms) {
             self.roll(now_ms).await?;
         }
+        Ok(())
+    }
+
+    /// Starts preparing the next segment file once the active one is
+    /// `NEXT_SEGMENT_PREPARE_PERCENT` full (at once with `segment_ms`).
+    fn maybe_prepare_next_segment(&mut self) {
+        if !matches!(self.next_segment, NextSegment::None)
+            || self.closing.is_some()
+            || self.next_segment_error.is_some()
+            || self.failed.is_some()
+        {
+            return;
+        }
+        let len = self.active().len_bytes;
+        if self.config.segment_ms.is_some()
+            || len.saturating_mul(100)
+                >= self
+                    .config
+                    .segment_bytes
+                    .saturating_mul(NEXT_SEGMENT_PREPARE_PERCENT)
+        {
+            self.start_prepare_next_segment();
+        }
+    }
+
+    fn start_prepare_next_segment(&mut self) {
+        debug_assert!(matches!(self.next_segment, NextSegment::None));
+        debug_assert!(
+            self.closing.is_none(),
+            "the previous next file is renamed first"
+        );
+        let slot = Rc::new(RefCell::new(None));
+        self.next_segment = NextSegment::Preparing(slot.clone());
+        let storage = self.storage.clone();
+        let dir = self.dir.clone();
+        let reserve = self.config.disk_reserve_bytes;
+        let step = self
+            .config
+            .preallocate_bytes
+            .max(BLOCK_BYTES as u64)
+            .min(align_up(self.config.segment_bytes));
+        self.jobs.push(Job {
+            id: JobId::PrepareSegment,
+            fut: Box::pin(async move {
+                check_disk_reserve(&storage, &dir, reserve, step).await?;
+                let file = storage.create(&dir.join(NEXT_SEGMENT_FILE)).await?;
+                file.pre_allocate(step).await?;
+                *slot.borrow_mut() = Some((file, step));
+                Ok(())
+            }),
+        });
+    }
+
+    /// The roll itself, synchronous: once the next file is prepared and
+    /// every byte of the active segment is written, the next file becomes
+    /// the active segment, and the closed one's fdatasync starts as a job
+    /// (its truncation, index files, the rename of the new file and the
+    /// checkpoint follow as another). Otherwise says what to wait for.
+    fn try_switch_segment(&mut self, now_ms: i64) -> Result<Option<Blocked>, EngineError> {
+        if self.closing.is_some() {
+            // The previous roll's jobs are still running.
+            return Ok(Some(Blocked::Space));
+        }
+        match &self.next_segment {
+            NextSegment::None => {
+                if let Some(e) = self.next_segment_error.take() {
+                    return Err(e);
+                }
+                self.start_prepare_next_segment();
+                return Ok(Some(Blocked::Space));
+            }
+            NextSegment::Preparing(_) => return Ok(Some(Blocked::Space)),
+            NextSegment::Ready { .. } => {}
+        }
+        if self.written_offset < self.next_offset
+            || !self.in_flight.is_empty()
+            || !self.pending.sealed.is_empty()
+        {
+            self.request_write(self.next_offset);
+            return Ok(Some(Blocked::Write));
+        }
+        if self.prealloc_in_flight.is_some() {
+            // A fallocate of the closing file must land before its truncation.
+            return Ok(Some(Blocked::Space));
+        }
+        let NextSegment::Ready {
+            file,
+            preallocated_len,
+        } = std::mem::replace(&mut self.next_segment, NextSegment::None)
+        else {
+            unreachable!("checked above")
+        };
+        let old_base = self.active().base_offset;
+        let old_len = self.active().len_bytes;
+        let old_file = self.active_file();
+        let new_base = self.next_offset;
+        assert_eq!(
+            self.written_offset, new_base,
+            "a roll closes a written segment"
+        );
+        assert_eq!(self.written_frame_len, old_len);
+        self.segments.insert(
+            new_base,
+            Segment {
+                base_offset: new_base,
+                file: Some(file),
+                len_bytes: 0,
+                index: Some(SegmentIndex::new()),
+                first_append_ms: None,
+            },
+        );
+        self.closing = Some(Closing {
+            base: old_base,
+            file: old_file.clone(),
+            len: old_len,
+            end_offset: new_base,
+            synced: self.durable_offset == new_base,
+            deferred_durable: None,
+        });
+        self.sync_epoch += 1;
+        self.pending = Pending::empty();
+        self.written_len = 0;
+        self.written_frame_len = 0;
+        self.durable_len = 0;
+        self.preallocated_len = preallocated_len;
+        self.stats.segments_rolled += 1;
+        self.jobs.push(Job {
+            id: JobId::CloseSync,
+            fut: Box::pin(async move { Ok(old_file.fdatasync().await?) }),
+        });
+        self.close_excess_files();
+        self.assert_offsets();
+        tracing::info!(
+            dir = %self.dir.display(),
+            closed_base_offset = old_base,
+            closed_bytes = old_len,
+            new_base_offset = new_base,
+            now_ms,
+            "segment rolled"
+        );
+        Ok(None)
+    }
+
+    /// The closed segment is synced: publish its end as durable (and what a
+    /// sync of the new segment made durable meanwhile), then start the job
+    /// that truncates it, writes its index files, renames the new file to
+    /// its name and writes the checkpoint at the new segment's start.
+    fn closed_segment_synced(&mut self) {
+        let c = self.closing.as_mut().expect("closing");
+        c.synced = true;
+        let (base, len, end_offset, file) = (c.base, c.len, c.end_offset, c.file.clone());
+        let deferred = c.deferred_durable.take();
+        self.durable_offset = self.durable_offset.max(end_offset);
+        if let Some((offset, l)) = deferred {
+            self.mark_durable(offset, l);
+        }
+        if self.durable_offset >= self.next_offset {
+            self.unflushed_bytes = 0;
+            self.oldest_unflushed_ms = None;
+        }
+        self.assert_offsets();
+        let index = self.segments[&base].index.as_ref().map(|ix| {
+            (
+                ix.encode_offsets(base, len),
+                ix.encode_times(base, len, u32::MAX),
+            )
+        });
+        let new_base = end_offset;
+        let cp = Checkpoint {
+            log_start_offset: self.log_start_offset,
+            recovery_segment_base: new_base,
+            recovery_position: 0,
+            recovery_offset: new_base,
+            clean: false,
+        };
+        let storage = self.storage.clone();
+        let dir = self.dir.clone();
+        self.jobs.push(Job {
+            id: JobId::CloseFinish,
+            fut: Box::pin(async move {
+                file.truncate(len).await?;
+                if let Some((o, t)) = index {
+                    storage
+                        .write_atomic(&dir.join(index_file_name(base)), &o)
+                        .await?;
+                    storage
+                        .write_atomic(&dir.join(time_index_file_name(base)), &t)
+                        .await?;
+                }
+                // Index files a truncation left under the new base are stale.
+                storage.remove(&dir.join(index_file_name(new_base))).await?;
+                storage
+                    .remove(&dir.join(time_index_file_name(new_base)))
+                    .await?;
+                storage
+                    .rename(
+                        &dir.join(NEXT_SEGMENT_FILE),
+                        &dir.join(segment_file_name(new_base)),
+                    )
+                    .await?;
+                storage
+                    .write_atomic(&dir.join(CHECKPOINT_FILE), &cp.encode())
+                    .await?;
+                Ok(())
+            }),
+        });
+        self.checkpoint_in_flight = Some(cp);
+    }
+
+    /// Whether a segment closed by a roll still waits for its jobs.
+    pub fn closing_segment(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// Closes the active segment and starts a new one at the next offset,
+    /// running every job inline (the drivers that hold the log: this type's
+    /// async methods).
+    async fn roll(&mut self, now_ms: i64) -> Result<(), EngineError> {
+        loop {
+            match self.try_switch_segment(now_ms)? {
+                None => break,
+                Some(_) => self.drive_jobs().await?,
+            }
+            self.check_not_failed()?;
+        }
+        self.drive_jobs().await?;
+        self.check_not_failed()?;
         Ok(())
     }
 
@@ -984,6 +1291,49 @@ impl<S: Storage> Log<S> {
                         tracing::warn!(dir = %self.dir.display(), error = %e, "checkpoint failed")
                     }
                 }
+            }
+            JobId::PrepareSegment => {
+                let NextSegment::Preparing(slot) =
+                    std::mem::replace(&mut self.next_segment, NextSegment::None)
+                else {
+                    panic!("a prepared segment without its job")
+                };
+                match result {
+                    Ok(()) => {
+                        let (file, preallocated_len) = slot.borrow_mut().take().expect("filled");
+                        self.next_segment = NextSegment::Ready {
+                            file: Rc::new(file),
+                            preallocated_len,
+                        };
+                    }
+                    Err(e) => self.next_segment_error = Some(e),
+                }
+            }
+            JobId::CloseSync => match result {
+                Ok(()) => {
+                    self.stats.fdatasyncs += 1;
+                    if self.failed.is_none() {
+                        self.closed_segment_synced();
+                    } else {
+                        self.closing = None;
+                    }
+                }
+                Err(e) => {
+                    // fsyncgate, as for any fdatasync.
+                    self.fail(format!("fdatasync of a closed segment failed: {e}"));
+                    self.closing = None;
+                }
+            },
+            JobId::CloseFinish => {
+                let cp = self.checkpoint_in_flight.take().expect("its checkpoint");
+                self.closing = None;
+                match result {
+                    Ok(()) => self.checkpoint = cp,
+                    // The closed segment may keep its preallocated tail and
+                    // the new one its prepared name: a reopen repairs both.
+                    Err(e) => self.fail(format!("closing a rolled segment failed: {e}")),
+                }
+                self.maybe_prepare_next_segment();
             }
         }
     }
@@ -1238,6 +1588,13 @@ impl<S: Storage> Log<S> {
     /// Bytes up to `len` and offsets below `offset` of the active segment
     /// (same epoch) are durable.
     fn mark_durable(&mut self, offset: u64, len: u64) {
+        if let Some(c) = self.closing.as_mut().filter(|c| !c.synced) {
+            // Offsets of the new segment are durable only once everything
+            // before them is: wait for the closed segment's fdatasync.
+            let (o, l) = c.deferred_durable.unwrap_or((0, 0));
+            c.deferred_durable = Some((o.max(offset), l.max(len)));
+            return;
+        }
         assert!(
             offset <= self.written_offset && len <= self.written_frame_len,
             "durable ({offset}, {len}) past written ({}, {})",
@@ -1256,6 +1613,9 @@ impl<S: Storage> Log<S> {
 
     /// Write everything pending and fdatasync; returns the durable offset.
     pub async fn flush(&mut self, _now_ms: i64) -> Result<u64, EngineError> {
+        // A roll's jobs first: the closed segment's sync publishes its end.
+        self.drive_jobs().await?;
+        self.check_not_failed()?;
         self.write_pending().await?;
         let target = self.sync_target();
         if target.offset > self.durable_offset {
@@ -1293,7 +1653,7 @@ impl<S: Storage> Log<S> {
     /// of durable data accumulated past the last one. One at a time; the
     /// index is encoded now (synchronously), so appends go on meanwhile.
     pub fn start_checkpoint_if_due(&mut self) {
-        if self.checkpoint_in_flight.is_some() || self.failed.is_some() {
+        if self.checkpoint_in_flight.is_some() || self.closing.is_some() || self.failed.is_some() {
             return;
         }
         let active_base = self.active().base_offset;
@@ -1372,65 +1732,6 @@ impl<S: Storage> Log<S> {
             .write_atomic(&self.dir.join(CHECKPOINT_FILE), &cp.encode())
             .await?;
         self.checkpoint = cp;
-        Ok(())
-    }
-
-    /// Closes the active segment (synced, truncated to size, indexed) and
-    /// starts a new one at the next offset.
-    async fn roll(&mut self, now_ms: i64) -> Result<(), EngineError> {
-        self.flush(now_ms).await?;
-        self.settle_prealloc().await?;
-        let base = self.active().base_offset;
-        let len = self.active().len_bytes;
-        let file = self.active_file();
-        file.truncate(len).await?;
-        let ix = self.active().index.as_ref().expect("index");
-        let rel_limit = (self.next_offset - base) as u32;
-        write_index_files(&self.storage, &self.dir, base, ix, len, rel_limit).await?;
-        let new_base = self.next_offset;
-        self.storage
-            .remove(&self.dir.join(index_file_name(new_base)))
-            .await?;
-        self.storage
-            .remove(&self.dir.join(time_index_file_name(new_base)))
-            .await?;
-        let new_file = self
-            .storage
-            .create(&self.dir.join(segment_file_name(new_base)))
-            .await?;
-        self.segments.insert(
-            new_base,
-            Segment {
-                base_offset: new_base,
-                file: Some(Rc::new(new_file)),
-                len_bytes: 0,
-                index: Some(SegmentIndex::new()),
-                first_append_ms: None,
-            },
-        );
-        debug_assert!(self.in_flight.is_empty());
-        assert_eq!(
-            self.durable_offset, new_base,
-            "a roll closes a synced segment"
-        );
-        self.sync_epoch += 1;
-        self.pending = Pending::empty();
-        self.written_len = 0;
-        self.written_frame_len = 0;
-        self.durable_len = 0;
-        self.preallocated_len = 0;
-        self.read_ahead = None;
-        self.assert_offsets();
-        self.write_checkpoint(false).await?;
-        self.close_excess_files();
-        self.stats.segments_rolled += 1;
-        tracing::info!(
-            dir = %self.dir.display(),
-            closed_base_offset = base,
-            closed_bytes = len,
-            new_base_offset = new_base,
-            "segment rolled"
-        );
         Ok(())
     }
 
@@ -1774,7 +2075,9 @@ impl<S: Storage> Log<S> {
     }
 
     /// Deletes whole closed segments past retention; returns how many.
+    /// A failed log refuses it (see `delete_records_before`).
     pub async fn apply_retention(&mut self, now_ms: i64) -> Result<usize, EngineError> {
+        self.check_not_failed()?;
         if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
             return Ok(0);
         }
@@ -1818,7 +2121,10 @@ impl<S: Storage> Log<S> {
     }
 
     /// Advances the log start offset (Kafka's DeleteRecords); returns it.
+    /// A failed log refuses it: the start could pass the durable offset and
+    /// the segments that a reopen would recover.
     pub async fn delete_records_before(&mut self, offset: u64) -> Result<u64, EngineError> {
+        self.check_not_failed()?;
         if offset > self.next_offset {
             return Err(EngineError::OffsetOutOfRange {
                 offset,
@@ -1965,6 +2271,16 @@ impl<S: Storage> Log<S> {
         let file = self.active_file();
         file.truncate(len).await?;
         self.write_checkpoint(true).await?;
+        if let NextSegment::Ready { file, .. } =
+            std::mem::replace(&mut self.next_segment, NextSegment::None)
+        {
+            if let Ok(f) = Rc::try_unwrap(file) {
+                f.close().await?;
+            }
+            self.storage
+                .remove(&self.dir.join(NEXT_SEGMENT_FILE))
+                .await?;
+        }
         for (_, seg) in std::mem::take(&mut self.segments) {
             if let Some(f) = seg.file {
                 if let Ok(f) = Rc::try_unwrap(f) {
@@ -2089,6 +2405,29 @@ impl<B> Pending<B> {
             frame_ends: VecDeque::new(),
         }
     }
+}
+
+/// The base offset of the first frame of a file, if it holds a whole,
+/// verified frame at its start.
+async fn first_frame_base<S: Storage>(
+    storage: &S,
+    path: &Path,
+) -> Result<Option<u64>, EngineError> {
+    let Some(file) = storage.open(path).await? else {
+        return Ok(None);
+    };
+    let header = file
+        .read_at(0, strom_flatbuffers::FRAME_HEADER_BYTES)
+        .await?;
+    let len = match strom_flatbuffers::peek_frame_len(&header, FRAME_BYTES_MAX) {
+        Ok(Some(len)) => len,
+        _ => return Ok(None),
+    };
+    let frame = file.read_at(0, len).await?;
+    file.close().await?;
+    Ok(strom_flatbuffers::verify_stored(&frame)
+        .ok()
+        .map(|h| h.base_offset()))
 }
 
 /// NoSpace if taking `more_bytes` would leave less than `reserve_bytes`

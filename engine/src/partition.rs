@@ -329,24 +329,40 @@ impl<S: Storage> Partition<S> {
         self.inner.progress.notify(usize::MAX);
     }
 
-    /// Runs the inline queue's jobs (no-op when jobs run as tasks).
-    async fn drive_inline(&self) {
-        loop {
-            let job = self.inner.inline_jobs.borrow_mut().pop_front();
-            let Some(job) = job else { return };
-            let r = job.fut.await;
-            self.finish_job(job.id, r);
+    /// Polls every job of the inline queue (jobs run as tasks leave it
+    /// empty) until one completes, and feeds its result back: true, or
+    /// false at once if the queue is empty. Jobs progress concurrently, as
+    /// tasks would: one held job does not hold the others back.
+    async fn drive_inline(&self) -> bool {
+        let done = std::future::poll_fn(|cx| {
+            let mut queue = self.inner.inline_jobs.borrow_mut();
+            if queue.is_empty() {
+                return std::task::Poll::Ready(None);
+            }
+            for i in 0..queue.len() {
+                if let std::task::Poll::Ready(r) = queue[i].fut.as_mut().poll(cx) {
+                    let job = queue.remove(i).expect("polled");
+                    return std::task::Poll::Ready(Some((job.id, r)));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        match done {
+            Some((id, r)) => {
+                self.finish_job(id, r);
+                true
+            }
+            None => false,
         }
     }
 
     /// Waits for the next job completion (or the log's return).
     async fn wait_progress(&self) {
         let listener = self.inner.progress.listen();
-        if !self.inner.inline_jobs.borrow().is_empty() {
-            self.drive_inline().await;
-            return;
+        if !self.drive_inline().await {
+            listener.await;
         }
-        listener.await;
     }
 
     /// Waits until the log is available for a synchronous section: not held
@@ -363,8 +379,9 @@ impl<S: Storage> Partition<S> {
             if !self.inner.exclusive_wanted.get() && self.inner.log.borrow().is_some() {
                 continue;
             }
-            self.drive_inline().await;
-            listener.await;
+            if !self.drive_inline().await {
+                listener.await;
+            }
         }
     }
 
@@ -379,15 +396,13 @@ impl<S: Storage> Partition<S> {
             _lock: lock,
         };
         loop {
-            self.drive_inline().await;
             if self.inner.jobs_in_flight.get() == 0 {
                 break;
             }
             let listener = self.inner.progress.listen();
-            if self.inner.jobs_in_flight.get() == 0 {
-                break;
+            if !self.drive_inline().await {
+                listener.await;
             }
-            listener.await;
         }
         guard.log = self.inner.log.borrow_mut().take();
         if guard.log.is_none() {
@@ -428,15 +443,11 @@ impl<S: Storage> Partition<S> {
             match step? {
                 AppendStep::Done(info) => break info,
                 AppendStep::Blocked(frame, why) => {
-                    let len = frame.len() as u64;
                     slot = Some(frame);
-                    match why {
-                        Blocked::Roll => {
-                            self.run_exclusive(async |log| log.roll_if_due(len, now_ms()).await)
-                                .await?
-                        }
-                        Blocked::Write | Blocked::Space => self.wait_progress().await,
-                    }
+                    // A write, a fallocate, the next segment file or a
+                    // roll's jobs: all complete as jobs.
+                    let (Blocked::Write | Blocked::Space) = why;
+                    self.wait_progress().await;
                 }
             }
         };
@@ -481,11 +492,9 @@ impl<S: Storage> Partition<S> {
             if r? >= target {
                 return Ok(());
             }
-            if !self.inner.inline_jobs.borrow().is_empty() {
-                self.drive_inline().await;
-                continue;
+            if !self.drive_inline().await {
+                listener.await;
             }
-            listener.await;
         }
     }
 
@@ -566,7 +575,7 @@ impl<S: Storage> Partition<S> {
                     if r.is_ok() {
                         log.start_checkpoint_if_due();
                     }
-                    r
+                    r.map(|()| log.closing_segment())
                 }) {
                     break r;
                 }
@@ -575,7 +584,11 @@ impl<S: Storage> Partition<S> {
                 }
                 self.wait_progress().await;
             };
-            r?;
+            if r? && self.inner.offsets.get().durable_offset < target {
+                // The segment a roll closed is not synced yet: what this
+                // sync covered is published with it (no second sync needed).
+                self.wait_progress().await;
+            }
         }
     }
 

@@ -381,18 +381,24 @@ fn a_failed_fdatasync_in_a_segment_roll_fails_the_log() {
         log.write_pending().await.expect("write");
         assert_eq!(log.stats().segments_rolled, 0);
         storage.fail_after(0, FaultKind::Eio);
-        // This append rolls; the roll's flush has nothing left to write, so
-        // its first operation is the fdatasync, which fails.
+        // This append rolls: it switches to the prepared next segment and
+        // is accepted (buffered); the closed segment's fdatasync runs as a
+        // job after it, and fails.
         log.append(frame(i, 1, 8000), i)
             .await
-            .expect_err("the roll's fdatasync fails");
+            .expect("the rolling append is buffered");
+        assert_eq!(log.stats().segments_rolled, 1);
+        assert!(log.failed().is_some(), "the closed segment's sync failed");
         storage.clear_faults();
         let r = log.append(frame(i, 1, 8000), i).await;
         assert!(
             matches!(r, Err(EngineError::Failed { .. })),
             "append after a failed roll: {r:?}"
         );
-        assert_eq!(log.stats().segments_rolled, 0);
+        assert!(matches!(
+            log.flush(i).await,
+            Err(EngineError::Failed { .. })
+        ));
     });
 }
 
@@ -508,4 +514,145 @@ fn a_sync_racing_a_truncation_does_not_publish_past_the_end() {
             .expect("reopen");
         assert_eq!(log.offsets().high_watermark, 3, "acknowledged records lost");
     });
+}
+
+/// A roll switches to the prepared next segment at once; the closed
+/// segment's fdatasync, its truncation and index files, the rename of the
+/// new file from `next.segment` to its name and the checkpoint follow as
+/// jobs. A crash may come between any two of them: recovery must find every
+/// written record (process crash) or every durable one (power loss), with
+/// dense offsets and indexes that agree with a scan, whichever jobs ran.
+#[test]
+fn a_crash_at_any_point_of_a_roll_recovers() {
+    use strom_engine::log::{AppendStep, Job};
+    let dir = Path::new("/p");
+    let cfg = LogConfig {
+        segment_bytes: 64 << 10,
+        frame_bytes_max: 32 << 10,
+        preallocate_bytes: 16 << 10,
+        ..cfg()
+    };
+    fn run(log: &mut Log<FaultyStorage>, job: Job) {
+        let r = block_on(job.fut);
+        log.complete_job(job.id, r);
+    }
+    fn append(log: &mut Log<FaultyStorage>, i: i64) -> u64 {
+        let mut f = frame(i, 1, 3000);
+        loop {
+            match log.try_append(f, i).expect("append") {
+                AppendStep::Done(info) => return info.last_offset + 1,
+                AppendStep::Blocked(back, _) => {
+                    f = back;
+                    // Run what the roll waits for (writes, the next file),
+                    // but never a closed segment's jobs: those stay pending.
+                    for job in log.take_jobs() {
+                        run(log, job);
+                    }
+                }
+            }
+        }
+    }
+    for jobs_run in 0..=2 {
+        for power_loss in [false, true] {
+            let storage = FaultyStorage::new(20 + jobs_run);
+            let (mut log, _) =
+                block_on(Log::open(storage.clone(), dir, cfg.clone(), 0)).expect("open");
+            let mut i = 0;
+            while log.stats().segments_rolled == 0 {
+                append(&mut log, i);
+                i += 1;
+                if log.stats().segments_rolled == 0 {
+                    // Keep everything of the first segment durable.
+                    block_on(log.flush(i)).expect("flush");
+                }
+            }
+            let durable = log.offsets().durable_offset;
+            // The closed segment's jobs, then frames in the new segment.
+            let mut closing: Vec<Job> = log.take_jobs();
+            let mut end = 0;
+            for _ in 0..3 {
+                end = append(&mut log, i);
+                i += 1;
+            }
+            log.request_write(end);
+            let mut pending = Vec::new();
+            for job in log.take_jobs() {
+                if format!("{:?}", job.id).starts_with("Write") {
+                    run(&mut log, job);
+                } else {
+                    pending.push(job);
+                }
+            }
+            closing.extend(pending);
+            assert_eq!(log.offsets().written_offset, end);
+            // Run the first `jobs_run` of the roll's jobs (sync, then finish).
+            for _ in 0..jobs_run {
+                let Some(pos) = closing
+                    .iter()
+                    .position(|j| format!("{:?}", j.id).starts_with("Close"))
+                else {
+                    break;
+                };
+                let job = closing.remove(pos);
+                run(&mut log, job);
+                closing.extend(log.take_jobs());
+            }
+            drop(closing);
+            drop(log);
+            // Before the closing job, the new segment still has its
+            // prepared name (recovery must adopt it).
+            let names = block_on(storage.list(dir)).expect("list");
+            assert_eq!(
+                names.iter().any(|n| n == "next.segment"),
+                jobs_run < 2,
+                "jobs {jobs_run}: {names:?}"
+            );
+            if power_loss {
+                storage.crash_lose_all_unsynced();
+            } else {
+                storage.crash_process();
+            }
+            let (mut log, report) = block_on(Log::open(storage.clone(), dir, cfg.clone(), 0))
+                .unwrap_or_else(|e| panic!("jobs {jobs_run}: reopen: {e}"));
+            let hw = log.offsets().high_watermark;
+            if power_loss {
+                assert!(
+                    hw >= durable,
+                    "jobs {jobs_run}: lost durable records: {hw} < {durable} ({report:?})"
+                );
+            } else {
+                assert_eq!(
+                    hw, end,
+                    "jobs {jobs_run}: lost written records ({report:?})"
+                );
+            }
+            block_on(log.check_indexes_against_scan())
+                .unwrap_or_else(|e| panic!("jobs {jobs_run}: {e}"));
+            let mut at = log.offsets().log_start_offset;
+            while at < hw {
+                let b = block_on(log.read(at, 1 << 20)).expect("read");
+                assert!(!b.frames.is_empty());
+                at = FrameHeader::ref_from(b.frames.last().expect("frame"))
+                    .expect("header")
+                    .next_offset();
+            }
+            assert_eq!(at, hw);
+            // The log goes on: appends, a flush, another crash.
+            for _ in 0..3 {
+                block_on(log.append(frame(i, 1, 3000), i)).expect("append after recovery");
+                i += 1;
+            }
+            let d = block_on(log.flush(i)).expect("flush");
+            drop(log);
+            storage.crash_lose_all_unsynced();
+            let (log, _) =
+                block_on(Log::open(storage.clone(), dir, cfg.clone(), 0)).expect("reopen");
+            assert_eq!(log.offsets().high_watermark, d);
+            let names = block_on(storage.list(dir)).expect("list");
+            assert!(
+                names.iter().filter(|n| n.ends_with(".log")).count() >= 2,
+                "jobs {jobs_run}: {names:?}"
+            );
+        }
+    }
 }

@@ -201,3 +201,58 @@ fn written_appends_and_reads_do_not_wait_for_a_held_fdatasync() {
         assert_eq!(batch.frames.len(), 2);
     });
 }
+
+/// A roll costs the append path nothing synchronous: with the closed
+/// segment's fdatasync held, appends go on into the new segment (the next
+/// segment file was prepared in the background), and a durable append in
+/// the new segment is acknowledged only once the closed one is synced.
+#[test]
+fn a_roll_does_not_block_appends() {
+    block_on(async {
+        let storage = FaultyStorage::new(5);
+        let p = open(&storage).await;
+        let mut n = 0;
+        // Past half the segment: the next segment file is being prepared.
+        while p.stats().log_bytes < cfg().segment_bytes * 3 / 4 {
+            p.append(frame(n, 5_000), Durability::Buffered)
+                .await
+                .expect("append");
+            n += 1;
+        }
+        p.flush().await.expect("flush"); // runs the queued jobs
+        storage.hold_syncs(true);
+        let appended = within_yields(async {
+            for i in 0..12 {
+                p.append(frame(n + i, 5_000), Durability::Written)
+                    .await
+                    .expect("append");
+            }
+        })
+        .await;
+        assert!(appended.is_some(), "appends waited for a roll's fdatasync");
+        assert_eq!(p.stats().segments_rolled, 1);
+        let o = p.offsets();
+        assert!(o.durable_offset < o.written_offset, "{o:?}");
+        let durable = p.append(frame(0, 10), Durability::Durable);
+        let release = async {
+            for _ in 0..10 {
+                yield_now().await;
+            }
+            assert!(
+                p.offsets().durable_offset < p.offsets().high_watermark,
+                "acknowledged durable before the closed segment's sync"
+            );
+            storage.hold_syncs(false);
+        };
+        let (d, ()) = zip(durable, release).await;
+        let info = d.expect("durable append");
+        assert!(p.offsets().durable_offset > info.last_offset);
+        let high_watermark = p.offsets().high_watermark;
+        drop(p);
+        storage.crash_lose_all_unsynced();
+        let (log, _) = Log::open(storage.clone(), Path::new("/p"), cfg(), 0)
+            .await
+            .expect("reopen");
+        assert_eq!(log.offsets().high_watermark, high_watermark);
+    });
+}

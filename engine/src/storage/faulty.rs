@@ -263,6 +263,18 @@ impl FaultyStorage {
         self.state.borrow_mut().crash(true);
     }
 
+    /// A process crash (kill -9): every completed write stays, synced or
+    /// not (O_DIRECT writes are on the device); open handles die.
+    pub fn crash_process(&self) {
+        let mut state = self.state.borrow_mut();
+        state.generation += 1;
+        for (_, inode) in state.ns.files() {
+            let mut inode = inode.borrow_mut();
+            let n = inode.unsynced.len();
+            inode.crash(n, 0);
+        }
+    }
+
     /// Flips one bit of the byte at `pos` in both the durable and the current content.
     /// Panics if the file does not exist or is shorter than `pos` (a test bug).
     pub fn corrupt_byte(&self, path: &Path, pos: u64) {
