@@ -169,6 +169,23 @@ struct InFlight {
     done: bool,
 }
 
+/// What a read needs next ([`Log::read_now`]).
+pub enum ReadStep<F> {
+    Done(Result<ReadBatch, EngineError>),
+    /// Read these bytes of a segment file (holding nothing), hand them to
+    /// [`Log::offer_read_ahead`], and ask again.
+    Fetch {
+        file: Rc<F>,
+        segment_base: u64,
+        position: u64,
+        len: usize,
+        epoch: u64,
+    },
+    /// The read needs the log across awaits (a segment to open or index,
+    /// the unwritten tail, a failed log): use [`Log::read`].
+    Exclusive,
+}
+
 /// Frames returned by a read, whole and verified.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBatch {
@@ -310,6 +327,9 @@ pub struct Log<S: Storage> {
     /// from it without waiting for the log); borrowed, never across an await.
     cache: Rc<RefCell<TailCache>>,
     read_ahead: Option<ReadAhead>,
+    /// Bumped whenever segment bytes may change under a read in flight
+    /// (truncation, deletion): a disk read started before is not installed.
+    read_epoch: u64,
     preallocated_len: u64,
     failed: Option<String>,
     /// The failure may have left memory and disk disagreeing (a truncation
@@ -447,6 +467,7 @@ impl<S: Storage> Log<S> {
             oldest_unflushed_ms: None,
             cache: Rc::new(RefCell::new(TailCache::default())),
             read_ahead: None,
+            read_epoch: 0,
             preallocated_len: 0,
             failed: None,
             failed_unreadable: false,
@@ -555,7 +576,14 @@ impl<S: Storage> Log<S> {
             let mut index = None;
             if need_index {
                 index = self.load_index_file(base, seg_len).await?;
-                if let Some(ix) = &index {
+                if let Some(ix) = index.as_mut() {
+                    if ix.covered_bytes > from_pos && from_offset >= base {
+                        // A checkpoint job writes the index files, then the
+                        // checkpoint: a crash in between leaves an index
+                        // past the recovery point (of durable data). Cut it
+                        // back to the point instead of rebuilding it all.
+                        ix.truncate_to_position(from_pos, (from_offset - base) as u32);
+                    }
                     if ix.covered_bytes != from_pos {
                         index = None;
                     }
@@ -1826,6 +1854,160 @@ impl<S: Storage> Log<S> {
         Ok(out)
     }
 
+    /// A read as a synchronous step: served from the tail cache or the
+    /// read-ahead buffer, or the disk read it needs (done by the caller
+    /// without holding the log), or `Exclusive`. Returns fewer bytes than
+    /// `max_bytes` when the buffer ends (at least one frame).
+    pub fn read_now(&mut self, from_offset: u64, max_bytes: usize) -> ReadStep<S::File> {
+        if self.failed.is_some() {
+            return ReadStep::Exclusive;
+        }
+        let end = self.next_offset;
+        let mut out = ReadBatch {
+            frames: Vec::new(),
+            high_watermark: end,
+            log_start_offset: self.log_start_offset,
+        };
+        if from_offset < self.log_start_offset || from_offset > end {
+            return ReadStep::Done(Err(EngineError::OffsetOutOfRange {
+                offset: from_offset,
+                log_start_offset: self.log_start_offset,
+                high_watermark: end,
+            }));
+        }
+        if from_offset == end {
+            return ReadStep::Done(Ok(out));
+        }
+        if let Some(frames) = self.cache.borrow_mut().read(from_offset, end, max_bytes) {
+            out.frames = frames;
+            return ReadStep::Done(Ok(out));
+        }
+        let Some((&base, seg)) = self.segments.range(..=from_offset).next_back() else {
+            return ReadStep::Exclusive;
+        };
+        let active_base = self.active().base_offset;
+        let (Some(file), Some(index)) = (seg.file.as_ref(), seg.index.as_ref()) else {
+            return ReadStep::Exclusive;
+        };
+        if base == active_base && self.written_offset <= from_offset {
+            return ReadStep::Exclusive;
+        }
+        let readable_end = if base == active_base {
+            self.written_frame_len
+        } else {
+            seg.len_bytes
+        };
+        let (_, mut pos) = index.lookup((from_offset - base) as u32);
+        let mut need = 0usize;
+        if let Some(r) = self
+            .read_ahead
+            .as_ref()
+            .filter(|r| r.segment_base == base && r.position <= pos)
+            .filter(|r| pos < r.position + r.bytes.len() as u64)
+        {
+            let chunk = r.bytes.slice((pos - r.position) as usize..);
+            let chunk = chunk.slice(..chunk.len().min((readable_end - pos) as usize));
+            let path = || self.dir.join(segment_file_name(base));
+            let mut total = 0usize;
+            let mut at = 0usize;
+            while at + strom_flatbuffers::FRAME_HEADER_BYTES <= chunk.len()
+                && out.frames.len() < READ_FRAMES_MAX
+            {
+                let len = match strom_flatbuffers::peek_frame_len(&chunk[at..], FRAME_BYTES_MAX) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return ReadStep::Done(Err(EngineError::Corrupt {
+                            path: path(),
+                            position: pos + at as u64,
+                            reason: e.to_string(),
+                        }))
+                    }
+                };
+                if at + len > chunk.len() {
+                    need = len;
+                    break;
+                }
+                let frame = chunk.slice(at..at + len);
+                let header = match strom_flatbuffers::verify_stored(&frame) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        return ReadStep::Done(Err(EngineError::Corrupt {
+                            path: path(),
+                            position: pos + at as u64,
+                            reason: e.to_string(),
+                        }))
+                    }
+                };
+                if header.next_offset() <= from_offset {
+                    at += len;
+                    continue;
+                }
+                if out.frames.is_empty() && header.base_offset() > from_offset {
+                    return ReadStep::Done(Err(EngineError::Corrupt {
+                        path: path(),
+                        position: pos + at as u64,
+                        reason: format!(
+                            "index points past offset {from_offset} (frame starts at {})",
+                            header.base_offset()
+                        ),
+                    }));
+                }
+                if !out.frames.is_empty() && total + len > max_bytes {
+                    break;
+                }
+                total += len;
+                at += len;
+                out.frames.push(frame);
+                if total >= max_bytes {
+                    break;
+                }
+            }
+            if !out.frames.is_empty() {
+                self.cache.borrow_mut().misses += 1;
+                return ReadStep::Done(Ok(out));
+            }
+            pos += at as u64;
+        }
+        if pos >= readable_end {
+            return ReadStep::Exclusive;
+        }
+        let sequential = self
+            .read_ahead
+            .as_ref()
+            .is_some_and(|r| r.segment_base == base);
+        let want = if sequential {
+            self.config.read_ahead_bytes
+        } else {
+            READ_CHUNK_BYTES_MIN
+        };
+        let len = want
+            .max(max_bytes.min(FRAME_BYTES_MAX))
+            .max(need)
+            .min((readable_end - pos) as usize);
+        ReadStep::Fetch {
+            file: file.clone(),
+            segment_base: base,
+            position: pos,
+            len,
+            epoch: self.read_epoch,
+        }
+    }
+
+    /// Installs bytes a [`ReadStep::Fetch`] read, unless the segment may
+    /// have changed since (`read_epoch`).
+    pub fn offer_read_ahead(&mut self, segment_base: u64, position: u64, bytes: Bytes, epoch: u64) {
+        if epoch != self.read_epoch || !self.segments.contains_key(&segment_base) {
+            return;
+        }
+        self.stats.disk_read_bytes += bytes.len() as u64;
+        self.read_ahead = Some(ReadAhead {
+            segment_base,
+            position,
+            bytes,
+        });
+    }
+
     async fn read_from_disk(
         &mut self,
         from_offset: u64,
@@ -2166,6 +2348,8 @@ impl<S: Storage> Log<S> {
                     .is_some_and(|r| r.segment_base == w[0])
                 {
                     self.read_ahead = None;
+                    self.read_epoch += 1;
+                    self.read_epoch += 1;
                 }
             }
         }
@@ -2250,6 +2434,7 @@ impl<S: Storage> Log<S> {
         self.durable_len = cut_pos;
         self.preallocated_len = 0;
         self.read_ahead = None;
+        self.read_epoch += 1;
         debug_assert!(self.in_flight.is_empty());
         self.pending = Pending::empty();
         let tail_len = (cut_pos % BLOCK_BYTES as u64) as usize;

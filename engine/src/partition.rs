@@ -33,7 +33,8 @@ use crate::cache::TailCache;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::EngineError;
 use crate::log::{
-    AppendInfo, AppendStep, Blocked, Job, JobId, Log, LogStats, Offsets, ReadBatch, RecoveryReport,
+    AppendInfo, AppendStep, Blocked, Job, JobId, Log, LogStats, Offsets, ReadBatch, ReadStep,
+    RecoveryReport,
 };
 use crate::storage::{DmaStorage, Storage, StorageFile};
 
@@ -91,6 +92,10 @@ impl SyncStats {
         self.records_buckets[bucket_of(&GROUP_COMMIT_BOUNDS_RECORDS, records)] += 1;
     }
 }
+
+/// Disk-read rounds of one read without holding the log before it takes
+/// the log exclusively (each round installs what the next one parses).
+const READ_ROUNDS_MAX: usize = 4;
 
 /// How often the background task looks at retention.
 pub const RETENTION_CHECK_MS: u64 = 10_000;
@@ -606,6 +611,34 @@ impl<S: Storage> Partition<S> {
         if let Some(batch) = self.read_cached(from_offset, max_bytes) {
             return Ok(batch);
         }
+        // From the disk: each step is synchronous, the disk read between
+        // steps holds nothing (appends go on). A few rounds at most: each
+        // installs the bytes the next one parses.
+        for _ in 0..READ_ROUNDS_MAX {
+            let step = loop {
+                if self.inner.closed.get() {
+                    return Err(EngineError::Closed);
+                }
+                if let Some(step) = self.with_log(|log| log.read_now(from_offset, max_bytes)) {
+                    break step;
+                }
+                self.wait_progress().await;
+            };
+            match step {
+                ReadStep::Done(r) => return r,
+                ReadStep::Exclusive => break,
+                ReadStep::Fetch {
+                    file,
+                    segment_base,
+                    position,
+                    len,
+                    epoch,
+                } => {
+                    let bytes = file.read_at(position, len).await?;
+                    self.with_log(|log| log.offer_read_ahead(segment_base, position, bytes, epoch));
+                }
+            }
+        }
         self.run_exclusive(async |log| log.read(from_offset, max_bytes).await)
             .await
     }
@@ -621,6 +654,16 @@ impl<S: Storage> Partition<S> {
         let mut cache = self.inner.cache.borrow_mut();
         if cache.failed {
             return None;
+        }
+        if from_offset >= o.high_watermark {
+            // A consumer at the end (a long poll): nothing to read, and no
+            // reason to take the log (the log answers past the end with
+            // OffsetOutOfRange, so that one still goes through it).
+            return (from_offset == o.high_watermark).then(|| ReadBatch {
+                frames: Vec::new(),
+                high_watermark: o.high_watermark,
+                log_start_offset: o.log_start_offset,
+            });
         }
         let frames = cache.read(from_offset, o.high_watermark, max_bytes)?;
         Some(ReadBatch {

@@ -256,3 +256,53 @@ fn a_roll_does_not_block_appends() {
         assert_eq!(log.offsets().high_watermark, high_watermark);
     });
 }
+
+/// A read past the tail cache reads the disk holding nothing: appends and
+/// acks=leader writes go on while its disk read is stalled (it used to take
+/// the log for the whole read).
+#[test]
+fn appends_do_not_wait_for_a_held_disk_read() {
+    block_on(async {
+        let storage = FaultyStorage::new(6);
+        let config = LogConfig {
+            cache_bytes_max: 0,
+            ..cfg()
+        };
+        let p = Partition::open_on(storage.clone(), Path::new("/p"), config, false)
+            .await
+            .expect("open");
+        for i in 0..5 {
+            p.append(frame(i, 1_000), Durability::Written)
+                .await
+                .expect("append");
+        }
+        storage.hold_reads(true);
+        let reader = p.read(0, 1 << 20);
+        let others = async {
+            yield_now().await; // the reader is now in its disk read
+            let r = within_yields(async {
+                for i in 5..10 {
+                    p.append(frame(i, 1_000), Durability::Written)
+                        .await
+                        .expect("append");
+                }
+            })
+            .await;
+            storage.hold_reads(false);
+            r
+        };
+        let (read, appended) = zip(reader, others).await;
+        appended.expect("appends waited for a held disk read");
+        let batch = read.expect("read");
+        assert!(!batch.frames.is_empty());
+        assert_eq!(p.offsets().written_offset, 10);
+        // Reads after the appends see every frame, through the read-ahead.
+        let mut at = 0;
+        while at < 10 {
+            let b = p.read(at, 1 << 20).await.expect("read");
+            at = strom_flatbuffers::FrameHeader::ref_from(b.frames.last().expect("frame"))
+                .expect("header")
+                .next_offset();
+        }
+    });
+}

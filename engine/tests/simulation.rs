@@ -4,6 +4,16 @@
 //! injected EIO/ENOSPC, clean restarts and recoveries, checked after every
 //! step against a simple model.
 //!
+//! The log is driven as the partition shell drives it: appends are
+//! synchronous (`try_append`) and leave their I/O as jobs (writes of full
+//! buffers and tail blocks, fallocate steps, the next segment file, a roll's
+//! fdatasync and closing, checkpoints); the schedule completes pending jobs
+//! in random order, a few at a time, and only when an append is blocked or
+//! an operation that holds the log (flush, read, retention, truncation,
+//! close) drains them. A crash lands a random subset of the pending jobs'
+//! I/O, then tears or loses unsynced writes, so it can strike at any point
+//! of a roll or between writes of one block.
+//!
 //! After an injected fault the schedule either crashes and recovers (as the
 //! server would) or carries on with the same log: a failed fdatasync or
 //! write leaves the log failed (the fault model loses the unsynced writes of
@@ -17,6 +27,7 @@
 //! - no corrupt or partial frame is ever returned; what is returned at an
 //!   offset is byte for byte what was appended at that offset;
 //! - offsets stay dense and monotonic;
+//! - an append blocked on the disk always has a job in flight to wait for;
 //! - every index entry agrees with a full scan of its segment.
 //!
 //! `STROM_SIM_SCHEDULES` sets the number of schedules (default 10,000);
@@ -27,8 +38,10 @@ use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::block_on;
+use strom_engine::log::{AppendStep, Job, ReadStep};
+use strom_engine::storage::StorageFile;
 use strom_engine::storage::{FaultKind, FaultyStorage};
-use strom_engine::{EngineError, FlushPolicy, Log, LogConfig};
+use strom_engine::{AppendInfo, EngineError, FlushPolicy, Log, LogConfig, ReadBatch};
 use strom_flatbuffers::{BatchBuilder, FrameHeader, RecordIn, FRAME_HEADER_BYTES};
 
 struct Rng(u64);
@@ -217,6 +230,119 @@ async fn reopen(
     log
 }
 
+/// Jobs the log started (writes, fallocates, the next segment file, a
+/// roll's sync and closing, checkpoints) that the schedule has not
+/// completed yet, as the partition shell's tasks hold them. They complete
+/// in random order, a few at a time; operations that hold the log across
+/// awaits drain them first (as the shell's exclusive operations do); a crash
+/// lands a random subset of them (then torn or lost by the crash) and drops
+/// the rest.
+#[derive(Default)]
+struct Jobs(Vec<Job>);
+
+impl Jobs {
+    fn take(&mut self, log: &mut Log<FaultyStorage>) {
+        self.0.extend(log.take_jobs());
+    }
+
+    /// Completes one job chosen at random; false if none is pending.
+    async fn complete_one(&mut self, log: &mut Log<FaultyStorage>, rng: &mut Rng) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let job = self.0.swap_remove(rng.below(self.0.len() as u64) as usize);
+        let r = job.fut.await;
+        log.complete_job(job.id, r);
+        self.take(log);
+        true
+    }
+
+    async fn drain(&mut self, log: &mut Log<FaultyStorage>, rng: &mut Rng) {
+        while self.complete_one(log, rng).await {}
+    }
+
+    /// Before a crash: each pending job's I/O happens or not.
+    async fn crash(&mut self, rng: &mut Rng) {
+        for job in self.0.drain(..) {
+            if rng.chance(50) {
+                let _ = job.fut.await;
+            }
+        }
+    }
+}
+
+/// An append as the shell makes it: synchronous, its jobs left pending;
+/// when blocked, random pending jobs complete until it can go on.
+async fn append(
+    log: &mut Log<FaultyStorage>,
+    jobs: &mut Jobs,
+    rng: &mut Rng,
+    mut frame: BytesMut,
+    now: i64,
+    seed: u64,
+) -> Result<AppendInfo, EngineError> {
+    loop {
+        let step = log.try_append(frame, now);
+        jobs.take(log);
+        match step? {
+            AppendStep::Done(info) => return Ok(info),
+            AppendStep::Blocked(f, why) => {
+                frame = f;
+                assert!(
+                    jobs.complete_one(log, rng).await,
+                    "seed {seed}: append blocked ({why:?}) with no job in flight"
+                );
+            }
+        }
+    }
+}
+
+/// A read as the shell makes it: synchronous steps, the disk reads between
+/// them holding nothing (pending jobs may complete meanwhile, rewriting the
+/// tail block being read); the log is drained and held only if a step asks.
+async fn read(
+    log: &mut Log<FaultyStorage>,
+    jobs: &mut Jobs,
+    rng: &mut Rng,
+    from: u64,
+    max_bytes: usize,
+) -> Result<ReadBatch, EngineError> {
+    for _ in 0..4 {
+        let step = log.read_now(from, max_bytes);
+        if trace() {
+            let what = match &step {
+                ReadStep::Done(Ok(b)) => format!("done {} frames", b.frames.len()),
+                ReadStep::Done(Err(e)) => format!("done {e}"),
+                ReadStep::Fetch { position, len, .. } => format!("fetch {position}+{len}"),
+                ReadStep::Exclusive => "exclusive".into(),
+            };
+            eprintln!("  read {from}: {what}");
+        }
+        match step {
+            ReadStep::Done(r) => return r,
+            ReadStep::Exclusive => break,
+            ReadStep::Fetch {
+                file,
+                segment_base,
+                position,
+                len,
+                epoch,
+            } => {
+                if rng.chance(50) {
+                    jobs.complete_one(log, rng).await;
+                }
+                let bytes = file.read_at(position, len).await?;
+                if rng.chance(50) {
+                    jobs.complete_one(log, rng).await;
+                }
+                log.offer_read_ahead(segment_base, position, bytes, epoch);
+            }
+        }
+    }
+    jobs.drain(log, rng).await;
+    log.read(from, max_bytes).await
+}
+
 fn run_schedule(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
     let storage = FaultyStorage::new(seed ^ 0xA5A5);
@@ -226,6 +352,7 @@ fn run_schedule(seed: u64, steps: usize) {
     let mut now: i64 = 1_700_000_000_000;
     block_on(async {
         let mut log = reopen(&storage, dir, &cfg, &mut model, seed, now).await;
+        let mut jobs = Jobs::default();
         let mut tag = 0u64;
         let mut faults_armed = false;
         // A fault was armed since the last reopen: a background operation
@@ -240,6 +367,10 @@ fn run_schedule(seed: u64, steps: usize) {
                     log.offsets(),
                     model.durable
                 );
+            }
+            if !matches!(op, 0..=44 | 55..=74 | 81..=86 | 90..=99) {
+                // Operations that hold the log across awaits run alone.
+                jobs.drain(&mut log, &mut rng).await;
             }
             if (87..=89).contains(&op) {
                 // clean shutdown and restart
@@ -270,7 +401,7 @@ fn run_schedule(seed: u64, steps: usize) {
                         tag += 1;
                         let frame = make_frame(&mut rng, now, tag);
                         let p = payload(&frame);
-                        let info = log.append(frame, now).await?;
+                        let info = append(&mut log, &mut jobs, &mut rng, frame, now, seed).await?;
                         let o = log.offsets();
                         model
                             .frames
@@ -290,7 +421,20 @@ fn run_schedule(seed: u64, steps: usize) {
                         );
                         model.durable = model.durable.max(d);
                     }
-                    55..=59 => log.write_pending().await?,
+                    55..=59 => {
+                        // acks=leader: ask for the writes, complete a few jobs.
+                        if let Some(reason) = log.failed() {
+                            return Err(EngineError::Failed {
+                                reason: reason.to_owned(),
+                            });
+                        }
+                        let hw = log.offsets().high_watermark;
+                        log.request_write(hw);
+                        jobs.take(&mut log);
+                        for _ in 0..rng.below(4) {
+                            jobs.complete_one(&mut log, &mut rng).await;
+                        }
+                    }
                     60..=74 => {
                         let o = log.offsets();
                         // A failed log serves only what is durable.
@@ -301,11 +445,19 @@ fn run_schedule(seed: u64, steps: usize) {
                         };
                         if end > o.log_start_offset {
                             let at = o.log_start_offset + rng.below(end - o.log_start_offset);
-                            let b = log.read(at, rng.below(20_000) as usize).await?;
-                            assert!(!b.frames.is_empty(), "seed {seed}: nothing at {at}");
+                            let max = rng.below(20_000) as usize;
+                            let b = read(&mut log, &mut jobs, &mut rng, at, max).await?;
+                            // A job that failed during the read fails the log,
+                            // which then serves only durable records.
+                            assert!(
+                                !b.frames.is_empty()
+                                    || log.failed().is_some() && at >= log.offsets().durable_offset,
+                                "seed {seed}: nothing at {at}"
+                            );
                             check_frames_match(&model, &b.frames, at, seed);
                         }
-                        let past = log.read(o.high_watermark + 1, 100).await;
+                        let past =
+                            read(&mut log, &mut jobs, &mut rng, o.high_watermark + 1, 100).await;
                         assert!(
                             matches!(past, Err(EngineError::OffsetOutOfRange { .. }))
                                 || log.failed().is_some()
@@ -347,7 +499,8 @@ fn run_schedule(seed: u64, steps: usize) {
                         model.durable = model.durable.min(hw);
                     }
                     81..=86 => {
-                        // crash: lose or tear unsynced writes
+                        // crash: lose or tear unsynced writes, and jobs in flight
+                        jobs.crash(&mut rng).await;
                         storage.crash();
                         storage.clear_faults();
                         faults_armed = false;
@@ -365,6 +518,9 @@ fn run_schedule(seed: u64, steps: usize) {
                         faulted_since_reopen = true;
                     }
                     _ => {
+                        for _ in 0..rng.below(4) {
+                            jobs.complete_one(&mut log, &mut rng).await;
+                        }
                         let o = log.offsets();
                         assert!(o.log_start_offset <= o.high_watermark);
                         assert!(
@@ -401,6 +557,7 @@ fn run_schedule(seed: u64, steps: usize) {
                 faults_armed = false;
                 if rng.chance(50) {
                     // Crash and recover, as the server would.
+                    jobs.crash(&mut rng).await;
                     storage.crash();
                     faulted_since_reopen = false;
                     log = reopen(&storage, dir, &cfg, &mut model, seed, now).await;
@@ -409,6 +566,7 @@ fn run_schedule(seed: u64, steps: usize) {
                 // failed, the next operations must say so.
             }
         }
+        jobs.crash(&mut rng).await;
         storage.crash();
         storage.clear_faults();
         let _ = reopen(&storage, dir, &cfg, &mut model, seed, now).await;

@@ -24,6 +24,10 @@
 //! - `fdatasync` takes effect when it starts; [`FaultyStorage::set_sync_yields`] makes
 //!   it yield to the executor before returning, so other tasks run while a sync is
 //!   in flight (as they do during a real fdatasync).
+//! - A stalled disk: [`FaultyStorage::hold_writes`], [`FaultyStorage::hold_syncs`] and
+//!   [`FaultyStorage::hold_reads`] make those operations wait (yielding) until released;
+//!   a held write or sync takes effect when released. Spawned writes run when their
+//!   ticket is first polled.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -143,6 +147,7 @@ struct State {
     /// While set, writes (and syncs) wait before they take effect.
     writes_held: bool,
     syncs_held: bool,
+    reads_held: bool,
 }
 
 impl State {
@@ -211,6 +216,7 @@ impl FaultyStorage {
             sync_yields: 0,
             writes_held: false,
             syncs_held: false,
+            reads_held: false,
         };
         Self {
             state: Rc::new(RefCell::new(state)),
@@ -245,6 +251,11 @@ impl FaultyStorage {
     /// to show what does not wait for a write.
     pub fn hold_writes(&self, held: bool) {
         self.state.borrow_mut().writes_held = held;
+    }
+
+    /// While `held`, every `read_at` waits before it reads.
+    pub fn hold_reads(&self, held: bool) {
+        self.state.borrow_mut().reads_held = held;
     }
 
     /// While `held`, every `fdatasync` waits before it takes effect.
@@ -437,6 +448,9 @@ impl StorageFile for FaultyFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, IoError> {
+        while self.state.borrow().reads_held {
+            futures_lite::future::yield_now().await;
+        }
         self.begin("read_at")?;
         Ok(read_from(&self.inode.borrow().current, pos, len))
     }
