@@ -2,6 +2,15 @@
 //! with block-aligned direct writes, read through a tail cache, recovered
 //! from a checkpoint after a crash.
 //!
+//! The log is a state machine mutated in synchronous sections
+//! ([`Log::try_append`], [`Log::request_write`], [`Log::sync_target`],
+//! [`Log::complete_sync`], [`Log::complete_job`], [`Log::read_now`]); the
+//! I/O they need leaves as [`Job`]s ([`Log::take_jobs`]) that a driver runs
+//! without holding the log, in any order, and feeds back. The partition
+//! shell runs each job as a task; this type's async methods (`append`,
+//! `write_pending`, `flush`, `read`, ...) drive the same sections with the
+//! jobs run inline.
+//!
 //! Invariants (asserted where cheap, checked by the simulation otherwise):
 //! - Offsets are dense: segment `i+1` starts at the offset after the last
 //!   record of segment `i`; frames inside a segment follow each other with no
@@ -10,27 +19,38 @@
 //!   `log_start_offset <= next_offset`; in bytes of the active segment,
 //!   `durable_len <= written_frame_len <= written_len <= len_bytes`. Asserted
 //!   wherever one of them changes (`assert_offsets`).
+//! - `written_len` moves only over the contiguous prefix of completed writes
+//!   (`in_flight`, oldest first; writes complete in any order).
+//! - No two writes in flight overlap: a write (a full buffer, or the tail
+//!   block rewritten) is issued only when no write in flight covers its
+//!   first block, so an older write of a block never lands after a newer one.
 //! - A sync publishes a durable offset only if nothing cut or replaced the
 //!   active segment since its target was taken: roll and truncation bump
-//!   `sync_epoch`, and `complete_sync` ignores targets of an older epoch
-//!   (the roll synced them itself; the truncation may have cut them).
+//!   `sync_epoch`, and `complete_sync` ignores targets of an older epoch.
+//!   While a segment closed by a roll is not synced (`closing`), nothing
+//!   past it is published durable: syncs of the new segment are deferred.
+//! - A roll switches to the prepared next file only when the active segment
+//!   is completely written; the closed segment's sync, truncation, index
+//!   files, the rename of `next.segment` and the checkpoint are jobs, in that
+//!   order; recovery adopts `next.segment` or removes it.
 //! - A failed fdatasync or data write fails the log (fsyncgate: the kernel
 //!   may have dropped the dirty data, and a retried fdatasync would succeed
-//!   without it); so does a truncation that failed half-way. A failed log
-//!   refuses appends, writes, syncs, truncation and close with
+//!   without it); so do a truncation that failed half-way and a failed
+//!   closing job of a roll. A failed log refuses appends, writes, syncs,
+//!   truncation, retention, DeleteRecords and close with
 //!   `EngineError::Failed` until it is reopened and recovered from the disk;
-//!   reads of what it holds go on.
-//! - The cache budgets bound the memory cached frames hold: a frame below
-//!   `CACHE_COPY_FRAME_BYTES_MAX` is copied into an allocation of its own
-//!   (never pinning the read buffer it was cut from) and charged its length;
-//!   a larger one stays a view, charged at least `CACHE_VIEW_CHARGE_BYTES_MIN`
-//!   (what the buffer under it may hold); each also `CACHE_FRAME_OVERHEAD_BYTES`.
+//!   reads of what it holds go on. `append` never reports an error for a
+//!   frame it appended (a job failing afterwards fails the log instead).
+//! - One checkpoint job at a time, none while a roll closes a segment; a
+//!   checkpoint written inline waits for the job, so an older checkpoint
+//!   never replaces a newer one.
+//! - The cache budgets bound the memory cached frames hold (see `cache.rs`).
 //! - Bytes of the active segment below `written_len` are on disk; bytes from
 //!   `align_down(written_len)` up to `len_bytes` live in the pending write
 //!   buffers. A block that was written partially is rewritten whole by the
 //!   next write (the tail block), never padded with a gap inside the log.
-//! - Write buffers of one `write_pending` call cover disjoint blocks, so they
-//!   are issued concurrently; calls are serialized by `&mut self`.
+//! - A disk read started by `read_now` is installed only if no truncation or
+//!   deletion ran meanwhile (`read_epoch`).
 //! - Every frame returned by `read` passed `verify_stored` (checksums) either
 //!   on append (cache) or when read from disk. A corrupt frame is an error,
 //!   never data.

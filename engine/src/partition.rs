@@ -1,24 +1,38 @@
-//! The glommio shell around one partition log on DMA files: serialized
-//! access, group commit, background flushing and retention, long-poll
-//! waiters. A `Partition` lives on the shard (executor) that opened it and is
-//! never sent to another thread (`Rc` inside).
+//! The glommio shell around one partition log on DMA files: the log in a
+//! `RefCell`, I/O jobs run as tasks, group commit, background flushing and
+//! retention, long-poll waiters. A `Partition` lives on the shard (executor)
+//! that opened it and is never sent to another thread (`Rc` inside).
 //!
-//! Group commit: appends go into the log under a lock; a caller that needs
-//! durability and is not covered by a sync already in flight becomes a
-//! syncer: it writes everything pending, releases the lock, and runs one
-//! fdatasync that covers every append made before it. Up to
+//! Nothing waits on a lock across I/O: every use of the log is a
+//! synchronous section (`with_log`: borrow, call, publish the offsets, start
+//! the jobs it queued) and the borrow never crosses an await. Jobs (writes,
+//! fallocate, the next segment file, a roll's closing, checkpoints) run as
+//! tasks of their own and feed their results back in another section, which
+//! wakes the waiters (`progress`). An acks=leader append waits for its own
+//! bytes' write; a cached read never waits at all; a read from disk holds
+//! nothing while the disk reads. Operations that hold the log across awaits
+//! (truncation, retention, DeleteRecords, timestamp look-ups, close, a read
+//! that must open a segment) take it out exclusively once the jobs in flight
+//! have drained; appends wait for them meanwhile.
+//!
+//! Group commit: a caller that needs durability and is not covered by a
+//! sync already in flight becomes a syncer: it waits until everything
+//! appended is written, takes the sync target, and runs one fdatasync
+//! holding nothing; it covers every append made before it. Up to
 //! `SYNCS_IN_FLIGHT_MAX` syncs overlap, so callers arriving during a sync
 //! start the next one at once instead of waiting a whole round: N concurrent
 //! durable appends cost a few fdatasyncs, not N, and each waits about one
 //! round, not two.
 //!
-//! Invariants: `offsets` mirrors the log after every operation; the
+//! Invariants: `offsets` mirrors the log after every section; the
 //! published durable offset only grows, except that a truncation lowers it
 //! with the high watermark; an fdatasync failure fails the log (fsyncgate:
 //! the kernel may have dropped the dirty data), so nothing is ever
 //! acknowledged as durable after a failed sync until a reopen recovers from
 //! what is really on disk; a sync overtaken by a truncation publishes
-//! nothing (`Log::complete_sync`), and its waiters get `Truncated`.
+//! nothing (`Log::complete_sync`), and its waiters get `Truncated`; an
+//! exclusive operation takes the log only with no job in flight
+//! (`jobs_in_flight`), so every completion finds the log in place.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
