@@ -941,7 +941,10 @@ impl<S: Storage> Log<S> {
                 max_bytes: self.config.frame_bytes_max,
             });
         }
-        let summary = validate_incoming(&frame, &self.limits)?;
+        // What may block is decided first: a blocked append is tried again
+        // after each completion, and validation (checksums, FlatBuffers
+        // verification of up to `frame_bytes_max` bytes) runs only once it
+        // can go on.
         let frame_len = frame.len() as u64;
         if self.should_roll(frame_len, now_ms) {
             if let Some(why) = self.try_switch_segment(now_ms)? {
@@ -980,6 +983,7 @@ impl<S: Storage> Log<S> {
             self.request_write(self.next_offset);
             return Ok(AppendStep::Blocked(frame, Blocked::Write));
         }
+        let summary = validate_incoming(&frame, &self.limits)?;
         let base_offset = self.next_offset;
         stamp_base_offset(&mut frame, base_offset);
         let frame = frame.freeze();
