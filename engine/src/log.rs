@@ -236,6 +236,9 @@ pub struct Offsets {
 /// What recovery did at open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// No checkpoint file and no segment: a new, empty log was created.
+    pub created: bool,
+    /// The last close was clean (true for a created log: nothing to recover).
     pub clean_shutdown: bool,
     pub segments: usize,
     pub scanned_bytes: u64,
@@ -394,7 +397,9 @@ impl<S: Storage> Log<S> {
         storage.create_dir_all(dir).await?;
         let mut report = RecoveryReport::default();
         let cp_path = dir.join(CHECKPOINT_FILE);
-        let checkpoint = match storage.read_all(&cp_path, META_FILE_BYTES_MAX).await? {
+        let cp_bytes = storage.read_all(&cp_path, META_FILE_BYTES_MAX).await?;
+        let had_checkpoint_file = cp_bytes.is_some();
+        let checkpoint = match cp_bytes {
             None => None,
             Some(bytes) => match Checkpoint::decode(&bytes) {
                 Ok(c) => Some(c),
@@ -443,7 +448,10 @@ impl<S: Storage> Log<S> {
             recovery_offset: bases.first().copied().unwrap_or(0),
             clean: false,
         });
-        report.clean_shutdown = cp.clean;
+        // A damaged checkpoint still counts as unclean; only a directory with
+        // neither a checkpoint nor a segment is a new log.
+        report.created = !had_checkpoint_file && bases.is_empty();
+        report.clean_shutdown = cp.clean || report.created;
         let log_start = cp.log_start_offset;
 
         // Segments entirely below the log start were deleted by retention

@@ -85,6 +85,8 @@ pub const GROUP_COMMIT_BOUNDS_RECORDS: [u64; 14] = [
 pub struct SyncStats {
     pub fdatasyncs: u64,
     pub failures: u64,
+    /// Background flushes and retention runs that failed (each is logged).
+    pub background_errors: u64,
     pub latency_us_sum: u64,
     pub latency_buckets: [u64; SYNC_LATENCY_BOUNDS_US.len() + 1],
     /// Records made durable by these fdatasyncs.
@@ -113,6 +115,9 @@ const READ_ROUNDS_MAX: usize = 4;
 
 /// How often the background task looks at retention.
 pub const RETENTION_CHECK_MS: u64 = 10_000;
+/// Least time between two log lines about failed background work of one
+/// partition (every failure is counted).
+const BACKGROUND_ERROR_LOG_INTERVAL_MS: i64 = 10_000;
 /// Longest background sleep (bounds shutdown and policy reaction time).
 const BACKGROUND_TICK_MS_MAX: u64 = 1_000;
 
@@ -763,6 +768,7 @@ impl<S: Storage> Partition<S> {
 
 async fn background_task<S: Storage>(weak: Weak<Inner<S>>) {
     let mut since_retention_ms = 0u64;
+    let mut last_error_log_ms = i64::MIN;
     loop {
         let tick_ms = match weak.upgrade() {
             Some(inner) => match inner.flush_policy.get() {
@@ -780,11 +786,35 @@ async fn background_task<S: Storage>(weak: Weak<Inner<S>>) {
         let p = Partition { inner };
         let due = p.with_log(|log| log.flush_due(now_ms())).unwrap_or(false);
         if due {
-            let _ = p.flush().await;
+            if let Err(e) = p.flush().await {
+                p.background_failed("flush", &e, &mut last_error_log_ms);
+            }
         }
         if since_retention_ms >= RETENTION_CHECK_MS {
             since_retention_ms = 0;
-            let _ = p.apply_retention().await;
+            if let Err(e) = p.apply_retention().await {
+                p.background_failed("retention", &e, &mut last_error_log_ms);
+            }
+        }
+    }
+}
+
+impl<S: Storage> Partition<S> {
+    /// A background flush or retention run failed: counted in
+    /// `SyncStats::background_errors` (the server exports it) and logged,
+    /// at most once per `BACKGROUND_ERROR_LOG_INTERVAL_MS` per partition (a
+    /// failed log fails every tick until it is reopened).
+    fn background_failed(&self, what: &'static str, e: &EngineError, last_log_ms: &mut i64) {
+        self.inner.sync_stats.borrow_mut().background_errors += 1;
+        let now = now_ms();
+        if now.saturating_sub(*last_log_ms) >= BACKGROUND_ERROR_LOG_INTERVAL_MS {
+            *last_log_ms = now;
+            tracing::error!(
+                dir = %self.inner.dir.display(),
+                work = what,
+                error = %e,
+                "background work of a partition failed"
+            );
         }
     }
 }

@@ -708,3 +708,43 @@ fn an_index_newer_than_the_checkpoint_is_cut_back_not_rebuilt() {
             .expect("index agrees");
     });
 }
+
+/// The story: a freshly created partition logged `clean_shutdown=false`, as
+/// if it had crashed (no checkpoint file looked like a lost one). A new log
+/// now reports `created` and a clean state; a damaged or missing checkpoint
+/// beside existing segments is still unclean.
+#[test]
+fn a_new_log_reports_created_and_clean_a_crashed_one_does_not() {
+    block_on(async {
+        let storage = FaultyStorage::new(3);
+        let dir = Path::new("/fresh");
+        let (mut log, report) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("open");
+        assert!(report.created, "{report:?}");
+        assert!(report.clean_shutdown, "{report:?}");
+        log.append(frame(0, 2, 100), 0).await.expect("append");
+        log.close(0).await.expect("close");
+        let (mut log, report) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("reopen");
+        assert!(!report.created && report.clean_shutdown, "{report:?}");
+        log.append(frame(1, 2, 100), 1).await.expect("append");
+        log.flush(1).await.expect("flush");
+        storage.crash_lose_all_unsynced();
+        drop(log);
+        let (_, report) = Log::open(storage.clone(), dir, cfg(), 0)
+            .await
+            .expect("recover");
+        assert!(!report.created && !report.clean_shutdown, "{report:?}");
+        // Segments without any checkpoint file: not new, not clean.
+        storage
+            .remove(&dir.join("checkpoint"))
+            .await
+            .expect("remove checkpoint");
+        let (_, report) = Log::open(storage, dir, cfg(), 0)
+            .await
+            .expect("recover without checkpoint");
+        assert!(!report.created && !report.clean_shutdown, "{report:?}");
+    });
+}

@@ -699,6 +699,12 @@ fn partition_series(x: &mut Exposition, shard: &str, p: &PartitionSnapshot) {
         l,
         p.sync.failures,
     );
+    x.counter(
+        "strom_partition_background_errors_total",
+        "Background flushes and retention runs of the partition that failed (each is logged).",
+        l,
+        p.sync.background_errors,
+    );
     x.histogram(
         "strom_partition_fdatasync_seconds",
         "Latency of the partition's group-commit fdatasyncs.",

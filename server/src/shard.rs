@@ -589,6 +589,8 @@ fn log_recovery(shard: usize, topic: &str, partition: u32, part: &Partition) {
             high_watermark = o.high_watermark,
             "partition recovered with truncation"
         );
+    } else if r.created {
+        tracing::info!(shard, topic, partition, "partition created");
     } else {
         tracing::info!(
             shard,
