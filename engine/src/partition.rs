@@ -385,7 +385,7 @@ impl<S: Storage> Partition<S> {
     async fn wait_progress(&self) {
         let listener = self.inner.progress.listen();
         if !self.drive_inline().await {
-            listener.await;
+            bounded(listener, self.inner.spawn_jobs).await;
         }
     }
 
@@ -404,7 +404,7 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             if !self.drive_inline().await {
-                listener.await;
+                bounded(listener, self.inner.spawn_jobs).await;
             }
         }
     }
@@ -425,7 +425,7 @@ impl<S: Storage> Partition<S> {
             }
             let listener = self.inner.progress.listen();
             if !self.drive_inline().await {
-                listener.await;
+                bounded(listener, self.inner.spawn_jobs).await;
             }
         }
         guard.log = self.inner.log.borrow_mut().take();
@@ -517,7 +517,7 @@ impl<S: Storage> Partition<S> {
                 return Ok(());
             }
             if !self.drive_inline().await {
-                listener.await;
+                bounded(listener, self.inner.spawn_jobs).await;
             }
         }
     }
@@ -818,6 +818,27 @@ impl<S: Storage> Partition<S> {
         }
     }
 }
+
+/// Waits for `listener`, or at most `PROGRESS_RECHECK_MS` when jobs run as
+/// glommio tasks (`timed`; with inline jobs, e.g. under `block_on` in tests,
+/// the listener alone). A waiter re-checks its condition either way, so a
+/// notification that never comes costs a short delay, never a stall: a
+/// mitigation, seen on a full disk, where blocked appends waited for the
+/// next retention tick (10 s) although their condition had changed; the
+/// missing notification is not found yet.
+async fn bounded(listener: event_listener::EventListener, timed: bool) {
+    if !timed {
+        listener.await;
+        return;
+    }
+    futures_lite::future::or(listener, async {
+        glommio::timer::sleep(Duration::from_millis(PROGRESS_RECHECK_MS)).await;
+    })
+    .await;
+}
+
+/// Longest wait of a blocked operation before it re-checks (see `bounded`).
+const PROGRESS_RECHECK_MS: u64 = 10;
 
 /// Removes a partition's directory (after `close`), for topic deletion.
 pub async fn remove_partition_dir(dir: &Path) -> Result<(), EngineError> {

@@ -501,6 +501,7 @@ fn scenario(free: Option<Free>) {
         }
     };
     let free_when_full = free_bytes(mount.path());
+    println!("[{:?}] flood done", began.elapsed());
     println!(
         "disk full after about {} KiB of flood ({} acknowledged records in filler); \
          free {} KiB; producer error: {full_error}",
@@ -527,15 +528,28 @@ fn scenario(free: Option<Free>) {
         keep_full,
         "keep never reported NotEnoughSpace on a full disk"
     );
+    println!("[{:?}] keep full", began.elapsed());
     // Repeated attempts keep getting the same clear answer, and the
-    // connection stays usable.
-    for _ in 0..3 {
+    // connection stays usable. A roll may still free a little (the closed
+    // segment's preallocated tail is trimmed, the next segment was reserved
+    // ahead), so an attempt may succeed; every failure is NotEnoughSpace,
+    // and the disk is full again within a bounded number of attempts.
+    let mut refused = 0;
+    for _ in 0..200 {
         let errs = filler.produce(&mut flood, 4, FLOOD_VALUE_BYTES);
         assert!(
-            !errs.is_empty() && errs.iter().all(is_no_space),
-            "still full: {errs:?}"
+            errs.iter().all(is_no_space),
+            "on a full disk only NotEnoughSpace: {errs:?}"
         );
+        if !errs.is_empty() {
+            refused += 1;
+            if refused == 3 {
+                break;
+            }
+        }
     }
+    assert_eq!(refused, 3, "the disk did not stay full");
+    println!("[{:?}] refused 3 times", began.elapsed());
 
     // 3. Readers are unaffected; nothing written is damaged.
     let t = Instant::now();
