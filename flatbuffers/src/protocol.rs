@@ -1591,7 +1591,10 @@ fn response_body(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
                 server_version: s(b.server_version()),
                 shard_count: b.shard_count(),
                 shard_id: b.shard_id(),
-                shard_ports: b.shard_ports().map(|v| v.iter().collect()).unwrap_or_default(),
+                shard_ports: b
+                    .shard_ports()
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
             })
         }
         T::CreateTopicsResponse => {

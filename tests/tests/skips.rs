@@ -48,8 +48,8 @@ fn a_skipped_test_fails_under_ci_and_is_listed_elsewhere() {
         "under CI=true a skipping test must fail; stdout:\n{}",
         String::from_utf8_lossy(&ci.stdout)
     );
-    let ci_out = String::from_utf8_lossy(&ci.stdout).into_owned()
-        + &String::from_utf8_lossy(&ci.stderr);
+    let ci_out =
+        String::from_utf8_lossy(&ci.stdout).into_owned() + &String::from_utf8_lossy(&ci.stderr);
     assert!(
         ci_out.contains("cannot run under CI=true: the probe's tool is missing"),
         "the failure names the reason: {ci_out}"
