@@ -244,37 +244,13 @@ pub async fn run(start: ShardStart) {
 }
 
 async fn accept_loop(shard: &Rc<Shard>, listener: TcpListener) {
-    loop {
-        let accept = async { Some(listener.accept().await) };
-        let stop = async {
-            shard.shutdown.wait().await;
-            None
-        };
-        let Some(res) = futures_lite::future::or(stop, accept).await else {
-            return;
-        };
-        let stream = match res {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(shard = shard.id, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if shard.connections.get() >= CONNECTIONS_PER_SHARD_MAX {
-            ShardMetrics::add(&shard.metrics().connections_refused, 1);
-            shard.metrics().client_error(
-                shard.id,
-                crate::metrics::Protocol::Native,
-                "connect",
-                "ConnectionLimit",
-                &format!("refused: {CONNECTIONS_PER_SHARD_MAX} connections open on this shard"),
-            );
-            drop(stream);
-            continue;
-        }
-        glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
-    }
+    crate::shard::accept_until_shutdown(
+        shard,
+        listener,
+        crate::metrics::Protocol::Native,
+        connection::serve,
+    )
+    .await;
 }
 
 /// One task per peer: answers go to their waiting call; each call runs in

@@ -570,6 +570,53 @@ fn partition_fault() -> Option<&'static PartitionFault> {
 }
 
 /// One line per opened partition: what recovery found and did.
+/// Accepts connections on `listener` until shutdown and serves each in a
+/// task of its own with `serve`; past `CONNECTIONS_PER_SHARD_MAX` open
+/// connections a new one is counted, reported and closed. Every listener
+/// of a shard (native, its direct port, Kafka) runs this.
+pub async fn accept_until_shutdown<F, Fut>(
+    shard: &Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    protocol: crate::metrics::Protocol,
+    serve: F,
+) where
+    F: Fn(Rc<Shard>, glommio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    use crate::limits::CONNECTIONS_PER_SHARD_MAX;
+    loop {
+        let accept = async { Some(listener.accept().await) };
+        let stop = async {
+            shard.shutdown.wait().await;
+            None
+        };
+        let Some(res) = futures_lite::future::or(stop, accept).await else {
+            return;
+        };
+        let stream = match res {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard = shard.id, ?protocol, error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= CONNECTIONS_PER_SHARD_MAX {
+            ShardMetrics::add(&shard.metrics().connections_refused, 1);
+            shard.metrics().client_error(
+                shard.id,
+                protocol,
+                "connect",
+                "ConnectionLimit",
+                &format!("refused: {CONNECTIONS_PER_SHARD_MAX} connections open on this shard"),
+            );
+            drop(stream);
+            continue;
+        }
+        glommio::spawn_local(serve(shard.clone(), stream)).detach();
+    }
+}
+
 fn log_recovery(shard: usize, topic: &str, partition: u32, part: &Partition) {
     let r = part.recovery_report();
     let o = part.offsets();

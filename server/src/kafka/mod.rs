@@ -188,37 +188,13 @@ pub fn bind(shared: &KafkaShared) -> Result<Option<TcpListener>, String> {
 
 /// Accepts Kafka connections until shutdown.
 pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        let accept = async { Some(listener.accept().await) };
-        let stop = async {
-            shard.shutdown.wait().await;
-            None
-        };
-        let Some(res) = futures_lite::future::or(stop, accept).await else {
-            return;
-        };
-        let stream = match res {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(shard = shard.id, error = %e, "kafka accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if shard.connections.get() >= crate::limits::CONNECTIONS_PER_SHARD_MAX {
-            crate::metrics::ShardMetrics::add(&shard.metrics().connections_refused, 1);
-            shard.metrics().client_error(
-                shard.id,
-                crate::metrics::Protocol::Kafka,
-                "connect",
-                "ConnectionLimit",
-                "refused: the shard's connection limit is reached",
-            );
-            drop(stream);
-            continue;
-        }
-        glommio::spawn_local(connection::serve(shard.clone(), stream)).detach();
-    }
+    crate::shard::accept_until_shutdown(
+        &shard,
+        listener,
+        crate::metrics::Protocol::Kafka,
+        connection::serve,
+    )
+    .await;
 }
 
 /// Per-shard Kafka state: idempotent producers of the partitions it owns,
