@@ -166,6 +166,22 @@ impl Client {
         }
     }
 
+    /// The route of `parts` when they all have the same one (they live on
+    /// one shard), else the bootstrap connection, whose shard fans the
+    /// request out. Bootstrap for no parts.
+    pub fn common_route<'a>(&mut self, parts: impl IntoIterator<Item = (&'a str, u32)>) -> Route {
+        let mut common = None;
+        for (topic, partition) in parts {
+            let r = self.route(topic, partition);
+            match common {
+                None => common = Some(r),
+                Some(c) if c != r => return Route::Bootstrap,
+                Some(_) => {}
+            }
+        }
+        common.unwrap_or(Route::Bootstrap)
+    }
+
     /// The connection of `route` (the bootstrap one when that shard's
     /// direct connection is not open).
     pub fn connection_on(&mut self, route: Route) -> &mut Connection {
@@ -344,19 +360,7 @@ impl Client {
     /// where no record is at or after the timestamp.
     pub fn list_offsets(&mut self, parts: &[(String, u32, i64)]) -> Result<Vec<Option<u64>>> {
         // Parts that all live on one shard are asked there directly.
-        let mut routes = parts
-            .iter()
-            .map(|(t, p, _)| (t.clone(), *p))
-            .collect::<Vec<_>>();
-        let first = match routes.pop() {
-            Some((t, p)) => self.route(&t, p),
-            None => Route::Bootstrap,
-        };
-        let route = if routes.iter().all(|(t, p)| self.route(t, *p) == first) {
-            first
-        } else {
-            Route::Bootstrap
-        };
+        let route = self.common_route(parts.iter().map(|(t, p, _)| (t.as_str(), *p)));
         let body = RequestBody::ListOffsets(ListOffsetsRequest {
             partitions: parts
                 .iter()

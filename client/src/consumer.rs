@@ -15,7 +15,7 @@
 //!   without moving any position, so nothing is skipped; the caller decides
 //!   (seek, or give up).
 
-use crate::client::{Client, OffsetSpec, Route};
+use crate::client::{Client, OffsetSpec};
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::{check, Error, Result};
 use bytes::Bytes;
@@ -229,19 +229,14 @@ impl Consumer {
         // When every assigned partition lives on one shard, read them from
         // that shard directly; otherwise one request through the bootstrap
         // connection, whose shard fans it out (one long poll for all).
-        let mut routes = self
+        let parts: Vec<(Arc<str>, u32)> = self
             .assignments
             .iter()
             .map(|a| (a.topic.clone(), a.partition))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|(t, p)| self.client.route(&t, p));
-        let first = routes.next().unwrap_or(Route::Bootstrap);
-        let route = if routes.all(|r| r == first) {
-            first
-        } else {
-            Route::Bootstrap
-        };
+            .collect();
+        let route = self
+            .client
+            .common_route(parts.iter().map(|(t, p)| (&**t, *p)));
         let response = self
             .client
             .connection_on(route)
