@@ -59,7 +59,7 @@ use crate::load::{
 };
 use crate::produce::Rng;
 use crate::report::{write_json_value, BenchError, Figure, LatencySummary, Report};
-use crate::spawn::{self, SpawnedServer};
+use crate::spawn::SpawnArgs;
 use crate::wire::RESPONSE_TIMEOUT;
 
 /// Highest Produce version this code speaks (v10+ adds fields it ignores;
@@ -102,22 +102,11 @@ pub struct KafkaArgs {
     /// Pid of --server, to read its CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Start a local strom-server with a Kafka listener and a temporary data
-    /// directory under --dir, and stop it afterwards.
-    #[arg(long)]
-    pub spawn: bool,
-    /// strom-server binary for --spawn [default: next to strom-bench].
-    #[arg(long)]
-    pub server_bin: Option<PathBuf>,
-    /// Shards of the spawned server (its --cores) [default: all cores].
-    #[arg(long)]
-    pub cores: Option<usize>,
-    /// Extra argument for the spawned server (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    pub server_arg: Vec<String>,
-    /// Directory for the spawned server's data.
-    #[arg(long, default_value = "./bench-data")]
-    pub dir: PathBuf,
+    /// Spawning a local server (--spawn, --server-bin, --cores,
+    /// --server-arg, --dir).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub local: SpawnArgs,
     /// Parts to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Produce, Part::Fetch])]
     pub only: Vec<Part>,
@@ -200,7 +189,7 @@ fn proto(op: &'static str, addr: &str, e: impl std::fmt::Display) -> BenchError 
 }
 
 fn check_args(a: &KafkaArgs) -> Result<(), BenchError> {
-    if a.server.is_none() && !a.spawn {
+    if a.server.is_none() && !a.local.spawn {
         return Err(cfg(
             "give --server HOST:PORT --kafka-server HOST:PORT, or --spawn",
         ));
@@ -1114,7 +1103,7 @@ pub fn main(a: &KafkaArgs) -> Result<(), BenchError> {
         (None, None)
     } else {
         let opts = BaselineOpts {
-            dir: a.dir.clone(),
+            dir: a.local.dir.clone(),
             tcp_secs: a.tcp_secs,
             cores: a.client_cores.clone(),
             ..BaselineOpts::default()
@@ -1128,9 +1117,8 @@ pub fn main(a: &KafkaArgs) -> Result<(), BenchError> {
             Some(baseline::run_tcp_loopback(&opts, 1 << 20)?.gbps() * 1e3),
         )
     };
-    let server = if a.spawn {
-        let bin = a.server_bin.clone().unwrap_or_else(spawn::default_binary);
-        let s = SpawnedServer::start_with(&bin, &a.dir, a.cores, &a.server_arg, true)?;
+    let server = if a.local.spawn {
+        let s = a.local.start(true)?;
         eprintln!(
             "spawned {} (pid {}) native {} kafka {}",
             s.binary.display(),
@@ -1246,11 +1234,13 @@ mod tests {
             server: None,
             kafka_server: None,
             server_pid: None,
-            spawn: true,
-            server_bin: None,
-            cores: None,
-            server_arg: Vec::new(),
-            dir: PathBuf::from("."),
+            local: SpawnArgs {
+                spawn: true,
+                server_bin: None,
+                cores: None,
+                server_arg: Vec::new(),
+                dir: PathBuf::from("."),
+            },
             only: vec![Part::Produce],
             message_size: 100,
             batch_records: 10,

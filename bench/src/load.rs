@@ -23,7 +23,7 @@ use crate::baseline::{self, names, BaselineOpts};
 use crate::consume::{self, ConsumerSpec, PartitionRead};
 use crate::produce::{self, KeyMode, ProducerSpec};
 use crate::report::{fmt_value, BenchError, Figure, LatencySummary, MachineInfo, Report};
-use crate::spawn::{self, SpawnedServer};
+use crate::spawn::SpawnArgs;
 
 const MIB: u64 = 1 << 20;
 
@@ -77,22 +77,11 @@ pub struct LoadArgs {
     /// Server to benchmark (host:port of the native listener).
     #[arg(long, conflicts_with = "spawn")]
     pub server: Option<String>,
-    /// Start a local strom-server (next to this binary) with a temporary
-    /// data directory under --dir, and stop it afterwards.
-    #[arg(long)]
-    pub spawn: bool,
-    /// strom-server binary for --spawn [default: next to strom-bench].
-    #[arg(long)]
-    pub server_bin: Option<PathBuf>,
-    /// Shards of the spawned server (its --cores) [default: all cores].
-    #[arg(long)]
-    pub cores: Option<usize>,
-    /// Extra argument for the spawned server (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    pub server_arg: Vec<String>,
-    /// Directory for the spawned server's data and the disk baseline's file.
-    #[arg(long, default_value = "./bench-data")]
-    pub dir: PathBuf,
+    /// Spawning a local server (--spawn, --server-bin, --cores,
+    /// --server-arg, --dir).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub local: SpawnArgs,
     /// Bytes of each record's value.
     #[arg(long, default_value_t = 1024)]
     pub message_size: usize,
@@ -462,7 +451,7 @@ fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
         });
     }
     let opts = BaselineOpts {
-        dir: a.dir.clone(),
+        dir: a.local.dir.clone(),
         tcp_secs: a.tcp_secs,
         sync_ops: a.sync_ops,
         cores: plan.client_cores.clone(),
@@ -513,13 +502,12 @@ pub fn loadavg() -> Option<f64> {
 /// Entry point of `produce`, `consume` and `e2e`.
 pub fn main(mode: Mode, a: &LoadArgs) -> Result<(), BenchError> {
     let plan = Plan::new(mode, a)?;
-    if a.server.is_none() && !a.spawn {
+    if a.server.is_none() && !a.local.spawn {
         return Err(cfg("give --server HOST:PORT or --spawn"));
     }
     let base = run_baselines(a, &plan)?;
-    let server = if a.spawn {
-        let bin = a.server_bin.clone().unwrap_or_else(spawn::default_binary);
-        let s = SpawnedServer::start(&bin, &a.dir, a.cores, &a.server_arg)?;
+    let server = if a.local.spawn {
+        let s = a.local.start(false)?;
         eprintln!(
             "spawned {} (pid {}) listening on {}",
             s.binary.display(),

@@ -59,7 +59,7 @@ use strom_flatbuffers::{BatchBuilder, RecordIn};
 use crate::load::{clock_ns, cpu_secs, loadavg, new_hist, pin_thread, AcksArg};
 use crate::produce::Rng;
 use crate::report::{fmt_value, write_json_value, BenchError, Figure, LatencySummary, Report};
-use crate::spawn::{self, SpawnedServer};
+use crate::spawn::SpawnArgs;
 
 /// Most connections one run opens (one epoll loop drives them all).
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -109,22 +109,11 @@ pub struct RequestsArgs {
     /// Pid of --server, to read its CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Start a local strom-server with a temporary data directory under
-    /// --dir, and stop it afterwards.
-    #[arg(long)]
-    pub spawn: bool,
-    /// strom-server binary for --spawn [default: next to strom-bench].
-    #[arg(long)]
-    pub server_bin: Option<PathBuf>,
-    /// Shards of the spawned server (its --cores) [default: all cores].
-    #[arg(long)]
-    pub cores: Option<usize>,
-    /// Extra argument for the spawned server (repeatable).
-    #[arg(long, allow_hyphen_values = true)]
-    pub server_arg: Vec<String>,
-    /// Directory for the spawned server's data.
-    #[arg(long, default_value = "./bench-data")]
-    pub dir: PathBuf,
+    /// Spawning a local server (--spawn, --server-bin, --cores,
+    /// --server-arg, --dir).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub local: SpawnArgs,
     /// TCP connections, all driven by the one event-loop thread.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
@@ -191,7 +180,7 @@ fn secs_ns(s: f64) -> u64 {
 }
 
 fn check_args(a: &RequestsArgs) -> Result<(), BenchError> {
-    if a.server.is_none() && !a.spawn {
+    if a.server.is_none() && !a.local.spawn {
         return Err(cfg("give --server HOST:PORT or --spawn"));
     }
     if a.connections == 0 || a.connections > CONNECTIONS_MAX {
@@ -1330,9 +1319,8 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
         )?)
     };
 
-    let server = if a.spawn {
-        let bin = a.server_bin.clone().unwrap_or_else(spawn::default_binary);
-        let s = SpawnedServer::start(&bin, &a.dir, a.cores, &a.server_arg)?;
+    let server = if a.local.spawn {
+        let s = a.local.start(false)?;
         eprintln!(
             "spawned {} (pid {}) listening on {}",
             s.binary.display(),
@@ -1440,11 +1428,13 @@ mod tests {
             server: None,
             http: None,
             server_pid: None,
-            spawn: false,
-            server_bin: None,
-            cores: None,
-            server_arg: Vec::new(),
-            dir: PathBuf::from("."),
+            local: SpawnArgs {
+                spawn: false,
+                server_bin: None,
+                cores: None,
+                server_arg: Vec::new(),
+                dir: PathBuf::from("."),
+            },
             connections: 3,
             depth: 4,
             message_size: 100,

@@ -34,20 +34,40 @@ pub fn default_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("strom-server"))
 }
 
-impl SpawnedServer {
-    /// Starts the server with `--cores shards` (when given) and extra args,
-    /// without a Kafka listener.
-    pub fn start(
-        binary: &Path,
-        parent_dir: &Path,
-        shards: Option<usize>,
-        extra: &[String],
-    ) -> Result<SpawnedServer, BenchError> {
-        SpawnedServer::start_with(binary, parent_dir, shards, extra, false)
-    }
+/// The flags of every mode that can start its own server.
+#[derive(clap::Args, Clone, Debug, serde::Serialize)]
+pub struct SpawnArgs {
+    /// Start a local strom-server with a temporary data directory under
+    /// --dir, and stop it afterwards.
+    #[arg(long)]
+    pub spawn: bool,
+    /// strom-server binary for --spawn [default: next to strom-bench].
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Shards of the spawned server (its --cores) [default: all cores].
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Extra argument for the spawned server (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub server_arg: Vec<String>,
+    /// Directory for the spawned server's data (and, in the network
+    /// modes, the disk baseline's file).
+    #[arg(long, default_value = "./bench-data")]
+    pub dir: PathBuf,
+}
 
-    /// As [`SpawnedServer::start`]; `kafka` also opens the Kafka listener
-    /// on port 0.
+impl SpawnArgs {
+    /// Starts the server these flags describe; `kafka` also opens its Kafka
+    /// listener on port 0.
+    pub fn start(&self, kafka: bool) -> Result<SpawnedServer, BenchError> {
+        let bin = self.server_bin.clone().unwrap_or_else(default_binary);
+        SpawnedServer::start_with(&bin, &self.dir, self.cores, &self.server_arg, kafka)
+    }
+}
+
+impl SpawnedServer {
+    /// Starts the server with `--cores shards` (when given) and extra args;
+    /// `kafka` also opens the Kafka listener on port 0.
     pub fn start_with(
         binary: &Path,
         parent_dir: &Path,
