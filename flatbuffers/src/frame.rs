@@ -233,16 +233,7 @@ fn check_header_shape(header: &FrameHeader, frame_bytes_max: usize) -> Result<()
 /// [`validate_incoming`], so matching checksums prove the payload is the one
 /// that was validated. Used by recovery and by the read path.
 pub fn verify_stored(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
-    let header = FrameHeader::ref_from(buf).ok_or(FrameError::TooShort {
-        len_bytes: buf.len(),
-    })?;
-    check_header_shape(header, FRAME_BYTES_MAX)?;
-    if header.frame_len() != buf.len() {
-        return Err(FrameError::LengthMismatch {
-            header_len: header.frame_len(),
-            actual_len: buf.len(),
-        });
-    }
+    let header = header_of_exact_frame(buf)?;
     let computed = header.compute_header_crc();
     if computed != header.header_crc.get() {
         return Err(FrameError::HeaderChecksum {
@@ -273,6 +264,22 @@ pub fn verify_stored(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
         return Err(FrameError::PayloadChecksum {
             stored: header.payload_crc.get(),
             computed,
+        });
+    }
+    Ok(header)
+}
+
+/// The header of `buf`, if its shape is valid and `buf` is exactly the
+/// frame it announces.
+fn header_of_exact_frame(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
+    let header = FrameHeader::ref_from(buf).ok_or(FrameError::TooShort {
+        len_bytes: buf.len(),
+    })?;
+    check_header_shape(header, FRAME_BYTES_MAX)?;
+    if header.frame_len() != buf.len() {
+        return Err(FrameError::LengthMismatch {
+            header_len: header.frame_len(),
+            actual_len: buf.len(),
         });
     }
     Ok(header)
@@ -563,6 +570,26 @@ impl<'a> RecordView<'a> {
 /// untrusted source cannot make it panic.
 pub fn records(frame: &[u8]) -> Result<impl Iterator<Item = RecordView<'_>> + '_, FrameError> {
     let header = verify_stored(frame)?;
+    records_of(frame, header)
+}
+
+/// [`records`] for a frame the engine served: every such frame passed
+/// [`verify_stored`] when it was read from disk or validated on produce, so
+/// the payload checksum is not computed a second time. The header shape and
+/// length are checked and the FlatBuffers verifier runs, so a frame that did
+/// not come from the engine still cannot make it panic; it can only read
+/// records that a checksum would have refused.
+pub fn records_served(
+    frame: &[u8],
+) -> Result<impl Iterator<Item = RecordView<'_>> + '_, FrameError> {
+    let header = header_of_exact_frame(frame)?;
+    records_of(frame, header)
+}
+
+fn records_of<'a>(
+    frame: &'a [u8],
+    header: &'a FrameHeader,
+) -> Result<impl Iterator<Item = RecordView<'a>> + 'a, FrameError> {
     let base = header.base_offset();
     let first_ts = header.first_timestamp_ms.get();
     let opts = verifier_options(frame.len());
@@ -599,6 +626,39 @@ mod tests {
             });
         }
         b.finish()
+    }
+
+    /// `records_served` reads what `records` reads from a good frame, skips
+    /// only the payload checksum, and never panics on a damaged payload.
+    #[test]
+    fn served_records_skip_the_checksum_but_not_the_verifier() {
+        let frame = sample(20);
+        let a: Vec<_> = records(&frame)
+            .expect("records")
+            .map(|r| (r.offset, r.key, r.value))
+            .collect();
+        let b: Vec<_> = records_served(&frame)
+            .expect("served")
+            .map(|r| (r.offset, r.key, r.value))
+            .collect();
+        assert_eq!(a, b);
+        let mut damaged = frame.clone();
+        let n = damaged.len();
+        damaged[n - 5] ^= 0x5a;
+        assert!(records(&damaged).is_err(), "the checksum catches it");
+        for i in FRAME_HEADER_BYTES..n {
+            let mut d = frame.clone();
+            d[i] = d[i].wrapping_add(0x81);
+            let headers: usize = match records_served(&d) {
+                Ok(it) => it.map(|r| r.headers().count()).sum(),
+                Err(_) => 0,
+            };
+            assert!(headers <= n, "bounded by the bytes");
+        }
+        assert!(
+            records_served(&frame[..n - 1]).is_err(),
+            "length is checked"
+        );
     }
 
     #[test]

@@ -1,5 +1,11 @@
-//! The process allocator: the system allocator, except that requests of
+//! The process allocator: mimalloc, except that requests of
 //! `HUGE_ALLOC_BYTES` or more are served by `mmap(MAP_NORESERVE)`.
+//!
+//! Why mimalloc: a small request allocates a handful of short-lived blocks
+//! (tasks, channel slots, reply buffers); under glibc malloc those cost a
+//! third of the server's CPU per request (`_int_malloc` and
+//! `malloc_consolidate` led the profile, see ARCHITECTURE.md, "The
+//! allocator"). mimalloc's per-thread free lists suit one thread per core.
 //!
 //! Why: the `kafka-protocol` crate (0.15 to 0.18 at least; upstream PRs
 //! kafka-protocol-rs#152, #161 and #200 are still open) decodes an array by
@@ -20,7 +26,8 @@
 //! Invariant: a block is unmapped by `dealloc` exactly when it was mapped by
 //! `alloc`: the same size test on the same layout decides both.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use mimalloc::MiMalloc as System;
+use std::alloc::{GlobalAlloc, Layout};
 
 /// Allocations at least this large are address-space reservations.
 pub const HUGE_ALLOC_BYTES: usize = 1 << 30;

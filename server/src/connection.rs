@@ -167,6 +167,7 @@ enum Read {
 async fn read_loop(conn: &Conn, mut half: Half) {
     let shard = &conn.shard;
     let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut scratch = vec![0u8; READ_BUFFER_BYTES];
     loop {
         // First pass: frame every complete message already buffered.
         loop {
@@ -202,15 +203,24 @@ async fn read_loop(conn: &Conn, mut half: Half) {
         if conn.broken.get() {
             return;
         }
-        // Reserve for the announced message (bounded by the checks above).
-        let want = announced_len(&buf)
+        // A large announced message is read straight into `buf` (bounded by
+        // the checks above); anything else lands in `scratch` (zeroed once)
+        // and only the bytes read are copied, instead of zeroing a fresh
+        // 64 KiB of `buf` for every read of a few hundred bytes.
+        let rest = announced_len(&buf)
             .map(|n| n.saturating_sub(buf.len()))
-            .unwrap_or(0)
-            .clamp(READ_BUFFER_BYTES, 1 << 20);
+            .unwrap_or(0);
+        let direct = rest > scratch.len();
         let start = buf.len();
-        buf.resize(start + want, 0);
+        if direct {
+            buf.resize(start + rest.min(1 << 20), 0);
+        }
         let read = {
-            let dst = &mut buf[start..];
+            let dst = if direct {
+                &mut buf[start..]
+            } else {
+                &mut scratch[..]
+            };
             let io = async {
                 match half.read(dst).await {
                     Ok(0) => Read::Eof,
@@ -228,12 +238,15 @@ async fn read_loop(conn: &Conn, mut half: Half) {
             };
             futures_lite::future::or(stop, futures_lite::future::or(io, idle)).await
         };
+        if direct {
+            let n = if let Read::Bytes(n) = read { n } else { 0 };
+            buf.truncate(start + n);
+        } else if let Read::Bytes(n) = read {
+            buf.extend_from_slice(&scratch[..n]);
+        }
         match read {
-            Read::Bytes(n) => {
-                buf.truncate(start + n);
-                ShardMetrics::add(&shard.metrics().bytes_in, n as u64);
-            }
-            Read::Idle if conn.inflight() > 0 => buf.truncate(start),
+            Read::Bytes(n) => ShardMetrics::add(&shard.metrics().bytes_in, n as u64),
+            Read::Idle if conn.inflight() > 0 => {}
             Read::Eof | Read::Idle | Read::Shutdown | Read::Failed => return,
         }
     }
@@ -346,27 +359,75 @@ async fn write_loop(
     rx: LocalReceiver<WriteMsg>,
     broken: Rc<Cell<bool>>,
 ) {
-    while let Some(msg) = rx.recv().await {
-        // The permits are released when this iteration ends: after the write.
-        let (out, _permits) = match msg {
-            WriteMsg::Close => break,
-            WriteMsg::Out(o, permits) => (o, permits),
+    // Answers ready together go out in one send: small parts are copied into
+    // `batch`; a large trailer is sent from its own buffer (no copy).
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
+    let mut permits: Vec<glommio::sync::StaticPermit> = Vec::new();
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.recv().await else {
+            break;
         };
-        if broken.get() {
-            continue;
-        }
-        let mut n = out.head.len();
-        let mut res = half.write_all(&out.head).await;
-        for b in &out.trailer {
-            if res.is_err() {
-                break;
+        let mut next = Some(first);
+        let mut res = Ok(());
+        let mut n = 0usize;
+        while let Some(msg) = next.take() {
+            // The permits are released once this batch is written.
+            let out = match msg {
+                WriteMsg::Close => {
+                    closing = true;
+                    break;
+                }
+                WriteMsg::Out(o, p) => {
+                    permits.extend(p);
+                    o
+                }
+            };
+            if broken.get() || res.is_err() {
+                continue;
             }
-            n += b.len();
-            res = half.write_all(b).await;
+            n += out.head.len();
+            batch.extend_from_slice(&out.head);
+            for b in &out.trailer {
+                n += b.len();
+                if b.len() < WRITE_COPY_BYTES_MAX {
+                    batch.extend_from_slice(b);
+                    continue;
+                }
+                res = flush_batch(&mut half, &mut batch).await;
+                if res.is_ok() {
+                    res = half.write_all(b).await;
+                }
+                if res.is_err() {
+                    break;
+                }
+            }
+            if batch.len() >= WRITE_BATCH_BYTES {
+                res = flush_batch(&mut half, &mut batch).await;
+                // Every answer so far is written: release their permits.
+                permits.clear();
+            }
+            // More answers already waiting join this send.
+            next = futures_lite::future::poll_once(rx.recv()).await.flatten();
         }
+        if res.is_ok() && !broken.get() {
+            res = flush_batch(&mut half, &mut batch).await;
+        }
+        batch.clear();
+        permits.clear();
         match res {
             Ok(()) => ShardMetrics::add(&shard.metrics().bytes_out, n as u64),
             Err(_) => broken.set(true),
         }
     }
+}
+
+/// Sends what `batch` holds and empties it.
+async fn flush_batch(half: &mut Half, batch: &mut Vec<u8>) -> std::io::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let r = half.write_all(batch).await;
+    batch.clear();
+    r
 }

@@ -146,19 +146,19 @@ async fn answer(
 ) -> (Option<Outgoing>, Option<WireError>) {
     let result: Result<ResponseBody, WireError> = match body {
         RequestBody::ApiVersions(r) => Ok(ResponseBody::ApiVersions(api_versions(shard, &r).1)),
-        RequestBody::CreateTopics(r) => admin(shard, AdminOp::CreateTopics(r))
+        RequestBody::CreateTopics(r) => Box::pin(admin(shard, AdminOp::CreateTopics(r)))
             .await
             .map(ResponseBody::CreateTopics),
-        RequestBody::DeleteTopics(r) => admin(shard, AdminOp::DeleteTopics(r))
+        RequestBody::DeleteTopics(r) => Box::pin(admin(shard, AdminOp::DeleteTopics(r)))
             .await
             .map(ResponseBody::DeleteTopics),
-        RequestBody::CreatePartitions(r) => admin(shard, AdminOp::CreatePartitions(r))
+        RequestBody::CreatePartitions(r) => Box::pin(admin(shard, AdminOp::CreatePartitions(r)))
             .await
             .map(ResponseBody::CreatePartitions),
         RequestBody::ListTopics => Ok(ResponseBody::ListTopics(list_topics(shard))),
-        RequestBody::DescribeTopics(r) => {
-            describe(shard, r).await.map(ResponseBody::DescribeTopics)
-        }
+        RequestBody::DescribeTopics(r) => Box::pin(describe(shard, r))
+            .await
+            .map(ResponseBody::DescribeTopics),
         RequestBody::Produce(r) => {
             let acks = r.acks;
             let resp = ResponseBody::Produce(produce(shard, r, trailer).await);
@@ -168,7 +168,7 @@ async fn answer(
             }
             Ok(resp)
         }
-        RequestBody::Fetch(r) => match fetch(shard, r).await {
+        RequestBody::Fetch(r) => match Box::pin(fetch(shard, r)).await {
             Ok((resp, frames)) => {
                 let body = ResponseBody::Fetch(resp);
                 let error = first_error(&body).map(|(c, m)| WireError::new(c, m));
@@ -176,18 +176,24 @@ async fn answer(
             }
             Err(e) => Err(e),
         },
-        RequestBody::ListOffsets(r) => list_offsets(shard, r).await.map(ResponseBody::ListOffsets),
-        RequestBody::OffsetCommit(r) => offset_commit(shard, r)
+        RequestBody::ListOffsets(r) => Box::pin(list_offsets(shard, r))
+            .await
+            .map(ResponseBody::ListOffsets),
+        RequestBody::OffsetCommit(r) => Box::pin(offset_commit(shard, r))
             .await
             .map(ResponseBody::OffsetCommit),
-        RequestBody::OffsetFetch(r) => offset_fetch(shard, r).await.map(ResponseBody::OffsetFetch),
+        RequestBody::OffsetFetch(r) => Box::pin(offset_fetch(shard, r))
+            .await
+            .map(ResponseBody::OffsetFetch),
         body @ (RequestBody::JoinGroup(_)
         | RequestBody::SyncGroup(_)
         | RequestBody::Heartbeat(_)
         | RequestBody::LeaveGroup(_)
         | RequestBody::ListGroups
         | RequestBody::DescribeGroups(_)
-        | RequestBody::ResetOffsets(_)) => crate::group::native::handle(shard, body).await,
+        | RequestBody::ResetOffsets(_)) => {
+            Box::pin(crate::group::native::handle(shard, body)).await
+        }
     };
     match result {
         Ok(body) => {

@@ -53,6 +53,12 @@ pub const GROUP_NAME_BYTES_MAX: usize = 249;
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// Initial read buffer of a connection.
 pub const READ_BUFFER_BYTES: usize = 64 << 10;
+/// A connection's writer gathers the answers that are ready into one send
+/// of about this many bytes.
+pub const WRITE_BATCH_BYTES: usize = 64 << 10;
+/// Trailer buffers shorter than this are copied into the send batch; longer
+/// ones (fetched data) are sent from their own buffer.
+pub const WRITE_COPY_BYTES_MAX: usize = 16 << 10;
 /// Messages queued on one inter-shard channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// Most messages one mesh send carries (`router::MeshBatch`); a longer

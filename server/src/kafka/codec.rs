@@ -245,7 +245,15 @@ pub fn encode_response(
     version: i16,
     resp: &ResponseKind,
 ) -> anyhow::Result<BytesMut> {
-    let mut out = BytesMut::with_capacity(256);
+    // Sized up front: a fetch answer carries megabytes of records, and
+    // regrowing the buffer would copy them again and again.
+    let body_bytes = match resp {
+        ResponseKind::Fetch(f) => {
+            kafka_protocol::protocol::Encodable::compute_size(f, version).unwrap_or(0)
+        }
+        _ => 192,
+    };
+    let mut out = BytesMut::with_capacity(64 + body_bytes);
     out.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header.encode(&mut out, key.response_header_version(version))?;

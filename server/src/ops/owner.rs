@@ -18,24 +18,27 @@ use std::rc::Rc;
 use std::time::Duration;
 use strom_flatbuffers::protocol::*;
 
+/// Runs `op` on this shard. The rare operations' futures are boxed so that
+/// the future of every call stays as small as the produce and fetch path
+/// (it is copied into each task that runs it).
 pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
     match op {
         Op::Produce { items, durability } => {
             Reply::Produce(produce(shard, items, durability).await)
         }
-        Op::Fetch { items } => Reply::Fetch(fetch(shard, items).await),
+        Op::Fetch { items } => Reply::Fetch(Box::pin(fetch(shard, items)).await),
         Op::Wait { id, items, wait_ms } => {
-            wait(shard, id, items, wait_ms).await;
+            Box::pin(wait(shard, id, items, wait_ms)).await;
             Reply::Done
         }
         Op::CancelWait { id } => {
             shard.router.waits.cancel(id);
             Reply::Done
         }
-        Op::ListOffsets { items } => Reply::ListOffsets(list_offsets(shard, items).await),
+        Op::ListOffsets { items } => Reply::ListOffsets(Box::pin(list_offsets(shard, items)).await),
         Op::Describe { items } => Reply::Describe(describe(shard, items)),
-        Op::OffsetCommit(r) => Reply::OffsetCommit(offset_commit(shard, r).await),
-        Op::OffsetFetch(r) => match offset_fetch(shard, r).await {
+        Op::OffsetCommit(r) => Reply::OffsetCommit(Box::pin(offset_commit(shard, r)).await),
+        Op::OffsetFetch(r) => match Box::pin(offset_fetch(shard, r)).await {
             Ok(r) => Reply::OffsetFetch(r),
             Err(e) => Reply::Failed(e),
         },
@@ -43,16 +46,16 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
             if shard.id != 0 {
                 return Reply::Failed(WireError::new(ErrorCode::Internal, "admin op off shard 0"));
             }
-            Reply::Topics(admin(shard, a).await)
+            Reply::Topics(Box::pin(admin(shard, a)).await)
         }
         Op::Apply(m) => {
-            shard.apply(m).await;
+            Box::pin(shard.apply(m)).await;
             // Kafka producer state goes with its topic.
             shard.kafka.retain_topics(&shard.metadata.borrow());
             Reply::Done
         }
-        Op::Group(op) => Reply::Group(shard.groups.execute(op).await),
-        Op::Kafka(op) => Reply::Kafka(crate::kafka::execute(shard, op).await),
+        Op::Group(op) => Reply::Group(Box::pin(shard.groups.execute(op)).await),
+        Op::Kafka(op) => Reply::Kafka(Box::pin(crate::kafka::execute(shard, op)).await),
         Op::Metrics => Reply::Metrics(Box::new(shard.metrics_snapshot())),
     }
 }
@@ -71,48 +74,68 @@ async fn produce(
             .or_default()
             .push(it);
     }
+    // One partition (the common case) runs in this task; more run as tasks
+    // of their own, concurrently.
+    if groups.len() == 1 {
+        let ((topic, p), items) = groups.pop_first().expect("one group");
+        return produce_partition(shard.clone(), topic, p, items, durability).await;
+    }
     let mut tasks = Vec::with_capacity(groups.len());
     for ((topic, p), items) in groups {
-        let part = shard.partition(&topic, p);
-        let shard = shard.clone();
-        tasks.push(glommio::spawn_local(async move {
-            let mut out = Vec::with_capacity(items.len());
-            for it in items {
-                let bytes = it.frame.len() as u64;
-                let mut res = ProduceResult {
-                    topic: it.topic.clone(),
-                    partition: it.partition,
-                    ..Default::default()
-                };
-                match &part {
-                    Err(e) => {
-                        res.error = e.code;
-                        res.message = e.message.clone();
-                    }
-                    Ok(part) => match part.append(it.frame, durability).await {
-                        Ok(info) => {
-                            let records = info.last_offset + 1 - info.base_offset;
-                            shard.count_in(&topic, p, records, bytes);
-                            res.base_offset = info.base_offset;
-                            res.last_offset = info.last_offset;
-                            res.append_time_ms = info.append_time_ms;
-                            res.log_start_offset = part.offsets().log_start_offset;
-                        }
-                        Err(e) => {
-                            let w = shard.engine_error(&topic, p, &e);
-                            res.error = w.code;
-                            res.message = w.message;
-                        }
-                    },
-                }
-                out.push((it.index, res));
-            }
-            out
-        }));
+        tasks.push(glommio::spawn_local(produce_partition(
+            shard.clone(),
+            topic,
+            p,
+            items,
+            durability,
+        )));
     }
     let mut out = Vec::new();
     for t in tasks {
         out.extend(t.await);
+    }
+    out
+}
+
+/// Appends one partition's batches in request order.
+async fn produce_partition(
+    shard: Rc<Shard>,
+    topic: String,
+    p: u32,
+    items: Vec<ProduceItem>,
+    durability: Durability,
+) -> Vec<(usize, ProduceResult)> {
+    let part = shard.partition(&topic, p);
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        let bytes = it.frame.len() as u64;
+        let mut res = ProduceResult {
+            topic: it.topic,
+            partition: it.partition,
+            ..Default::default()
+        };
+        match &part {
+            Err(e) => {
+                res.error = e.code;
+                res.message = e.message.clone();
+            }
+            Ok(part) => match part.append(it.frame, durability).await {
+                Ok(info) => {
+                    let records = info.last_offset + 1 - info.base_offset;
+                    shard.count_in(&topic, p, records, bytes);
+                    res.base_offset = info.base_offset;
+                    res.last_offset = info.last_offset;
+                    res.append_time_ms = info.append_time_ms;
+                    res.log_start_offset = part.offsets().log_start_offset;
+                }
+                Err(e) => {
+                    let w = shard.engine_error(&topic, p, &e);
+                    res.error = w.code;
+                    res.message = w.message;
+                }
+            },
+        }
+        out.push((it.index, res));
     }
     out
 }
