@@ -1040,12 +1040,19 @@ impl<S: Storage> Log<S> {
         let dir = self.dir.clone();
         let reserve = self.config.disk_reserve_bytes;
         let file = self.active_file();
+        // No data lies at or past `preallocated_len` (appends wait for
+        // space), so zeros may go there. Only a background step writes them:
+        // an append waiting for space should not also wait for the zeros.
+        let zeros_from = self.preallocated_len;
         self.prealloc_in_flight = Some(target);
         self.jobs.push(Job {
             id: JobId::Prealloc { target, foreground },
             fut: Box::pin(async move {
                 check_disk_reserve(&storage, &dir, reserve, more).await?;
                 file.pre_allocate(target).await?;
+                if !foreground {
+                    file.write_zeros(zeros_from, target).await?;
+                }
                 Ok(())
             }),
         });
@@ -1105,6 +1112,7 @@ impl<S: Storage> Log<S> {
                 check_disk_reserve(&storage, &dir, reserve, step).await?;
                 let file = storage.create(&dir.join(NEXT_SEGMENT_FILE)).await?;
                 file.pre_allocate(step).await?;
+                file.write_zeros(0, step).await?;
                 *slot.borrow_mut() = Some((file, step));
                 Ok(())
             }),

@@ -38,6 +38,9 @@ use crate::io_error::IoError;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DmaStorage;
 
+/// Bytes of one write of [`StorageFile::write_zeros`].
+const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
 impl DmaStorage {
     pub fn new() -> Self {
         Self
@@ -377,6 +380,38 @@ impl StorageFile for DmaStorageFile {
             .map_err(wrap("pre_allocate", &self.path))
     }
 
+    async fn write_zeros(&self, from: u64, to: u64) -> Result<(), IoError> {
+        let (from, to) = (align_up(from), align_down(to));
+        if from >= to {
+            return Ok(());
+        }
+        let chunk = (ZERO_FILL_CHUNK_BYTES as u64).min(to - from) as usize;
+        let mut zeros = self.file.alloc_dma_buffer(chunk);
+        zeros.as_bytes_mut().fill(0);
+        let zeros = Rc::new(zeros);
+        let mut pos = from;
+        while pos < to {
+            let n = (to - pos).min(chunk as u64) as usize;
+            let buf = if n == chunk {
+                zeros.clone()
+            } else {
+                let mut b = self.file.alloc_dma_buffer(n);
+                b.as_bytes_mut().fill(0);
+                Rc::new(b)
+            };
+            let done = self
+                .file
+                .write_rc_at(buf, pos)
+                .await
+                .map_err(wrap("write_zeros", &self.path))?;
+            if done != n {
+                return Err(self.short_write(pos, done, n));
+            }
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
     async fn truncate(&self, len_bytes: u64) -> Result<(), IoError> {
         self.file
             .truncate(len_bytes)
@@ -518,6 +553,46 @@ mod tests {
             );
             file.truncate(2 * B).await.unwrap();
             assert_eq!(&file.read_at(B, 10).await.unwrap()[..], &[0u8; 10][..]);
+        });
+    }
+
+    /// Zeros go over the whole blocks of the range only: the data before it
+    /// (and in the partial block it starts in) stays, the blocks read as
+    /// zeros, and the extents end up written (no longer unwritten).
+    #[test]
+    fn write_zeros_fills_whole_blocks_of_the_range_only() {
+        run(|dir| async move {
+            let storage = DmaStorage::new();
+            let file = storage.create(&dir.join("seg")).await.unwrap();
+            write(&file, 0, &pattern(2 * BLOCK_BYTES)).await;
+            let len = 3 << 20;
+            file.pre_allocate(len).await.unwrap();
+            // From the middle of the second data block: it must survive.
+            file.write_zeros(B + 10, len - 7).await.unwrap();
+            assert_eq!(
+                &file.read_at(0, 2 * BLOCK_BYTES).await.unwrap()[..],
+                &pattern(2 * BLOCK_BYTES)[..]
+            );
+            let rest = file
+                .read_at(2 * B, READ_BYTES_MAX.min(1 << 20))
+                .await
+                .unwrap();
+            assert!(rest.iter().all(|&b| b == 0));
+            assert_eq!(file.size().await.unwrap(), len, "the size is unchanged");
+            let out = std::process::Command::new("filefrag")
+                .arg("-v")
+                .arg(dir.join("seg"))
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                // Only the last, partial block of the range may stay
+                // unwritten: an unwritten extent is at most one block long
+                // (filefrag: "ext: logical: physical: length: flags").
+                for l in text.lines().filter(|l| l.contains("unwritten")) {
+                    let blocks = l.split(':').nth(3).map(str::trim);
+                    assert_eq!(blocks, Some("1"), "{text}");
+                }
+            }
         });
     }
 

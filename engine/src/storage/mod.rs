@@ -239,6 +239,20 @@ pub trait StorageFile: Sized + 'static {
     /// the size is metadata, durable when this returns.
     async fn pre_allocate(&self, len_bytes: u64) -> Result<(), IoError>;
 
+    /// Writes zeros over the whole blocks of `[from, to)` of a preallocated
+    /// range that holds no data yet, so that later writes there overwrite
+    /// written blocks. On ext4 an O_DIRECT write into fallocated (unwritten)
+    /// blocks cannot be issued without blocking: io_uring hands it to a
+    /// worker thread, and the write converts extents in the journal; into
+    /// written blocks it is a plain overwrite (fio on this machine's disk:
+    /// 4 KiB writes 5.9k vs 20.6k IOPS, 1 MiB writes 0.44 vs 0.73 GB/s,
+    /// write+fdatasync 2.9k vs 5.3k/s). Contents do not change (both read
+    /// as zeros), so the in-memory models need not do anything.
+    async fn write_zeros(&self, from: u64, to: u64) -> Result<(), IoError> {
+        let _ = (from, to);
+        Ok(())
+    }
+
     /// Set the file size to `len_bytes` (shrinking or zero-extending), durably.
     async fn truncate(&self, len_bytes: u64) -> Result<(), IoError>;
 
