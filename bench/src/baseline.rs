@@ -678,16 +678,7 @@ pub fn run_tcp_loopback(opts: &BaselineOpts, write_size: usize) -> Result<Throug
     let sink_core = cores[0];
     let send_core = cores[1 % cores.len()];
 
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| BenchError::Net {
-        op: "bind",
-        addr: "127.0.0.1:0".into(),
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| BenchError::Net {
-        op: "local_addr",
-        addr: "127.0.0.1:0".into(),
-        source,
-    })?;
+    let (listener, addr) = bind_loopback()?;
     let addr_s = addr.to_string();
 
     let sink = {
@@ -766,4 +757,107 @@ pub fn run_tcp_loopback(opts: &BaselineOpts, write_size: usize) -> Result<Throug
         bytes,
         secs: end.duration_since(start).as_secs_f64(),
     })
+}
+
+/// A listener on a free loopback port, and its address.
+fn bind_loopback() -> Result<(TcpListener, std::net::SocketAddr), BenchError> {
+    let net = |op: &'static str, source: std::io::Error| BenchError::Net {
+        op,
+        addr: "127.0.0.1:0".into(),
+        source,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| net("bind", e))?;
+    let addr = listener.local_addr().map_err(|e| net("local_addr", e))?;
+    Ok((listener, addr))
+}
+
+/// The e2e baseline: what loopback TCP alone does to a message's latency on
+/// this machine right now. A sender writes `message_bytes` messages on an
+/// open-loop schedule of `rate` per second (each stamped with its intended
+/// send time, as the e2e producer stamps records), a relay thread copies the
+/// byte stream to a second connection (a broker that does nothing), and a
+/// receiver records intended-time-to-arrival, for `opts.tcp_secs`.
+pub fn run_tcp_relay_latency(
+    opts: &BaselineOpts,
+    rate: f64,
+    message_bytes: usize,
+) -> Result<LatencySummary, BenchError> {
+    if rate.is_nan()
+        || rate <= 0.0
+        || message_bytes < 8
+        || opts.tcp_secs.is_nan()
+        || opts.tcp_secs <= 0.0
+    {
+        return Err(BenchError::Config(format!(
+            "relay baseline: rate {rate}, message {message_bytes} B, {} s",
+            opts.tcp_secs
+        )));
+    }
+    let cores = opts.resolve_cores()?;
+    let relay_core = cores[0];
+    let client_core = cores[1 % cores.len()];
+    let net = |op: &'static str, source: std::io::Error| BenchError::Net {
+        op,
+        addr: "127.0.0.1".into(),
+        source,
+    };
+    let (l_in, a_in) = bind_loopback()?;
+    let (l_out, a_out) = bind_loopback()?;
+    let base = Instant::now();
+    let total = (rate * opts.tcp_secs).ceil() as u64;
+    let relay = thread::Builder::new()
+        .name("tcp-relay".into())
+        .spawn(move || -> std::io::Result<()> {
+            pin(relay_core);
+            let (mut from, _) = l_in.accept()?;
+            let mut to = TcpStream::connect(a_out)?;
+            to.set_nodelay(true)?;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = from.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                to.write_all(&buf[..n])?;
+            }
+        })
+        .map_err(|e| BenchError::io("spawn thread", "tcp-relay", e))?;
+    let sender = thread::Builder::new()
+        .name("tcp-relay-send".into())
+        .spawn(move || -> std::io::Result<()> {
+            pin(client_core);
+            let mut s = TcpStream::connect(a_in)?;
+            s.set_nodelay(true)?;
+            let mut msg = vec![0u8; message_bytes];
+            let period_ns = 1e9 / rate;
+            for n in 0..total {
+                let due_ns = (n as f64 * period_ns) as u64;
+                let now_ns = base.elapsed().as_nanos() as u64;
+                if due_ns > now_ns {
+                    thread::sleep(Duration::from_nanos(due_ns - now_ns));
+                }
+                msg[..8].copy_from_slice(&due_ns.to_le_bytes());
+                s.write_all(&msg)?;
+            }
+            s.shutdown(Shutdown::Write)
+        })
+        .map_err(|e| BenchError::io("spawn thread", "tcp-relay-send", e))?;
+    pin(client_core);
+    let (mut sink, _) = l_out.accept().map_err(|e| net("accept", e))?;
+    let mut hist = Histogram::<u64>::new(3).map_err(|e| BenchError::Config(e.to_string()))?;
+    let mut msg = vec![0u8; message_bytes];
+    for _ in 0..total {
+        sink.read_exact(&mut msg).map_err(|e| net("read", e))?;
+        let now_ns = base.elapsed().as_nanos() as u64;
+        let mut stamp = [0u8; 8];
+        stamp.copy_from_slice(&msg[..8]);
+        let _ = hist.record(now_ns.saturating_sub(u64::from_le_bytes(stamp)).max(1));
+    }
+    let joined = |h: thread::JoinHandle<std::io::Result<()>>, what: &'static str| match h.join() {
+        Ok(r) => r.map_err(|e| net(what, e)),
+        Err(_) => Err(BenchError::Config(format!("{what} thread panicked"))),
+    };
+    joined(sender, "relay send")?;
+    joined(relay, "relay")?;
+    Ok(LatencySummary::from_histogram(&hist, "ns").scaled(1e-3, "us"))
 }

@@ -440,6 +440,8 @@ struct Baselines {
     tcp_128k_gbps: Option<f64>,
     tcp_1m_gbps: Option<f64>,
     sync: Option<LatencySummary>,
+    /// e2e: loopback TCP relay latency at the run's rate.
+    relay: Option<LatencySummary>,
 }
 
 fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
@@ -448,6 +450,7 @@ fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
             tcp_128k_gbps: None,
             tcp_1m_gbps: None,
             sync: None,
+            relay: None,
         });
     }
     let opts = BaselineOpts {
@@ -463,6 +466,21 @@ fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
     );
     let t128 = baseline::run_tcp_loopback(&opts, 128 * 1024)?;
     let t1m = baseline::run_tcp_loopback(&opts, 1 << 20)?;
+    // e2e: loopback TCP's own latency at the same rate and message size.
+    let relay = match (plan.mode, a.rate) {
+        (Mode::E2e, Some(rate)) => {
+            eprintln!(
+                "baseline: loopback relay latency at {rate} msg/s, {} s",
+                a.tcp_secs
+            );
+            Some(baseline::run_tcp_relay_latency(
+                &opts,
+                rate,
+                a.message_size.max(8),
+            )?)
+        }
+        _ => None,
+    };
     let sync = if a.acks == AcksArg::Durable {
         eprintln!("baseline: {} x 4 KiB write+fdatasync", a.sync_ops);
         Some(baseline::run_sync_latency(&opts)?.latency)
@@ -473,6 +491,7 @@ fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
         tcp_128k_gbps: Some(t128.gbps()),
         tcp_1m_gbps: Some(t1m.gbps()),
         sync,
+        relay,
     })
 }
 
@@ -1134,6 +1153,21 @@ fn build_report(mode: Mode, a: &LoadArgs, plan: &Plan, base: &Baselines, o: &Out
         r.add_figure(
             Figure::new("e2e_latency_p99_9", s.p99_9, "us").with_baseline("target_5ms", 5000.0),
         );
+        if let Some(relay) = &base.relay {
+            // The same quantiles of loopback TCP alone, in the same run: on
+            // a shared machine its tails move with the load.
+            for (name, v, rv) in [
+                ("p50", s.p50, relay.p50),
+                ("p99", s.p99, relay.p99),
+                ("p99_9", s.p99_9, relay.p99_9),
+            ] {
+                r.add_figure(
+                    Figure::new(format!("e2e_latency_{name}_vs_relay"), v, "us")
+                        .with_baseline(format!("raw_tcp_relay_latency_{name}"), rv),
+                );
+            }
+            r.add_latency("raw_tcp_relay_latency", relay.clone());
+        }
         r.add_latency("e2e_latency", s);
     }
     if let Some(c) = o.client_cpu {
