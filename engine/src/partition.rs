@@ -383,9 +383,20 @@ impl<S: Storage> Partition<S> {
 
     /// Waits for the next job completion (or the log's return).
     async fn wait_progress(&self) {
-        let listener = self.inner.progress.listen();
+        self.wait_progress_since(self.inner.progress.listen()).await;
+    }
+
+    /// Waits for a job completion after `listener` was made. A caller that
+    /// acts on the log and then waits must listen *before* it acts: glommio
+    /// runs a spawned task at once, so a job the action starts may complete
+    /// (an I/O refused at once, a disk-reserve check on a full disk) and
+    /// notify before the action returns; a listener made afterwards would
+    /// miss it and wait for an unrelated completion, or forever. (Until
+    /// 2026-11-30 a 10 ms re-check timer on every wait stood in for exactly
+    /// such a notification, lost on a full disk.)
+    async fn wait_progress_since(&self, listener: event_listener::EventListener) {
         if !self.drive_inline().await {
-            bounded(listener, self.inner.spawn_jobs).await;
+            listener.await;
         }
     }
 
@@ -404,7 +415,7 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             if !self.drive_inline().await {
-                bounded(listener, self.inner.spawn_jobs).await;
+                listener.await;
             }
         }
     }
@@ -425,7 +436,7 @@ impl<S: Storage> Partition<S> {
             }
             let listener = self.inner.progress.listen();
             if !self.drive_inline().await {
-                bounded(listener, self.inner.spawn_jobs).await;
+                listener.await;
             }
         }
         guard.log = self.inner.log.borrow_mut().take();
@@ -458,6 +469,8 @@ impl<S: Storage> Partition<S> {
         let mut slot = Some(frame);
         let info = loop {
             self.log_ready().await?;
+            // Before the attempt: the jobs it starts may complete within it.
+            let listener = self.inner.progress.listen();
             let Some(step) = self.with_log(|log| {
                 let frame = slot.take().expect("frame");
                 log.try_append(frame, now_ms())
@@ -471,7 +484,7 @@ impl<S: Storage> Partition<S> {
                     // A write, a fallocate, the next segment file or a
                     // roll's jobs: all complete as jobs.
                     let (Blocked::Write | Blocked::Space) = why;
-                    self.wait_progress().await;
+                    self.wait_progress_since(listener).await;
                 }
             }
         };
@@ -517,7 +530,7 @@ impl<S: Storage> Partition<S> {
                 return Ok(());
             }
             if !self.drive_inline().await {
-                bounded(listener, self.inner.spawn_jobs).await;
+                listener.await;
             }
         }
     }
@@ -593,7 +606,9 @@ impl<S: Storage> Partition<S> {
             // overtook publishes nothing (the loop looks again). The log may
             // be held by an exclusive operation meanwhile: wait for it.
             let mut synced = Some(synced);
-            let r = loop {
+            let (r, listener) = loop {
+                // Before the section: the jobs it starts may complete at once.
+                let listener = self.inner.progress.listen();
                 if let Some(r) = self.with_log(|log| {
                     let r = log.complete_sync(&sync, synced.take().expect("once"));
                     if r.is_ok() {
@@ -601,17 +616,17 @@ impl<S: Storage> Partition<S> {
                     }
                     r.map(|()| log.closing_segment())
                 }) {
-                    break r;
+                    break (r, listener);
                 }
                 if self.inner.closed.get() {
                     return Err(EngineError::Closed);
                 }
-                self.wait_progress().await;
+                self.wait_progress_since(listener).await;
             };
             if r? && self.inner.offsets.get().durable_offset < target {
                 // The segment a roll closed is not synced yet: what this
                 // sync covered is published with it (no second sync needed).
-                self.wait_progress().await;
+                self.wait_progress_since(listener).await;
             }
         }
     }
@@ -818,27 +833,6 @@ impl<S: Storage> Partition<S> {
         }
     }
 }
-
-/// Waits for `listener`, or at most `PROGRESS_RECHECK_MS` when jobs run as
-/// glommio tasks (`timed`; with inline jobs, e.g. under `block_on` in tests,
-/// the listener alone). A waiter re-checks its condition either way, so a
-/// notification that never comes costs a short delay, never a stall: a
-/// mitigation, seen on a full disk, where blocked appends waited for the
-/// next retention tick (10 s) although their condition had changed; the
-/// missing notification is not found yet.
-async fn bounded(listener: event_listener::EventListener, timed: bool) {
-    if !timed {
-        listener.await;
-        return;
-    }
-    futures_lite::future::or(listener, async {
-        glommio::timer::sleep(Duration::from_millis(PROGRESS_RECHECK_MS)).await;
-    })
-    .await;
-}
-
-/// Longest wait of a blocked operation before it re-checks (see `bounded`).
-const PROGRESS_RECHECK_MS: u64 = 10;
 
 /// Removes a partition's directory (after `close`), for topic deletion.
 pub async fn remove_partition_dir(dir: &Path) -> Result<(), EngineError> {
