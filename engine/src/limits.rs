@@ -24,6 +24,13 @@ const _: () = assert!(NEXT_SEGMENT_PREPARE_PERCENT <= 100);
 
 /// Segment files are grown with fallocate in steps of this many bytes.
 pub const DEFAULT_PREALLOCATE_BYTES: u64 = 32 << 20;
+/// A background preallocation step also writes zeros over its blocks
+/// (`StorageFile::write_zeros`: later small writes become overwrites, which
+/// ext4 issues without blocking) when the previous step started at least
+/// this long ago, i.e. for a partition writing under about one step per
+/// second (32 MB/s by default). Faster writers skip the zeros, which they
+/// would wait for and then overwrite at once.
+pub const ZERO_FILL_STEP_INTERVAL_MS_MIN: i64 = 1_000;
 
 /// One sparse offset-index entry per this many log bytes (as Kafka).
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;

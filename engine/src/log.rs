@@ -354,6 +354,9 @@ pub struct Log<S: Storage> {
     /// (truncation, deletion): a disk read started before is not installed.
     read_epoch: u64,
     preallocated_len: u64,
+    /// When the last preallocation step of the active segment started
+    /// (decides whether the next one writes zeros).
+    last_prealloc_ms: i64,
     failed: Option<String>,
     /// The failure may have left memory and disk disagreeing (a truncation
     /// failed half-way): reads are refused too.
@@ -497,6 +500,7 @@ impl<S: Storage> Log<S> {
             read_ahead: None,
             read_epoch: 0,
             preallocated_len: 0,
+            last_prealloc_ms: 0,
             failed: None,
             failed_unreadable: false,
             stats: LogStats::default(),
@@ -970,7 +974,8 @@ impl<S: Storage> Log<S> {
             if self.prealloc_in_flight.is_none() {
                 let target = align_up(need.div_ceil(step) * step)
                     .min(align_up(self.config.segment_bytes).max(need));
-                self.start_prealloc(target, true);
+                self.last_prealloc_ms = now_ms;
+                self.start_prealloc(target, true, false);
             }
             return Ok(AppendStep::Blocked(frame, Blocked::Space));
         }
@@ -982,7 +987,14 @@ impl<S: Storage> Log<S> {
             && self.preallocated_len - need < step / 2
         {
             let target = (self.preallocated_len + step).min(segment_cap);
-            self.start_prealloc(target, false);
+            // Zeros only for a partition that fills its steps slowly (a
+            // latency-sensitive rate far below the disk's): there they make
+            // every small write a plain overwrite. A bulk writer would wait
+            // for zeros it then overwrites at once, writing its bytes twice.
+            let zeros =
+                now_ms.saturating_sub(self.last_prealloc_ms) >= ZERO_FILL_STEP_INTERVAL_MS_MIN;
+            self.last_prealloc_ms = now_ms;
+            self.start_prealloc(target, false, zeros);
         }
         // Back-pressure: wait for writes before more than
         // `unwritten_bytes_max` waits for the disk.
@@ -1033,7 +1045,7 @@ impl<S: Storage> Log<S> {
 
     /// Starts a fallocate of the active segment to `target` (after checking
     /// the disk reserve) as a job.
-    fn start_prealloc(&mut self, target: u64, foreground: bool) {
+    fn start_prealloc(&mut self, target: u64, foreground: bool, zeros: bool) {
         debug_assert!(self.prealloc_in_flight.is_none());
         let more = target.saturating_sub(self.preallocated_len);
         let storage = self.storage.clone();
@@ -1041,8 +1053,9 @@ impl<S: Storage> Log<S> {
         let reserve = self.config.disk_reserve_bytes;
         let file = self.active_file();
         // No data lies at or past `preallocated_len` (appends wait for
-        // space), so zeros may go there. Only a background step writes them:
-        // an append waiting for space should not also wait for the zeros.
+        // space), so zeros may go there. Never for a foreground step: an
+        // append waiting for space should not also wait for the zeros.
+        debug_assert!(!(foreground && zeros));
         let zeros_from = self.preallocated_len;
         self.prealloc_in_flight = Some(target);
         self.jobs.push(Job {
@@ -1050,7 +1063,7 @@ impl<S: Storage> Log<S> {
             fut: Box::pin(async move {
                 check_disk_reserve(&storage, &dir, reserve, more).await?;
                 file.pre_allocate(target).await?;
-                if !foreground {
+                if zeros {
                     file.write_zeros(zeros_from, target).await?;
                 }
                 Ok(())
@@ -2298,6 +2311,42 @@ impl<S: Storage> Log<S> {
 
     /// Deletes whole closed segments past retention; returns how many.
     /// A failed log refuses it (see `delete_records_before`).
+    /// Whether [`Log::apply_retention`] could delete anything now, decided
+    /// without I/O: false when no retention is set, when only the active
+    /// segment exists, or when the segments' sizes and (loaded) timestamps
+    /// say nothing is due. A segment whose index is not loaded counts as
+    /// possibly expired. Lets the shell skip taking the log exclusively
+    /// (which waits for every write in flight) on a retention tick that has
+    /// nothing to do, i.e. almost every tick.
+    pub fn retention_may_delete(&self, now_ms: i64) -> bool {
+        if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
+            return false;
+        }
+        if self.segments.len() < 2 {
+            return false;
+        }
+        let infos: Vec<crate::retention::SegmentInfo> = self
+            .segments
+            .iter()
+            .map(|(&base, seg)| crate::retention::SegmentInfo {
+                base_offset: base,
+                len_bytes: seg.len_bytes,
+                // Unknown: as old as can be, so time retention says "due".
+                max_timestamp_ms: seg
+                    .index
+                    .as_ref()
+                    .map(|i| i.max_timestamp_ms)
+                    .unwrap_or(i64::MIN + 1),
+            })
+            .collect();
+        crate::retention::segments_to_delete(
+            &infos,
+            self.config.retention_bytes,
+            self.config.retention_ms,
+            now_ms,
+        ) > 0
+    }
+
     pub async fn apply_retention(&mut self, now_ms: i64) -> Result<usize, EngineError> {
         self.check_not_failed()?;
         if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
@@ -2791,6 +2840,33 @@ mod tests {
     fn run(log: &mut Log<FaultyStorage>, job: Job) {
         let r = block_on(job.fut);
         log.complete_job(job.id, r);
+    }
+
+    /// The retention tick's I/O-free check says "nothing due" exactly when
+    /// retention would delete nothing, so skipping the exclusive run on it
+    /// never skips a deletion.
+    #[test]
+    fn the_retention_check_agrees_with_retention() {
+        let config = LogConfig {
+            segment_bytes: 64 << 10,
+            frame_bytes_max: 32 << 10,
+            preallocate_bytes: 64 << 10,
+            retention_bytes: Some(200 << 10),
+            ..cfg()
+        };
+        let storage = FaultyStorage::new(9);
+        let (mut log, _) = block_on(Log::open(storage, Path::new("/r"), config, 0)).expect("open");
+        assert!(!log.retention_may_delete(0), "only the active segment");
+        let mut was_due = false;
+        for _ in 0..40 {
+            block_on(log.append(frame(12 << 10), 0)).expect("append");
+            let due = log.retention_may_delete(0);
+            let deleted = block_on(log.apply_retention(0)).expect("retention");
+            assert_eq!(due, deleted > 0, "check and retention disagree");
+            was_due |= due;
+        }
+        assert!(was_due, "retention ran at least once");
+        assert!(log.segments.len() >= 2);
     }
 
     /// The partial tail block is rewritten by each tail write; a newer tail
