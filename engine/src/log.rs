@@ -2325,18 +2325,24 @@ impl<S: Storage> Log<S> {
         if self.segments.len() < 2 {
             return false;
         }
+        // Unknown: as old as can be, so time retention says "due".
+        self.segments_due(now_ms, i64::MIN + 1) > 0
+    }
+
+    /// How many of the oldest segments retention deletes now; a segment
+    /// whose index is not loaded counts with `unloaded_max_timestamp_ms`.
+    fn segments_due(&self, now_ms: i64, unloaded_max_timestamp_ms: i64) -> usize {
         let infos: Vec<crate::retention::SegmentInfo> = self
             .segments
             .iter()
             .map(|(&base, seg)| crate::retention::SegmentInfo {
                 base_offset: base,
                 len_bytes: seg.len_bytes,
-                // Unknown: as old as can be, so time retention says "due".
                 max_timestamp_ms: seg
                     .index
                     .as_ref()
                     .map(|i| i.max_timestamp_ms)
-                    .unwrap_or(i64::MIN + 1),
+                    .unwrap_or(unloaded_max_timestamp_ms),
             })
             .collect();
         crate::retention::segments_to_delete(
@@ -2344,7 +2350,7 @@ impl<S: Storage> Log<S> {
             self.config.retention_bytes,
             self.config.retention_ms,
             now_ms,
-        ) > 0
+        )
     }
 
     pub async fn apply_retention(&mut self, now_ms: i64) -> Result<usize, EngineError> {
@@ -2353,28 +2359,12 @@ impl<S: Storage> Log<S> {
             return Ok(0);
         }
         let bases: Vec<u64> = self.segments.keys().copied().collect();
-        let mut infos = Vec::with_capacity(bases.len());
-        for (i, &base) in bases.iter().enumerate() {
-            if i + 1 < bases.len() && self.config.retention_ms.is_some() {
+        if self.config.retention_ms.is_some() {
+            for &base in &bases[..bases.len().saturating_sub(1)] {
                 self.ensure_loaded(base).await?;
             }
-            let seg = &self.segments[&base];
-            infos.push(crate::retention::SegmentInfo {
-                base_offset: base,
-                len_bytes: seg.len_bytes,
-                max_timestamp_ms: seg
-                    .index
-                    .as_ref()
-                    .map(|i| i.max_timestamp_ms)
-                    .unwrap_or(i64::MIN),
-            });
         }
-        let n = crate::retention::segments_to_delete(
-            &infos,
-            self.config.retention_bytes,
-            self.config.retention_ms,
-            now_ms,
-        );
+        let n = self.segments_due(now_ms, i64::MIN);
         if n == 0 {
             return Ok(0);
         }
