@@ -328,8 +328,90 @@ impl ServerConfig {
     }
 }
 
+/// The environment variable that injects a [`ProduceFault`]. Tests only:
+/// it makes a healthy server misbehave on purpose.
+pub const PRODUCE_FAULT_ENV: &str = "STROM_TEST_PRODUCE_FAULT";
+
+/// A fault injected into the owner side of produce (every protocol's), so
+/// that tests can show what a request spanning shards makes of one shard
+/// failing while others succeed. Read once at start-up from
+/// [`PRODUCE_FAULT_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceFault {
+    /// `fail:SHARD`: that shard answers every produce op with a
+    /// shard-level failure (as a dropped mesh call does), appending nothing.
+    Fail { shard: usize },
+    /// `delay:SHARD:MS`: that shard starts every produce op MS late (as
+    /// a stalled disk would), then appends as usual.
+    Delay { shard: usize, delay_ms: u64 },
+}
+
+impl ProduceFault {
+    /// Parses `fail:SHARD` or `delay:SHARD:MS`.
+    pub fn parse(s: &str) -> Result<ProduceFault, String> {
+        let bad = || format!("{PRODUCE_FAULT_ENV}={s:?}: expected fail:SHARD or delay:SHARD:MS");
+        let mut it = s.split(':');
+        let kind = it.next().ok_or_else(bad)?;
+        let shard: usize = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let fault = match kind {
+            "fail" => ProduceFault::Fail { shard },
+            "delay" => ProduceFault::Delay {
+                shard,
+                delay_ms: it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?,
+            },
+            _ => return Err(bad()),
+        };
+        if it.next().is_some() {
+            return Err(bad());
+        }
+        Ok(fault)
+    }
+
+    pub fn from_env() -> Option<ProduceFault> {
+        let v = std::env::var(PRODUCE_FAULT_ENV).ok()?;
+        match ProduceFault::parse(&v) {
+            Ok(f) => {
+                eprintln!("warning: {PRODUCE_FAULT_ENV}: injecting {f:?} (tests only)");
+                Some(f)
+            }
+            Err(e) => {
+                eprintln!("warning: {e}; no fault injected");
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::ProduceFault;
+
+    #[test]
+    fn produce_faults_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            ProduceFault::parse("fail:1"),
+            Ok(ProduceFault::Fail { shard: 1 })
+        );
+        assert_eq!(
+            ProduceFault::parse("delay:0:250"),
+            Ok(ProduceFault::Delay {
+                shard: 0,
+                delay_ms: 250
+            })
+        );
+        for bad in [
+            "",
+            "fail",
+            "fail:x",
+            "fail:1:2",
+            "delay:1",
+            "delay:1:x",
+            "stall:1",
+        ] {
+            assert!(ProduceFault::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use crate::limits::*;
 use crate::metadata;
 use crate::metrics::Protocol;
 use crate::ops::{self, call, collect, fan_out, reply_error};
-use crate::router::{AdminOp, Op, ProduceItem, Reply};
+use crate::router::{AdminOp, Op, ProduceError, ProduceItem, Reply};
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
@@ -369,6 +369,9 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
                 topic: b.topic,
                 partition: b.partition,
                 frame,
+                // Native producers are not idempotent yet: the frame header
+                // has the fields, the client does not assign producer ids.
+                producer: None,
             }),
             Err(e) => {
                 results[index].error = e.code;
@@ -395,8 +398,24 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
         let indexes = waiting.remove(&target).unwrap_or_default();
         match reply {
             Reply::Produce(rs) => {
-                for (i, res) in rs {
-                    results[i] = res;
+                for (i, produced) in rs {
+                    let res = &mut results[i];
+                    match produced {
+                        Ok(a) => {
+                            res.base_offset = a.base_offset;
+                            res.last_offset = a.last_offset;
+                            res.append_time_ms = a.append_time_ms;
+                            res.log_start_offset = a.log_start_offset;
+                        }
+                        Err(ProduceError::Wire(e)) => {
+                            res.error = e.code;
+                            res.message = e.message;
+                        }
+                        Err(ProduceError::Refused(r)) => {
+                            res.error = ErrorCode::InvalidRequest;
+                            res.message = r.message;
+                        }
+                    }
                 }
             }
             other => {

@@ -3,7 +3,8 @@
 //!
 //! Layers, each importing only from the ones before it:
 //! 1. foundations: `limits`, `error`, `config`, `metadata`, `metrics`,
-//!    `shutdown`, `waits`, `alloc`, `engine` (the storage engine's API);
+//!    `shutdown`, `waits`, `alloc`, `producers` (idempotent-producer rules),
+//!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
 //!    they mean);
 //! 3. `shard`: one shard's state (partitions, metadata, router);
@@ -29,6 +30,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+pub mod producers;
 pub mod router;
 pub mod serve;
 pub mod shard;

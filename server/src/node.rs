@@ -166,6 +166,7 @@ pub fn run(args: Args) -> Result<(), ServerError> {
         initial_metadata: meta,
         group_config: cfg.groups.clone(),
         kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
+        produce_fault: crate::config::ProduceFault::from_env(),
         shard_ports: std::sync::OnceLock::new(),
     });
     let mesh =

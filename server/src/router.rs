@@ -35,16 +35,42 @@ use std::rc::Rc;
 use strom_flatbuffers::protocol::{
     CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, ErrorCode,
     ListOffsetsPartition, ListOffsetsResult, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, PartitionDescription, ProduceResult, TopicResults,
+    OffsetFetchRequest, OffsetFetchResponse, PartitionDescription, TopicResults,
 };
 
-/// One batch for one partition; `index` is its position in the request.
+/// One batch for one partition; `index` is its position in the request
+/// (several batches of one partition may share it).
 pub struct ProduceItem {
     pub index: usize,
     pub topic: String,
     pub partition: u32,
     pub frame: BytesMut,
+    /// Set for a batch of an idempotent producer: checked and recorded
+    /// against its sequence (`crate::producers`), whatever the protocol.
+    pub producer: Option<crate::producers::ProducerBatch>,
 }
+
+/// Where one produce item was stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// The broker's append time; -1 for a duplicate answered from producer
+    /// state (its time is not kept).
+    pub append_time_ms: i64,
+    pub log_start_offset: u64,
+}
+
+/// Why one produce item was not stored.
+#[derive(Debug, Clone)]
+pub enum ProduceError {
+    Wire(WireError),
+    /// Refused by the idempotent-producer rules.
+    Refused(crate::producers::Refusal),
+}
+
+/// What one produce item came to; each edge encodes it in its protocol.
+pub type Produced = Result<Appended, ProduceError>;
 
 pub struct FetchItem {
     pub index: usize,
@@ -104,14 +130,17 @@ pub enum Op {
     Apply(Metadata),
     /// Consumer group coordination, on the group's owner.
     Group(crate::group::service::GroupOp),
-    /// Kafka edge operations (idempotent produce, delete records).
-    Kafka(crate::kafka::KafkaOp),
+    /// Advances each partition's log start to the offset (-1: its high
+    /// watermark): Kafka's DeleteRecords. (index, topic, partition, offset).
+    DeleteRecords {
+        items: Vec<(usize, String, u32, i64)>,
+    },
     /// A snapshot of the shard's metrics (for a `/metrics` scrape).
     Metrics,
 }
 
 pub enum Reply {
-    Produce(Vec<(usize, ProduceResult)>),
+    Produce(Vec<(usize, Produced)>),
     Fetch(Vec<FetchOut>),
     Done,
     ListOffsets(Vec<(usize, ListOffsetsResult)>),
@@ -119,7 +148,8 @@ pub enum Reply {
     OffsetCommit(OffsetCommitResponse),
     OffsetFetch(OffsetFetchResponse),
     Topics(TopicResults),
-    Kafka(crate::kafka::KafkaReply),
+    /// (index, the new log start offset or why not).
+    DeleteRecords(Vec<(usize, Result<u64, WireError>)>),
     Group(crate::group::service::GroupReply),
     Metrics(Box<crate::metrics::ShardSnapshot>),
     Failed(WireError),

@@ -184,7 +184,7 @@ pub async fn run(start: ShardStart) {
         apply_lock: Semaphore::new(1),
         connections: Cell::new(0),
         shutdown: Event::default(),
-        kafka: crate::kafka::KafkaShard::default(),
+        producers: crate::producers::Producers::default(),
         metrics: ShardMetrics::default(),
     });
     if let Some(r) = receivers {

@@ -25,10 +25,10 @@
 
 use crate::engine::{EngineError, Partition};
 use crate::error::{engine_to_wire, WireError};
-use crate::kafka::idempotence::PartitionKey;
 use crate::limits::{PARTITION_REOPEN_BACKOFF_MAX_MS, PARTITION_REOPEN_BACKOFF_MIN_MS};
 use crate::metadata::{self, Metadata, Placement};
 use crate::metrics::{PartitionSnapshot, PartitionTraffic, ShardMetrics, ShardSnapshot};
+use crate::producers::PartitionKey;
 use crate::router::Router;
 use crate::shutdown::Event;
 use glommio::sync::Semaphore;
@@ -57,6 +57,8 @@ pub struct Shared {
     pub group_config: crate::group::coordinator::CoordinatorConfig,
     /// The Kafka listener's settings, bound address and producer ids.
     pub kafka: crate::kafka::KafkaShared,
+    /// A test-only fault in the produce path (`config::ProduceFault`).
+    pub produce_fault: Option<crate::config::ProduceFault>,
     /// Index = shard id: the shard's direct native port (set once every
     /// shard has bound; unset with `--shard-ports off`).
     pub shard_ports: std::sync::OnceLock<Vec<u16>>,
@@ -85,8 +87,9 @@ pub struct Shard {
     pub apply_lock: Semaphore,
     pub connections: Cell<usize>,
     pub shutdown: Event,
-    /// Kafka idempotent-producer state of the partitions this shard owns.
-    pub kafka: crate::kafka::KafkaShard,
+    /// Idempotent-producer state of the partitions this shard owns (every
+    /// protocol's).
+    pub producers: crate::producers::Producers,
     /// This shard's counters (touched by this executor only).
     pub metrics: ShardMetrics,
 }
@@ -339,7 +342,7 @@ impl Shard {
         // Idempotent producers' batches that did not survive must be
         // appended again when retried, not answered as duplicates.
         let high_watermark = part.offsets().high_watermark;
-        self.kafka.forget_from(
+        self.producers.forget_from(
             PartitionKey {
                 topic_id,
                 partition: p,

@@ -1,5 +1,5 @@
 //! Kafka produce when one shard fails or stalls, against a real two-shard
-//! server with a fault injected on shard 1 (`STROM_TEST_KAFKA_PRODUCE_FAULT`,
+//! server with a fault injected on shard 1 (`STROM_TEST_PRODUCE_FAULT`,
 //! see `kafka::ProduceFault`), spoken to over TCP with the `kafka-protocol`
 //! crate's codecs.
 //!
@@ -21,7 +21,7 @@ use kafka_wire::*;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const FAULT_ENV: &str = "STROM_TEST_KAFKA_PRODUCE_FAULT";
+const FAULT_ENV: &str = "STROM_TEST_PRODUCE_FAULT";
 const PARTITIONS: i32 = 4;
 const SHARDS: u64 = 2;
 /// Kafka's error codes the tests expect.

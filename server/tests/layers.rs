@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 fn layer(module: &str) -> Option<u8> {
     let l = match module {
         "alloc" | "config" | "error" | "limits" | "metadata" | "metrics" | "shutdown" | "waits"
-        | "engine" => 0,
+        | "producers" | "engine" => 0,
         "router" => 1,
         "shard" => 2,
         "ops" | "group" => 3,
@@ -43,12 +43,6 @@ const KNOWN_DEBTS: &[(&str, &str, &str)] = &[
         "the mesh's Op enum names the group service's operations",
     ),
     (
-        "router",
-        "kafka",
-        "the mesh's Op enum names the owner side of Kafka idempotent produce, \
-         which still lives in the Kafka edge",
-    ),
-    (
         "shard",
         "group",
         "a shard holds the state of the groups it coordinates",
@@ -56,12 +50,8 @@ const KNOWN_DEBTS: &[(&str, &str, &str)] = &[
     (
         "shard",
         "kafka",
-        "a shard holds the idempotent-producer state of the Kafka edge",
-    ),
-    (
-        "ops",
-        "kafka",
-        "the owner side runs the Kafka idempotent produce op",
+        "the process-wide state holds the Kafka listener's settings, bound \
+         address and producer-id allocator, defined in the Kafka edge",
     ),
 ];
 

@@ -6,14 +6,13 @@
 use super::codec::{self, sb, Decoded};
 use super::fanout::ProduceFanOut;
 use super::translate;
-use super::{KafkaOp, KafkaProduceItem, KafkaReply};
 use crate::engine::Durability;
 use crate::error::WireError;
 use crate::limits::*;
 use crate::metadata;
 use crate::metrics::Protocol;
 use crate::ops::{self, call, collect, fan_out};
-use crate::router::{AdminOp, FetchOut, Op, Reply};
+use crate::router::{AdminOp, FetchOut, Op, ProduceItem, Reply};
 use crate::shard::Shard;
 use bytes::BytesMut;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -219,17 +218,10 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
     }
 }
 
-fn reply_error(reply: Reply) -> WireError {
-    match reply {
-        Reply::Kafka(KafkaReply::Failed(e)) => e,
-        other => ops::reply_error(other),
-    }
-}
-
 async fn admin(ctx: &Ctx, op: AdminOp) -> Result<native::TopicResults, WireError> {
     match call(&ctx.shard, 0, Op::Admin(op)).await {
         Reply::Topics(t) => Ok(t),
-        other => Err(reply_error(other)),
+        other => Err(ops::reply_error(other)),
     }
 }
 
@@ -363,7 +355,7 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
         .collect();
     auto_create(ctx, &names).await;
     let mut fan = ProduceFanOut::new();
-    let mut per_shard: BTreeMap<usize, Vec<KafkaProduceItem>> = BTreeMap::new();
+    let mut per_shard: BTreeMap<usize, Vec<ProduceItem>> = BTreeMap::new();
     for t in r.topic_data {
         let topic = t.name.0.as_str().to_owned();
         for pd in t.partition_data {
@@ -411,7 +403,7 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
                     let index = fan.routed(&topic, pd.index, owner);
                     let items = per_shard.entry(owner).or_default();
                     for f in frames {
-                        items.push(KafkaProduceItem {
+                        items.push(ProduceItem {
                             index,
                             topic: topic.clone(),
                             partition: p,
@@ -429,14 +421,19 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
     );
     let ops: Vec<(usize, Op)> = per_shard
         .into_iter()
-        .map(|(s, items)| (s, Op::Kafka(KafkaOp::Produce { items, durability })))
+        .map(|(s, items)| (s, Op::Produce { items, durability }))
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);
     for (target, reply) in collect(&rx, n, Some(deadline)).await {
         match reply {
-            Reply::Kafka(KafkaReply::Produce(outs)) => fan.answer(target, outs),
-            other => fan.fail(target, &reply_error(other)),
+            Reply::Produce(outs) => fan.answer(
+                target,
+                outs.into_iter()
+                    .map(|(i, p)| (i, super::kafka_outcome(p)))
+                    .collect(),
+            ),
+            other => fan.fail(target, &ops::reply_error(other)),
         }
     }
     let answers = fan.finish(timeout_ms);
@@ -935,17 +932,25 @@ async fn delete_records(ctx: &Ctx, r: DeleteRecordsRequest) -> DeleteRecordsResp
     }
     let ops: Vec<(usize, Op)> = per_shard
         .into_iter()
-        .map(|(s, items)| (s, Op::Kafka(KafkaOp::DeleteRecords { items })))
+        .map(|(s, items)| (s, Op::DeleteRecords { items }))
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);
     for (_, reply) in collect(&rx, n, None).await {
-        if let Reply::Kafka(KafkaReply::DeleteRecords(rs)) = reply {
-            for (slot, code, low) in rs {
+        if let Reply::DeleteRecords(rs) = reply {
+            for (slot, r) in rs {
                 let (ti, pi) = at[slot];
                 let p = &mut topics[ti].partitions[pi];
-                p.error_code = code;
-                p.low_watermark = low;
+                match r {
+                    Ok(low) => {
+                        p.error_code = codec::NONE;
+                        p.low_watermark = low as i64;
+                    }
+                    Err(e) => {
+                        p.error_code = codec::wire_to_kafka(e.code);
+                        p.low_watermark = -1;
+                    }
+                }
             }
         }
     }

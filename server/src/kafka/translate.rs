@@ -21,7 +21,7 @@
 //! I/O-free.
 
 use super::codec;
-use super::idempotence::ProducerBatch;
+use crate::producers::ProducerBatch;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{RecordBatchDecoder, RecordCompression};
 use strom_flatbuffers::frame::FRAME_RECORDS_MAX;

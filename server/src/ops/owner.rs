@@ -2,15 +2,20 @@
 //! (or a group, or, on shard 0, the metadata) it owns. Runs the same whether
 //! the op came from a local connection or over the mesh.
 
+use crate::config::{ProduceFault, PRODUCE_FAULT_ENV};
 use crate::engine::{Durability, EngineError};
 use crate::error::{engine_to_wire, WireError};
 use crate::limits::*;
 use crate::metadata::{self, Metadata, TopicMeta};
 use crate::ops::fan_out;
-use crate::router::{AdminOp, FetchItem, FetchOut, Op, ProduceItem, Reply};
+use crate::producers::{Check, PartitionKey, ProducerBatch};
+use crate::router::{
+    AdminOp, Appended, FetchItem, FetchOut, Op, ProduceError, ProduceItem, Produced, Reply,
+};
 use crate::shard::Shard;
 use crate::shutdown::first_of;
 use crate::waits::WaitId;
+use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,9 +28,7 @@ use strom_flatbuffers::protocol::*;
 /// (it is copied into each task that runs it).
 pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
     match op {
-        Op::Produce { items, durability } => {
-            Reply::Produce(produce(shard, items, durability).await)
-        }
+        Op::Produce { items, durability } => produce(shard, items, durability).await,
         Op::Fetch { items } => Reply::Fetch(Box::pin(fetch(shard, items)).await),
         Op::Wait { id, items, wait_ms } => {
             Box::pin(wait(shard, id, items, wait_ms)).await;
@@ -50,23 +53,34 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
         }
         Op::Apply(m) => {
             Box::pin(shard.apply(m)).await;
-            // Kafka producer state goes with its topic.
-            shard.kafka.retain_topics(&shard.metadata.borrow());
+            // Idempotent producer state goes with its topic.
+            shard.producers.retain_topics(&shard.metadata.borrow());
             Reply::Done
         }
         Op::Group(op) => Reply::Group(Box::pin(shard.groups.execute(op)).await),
-        Op::Kafka(op) => Reply::Kafka(Box::pin(crate::kafka::execute(shard, op)).await),
+        Op::DeleteRecords { items } => {
+            Reply::DeleteRecords(Box::pin(delete_records(shard, items)).await)
+        }
         Op::Metrics => Reply::Metrics(Box::new(shard.metrics_snapshot())),
     }
 }
 
 /// Appends each partition's batches in request order; partitions run
-/// concurrently.
-async fn produce(
-    shard: &Rc<Shard>,
-    items: Vec<ProduceItem>,
-    durability: Durability,
-) -> Vec<(usize, ProduceResult)> {
+/// concurrently. The one produce of every protocol: a batch of an
+/// idempotent producer is checked and recorded under its partition's lane.
+async fn produce(shard: &Rc<Shard>, items: Vec<ProduceItem>, durability: Durability) -> Reply {
+    match shard.shared.produce_fault {
+        Some(ProduceFault::Fail { shard: s }) if s == shard.id => {
+            return Reply::Failed(WireError::new(
+                ErrorCode::Internal,
+                format!("shard {s}: injected fault ({PRODUCE_FAULT_ENV})"),
+            ));
+        }
+        Some(ProduceFault::Delay { shard: s, delay_ms }) if s == shard.id => {
+            glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+        }
+        _ => {}
+    }
     let mut groups: BTreeMap<(String, u32), Vec<ProduceItem>> = BTreeMap::new();
     for it in items {
         groups
@@ -78,7 +92,7 @@ async fn produce(
     // of their own, concurrently.
     if groups.len() == 1 {
         let ((topic, p), items) = groups.pop_first().expect("one group");
-        return produce_partition(shard.clone(), topic, p, items, durability).await;
+        return Reply::Produce(produce_partition(shard.clone(), topic, p, items, durability).await);
     }
     let mut tasks = Vec::with_capacity(groups.len());
     for ((topic, p), items) in groups {
@@ -94,7 +108,7 @@ async fn produce(
     for t in tasks {
         out.extend(t.await);
     }
-    out
+    Reply::Produce(out)
 }
 
 /// Appends one partition's batches in request order.
@@ -104,38 +118,147 @@ async fn produce_partition(
     p: u32,
     items: Vec<ProduceItem>,
     durability: Durability,
-) -> Vec<(usize, ProduceResult)> {
-    let part = shard.partition(&topic, p);
+) -> Vec<(usize, Produced)> {
     let mut out = Vec::with_capacity(items.len());
+    let opened = open_partition(&shard, &topic, p);
     for it in items {
-        let bytes = it.frame.len() as u64;
-        let mut res = ProduceResult {
-            topic: it.topic,
-            partition: it.partition,
-            ..Default::default()
-        };
-        match &part {
-            Err(e) => {
-                res.error = e.code;
-                res.message = e.message.clone();
+        let r = match &opened {
+            Err(e) => Err(ProduceError::Wire(e.clone())),
+            Ok((key, part)) => {
+                produce_one(
+                    &shard,
+                    &topic,
+                    p,
+                    *key,
+                    part,
+                    it.frame,
+                    it.producer,
+                    durability,
+                )
+                .await
             }
-            Ok(part) => match part.append(it.frame, durability).await {
-                Ok(info) => {
-                    let records = info.last_offset + 1 - info.base_offset;
-                    shard.count_in(&topic, p, records, bytes);
-                    res.base_offset = info.base_offset;
-                    res.last_offset = info.last_offset;
-                    res.append_time_ms = info.append_time_ms;
-                    res.log_start_offset = part.offsets().log_start_offset;
-                }
-                Err(e) => {
-                    let w = shard.engine_error(&topic, p, &e);
-                    res.error = w.code;
-                    res.message = w.message;
-                }
-            },
+        };
+        out.push((it.index, r));
+    }
+    out
+}
+
+/// The open partition and the key of its topic incarnation.
+fn open_partition(
+    shard: &Shard,
+    topic: &str,
+    p: u32,
+) -> Result<(PartitionKey, crate::engine::Partition), WireError> {
+    if let Some(slot) = shard.partitions.borrow().get(&(topic.to_owned(), p)) {
+        let key = PartitionKey {
+            topic_id: slot.topic_id,
+            partition: p,
+        };
+        return Ok((key, slot.partition.clone()));
+    }
+    // Not open here: the shard says why.
+    Err(shard.partition(topic, p).err().unwrap_or_else(|| {
+        WireError::new(
+            ErrorCode::Internal,
+            format!("{topic}/{p}: open, but not in the partition table"),
+        )
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn produce_one(
+    shard: &Rc<Shard>,
+    topic: &str,
+    p: u32,
+    key: PartitionKey,
+    part: &crate::engine::Partition,
+    frame: BytesMut,
+    producer: Option<ProducerBatch>,
+    durability: Durability,
+) -> Produced {
+    let fail = |e: crate::engine::EngineError| ProduceError::Wire(shard.engine_error(topic, p, &e));
+    let bytes = frame.len() as u64;
+    let Some(b) = producer else {
+        let info = part.append(frame, durability).await.map_err(fail)?;
+        shard.count_in(topic, p, info.last_offset + 1 - info.base_offset, bytes);
+        return Ok(Appended {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            append_time_ms: info.append_time_ms,
+            log_start_offset: part.offsets().log_start_offset,
+        });
+    };
+    // Check, append (to memory) and record under the lane, so that batches
+    // of one producer reach the log in sequence order; wait for durability
+    // outside it, so that the lane never waits on a disk.
+    let lane = shard.producers.lane(key);
+    let (base, last, append_time_ms) = {
+        let Ok(_permit) = lane.acquire_permit(1).await else {
+            return Err(ProduceError::Wire(WireError::new(
+                ErrorCode::Internal,
+                "the partition's producer lane is closed",
+            )));
+        };
+        match shard.producers.check(key, &b) {
+            Check::Reject(r) => return Err(ProduceError::Refused(r)),
+            Check::Duplicate {
+                base_offset,
+                last_offset,
+            } => (base_offset, last_offset, -1),
+            Check::Append => {
+                let info = part
+                    .append(frame, Durability::Buffered)
+                    .await
+                    .map_err(fail)?;
+                let records = info.last_offset + 1 - info.base_offset;
+                shard.count_in(topic, p, records, bytes);
+                shard
+                    .producers
+                    .record(key, &b, info.base_offset, info.last_offset);
+                (info.base_offset, info.last_offset, info.append_time_ms)
+            }
         }
-        out.push((it.index, res));
+    };
+    // Written (acks=1) has no separate engine call here: idempotent
+    // producers use acks=all anyway, so both wait for fdatasync.
+    if durability != Durability::Buffered {
+        part.sync_to(last + 1).await.map_err(fail)?;
+    }
+    Ok(Appended {
+        base_offset: base,
+        last_offset: last,
+        append_time_ms,
+        log_start_offset: part.offsets().log_start_offset,
+    })
+}
+
+/// Kafka's DeleteRecords on this shard's partitions: each log start moves
+/// to the offset (-1: the high watermark); beyond the high watermark is
+/// out of range.
+async fn delete_records(
+    shard: &Rc<Shard>,
+    items: Vec<(usize, String, u32, i64)>,
+) -> Vec<(usize, Result<u64, WireError>)> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, topic, p, offset) in items {
+        let r = match shard.partition(&topic, p) {
+            Err(e) => Err(e),
+            Ok(part) => {
+                let hw = part.offsets().high_watermark;
+                let target = if offset < 0 { hw } else { offset as u64 };
+                if target > hw {
+                    Err(WireError::new(
+                        ErrorCode::OffsetOutOfRange,
+                        format!("{topic}/{p}: offset {target} is past the high watermark {hw}"),
+                    ))
+                } else {
+                    part.delete_records_before(target)
+                        .await
+                        .map_err(|e| engine_to_wire(&topic, p, &e))
+                }
+            }
+        };
+        out.push((i, r));
     }
     out
 }

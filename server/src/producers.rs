@@ -1,9 +1,11 @@
-//! Idempotent producers, Kafka's rules: per (producer id, partition) the
-//! broker keeps the producer epoch and its last few batches (first and last
-//! sequence, offsets). A retried batch that matches one of them is a
-//! duplicate and gets the original offsets back without a second append; a
-//! batch that does not continue the sequence is refused with
-//! OUT_OF_ORDER_SEQUENCE_NUMBER; an older epoch is fenced.
+//! Idempotent producers, protocol-neutral, with Kafka's rules: per
+//! (producer id, partition) the owning shard keeps the producer epoch and its
+//! last few batches (first and last sequence, offsets). A retried batch that
+//! matches one of them is a duplicate and gets the original offsets back
+//! without a second append; a batch that does not continue the sequence is
+//! refused as out of order; an older epoch is fenced. The operations layer
+//! checks and records here for every protocol (`ops::owner`); an edge only
+//! maps a [`Refusal`] to its own error code.
 //!
 //! State is in memory on the owning shard: a restart forgets it, and the
 //! first batch of an unknown producer is accepted whatever its sequence
@@ -19,15 +21,17 @@
 //!   ([`KAFKA_PRODUCER_STATES_PER_SHARD_MAX`]); past it the least recently
 //!   appended-to goes, as Kafka expires idle producer ids.
 //!
-//! I/O-free; the owner checks and records under the partition's lane.
+//! [`ProducerStates`] is I/O-free; [`Producers`] adds the per-partition
+//! lanes under which the owner checks, appends and records.
 
-use super::codec::{
-    DUPLICATE_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER,
-};
 use crate::limits::{KAFKA_PRODUCER_BATCHES_MAX, KAFKA_PRODUCER_STATES_PER_SHARD_MAX};
+use glommio::sync::Semaphore;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
 
-/// The idempotence fields of one Kafka batch.
+/// The idempotence fields of one batch (from a Kafka record batch, or a
+/// Strom frame header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerBatch {
     pub producer_id: i64,
@@ -36,12 +40,31 @@ pub struct ProducerBatch {
     pub last_seq: i32,
 }
 
+/// Why a batch of an idempotent producer is refused (Kafka's codes of the
+/// same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The batch does not continue the producer's sequence.
+    OutOfOrderSequence,
+    /// The batch repeats a sequence older than the batches remembered.
+    DuplicateSequence,
+    /// The producer's epoch is older than the current one (fenced).
+    InvalidProducerEpoch,
+}
+
+/// A refused batch: why, and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
 /// What to do with a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
     Append,
     Duplicate { base_offset: u64, last_offset: u64 },
-    Reject { code: i16, message: String },
+    Reject(Refusal),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,25 +153,25 @@ impl ProducerStates {
             return Check::Append;
         };
         if b.epoch < p.epoch {
-            return Check::Reject {
-                code: INVALID_PRODUCER_EPOCH,
+            return Check::Reject(Refusal {
+                kind: RefusalKind::InvalidProducerEpoch,
                 message: format!(
                     "producer {} epoch {} is older than the current epoch {}",
                     b.producer_id, b.epoch, p.epoch
                 ),
-            };
+            });
         }
         if b.epoch > p.epoch {
             if b.first_seq == 0 {
                 return Check::Append;
             }
-            return Check::Reject {
-                code: OUT_OF_ORDER_SEQUENCE_NUMBER,
+            return Check::Reject(Refusal {
+                kind: RefusalKind::OutOfOrderSequence,
                 message: format!(
                     "producer {} new epoch {} must start at sequence 0, not {}",
                     b.producer_id, b.epoch, b.first_seq
                 ),
-            };
+            });
         }
         if let Some(a) = p
             .batches
@@ -167,13 +190,13 @@ impl ProducerStates {
             return Check::Append;
         }
         let oldest = p.batches.front().map(|a| a.first_seq).unwrap_or(0);
-        let code = if b.first_seq < oldest && b.first_seq >= 0 && last.last_seq >= oldest {
-            DUPLICATE_SEQUENCE_NUMBER
+        let kind = if b.first_seq < oldest && b.first_seq >= 0 && last.last_seq >= oldest {
+            RefusalKind::DuplicateSequence
         } else {
-            OUT_OF_ORDER_SEQUENCE_NUMBER
+            RefusalKind::OutOfOrderSequence
         };
-        Check::Reject {
-            code,
+        Check::Reject(Refusal {
+            kind,
             message: format!(
                 "producer {} epoch {}: expected sequence {}, got {}",
                 b.producer_id,
@@ -181,7 +204,7 @@ impl ProducerStates {
                 next_seq(last.last_seq),
                 b.first_seq
             ),
-        }
+        })
     }
 
     /// Records an appended batch (after [`check`](Self::check) said Append),
@@ -267,6 +290,68 @@ impl ProducerStates {
             "recency index and states agree"
         );
         before - self.states.len()
+    }
+}
+
+/// A shard's idempotent producers: their states, and one lane per partition
+/// under which a batch is checked, appended (to memory) and recorded, so
+/// that a producer's batches reach the log in sequence order. Both keyed by
+/// topic id (a re-created topic shares nothing with the deleted one) and
+/// dropped with their topic ([`Producers::retain_topics`]); states are
+/// bounded (see [`ProducerStates`]), lanes by the partitions the shard owns.
+#[derive(Default)]
+pub struct Producers {
+    states: RefCell<ProducerStates>,
+    lanes: RefCell<HashMap<PartitionKey, Rc<Semaphore>>>,
+}
+
+impl Producers {
+    pub fn lane(&self, key: PartitionKey) -> Rc<Semaphore> {
+        self.lanes
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone()
+    }
+
+    pub fn check(&self, key: PartitionKey, b: &ProducerBatch) -> Check {
+        self.states.borrow().check(key, b)
+    }
+
+    pub fn record(&self, key: PartitionKey, b: &ProducerBatch, base: u64, last: u64) {
+        self.states.borrow_mut().record(key, b, base, last);
+    }
+
+    /// Forgets the batches of a reopened partition that its recovered log
+    /// no longer holds (see [`ProducerStates::forget_from`]).
+    pub fn forget_from(&self, key: PartitionKey, offset: u64) {
+        let dropped = self.states.borrow_mut().forget_from(key, offset);
+        if dropped > 0 {
+            tracing::warn!(
+                topic_id = key.topic_id,
+                partition = key.partition,
+                batches = dropped,
+                "producer batches past the reopened log's end forgotten"
+            );
+        }
+    }
+
+    /// Drops the producer state and lanes of every topic not in `meta`
+    /// (called once a metadata change is applied: deleted topics, and the
+    /// old incarnation of re-created ones, go).
+    pub fn retain_topics(&self, meta: &crate::metadata::Metadata) {
+        let live: std::collections::HashSet<u64> = meta.topics.values().map(|t| t.id).collect();
+        let dropped = self
+            .states
+            .borrow_mut()
+            .retain_topics(|id| live.contains(&id));
+        // A lane still held by an append in flight lives on in its Rc.
+        self.lanes
+            .borrow_mut()
+            .retain(|k, _| live.contains(&k.topic_id));
+        if dropped > 0 {
+            tracing::debug!(states = dropped, "producer state of deleted topics dropped");
+        }
     }
 }
 
@@ -451,16 +536,16 @@ mod tests {
         let mut t = Table(ProducerStates::default());
         t.record(&batch(1, 0, 10), 0, 9);
         match t.check(&batch(1, 11, 1)) {
-            Check::Reject { code, .. } => assert_eq!(code, OUT_OF_ORDER_SEQUENCE_NUMBER),
+            Check::Reject(r) => assert_eq!(r.kind, RefusalKind::OutOfOrderSequence),
             c => panic!("{c:?}"),
         }
         match t.check(&batch(0, 10, 1)) {
-            Check::Reject { code, .. } => assert_eq!(code, INVALID_PRODUCER_EPOCH),
+            Check::Reject(r) => assert_eq!(r.kind, RefusalKind::InvalidProducerEpoch),
             c => panic!("{c:?}"),
         }
         assert_eq!(t.check(&batch(2, 0, 1)), Check::Append);
         match t.check(&batch(2, 5, 1)) {
-            Check::Reject { code, .. } => assert_eq!(code, OUT_OF_ORDER_SEQUENCE_NUMBER),
+            Check::Reject(r) => assert_eq!(r.kind, RefusalKind::OutOfOrderSequence),
             c => panic!("{c:?}"),
         }
     }
