@@ -19,7 +19,7 @@ use super::handlers::{self, Ctx};
 use crate::limits::*;
 use crate::metrics::{Protocol, ShardMetrics};
 use crate::shard::Shard;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
@@ -28,10 +28,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// An answer in the making: `None` for requests that get no answer.
+/// An answer in the making: `None` for requests that get no answer. An
+/// answer is its encoded bytes in order (fetched records as buffers of
+/// their own, see `splice.rs`).
 enum Pending {
-    Task(JoinHandle<Option<BytesMut>>),
-    Ready(BytesMut),
+    Task(JoinHandle<Option<Vec<Bytes>>>),
+    Ready(Vec<Bytes>),
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -112,7 +114,7 @@ async fn read_loop(
                                 "UnsupportedVersion",
                                 "an API or version this edge does not serve",
                             );
-                            Pending::Ready(b)
+                            Pending::Ready(vec![b.freeze()])
                         }
                         Incoming::Request(d) => {
                             let ctx = ctx.clone();
@@ -233,7 +235,8 @@ async fn write_loop(
         };
         inflight.set(inflight.get().saturating_sub(1));
         let Some(out) = out else { continue };
-        if out.is_empty() {
+        let len: usize = out.iter().map(|b| b.len()).sum();
+        if len == 0 {
             // An answer that could not be encoded: the client would pair
             // every later answer with the wrong request.
             broken = true;
@@ -242,8 +245,31 @@ async fn write_loop(
         if broken {
             continue;
         }
-        match w.write_all(&out).await {
-            Ok(()) => ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64),
+        // Small parts (the encoded head, a length) are gathered into one
+        // send; a large part (fetched records) is sent from its own buffer.
+        let mut res = Ok(());
+        let mut small: Vec<u8> = Vec::new();
+        for part in &out {
+            if part.len() < WRITE_COPY_BYTES_MAX {
+                small.extend_from_slice(part);
+                continue;
+            }
+            if !small.is_empty() {
+                res = w.write_all(&small).await;
+                small.clear();
+            }
+            if res.is_ok() {
+                res = w.write_all(part).await;
+            }
+            if res.is_err() {
+                break;
+            }
+        }
+        if res.is_ok() && !small.is_empty() {
+            res = w.write_all(&small).await;
+        }
+        match res {
+            Ok(()) => ShardMetrics::add(&shard.metrics().bytes_out, len as u64),
             Err(_) => broken = true,
         }
     }

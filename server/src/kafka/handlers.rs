@@ -5,6 +5,7 @@
 
 use super::codec::{self, sb, Decoded};
 use super::fanout::ProduceFanOut;
+use super::splice::Splicer;
 use super::translate;
 use crate::engine::Durability;
 use crate::error::WireError;
@@ -14,7 +15,7 @@ use crate::metrics::Protocol;
 use crate::ops::{self, call, collect, fan_out};
 use crate::router::{AdminOp, FetchOut, Op, ProduceItem, Reply};
 use crate::shard::Shard;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_records_response::{
@@ -141,7 +142,7 @@ fn first_error(resp: &ResponseKind) -> i16 {
 /// Handles one request, then counts it and logs its error (rate-limited);
 /// `None` means no answer (produce with acks=0); an empty buffer means the
 /// connection must close.
-pub async fn handle(ctx: &Ctx, d: Decoded, started: std::time::Instant) -> Option<BytesMut> {
+pub async fn handle(ctx: &Ctx, d: Decoded, started: std::time::Instant) -> Option<Vec<Bytes>> {
     let api = crate::metrics::kafka_api_name(d.key);
     let (out, code) = answer(ctx, d).await;
     let name = crate::metrics::kafka_error_name(code);
@@ -160,7 +161,7 @@ pub async fn handle(ctx: &Ctx, d: Decoded, started: std::time::Instant) -> Optio
 }
 
 /// The answer to one request and the first error code it carries.
-async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
+async fn answer(ctx: &Ctx, d: Decoded) -> (Option<Vec<Bytes>>, i16) {
     let v = d.version;
     let cid = d.header.correlation_id;
     let client_id = d
@@ -178,7 +179,27 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
             Some(r) => ResponseKind::Produce(r),
             None => return (None, codec::NONE),
         },
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(ctx, r).await),
+        RequestKind::Fetch(r) => {
+            let (resp, splicer) = Box::pin(fetch(ctx, r)).await;
+            let mut kind = ResponseKind::Fetch(resp);
+            if !splicer.is_empty() {
+                let code = first_error(&kind);
+                let encoded = codec::encode_response(cid, d.key, v, &kind);
+                // Fetch is a flexible message from version 12 on.
+                if let Some(parts) = encoded.ok().and_then(|b| splicer.splice(b, v >= 12)) {
+                    return (Some(parts), code);
+                }
+                tracing::warn!(
+                    shard = ctx.shard.id,
+                    version = v,
+                    "kafka fetch: splicing failed; encoding plainly"
+                );
+                if let ResponseKind::Fetch(resp) = &mut kind {
+                    unsplice(resp, &splicer);
+                }
+            }
+            kind
+        }
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(ctx, r).await),
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(ctx, v, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(ctx, r).await),
@@ -198,7 +219,7 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
     };
     let code = first_error(&resp);
     match codec::encode_response(cid, d.key, v, &resp) {
-        Ok(b) => (Some(b), code),
+        Ok(b) => (Some(vec![b.freeze()]), code),
         Err(e) => {
             tracing::error!(
                 shard = ctx.shard.id,
@@ -211,7 +232,9 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<BytesMut>, i16) {
             // Never leave a request unanswered: the client pairs answers
             // with requests by order. An empty answer closes the connection.
             (
-                Some(codec::encode_response(cid, d.key, v, &fallback).unwrap_or_default()),
+                Some(vec![codec::encode_response(cid, d.key, v, &fallback)
+                    .unwrap_or_default()
+                    .freeze()]),
                 codec::UNKNOWN_SERVER_ERROR,
             )
         }
@@ -461,8 +484,11 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
     Some(ProduceResponse::default().with_responses(topics))
 }
 
-async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
+/// The fetch answer, with each partition's long records set aside in the
+/// returned [`Splicer`] (placeholders in the response; see `splice.rs`).
+async fn fetch(ctx: &Ctx, r: FetchRequest) -> (FetchResponse, Splicer) {
     let shard = &ctx.shard;
+    let mut splicer = Splicer::new();
     let max_bytes = match r.max_bytes {
         n if n <= 0 => FETCH_BYTES_MAX,
         n => (n as usize).min(FETCH_BYTES_MAX),
@@ -562,7 +588,7 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
             .with_log_start_offset(o.log_start_offset as i64)
             .with_aborted_transactions(Some(Vec::new()))
             .with_preferred_read_replica(BrokerId(-1))
-            .with_records(Some(records.freeze()));
+            .with_records(Some(splicer.stand_in(records.freeze())));
         match topics.last_mut() {
             Some(t) if t.topic.0.as_str() == topic.as_str() => t.partitions.push(pd),
             _ => topics.push(
@@ -572,9 +598,22 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> FetchResponse {
             ),
         }
     }
-    FetchResponse::default()
+    let resp = FetchResponse::default()
         .with_session_id(0)
-        .with_responses(topics)
+        .with_responses(topics);
+    (resp, splicer)
+}
+
+/// Puts the real records back in place of the placeholders (the fallback
+/// when splicing the encoded bytes fails).
+fn unsplice(resp: &mut FetchResponse, splicer: &Splicer) {
+    for t in &mut resp.responses {
+        for p in &mut t.partitions {
+            if let Some(real) = p.records.as_ref().and_then(|r| splicer.real(r)) {
+                p.records = Some(real.clone());
+            }
+        }
+    }
 }
 
 async fn list_offsets(ctx: &Ctx, r: ListOffsetsRequest) -> ListOffsetsResponse {

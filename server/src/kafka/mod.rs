@@ -14,6 +14,8 @@
 //! - `decompress.rs`: codecs with a bound on the expanded size (a batch
 //!   that would expand past it is refused, not inflated). I/O-free.
 //! - `groups.rs`: the group APIs, translated onto the shared coordinator.
+//! - `splice.rs`: fetched records leave as buffers of their own instead of
+//!   being copied into the encoded response. I/O-free.
 //! - `connection.rs`: one client connection; answers in request order.
 //! - `handlers.rs`: one function per API: decode, translate into the
 //!   operations layer's ops (`crate::ops`: the same produce, with the same
@@ -31,6 +33,7 @@ pub mod decompress;
 pub mod fanout;
 pub mod groups;
 pub mod handlers;
+pub mod splice;
 pub mod translate;
 
 use crate::producers::RefusalKind;
