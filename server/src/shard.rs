@@ -171,6 +171,17 @@ impl Shard {
 
     /// The open partition, or the wire error explaining why there is none.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Partition, WireError> {
+        self.partition_and_topic_id(topic, partition)
+            .map(|(p, _)| p)
+    }
+
+    /// [`Shard::partition`], with the id of the topic incarnation it
+    /// belongs to (what producer state is keyed by).
+    pub fn partition_and_topic_id(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(Partition, u64), WireError> {
         if let Some(slot) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
             if slot.reopening {
                 return Err(WireError::new(
@@ -178,7 +189,7 @@ impl Shard {
                     format!("{topic}/{partition}: its log failed and is being reopened; retry"),
                 ));
             }
-            return Ok(slot.partition.clone());
+            return Ok((slot.partition.clone(), slot.topic_id));
         }
         match self.metadata.borrow().topics.get(topic) {
             None => Err(WireError::unknown_topic(topic)),

@@ -143,26 +143,20 @@ async fn produce_partition(
     out
 }
 
-/// The open partition and the key of its topic incarnation.
+/// The open partition and the key of its topic incarnation; a partition
+/// being reopened after a failure is unavailable (retriable), as for every
+/// other operation.
 fn open_partition(
     shard: &Shard,
     topic: &str,
     p: u32,
 ) -> Result<(PartitionKey, crate::engine::Partition), WireError> {
-    if let Some(slot) = shard.partitions.borrow().get(&(topic.to_owned(), p)) {
-        let key = PartitionKey {
-            topic_id: slot.topic_id,
-            partition: p,
-        };
-        return Ok((key, slot.partition.clone()));
-    }
-    // Not open here: the shard says why.
-    Err(shard.partition(topic, p).err().unwrap_or_else(|| {
-        WireError::new(
-            ErrorCode::Internal,
-            format!("{topic}/{p}: open, but not in the partition table"),
-        )
-    }))
+    let (part, topic_id) = shard.partition_and_topic_id(topic, p)?;
+    let key = PartitionKey {
+        topic_id,
+        partition: p,
+    };
+    Ok((key, part))
 }
 
 #[allow(clippy::too_many_arguments)]
