@@ -225,7 +225,7 @@ pub fn run_disk_baselines(opts: &BaselineOpts) -> Result<DiskBaselines, BenchErr
     let p = DiskParams::new(opts)?;
     with_data_dir(&opts.dir, || {
         run_in_executor(opts, "disk baselines", move || async move {
-            let (write, read) = seq_write_read(&p, true).await?;
+            let (write, read, _) = seq_write_read(&p, true).await?;
             let sync = sync_latency(&p).await?;
             Ok(DiskBaselines {
                 write,
@@ -247,13 +247,28 @@ pub fn run_odirect_write(opts: &BaselineOpts) -> Result<Throughput, BenchError> 
     })
 }
 
+/// Raw O_DIRECT sequential write: throughput and the latency of each write
+/// (`--block` bytes, `--depth` in flight), the device's own tail under a
+/// sustained write (file removed afterwards).
+pub fn run_odirect_write_latency(
+    opts: &BaselineOpts,
+) -> Result<(Throughput, LatencySummary), BenchError> {
+    let p = DiskParams::new(opts)?;
+    with_data_dir(&opts.dir, || {
+        run_in_executor(opts, "O_DIRECT write latency", move || async move {
+            let (w, _, latency) = seq_write_read(&p, false).await?;
+            Ok((w, latency))
+        })
+    })
+}
+
 /// Raw O_DIRECT sequential write, then read of the same file.
 #[allow(dead_code)] // used by the engine mode
 pub fn run_odirect_write_read(opts: &BaselineOpts) -> Result<(Throughput, Throughput), BenchError> {
     let p = DiskParams::new(opts)?;
     with_data_dir(&opts.dir, || {
         run_in_executor(opts, "O_DIRECT write+read", move || async move {
-            let (w, r) = seq_write_read(&p, true).await?;
+            let (w, r, _) = seq_write_read(&p, true).await?;
             Ok((w, r.unwrap_or(w)))
         })
     })
@@ -500,10 +515,12 @@ async fn create_dma(path: &Path) -> Result<DmaFile, BenchError> {
 /// Writes `p.bytes` in `p.block` writes with `p.depth` in flight, then one
 /// fdatasync (timed); then, if `read`, reads the file back the same way.
 /// The file is fallocated first (untimed), as fio does by default.
+/// Sequential O_DIRECT writes of the whole file (`p.depth` in flight),
+/// then optionally reads; also the latency of each write.
 async fn seq_write_read(
     p: &DiskParams,
     read: bool,
-) -> Result<(Throughput, Option<Throughput>), BenchError> {
+) -> Result<(Throughput, Option<Throughput>, LatencySummary), BenchError> {
     let path = p.file("seq");
     let _guard = RemoveOnDrop(path.clone());
     let file = Rc::new(create_dma(&path).await?);
@@ -521,10 +538,13 @@ async fn seq_write_read(
         .collect();
 
     let next = Rc::new(Cell::new(0u64));
+    let hist = Rc::new(std::cell::RefCell::new(
+        Histogram::<u64>::new(3).map_err(|e| BenchError::Config(e.to_string()))?,
+    ));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(p.depth);
     for buf in bufs {
-        let (file, next, path) = (file.clone(), next.clone(), path.clone());
+        let (file, next, path, hist) = (file.clone(), next.clone(), path.clone(), hist.clone());
         let (total, block) = (p.bytes, p.block);
         tasks.push(glommio::spawn_local(async move {
             loop {
@@ -533,10 +553,14 @@ async fn seq_write_read(
                     return Ok(());
                 }
                 next.set(off + block as u64);
+                let began = Instant::now();
                 let n = file
                     .write_rc_at(buf.clone(), off)
                     .await
                     .map_err(|e| BenchError::io("write O_DIRECT", &path, e))?;
+                let _ = hist
+                    .borrow_mut()
+                    .record(began.elapsed().as_nanos().max(1) as u64);
                 if n != block {
                     return Err(BenchError::Short {
                         op: "write O_DIRECT",
@@ -602,7 +626,8 @@ async fn seq_write_read(
     };
 
     drop(file); // closes the fd; the guard removes the file
-    Ok((write, read))
+    let latency = LatencySummary::from_histogram(&hist.borrow(), "ns").scaled(1e-3, "us");
+    Ok((write, read, latency))
 }
 
 /// `p.sync_ops` pairs of (4 KiB O_DIRECT write at the next 4 KiB position,

@@ -442,6 +442,9 @@ struct Baselines {
     sync: Option<LatencySummary>,
     /// e2e: loopback TCP relay latency at the run's rate.
     relay: Option<LatencySummary>,
+    /// Closed-loop produce: raw O_DIRECT write throughput (GB/s) and the
+    /// latency of each write, the device's own bound and tail.
+    disk_write: Option<(f64, LatencySummary)>,
 }
 
 fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
@@ -451,6 +454,7 @@ fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
             tcp_1m_gbps: None,
             sync: None,
             relay: None,
+            disk_write: None,
         });
     }
     let opts = BaselineOpts {
@@ -481,6 +485,14 @@ fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
         }
         _ => None,
     };
+    // Closed-loop produce is bounded by the disk as well as by loopback.
+    let disk_write = if plan.mode == Mode::Produce && a.rate.is_none() && a.acks != AcksArg::None {
+        eprintln!("baseline: O_DIRECT sequential write with per-write latency");
+        let (w, latency) = baseline::run_odirect_write_latency(&opts)?;
+        Some((w.gbps(), latency))
+    } else {
+        None
+    };
     let sync = if a.acks == AcksArg::Durable {
         eprintln!("baseline: {} x 4 KiB write+fdatasync", a.sync_ops);
         Some(baseline::run_sync_latency(&opts)?.latency)
@@ -492,6 +504,7 @@ fn run_baselines(a: &LoadArgs, plan: &Plan) -> Result<Baselines, BenchError> {
         tcp_1m_gbps: Some(t1m.gbps()),
         sync,
         relay,
+        disk_write,
     })
 }
 
@@ -1100,6 +1113,24 @@ fn build_report(mode: Mode, a: &LoadArgs, plan: &Plan, base: &Baselines, o: &Out
             rates,
             secs,
         );
+        if let Some((disk_gbps, _)) = &base.disk_write {
+            // The bound of a closed-loop produce: the lower of the disk and
+            // loopback (a ratio against loopback alone hides a disk-bound run).
+            let disk_mb = disk_gbps * 1e3;
+            let (name, bound) = match tcp_mb {
+                Some(t) if t < disk_mb => (names::TCP_128K, t),
+                _ => (names::ODIRECT_WRITE, disk_mb),
+            };
+            r.add_figure(Figure::new(names::ODIRECT_WRITE, disk_mb, "MB/s"));
+            r.add_figure(
+                Figure::new(
+                    "produce_throughput_vs_bound",
+                    t.produced_bytes as f64 / secs / 1e6,
+                    "MB/s",
+                )
+                .with_baseline(name, bound),
+            );
+        }
         if let Some(rate) = a.rate {
             let measured: Vec<f64> = o
                 .series
@@ -1140,6 +1171,17 @@ fn build_report(mode: Mode, a: &LoadArgs, plan: &Plan, base: &Baselines, o: &Out
                 Figure::new("produce_ack_p99_99_over_p99", s.p99_99 / s.p99, "x")
                     .with_baseline("target_max", 10.0),
             );
+        }
+        if let Some((_, w)) = &base.disk_write {
+            r.add_figure(
+                Figure::new("produce_ack_latency_p99_9_vs_raw_write", s.p99_9, "us")
+                    .with_baseline("raw_odirect_write_latency_p99_9", w.p99_9),
+            );
+            r.add_figure(
+                Figure::new("produce_ack_p99_9_over_p50", s.p99_9 / s.p50.max(1e-9), "x")
+                    .with_baseline("target_max", 10.0),
+            );
+            r.add_latency("raw_odirect_write_latency", w.clone());
         }
         r.add_latency("produce_ack_latency", s);
     }
