@@ -391,12 +391,11 @@ impl<S: Storage> Partition<S> {
     /// runs a spawned task at once, so a job the action starts may complete
     /// (an I/O refused at once, a disk-reserve check on a full disk) and
     /// notify before the action returns; a listener made afterwards would
-    /// miss it and wait for an unrelated completion, or forever. (Until
-    /// 2026-11-30 a 10 ms re-check timer on every wait stood in for exactly
-    /// such a notification, lost on a full disk.)
+    /// miss it and wait for an unrelated completion, or forever (found on a
+    /// full disk; see [`bounded`] for the re-check that stays).
     async fn wait_progress_since(&self, listener: event_listener::EventListener) {
         if !self.drive_inline().await {
-            listener.await;
+            bounded(listener, self.inner.spawn_jobs).await;
         }
     }
 
@@ -415,7 +414,7 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             if !self.drive_inline().await {
-                listener.await;
+                bounded(listener, self.inner.spawn_jobs).await;
             }
         }
     }
@@ -436,7 +435,7 @@ impl<S: Storage> Partition<S> {
             }
             let listener = self.inner.progress.listen();
             if !self.drive_inline().await {
-                listener.await;
+                bounded(listener, self.inner.spawn_jobs).await;
             }
         }
         guard.log = self.inner.log.borrow_mut().take();
@@ -530,7 +529,7 @@ impl<S: Storage> Partition<S> {
                 return Ok(());
             }
             if !self.drive_inline().await {
-                listener.await;
+                bounded(listener, self.inner.spawn_jobs).await;
             }
         }
     }
@@ -841,6 +840,29 @@ impl<S: Storage> Partition<S> {
         }
     }
 }
+
+/// Waits for `listener`, or at most `PROGRESS_RECHECK_MS` when jobs run as
+/// glommio tasks (`timed`; with inline jobs, under `block_on` in tests, the
+/// listener alone). Every waiter re-checks its condition either way, so a
+/// notification that never comes costs a short delay, never a stall. One
+/// lost notification was found and fixed (an append listened only after
+/// the attempt whose job had already completed and notified; see
+/// [`Partition::wait_progress_since`]), but without this re-check
+/// `tests/tests/ops_abuse.rs::consumers_that_never_read_stay_within_the_in_flight_bound`
+/// still stalls the shard under its flood phase: another is not found yet.
+async fn bounded(listener: event_listener::EventListener, timed: bool) {
+    if !timed {
+        listener.await;
+        return;
+    }
+    futures_lite::future::or(listener, async {
+        glommio::timer::sleep(Duration::from_millis(PROGRESS_RECHECK_MS)).await;
+    })
+    .await;
+}
+
+/// Longest wait of a blocked operation before it re-checks (see `bounded`).
+const PROGRESS_RECHECK_MS: u64 = 10;
 
 /// Removes a partition's directory (after `close`), for topic deletion.
 pub async fn remove_partition_dir(dir: &Path) -> Result<(), EngineError> {
