@@ -18,6 +18,7 @@
 //! - Produce batches are cut from the read buffer with `BytesMut::split_to`
 //!   (no copy); fetch frames go out as the `Bytes` the engine returned.
 
+use crate::gather::Gather;
 use crate::handlers;
 use crate::limits::*;
 use crate::metrics::{Protocol, ShardMetrics};
@@ -359,9 +360,8 @@ async fn write_loop(
     rx: LocalReceiver<WriteMsg>,
     broken: Rc<Cell<bool>>,
 ) {
-    // Answers ready together go out in one send: small parts are copied into
-    // `batch`; a large trailer is sent from its own buffer (no copy).
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES);
+    // Answers ready together go out in one send (see `gather.rs`).
+    let mut batch = Gather::default();
     let mut permits: Vec<glommio::sync::StaticPermit> = Vec::new();
     let mut closing = false;
     while !closing {
@@ -387,23 +387,16 @@ async fn write_loop(
                 continue;
             }
             n += out.head.len();
-            batch.extend_from_slice(&out.head);
+            res = batch.push(&mut half, &out.head).await;
             for b in &out.trailer {
-                n += b.len();
-                if b.len() < WRITE_COPY_BYTES_MAX {
-                    batch.extend_from_slice(b);
-                    continue;
-                }
-                res = flush_batch(&mut half, &mut batch).await;
-                if res.is_ok() {
-                    res = half.write_all(b).await;
-                }
                 if res.is_err() {
                     break;
                 }
+                n += b.len();
+                res = batch.push(&mut half, b).await;
             }
-            if batch.len() >= WRITE_BATCH_BYTES {
-                res = flush_batch(&mut half, &mut batch).await;
+            if res.is_ok() && batch.gathered_bytes() >= WRITE_BATCH_BYTES {
+                res = batch.flush(&mut half).await;
                 // Every answer so far is written: release their permits.
                 permits.clear();
             }
@@ -411,7 +404,7 @@ async fn write_loop(
             next = futures_lite::future::poll_once(rx.recv()).await.flatten();
         }
         if res.is_ok() && !broken.get() {
-            res = flush_batch(&mut half, &mut batch).await;
+            res = batch.flush(&mut half).await;
         }
         batch.clear();
         permits.clear();
@@ -420,14 +413,4 @@ async fn write_loop(
             Err(_) => broken.set(true),
         }
     }
-}
-
-/// Sends what `batch` holds and empties it.
-async fn flush_batch(half: &mut Half, batch: &mut Vec<u8>) -> std::io::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let r = half.write_all(batch).await;
-    batch.clear();
-    r
 }

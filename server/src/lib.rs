@@ -3,7 +3,8 @@
 //!
 //! Layers, each importing only from the ones before it:
 //! 1. foundations: `limits`, `error`, `config`, `metadata`, `metrics`,
-//!    `shutdown`, `waits`, `alloc`, `producers` (idempotent-producer rules),
+//!    `shutdown`, `waits`, `alloc`, `gather` (gathered sends), `producers`
+//!    (idempotent-producer rules),
 //!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
 //!    they mean);
@@ -21,6 +22,7 @@ pub mod alloc;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod gather;
 pub mod group;
 pub mod handlers;
 pub mod http;

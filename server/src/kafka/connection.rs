@@ -228,6 +228,7 @@ async fn write_loop(
 ) {
     let mut w = ReadHalf(stream);
     let mut broken = false;
+    let mut gather = crate::gather::Gather::default();
     while let Some(p) = rx.recv().await {
         let out = match p {
             Pending::Ready(b) => Some(b),
@@ -245,29 +246,19 @@ async fn write_loop(
         if broken {
             continue;
         }
-        // Small parts (the encoded head, a length) are gathered into one
-        // send; a large part (fetched records) is sent from its own buffer.
+        // Small parts (the encoded head, a length) leave in one send; a
+        // large part (fetched records) from its own buffer (`gather.rs`).
         let mut res = Ok(());
-        let mut small: Vec<u8> = Vec::new();
         for part in &out {
-            if part.len() < WRITE_COPY_BYTES_MAX {
-                small.extend_from_slice(part);
-                continue;
-            }
-            if !small.is_empty() {
-                res = w.write_all(&small).await;
-                small.clear();
-            }
-            if res.is_ok() {
-                res = w.write_all(part).await;
-            }
+            res = gather.push(&mut w, part).await;
             if res.is_err() {
                 break;
             }
         }
-        if res.is_ok() && !small.is_empty() {
-            res = w.write_all(&small).await;
+        if res.is_ok() {
+            res = gather.flush(&mut w).await;
         }
+        gather.clear();
         match res {
             Ok(()) => ShardMetrics::add(&shard.metrics().bytes_out, len as u64),
             Err(_) => broken = true,
