@@ -368,16 +368,26 @@ impl ProduceFault {
     }
 
     pub fn from_env() -> Option<ProduceFault> {
-        let v = std::env::var(PRODUCE_FAULT_ENV).ok()?;
-        match ProduceFault::parse(&v) {
-            Ok(f) => {
-                eprintln!("warning: {PRODUCE_FAULT_ENV}: injecting {f:?} (tests only)");
-                Some(f)
-            }
-            Err(e) => {
-                eprintln!("warning: {e}; no fault injected");
-                None
-            }
+        fault_from_env(PRODUCE_FAULT_ENV, ProduceFault::parse)
+    }
+}
+
+/// A test-only fault read from the environment variable `name`: parsed
+/// with `parse`, announced on stderr when set, ignored (with a warning)
+/// when it does not parse.
+pub fn fault_from_env<F: std::fmt::Debug>(
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<F, String>,
+) -> Option<F> {
+    let v = std::env::var(name).ok()?;
+    match parse(&v) {
+        Ok(f) => {
+            eprintln!("warning: {name}: injecting {f:?} (tests only)");
+            Some(f)
+        }
+        Err(e) => {
+            eprintln!("warning: {e}; no fault injected");
+            None
         }
     }
 }

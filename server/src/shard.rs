@@ -567,19 +567,7 @@ static FAULT_FIRED: AtomicBool = AtomicBool::new(false);
 fn partition_fault() -> Option<&'static PartitionFault> {
     static FAULT: OnceLock<Option<PartitionFault>> = OnceLock::new();
     FAULT
-        .get_or_init(|| {
-            let v = std::env::var(PARTITION_FAULT_ENV).ok()?;
-            match PartitionFault::parse(&v) {
-                Ok(f) => {
-                    eprintln!("warning: {PARTITION_FAULT_ENV}: injecting {f:?} (tests only)");
-                    Some(f)
-                }
-                Err(e) => {
-                    eprintln!("warning: {e}; no fault injected");
-                    None
-                }
-            }
-        })
+        .get_or_init(|| crate::config::fault_from_env(PARTITION_FAULT_ENV, PartitionFault::parse))
         .as_ref()
 }
 
