@@ -31,4 +31,7 @@ pub mod storage;
 pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::EngineError;
 pub use log::{AppendInfo, Log, LogStats, Offsets, ReadBatch, RecoveryReport};
-pub use partition::{remove_partition_dir, Durability, Partition, SyncStats};
+pub use partition::{
+    remove_partition_dir, remove_partition_dir_on, Durability, Partition, SyncStats,
+};
+pub use storage::AnyStorage;

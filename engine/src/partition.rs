@@ -867,5 +867,13 @@ const PROGRESS_RECHECK_MS: u64 = 10;
 
 /// Removes a partition's directory (after `close`), for topic deletion.
 pub async fn remove_partition_dir(dir: &Path) -> Result<(), EngineError> {
-    crate::log::remove_log_dir(&DmaStorage::new(), dir).await
+    remove_partition_dir_on(&DmaStorage::new(), dir).await
+}
+
+/// [`remove_partition_dir`] on any storage.
+pub async fn remove_partition_dir_on<S: Storage>(
+    storage: &S,
+    dir: &Path,
+) -> Result<(), EngineError> {
+    crate::log::remove_log_dir(storage, dir).await
 }

@@ -42,6 +42,9 @@ pub mod waits;
 /// The storage engine API the server codes against.
 pub mod engine {
     pub use strom_engine::*;
+    /// The server's partitions: on O_DIRECT files, or on the in-memory
+    /// model when shards run in-process for tests (`Shared::storage`).
+    pub type Partition = strom_engine::Partition<strom_engine::AnyStorage>;
 }
 
 /// The unit tests run under the allocator the binary installs (`main.rs`),

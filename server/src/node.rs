@@ -137,11 +137,6 @@ pub fn run(args: Args) -> Result<(), ServerError> {
     );
     ensure_memlock(cfg.shards);
     ensure_nofile(cfg.shards);
-    std::fs::create_dir_all(cfg.data_dir.join("meta")).map_err(|e| ServerError::Io {
-        op: "create dir",
-        path: cfg.data_dir.join("meta"),
-        source: e,
-    })?;
     let meta = start_placement(&cfg)?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -152,23 +147,7 @@ pub fn run(args: Args) -> Result<(), ServerError> {
             source: e,
         })?;
     }
-    let shared = Arc::new(Shared {
-        shards: cfg.shards,
-        placement: meta.placement(),
-        data_dir: cfg.data_dir.clone(),
-        shutdown: AtomicBool::new(false),
-        ready: AtomicUsize::new(0),
-        drained: AtomicUsize::new(0),
-        exited: AtomicUsize::new(0),
-        peers: (0..cfg.shards)
-            .map(|_| AtomicUsize::new(usize::MAX))
-            .collect(),
-        initial_metadata: meta,
-        group_config: cfg.groups.clone(),
-        kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
-        produce_fault: crate::config::ProduceFault::from_env(),
-        shard_ports: std::sync::OnceLock::new(),
-    });
+    let shared = shared_for(&cfg, meta, crate::shard::StorageKind::Direct);
     let mesh =
         (cfg.shards > 1).then(|| MeshBuilder::full(cfg.shards, limits::MESH_CHANNEL_CAPACITY));
     let cpus = std::thread::available_parallelism()
@@ -187,13 +166,14 @@ pub fn run(args: Args) -> Result<(), ServerError> {
         let (bound_tx, bound_rx) = mpsc::channel();
         let start = ShardStart {
             id,
-            listen,
+            listen: Some(listen),
             direct,
             http: (id == 0).then_some(cfg.http),
             shared: shared.clone(),
             mesh: mesh.clone(),
             bound: bound_tx,
             ready: ready_tx.clone(),
+            body: None,
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(id % cpus))
             .name(&format!("strom-shard-{id}"))
@@ -289,7 +269,116 @@ pub fn run(args: Args) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Loads the metadata and puts the placement for `cfg.shards` shards in
+/// The state every shard of a node shares.
+fn shared_for(
+    cfg: &ServerConfig,
+    meta: metadata::Metadata,
+    storage: crate::shard::StorageKind,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        shards: cfg.shards,
+        placement: meta.placement(),
+        data_dir: cfg.data_dir.clone(),
+        shutdown: AtomicBool::new(false),
+        ready: AtomicUsize::new(0),
+        drained: AtomicUsize::new(0),
+        exited: AtomicUsize::new(0),
+        peers: (0..cfg.shards)
+            .map(|_| AtomicUsize::new(usize::MAX))
+            .collect(),
+        initial_metadata: meta,
+        group_config: cfg.groups.clone(),
+        kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
+        produce_fault: crate::config::ProduceFault::from_env(),
+        shard_ports: std::sync::OnceLock::new(),
+        storage,
+    })
+}
+
+/// Runs a node of `shards` shards inside this process, for tests of the
+/// operations layer without sockets: partitions live in each shard's
+/// in-memory file system (the metadata file and the consumer-offset logs,
+/// which use `std::fs`, in `data_dir`), no listener is bound, and `body`
+/// runs on shard 0 once every shard has opened its partitions. When `body`
+/// returns, the node drains, closes its partitions and its executors end;
+/// `body`'s result is returned. Each shard runs on its own unpinned
+/// executor, so several in-process nodes may run side by side.
+pub fn run_in_process<T, F, Fut>(
+    shards: usize,
+    data_dir: &std::path::Path,
+    body: F,
+) -> Result<T, ServerError>
+where
+    T: Send + 'static,
+    F: FnOnce(std::rc::Rc<crate::shard::Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    assert!(shards >= 1, "a node has at least one shard");
+    let args = Args {
+        data_dir: Some(data_dir.to_path_buf()),
+        cores: Some(shards),
+        ..Args::default()
+    };
+    let mut cfg = ServerConfig::resolve(args)?;
+    cfg.kafka.listen = None;
+    let meta = start_placement(&cfg)?;
+    let shared = shared_for(&cfg, meta, crate::shard::StorageKind::Memory);
+    let mesh = (shards > 1).then(|| MeshBuilder::full(shards, limits::MESH_CHANNEL_CAPACITY));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (result_tx, result_rx) = mpsc::channel();
+    let mut body: Option<crate::serve::InProcessBody> = Some(Box::new(move |shard| {
+        Box::pin(async move {
+            let _ = result_tx.send(body(shard).await);
+        })
+    }));
+    let mut handles = Vec::new();
+    for id in 0..shards {
+        let (bound_tx, _bound_rx) = mpsc::channel();
+        let start = ShardStart {
+            id,
+            listen: None,
+            direct: None,
+            http: None,
+            shared: shared.clone(),
+            mesh: mesh.clone(),
+            bound: bound_tx,
+            ready: ready_tx.clone(),
+            body: if id == 0 { body.take() } else { None },
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("strom-inproc-{id}"))
+            .io_memory(limits::IO_MEMORY_BYTES)
+            .spawn(move || crate::serve::run(start))
+            .map_err(|e| ServerError::Executor(format!("shard {id}: {e}")));
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => return Err(fail(&shared, handles, e)),
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(fail(&shared, handles, ServerError::Executor(e))),
+            Err(_) => {
+                let e = ServerError::Executor("a shard exited during start-up".into());
+                return Err(fail(&shared, handles, e));
+            }
+        }
+    }
+    let mut panicked = false;
+    for h in handles {
+        panicked |= h.join().is_err();
+    }
+    match result_rx.try_recv() {
+        Ok(result) if !panicked => Ok(result),
+        _ => Err(ServerError::Executor(
+            "an in-process shard failed before its body finished".into(),
+        )),
+    }
+}
+
+/// Creates the metadata directory, loads the metadata and puts the placement for `cfg.shards` shards in
 /// force before any shard starts: a new directory gets epoch 1 and the
 /// built-in offsets partition count; another shard count a new epoch (whole
 /// partitions and offsets partitions move to other shards, no file moves);
@@ -297,6 +386,11 @@ pub fn run(args: Args) -> Result<(), ServerError> {
 /// metadata file is written before any shard reads it.
 fn start_placement(cfg: &ServerConfig) -> Result<metadata::Metadata, ServerError> {
     use metadata::PlacementChange;
+    std::fs::create_dir_all(cfg.data_dir.join("meta")).map_err(|e| ServerError::Io {
+        op: "create dir",
+        path: cfg.data_dir.join("meta"),
+        source: e,
+    })?;
     let stored = metadata::load(&cfg.data_dir)?;
     let (meta, change) = metadata::plan_placement(stored, cfg.shards, limits::OFFSETS_PARTITIONS);
     let placement = meta.placement();

@@ -31,7 +31,9 @@ use std::time::Duration;
 /// What start-up hands one shard.
 pub struct ShardStart {
     pub id: usize,
-    pub listen: SocketAddr,
+    /// The native listener's address; `None` for an in-process node, which
+    /// binds no listener of any kind (see `node::run_in_process`).
+    pub listen: Option<SocketAddr>,
     /// Where this shard alone accepts native connections (`--shard-ports`).
     pub direct: Option<SocketAddr>,
     /// Shard 0 only: the HTTP address.
@@ -42,7 +44,14 @@ pub struct ShardStart {
     pub bound: std::sync::mpsc::Sender<Result<Bound, String>>,
     /// Where to report readiness (partitions open) or a failure.
     pub ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    /// In-process nodes: what to run on this shard once every shard is
+    /// ready; when it returns, the node shuts down.
+    pub body: Option<InProcessBody>,
 }
+
+/// What an in-process node runs on one of its shards (see [`ShardStart::body`]).
+pub type InProcessBody =
+    Box<dyn FnOnce(Rc<Shard>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
 fn bind_err(addr: SocketAddr, e: impl std::fmt::Display) -> String {
     ServerError::Bind {
@@ -61,7 +70,7 @@ impl Drop for ExitGuard {
     }
 }
 
-/// The addresses one shard bound.
+/// The addresses one shard bound (all unspecified for an in-process node).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub native: SocketAddr,
@@ -69,6 +78,16 @@ pub struct Bound {
     pub http: Option<SocketAddr>,
     /// The shard's own port (`--shard-ports`), if any.
     pub direct: Option<SocketAddr>,
+}
+
+impl Default for Bound {
+    fn default() -> Self {
+        Bound {
+            native: SocketAddr::from(([0, 0, 0, 0], 0)),
+            http: None,
+            direct: None,
+        }
+    }
 }
 
 /// The body of one shard's executor.
@@ -83,6 +102,7 @@ pub async fn run(start: ShardStart) {
         mesh,
         bound,
         ready,
+        body,
     } = start;
     if let Some(max) = crate::config::engine_defaults().shard_cache_bytes_max {
         strom_engine::log::set_shard_cache_bytes_max(max);
@@ -98,40 +118,23 @@ pub async fn run(start: ShardStart) {
         }
     })
     .detach();
-    // Bind first so that shard 0 can report the real port (port 0 works).
-    let listener = match TcpListener::bind(listen) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(bind_err(listen, e)));
-            return;
-        }
+    let listeners = match listen {
+        Some(listen) => match bind_all(listen, direct, http, &shared) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        },
+        None => None,
     };
-    let http_listener = match http.map(TcpListener::bind).transpose() {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(bind_err(http.expect("http addr"), e)));
-            return;
-        }
-    };
-    // Every shard binds the Kafka port shard 0 got (recorded in `shared`).
-    let kafka_listener = match crate::kafka::bind(&shared.kafka) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(e));
-            return;
-        }
-    };
-    let direct_listener = match direct.map(TcpListener::bind).transpose() {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = bound.send(Err(bind_err(direct.expect("direct addr"), e)));
-            return;
-        }
-    };
-    let _ = bound.send(Ok(Bound {
-        native: listener.local_addr().unwrap_or(listen),
-        http: http_listener.as_ref().and_then(|l| l.local_addr().ok()),
-        direct: direct_listener.as_ref().and_then(|l| l.local_addr().ok()),
+    let _ = bound.send(Ok(match &listeners {
+        Some(l) => Bound {
+            native: l.native.local_addr().unwrap_or(l.native_addr),
+            http: l.http.as_ref().and_then(|l| l.local_addr().ok()),
+            direct: l.direct.as_ref().and_then(|l| l.local_addr().ok()),
+        },
+        None => Bound::default(),
     }));
 
     // Join the mesh and learn every shard's peer id.
@@ -186,10 +189,23 @@ pub async fn run(start: ShardStart) {
         shutdown: Event::default(),
         producers: crate::producers::Producers::default(),
         metrics: ShardMetrics::default(),
+        storage: shared.storage.open(),
     });
     if let Some(r) = receivers {
         serve_mesh(&shard, r);
     }
+    let Listeners {
+        native: listener,
+        http: http_listener,
+        kafka: kafka_listener,
+        direct: direct_listener,
+        ..
+    } = match listeners {
+        Some(l) => l,
+        None => {
+            return run_in_process(shard, body, ready).await;
+        }
+    };
     // HTTP first, so that /health and a 503 /ready answer during start-up.
     if let Some(h) = http_listener {
         glommio::spawn_local(crate::http::serve(h, shard.clone())).detach();
@@ -227,12 +243,17 @@ pub async fn run(start: ShardStart) {
     }
     watcher.await;
 
-    // Drain: connections finish their in-flight requests and close.
+    drain_and_close(&shard).await;
+}
+
+/// Drain: connections finish their in-flight requests and close; the mesh
+/// is served until every shard has drained; then the partitions close.
+async fn drain_and_close(shard: &Rc<Shard>) {
+    let shared = &shard.shared;
     let deadline = std::time::Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
     while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    // Keep serving the mesh until every shard has drained.
     shared.drained.fetch_add(1, Ordering::SeqCst);
     while shared.drained.load(Ordering::SeqCst) < shared.shards
         && std::time::Instant::now() < deadline
@@ -241,6 +262,70 @@ pub async fn run(start: ShardStart) {
     }
     shard.close_all().await;
     shard.groups.close().await;
+}
+
+/// An in-process shard after start-up: opens its partitions, runs the body
+/// (if this shard has one) and then asks the node to shut down, or waits
+/// for that; then drains and closes like a listening shard.
+async fn run_in_process(
+    shard: Rc<Shard>,
+    body: Option<InProcessBody>,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+) {
+    let shared = shard.shared.clone();
+    shard.apply(shared.initial_metadata.clone()).await;
+    shard.groups.load(&shard).await;
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+    let _ = ready.send(Ok(shard.id));
+    while shared.ready.load(Ordering::SeqCst) < shared.shards {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    if let Some(body) = body {
+        body(shard.clone()).await;
+        shared.shutdown.store(true, Ordering::SeqCst);
+    }
+    // A shard that panicked (its body, say) ends the node too.
+    while !shared.shutdown.load(Ordering::SeqCst) && shared.exited.load(Ordering::SeqCst) == 0 {
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+    }
+    shard.shutdown.fire();
+    drain_and_close(&shard).await;
+}
+
+/// A listening shard's sockets.
+struct Listeners {
+    native: TcpListener,
+    native_addr: SocketAddr,
+    http: Option<TcpListener>,
+    kafka: Option<TcpListener>,
+    direct: Option<TcpListener>,
+}
+
+/// Binds first, so that shard 0 can report the real port (port 0 works).
+/// Every shard binds the Kafka port shard 0 got (recorded in `shared`).
+fn bind_all(
+    listen: SocketAddr,
+    direct: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    shared: &Shared,
+) -> Result<Listeners, String> {
+    let native = TcpListener::bind(listen).map_err(|e| bind_err(listen, e))?;
+    let http = match http {
+        Some(a) => Some(TcpListener::bind(a).map_err(|e| bind_err(a, e))?),
+        None => None,
+    };
+    let kafka = crate::kafka::bind(&shared.kafka)?;
+    let direct = match direct {
+        Some(a) => Some(TcpListener::bind(a).map_err(|e| bind_err(a, e))?),
+        None => None,
+    };
+    Ok(Listeners {
+        native,
+        native_addr: listen,
+        http,
+        kafka,
+        direct,
+    })
 }
 
 async fn accept_loop(shard: &Rc<Shard>, listener: TcpListener) {

@@ -62,6 +62,28 @@ pub struct Shared {
     /// Index = shard id: the shard's direct native port (set once every
     /// shard has bound; unset with `--shard-ports off`).
     pub shard_ports: std::sync::OnceLock<Vec<u16>>,
+    /// Where partitions live: O_DIRECT files, or each shard's own in-memory
+    /// file system (in-process tests; see `node::InProcess`).
+    pub storage: StorageKind,
+}
+
+/// The storage a node's partitions use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// O_DIRECT files under the data directory (`strom-server`).
+    Direct,
+    /// One in-memory file system per shard, lost at exit (tests).
+    Memory,
+}
+
+impl StorageKind {
+    /// A storage handle of this kind for one shard.
+    pub fn open(self) -> crate::engine::AnyStorage {
+        match self {
+            StorageKind::Direct => crate::engine::AnyStorage::dma(),
+            StorageKind::Memory => crate::engine::AnyStorage::memory(),
+        }
+    }
 }
 
 pub struct PartitionSlot {
@@ -92,6 +114,8 @@ pub struct Shard {
     pub producers: crate::producers::Producers,
     /// This shard's counters (touched by this executor only).
     pub metrics: ShardMetrics,
+    /// Where this shard's partitions live (see [`StorageKind`]).
+    pub storage: crate::engine::AnyStorage,
 }
 
 impl Shard {
@@ -321,7 +345,7 @@ impl Shard {
                     "{PARTITION_FAULT_ENV}: injected failure of attempt {attempt}"
                 ))
             }
-            (Ok(config), _) => Partition::open(&dir, config)
+            (Ok(config), _) => Partition::open_on(self.storage.clone(), &dir, config, true)
                 .await
                 .map_err(|e| e.to_string()),
         };
@@ -417,7 +441,7 @@ impl Shard {
                     tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing partition failed");
                 }
                 let dir = metadata::partition_dir(&self.data_dir, &key.0, key.1);
-                if let Err(e) = crate::engine::remove_partition_dir(&dir).await {
+                if let Err(e) = crate::engine::remove_partition_dir_on(&self.storage, &dir).await {
                     self.metrics()
                         .count_background_error("remove_partition_dir");
                     tracing::error!(shard = self.id, dir = %dir.display(), error = %e, "removing partition directory failed");
@@ -432,7 +456,9 @@ impl Shard {
                 for p in 0..t.partitions {
                     if self.placement().partition_owner(t.id, p) == self.id {
                         let dir = metadata::partition_dir(&self.data_dir, name, p);
-                        if let Err(e) = crate::engine::remove_partition_dir(&dir).await {
+                        if let Err(e) =
+                            crate::engine::remove_partition_dir_on(&self.storage, &dir).await
+                        {
                             self.metrics()
                                 .count_background_error("remove_partition_dir");
                             tracing::error!(shard = self.id, dir = %dir.display(), error = %e, "removing a deleted partition's directory failed");
@@ -471,7 +497,9 @@ impl Shard {
                     }
                     None => {
                         let dir = metadata::partition_dir(&self.data_dir, &t.name, p);
-                        match Partition::open(&dir, config.clone()).await {
+                        match Partition::open_on(self.storage.clone(), &dir, config.clone(), true)
+                            .await
+                        {
                             Ok(part) => {
                                 log_recovery(self.id, &t.name, p, &part);
                                 self.partitions.borrow_mut().insert(

@@ -3,7 +3,8 @@
 //! Owns the contract between the log and a file system, and three implementations:
 //! [`DmaStorage`] (glommio, O_DIRECT, io_uring), [`MemoryStorage`] (deterministic, in
 //! memory, futures complete immediately) and [`FaultyStorage`] (the memory model plus
-//! torn writes, lost unsynced writes, crashes and errors after N operations).
+//! torn writes, lost unsynced writes, crashes and errors after N operations); and
+//! [`AnyStorage`], the first or the second chosen at run time (what the server uses).
 //!
 //! Invariants of the contract:
 //! - Writes are whole blocks: position and length are multiples of [`BLOCK_BYTES`]
@@ -40,10 +41,12 @@ use bytes::Bytes;
 pub use crate::io_error::IoError;
 
 mod dma;
+mod either;
 mod faulty;
 mod memory;
 
 pub use dma::{DmaBuf, DmaStorage, DmaStorageFile};
+pub use either::{AnyBuf, AnyFile, AnyStorage, AnyTicket};
 pub use faulty::{FaultKind, FaultyFile, FaultyStorage};
 pub use memory::{MemBuf, MemFile, MemoryStorage};
 

@@ -21,7 +21,7 @@
 //! is removed; an `.old` one is garbage.
 
 use super::records::{self, Record};
-use crate::engine::{Durability, EngineError, LogConfig, Partition};
+use crate::engine::{AnyStorage, Durability, EngineError, LogConfig, Partition};
 use crate::error::ServerError;
 use bytes::BytesMut;
 use std::path::{Path, PathBuf};
@@ -173,7 +173,10 @@ impl OffsetLog {
             path: dir.clone(),
             source,
         };
-        let part = Partition::open(&dir, log_config()).await.map_err(engine)?;
+        // Always files: the store renames its directories with std::fs.
+        let part = Partition::open_on(AnyStorage::dma(), &dir, log_config(), true)
+            .await
+            .map_err(engine)?;
         let mut out = Vec::new();
         let mut offset = part.offsets().log_start_offset;
         let end = part.offsets().high_watermark;
@@ -254,7 +257,7 @@ impl OffsetLog {
             glommio::executor()
                 .spawn_blocking(move || remove_if_exists(&c))
                 .await?;
-            let fresh = Partition::open(&compact, log_config())
+            let fresh = Partition::open_on(AnyStorage::dma(), &compact, log_config(), true)
                 .await
                 .map_err(engine)?;
             for frame in frames(&live) {
