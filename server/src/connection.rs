@@ -22,9 +22,10 @@ use crate::gather::Gather;
 use crate::handlers;
 use crate::limits::*;
 use crate::metrics::{Protocol, ShardMetrics};
+use crate::readbuf::{Read, ReadBuf};
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -157,22 +158,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     ShardMetrics::sub(&shard.metrics().connections_open, 1);
 }
 
-enum Read {
-    Bytes(usize),
-    Eof,
-    Idle,
-    Shutdown,
-    Failed,
-}
-
 async fn read_loop(conn: &Conn, mut half: Half) {
     let shard = &conn.shard;
-    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let mut scratch = vec![0u8; READ_BUFFER_BYTES];
+    let mut rb = ReadBuf::default();
     loop {
+        let buf = &mut rb.buf;
         // First pass: frame every complete message already buffered.
         loop {
-            match peek_message(&buf, REQUEST_BYTES_MAX) {
+            match peek_message(buf, REQUEST_BYTES_MAX) {
                 Ok(None) => break,
                 Ok(Some(bounds)) => {
                     let msg = buf.split_to(bounds.message_len);
@@ -185,7 +178,7 @@ async fn read_loop(conn: &Conn, mut half: Half) {
                     // tell whom to, then close.
                     ShardMetrics::add(&shard.metrics().framing_errors, 1);
                     let message = format!("unframeable message, closing: {e}");
-                    if let Some(cid) = peek_correlation_id(&buf) {
+                    if let Some(cid) = peek_correlation_id(buf) {
                         conn.send_error(cid, "invalid", e.code(), &message, Instant::now())
                             .await;
                     } else {
@@ -204,47 +197,12 @@ async fn read_loop(conn: &Conn, mut half: Half) {
         if conn.broken.get() {
             return;
         }
-        // A large announced message is read straight into `buf` (bounded by
-        // the checks above); anything else lands in `scratch` (zeroed once)
-        // and only the bytes read are copied, instead of zeroing a fresh
-        // 64 KiB of `buf` for every read of a few hundred bytes.
-        let rest = announced_len(&buf)
+        // Bounded by the checks above: a message announced larger than the
+        // scratch buffer is read straight into `buf` (see `crate::readbuf`).
+        let missing = announced_len(buf)
             .map(|n| n.saturating_sub(buf.len()))
             .unwrap_or(0);
-        let direct = rest > scratch.len();
-        let start = buf.len();
-        if direct {
-            buf.resize(start + rest.min(1 << 20), 0);
-        }
-        let read = {
-            let dst = if direct {
-                &mut buf[start..]
-            } else {
-                &mut scratch[..]
-            };
-            let io = async {
-                match half.read(dst).await {
-                    Ok(0) => Read::Eof,
-                    Ok(n) => Read::Bytes(n),
-                    Err(_) => Read::Failed,
-                }
-            };
-            let idle = async {
-                glommio::timer::sleep(Duration::from_millis(IDLE_TIMEOUT_MS)).await;
-                Read::Idle
-            };
-            let stop = async {
-                shard.shutdown.wait().await;
-                Read::Shutdown
-            };
-            futures_lite::future::or(stop, futures_lite::future::or(io, idle)).await
-        };
-        if direct {
-            let n = if let Read::Bytes(n) = read { n } else { 0 };
-            buf.truncate(start + n);
-        } else if let Read::Bytes(n) = read {
-            buf.extend_from_slice(&scratch[..n]);
-        }
+        let read = rb.read_from(&mut half, missing, &shard.shutdown).await;
         match read {
             Read::Bytes(n) => ShardMetrics::add(&shard.metrics().bytes_in, n as u64),
             Read::Idle if conn.inflight() > 0 => {}

@@ -3,7 +3,8 @@
 //!
 //! Layers, each importing only from the ones before it:
 //! 1. foundations: `limits`, `error`, `config`, `metadata`, `metrics`,
-//!    `shutdown`, `waits`, `alloc`, `gather` (gathered sends), `producers`
+//!    `shutdown`, `waits`, `alloc`, `gather` (gathered sends), `readbuf`
+//!    (where socket reads land), `producers`
 //!    (idempotent-producer rules),
 //!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod producers;
+pub mod readbuf;
 pub mod router;
 pub mod serve;
 pub mod shard;

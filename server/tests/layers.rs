@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 fn layer(module: &str) -> Option<u8> {
     let l = match module {
         "alloc" | "config" | "error" | "limits" | "metadata" | "metrics" | "shutdown" | "waits"
-        | "producers" | "gather" | "engine" => 0,
+        | "producers" | "gather" | "readbuf" | "engine" => 0,
         "router" => 1,
         "shard" => 2,
         "ops" | "group" => 3,

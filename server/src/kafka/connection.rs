@@ -18,9 +18,10 @@ use super::codec::{self, Incoming};
 use super::handlers::{self, Ctx};
 use crate::limits::*;
 use crate::metrics::{Protocol, ShardMetrics};
+use crate::readbuf::{Read, ReadBuf};
 use crate::shard::Shard;
-use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use futures_lite::io::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
@@ -63,14 +64,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     ShardMetrics::sub(&shard.metrics().connections_open, 1);
 }
 
-enum Read {
-    Bytes(usize),
-    Eof,
-    Idle,
-    Shutdown,
-    Failed,
-}
-
 async fn read_loop(
     ctx: &Rc<Ctx>,
     stream: &Rc<RefCell<TcpStream>>,
@@ -78,10 +71,12 @@ async fn read_loop(
     inflight: &Cell<usize>,
 ) {
     let shard = &ctx.shard;
-    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut rb = ReadBuf::default();
+    let mut reader = ReadHalf(stream.clone());
     loop {
+        let buf = &mut rb.buf;
         loop {
-            match codec::peek_request(&buf, KAFKA_REQUEST_BYTES_MAX) {
+            match codec::peek_request(buf, KAFKA_REQUEST_BYTES_MAX) {
                 Ok(None) => break,
                 Ok(Some(total)) => {
                     let mut msg = buf.split_to(total);
@@ -146,38 +141,12 @@ async fn read_loop(
                 }
             }
         }
-        let want = codec::announced_len(&buf)
+        let missing = codec::announced_len(buf)
             .map(|n| n.saturating_sub(buf.len()))
-            .unwrap_or(0)
-            .clamp(READ_BUFFER_BYTES, 1 << 20);
-        let start = buf.len();
-        buf.resize(start + want, 0);
-        let read = {
-            let dst = &mut buf[start..];
-            let io = async {
-                let mut s = ReadHalf(stream.clone());
-                match s.read(dst).await {
-                    Ok(0) => Read::Eof,
-                    Ok(n) => Read::Bytes(n),
-                    Err(_) => Read::Failed,
-                }
-            };
-            let idle = async {
-                glommio::timer::sleep(Duration::from_millis(IDLE_TIMEOUT_MS)).await;
-                Read::Idle
-            };
-            let stop = async {
-                shard.shutdown.wait().await;
-                Read::Shutdown
-            };
-            futures_lite::future::or(stop, futures_lite::future::or(io, idle)).await
-        };
-        match read {
-            Read::Bytes(n) => {
-                buf.truncate(start + n);
-                ShardMetrics::add(&shard.metrics().bytes_in, n as u64);
-            }
-            Read::Idle if inflight.get() > 0 => buf.truncate(start),
+            .unwrap_or(0);
+        match rb.read_from(&mut reader, missing, &shard.shutdown).await {
+            Read::Bytes(n) => ShardMetrics::add(&shard.metrics().bytes_in, n as u64),
+            Read::Idle if inflight.get() > 0 => {}
             Read::Eof | Read::Idle | Read::Shutdown | Read::Failed => return,
         }
     }
