@@ -129,6 +129,9 @@ pub enum JobId {
     PrepareSegment,
     /// The fdatasync of a segment closed by a roll.
     CloseSync,
+    /// A group-commit fdatasync of the active segment (its sequence number;
+    /// see [`Log::request_sync`]).
+    Sync(u64),
     /// Truncation to size and index files of a segment closed by a roll,
     /// the rename of the new active file to its name, then the checkpoint.
     CloseFinish,
@@ -362,7 +365,40 @@ pub struct Log<S: Storage> {
     /// failed half-way): reads are refused too.
     failed_unreadable: bool,
     stats: LogStats,
+    /// Group commit: the highest offset (exclusive) a caller wants durable.
+    sync_wanted: u64,
+    /// Group-commit fdatasyncs in flight, oldest first (at most
+    /// [`SYNCS_IN_FLIGHT_MAX`]).
+    syncs: Vec<SyncInFlight<S::File>>,
+    sync_seq: u64,
+    /// Finished group-commit fdatasyncs not yet taken by the shell
+    /// ([`Log::take_sync_outcomes`]); bounded by the shell taking them after
+    /// every section.
+    sync_outcomes: Vec<SyncOutcome>,
 }
+
+/// A group-commit fdatasync in flight.
+struct SyncInFlight<F> {
+    seq: u64,
+    target: SyncTarget<F>,
+    /// Offsets it makes durable beyond what was durable or covered when it
+    /// started (the group it commits).
+    records: u64,
+    /// Its duration, set by the job when the fdatasync returns.
+    took_us: Rc<std::cell::Cell<u64>>,
+}
+
+/// How one group-commit fdatasync ended, for the shell's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    Synced { took_us: u64, records: u64 },
+    Failed,
+}
+
+/// Group-commit fdatasyncs of one log in flight at once: a caller arriving
+/// during a sync starts the next one instead of waiting a whole round, and
+/// the rest wait for one of these two.
+pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
 
 pub use crate::cache::{set_shard_cache_bytes_max, shard_cache_bytes};
 
@@ -504,6 +540,10 @@ impl<S: Storage> Log<S> {
             failed: None,
             failed_unreadable: false,
             stats: LogStats::default(),
+            sync_wanted: 0,
+            syncs: Vec::new(),
+            sync_seq: 0,
+            sync_outcomes: Vec::new(),
         };
 
         if bases.is_empty() {
@@ -1405,6 +1445,7 @@ impl<S: Storage> Log<S> {
                     self.closing = None;
                 }
             },
+            JobId::Sync(seq) => self.complete_group_sync(seq, result),
             JobId::CloseFinish => {
                 let cp = self.checkpoint_in_flight.take().expect("its checkpoint");
                 self.closing = None;
@@ -1417,6 +1458,108 @@ impl<S: Storage> Log<S> {
                 self.maybe_prepare_next_segment();
             }
         }
+        // A write, a roll's sync or a sync completed: a group commit may be
+        // due (or possible again).
+        self.issue_syncs();
+    }
+
+    /// Group commit, decided here: asks for every offset below `upto` to
+    /// become durable. Writes what is not written yet; an fdatasync starts
+    /// once something written is neither durable nor covered by a sync in
+    /// flight, at most [`SYNCS_IN_FLIGHT_MAX`] at a time. Every caller that
+    /// asks while two syncs run is committed together by the next one, and
+    /// the next one starts as soon as a sync or a write completes (in
+    /// [`Log::complete_job`]), so no caller has to elect itself the syncer.
+    /// The driver runs the jobs and waits for `durable_offset`.
+    pub fn request_sync(&mut self, upto: u64) {
+        let upto = upto.min(self.next_offset);
+        self.sync_wanted = self.sync_wanted.max(upto);
+        self.request_write(self.sync_wanted);
+        self.issue_syncs();
+    }
+
+    /// What the group-commit syncs in flight of the current epoch cover.
+    fn sync_covered(&self) -> u64 {
+        self.syncs
+            .iter()
+            .filter(|s| s.target.epoch == self.sync_epoch)
+            .map(|s| s.target.offset)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Starts a group-commit fdatasync if one is wanted and would cover
+    /// something new (see [`Log::request_sync`]).
+    fn issue_syncs(&mut self) {
+        if self.failed.is_some() || self.syncs.len() >= SYNCS_IN_FLIGHT_MAX {
+            return;
+        }
+        if self
+            .closing
+            .as_ref()
+            .is_some_and(|c| !c.synced && self.written_offset <= c.end_offset)
+        {
+            // Nothing of the new segment is written: the closed segment's
+            // own fdatasync (a job) publishes its end.
+            return;
+        }
+        let wanted = self.sync_wanted.min(self.next_offset);
+        let done = self.durable_offset.max(self.sync_covered());
+        if wanted <= self.durable_offset || wanted <= done || self.written_offset <= done {
+            return;
+        }
+        let target = self.sync_target();
+        let records = target.offset - done;
+        let took_us = Rc::new(std::cell::Cell::new(0));
+        let (file, took) = (target.file.clone(), took_us.clone());
+        self.sync_seq += 1;
+        let seq = self.sync_seq;
+        self.syncs.push(SyncInFlight {
+            seq,
+            target,
+            records,
+            took_us,
+        });
+        self.jobs.push(Job {
+            id: JobId::Sync(seq),
+            fut: Box::pin(async move {
+                let started = std::time::Instant::now();
+                let r = file.fdatasync().await;
+                took.set(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+                r.map_err(EngineError::from)
+            }),
+        });
+    }
+
+    /// Takes the result of a group-commit fdatasync: as [`Log::complete_sync`].
+    fn complete_group_sync(&mut self, seq: u64, result: Result<(), EngineError>) {
+        let i = self
+            .syncs
+            .iter()
+            .position(|s| s.seq == seq)
+            .expect("a sync in flight");
+        let sync = self.syncs.remove(i);
+        match result {
+            Err(e) => {
+                self.fail(format!("fdatasync failed: {e}"));
+                self.sync_outcomes.push(SyncOutcome::Failed);
+            }
+            Ok(()) => {
+                self.stats.fdatasyncs += 1;
+                if sync.target.epoch == self.sync_epoch && self.failed.is_none() {
+                    self.mark_durable(sync.target.offset, sync.target.len_bytes);
+                }
+                self.sync_outcomes.push(SyncOutcome::Synced {
+                    took_us: sync.took_us.get(),
+                    records: sync.records,
+                });
+            }
+        }
+    }
+
+    /// Group-commit fdatasyncs finished since the last call (for statistics).
+    pub fn take_sync_outcomes(&mut self) -> Vec<SyncOutcome> {
+        std::mem::take(&mut self.sync_outcomes)
     }
 
     fn should_roll(&self, frame_len: u64, now_ms: i64) -> bool {
@@ -2444,8 +2587,10 @@ impl<S: Storage> Log<S> {
         if offset >= self.next_offset {
             return Ok(self.next_offset);
         }
-        // Syncs in flight must not publish what this may cut.
+        // Syncs in flight must not publish what this may cut, and what was
+        // wanted durable past the cut is gone (its waiters see `Truncated`).
         self.sync_epoch += 1;
+        self.sync_wanted = self.sync_wanted.min(offset);
         let r = self.truncate_to_inner(offset).await;
         if let Err(e) = &r {
             self.fail_unreadable(format!("truncation to offset {offset} failed: {e}"));

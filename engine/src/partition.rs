@@ -15,14 +15,13 @@
 //! that must open a segment) take it out exclusively once the jobs in flight
 //! have drained; appends wait for them meanwhile.
 //!
-//! Group commit: a caller that needs durability and is not covered by a
-//! sync already in flight becomes a syncer: it waits until everything
-//! appended is written, takes the sync target, and runs one fdatasync
-//! holding nothing; it covers every append made before it. Up to
-//! `SYNCS_IN_FLIGHT_MAX` syncs overlap, so callers arriving during a sync
-//! start the next one at once instead of waiting a whole round: N concurrent
-//! durable appends cost a few fdatasyncs, not N, and each waits about one
-//! round, not two.
+//! Group commit is the log's decision (`Log::request_sync`): a caller that
+//! needs durability asks for it in a synchronous section and waits for job
+//! completions; the log starts an fdatasync job whenever something written
+//! is neither durable nor covered by a sync in flight, up to
+//! `SYNCS_IN_FLIGHT_MAX` at once, so callers arriving during a sync are
+//! committed together by the next one: N concurrent durable appends cost a
+//! few fdatasyncs, not N, and each waits about one round, not two.
 //!
 //! Invariants: `offsets` mirrors the log after every section; the
 //! published durable offset only grows, except that a truncation lowers it
@@ -30,7 +29,8 @@
 //! the kernel may have dropped the dirty data), so nothing is ever
 //! acknowledged as durable after a failed sync until a reopen recovers from
 //! what is really on disk; a sync overtaken by a truncation publishes
-//! nothing (`Log::complete_sync`), and its waiters get `Truncated`; an
+//! nothing (`Log::complete_sync`), and its waiters get `Truncated` or ask
+//! again; an
 //! exclusive operation takes the log only with no job in flight
 //! (`jobs_in_flight`), so every completion finds the log in place.
 
@@ -48,7 +48,7 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::error::EngineError;
 use crate::log::{
     AppendInfo, AppendStep, Blocked, Job, JobId, Log, LogStats, Offsets, ReadBatch, ReadStep,
-    RecoveryReport,
+    RecoveryReport, SyncOutcome,
 };
 use crate::storage::{DmaStorage, Storage, StorageFile};
 
@@ -63,8 +63,7 @@ pub enum Durability {
     Durable,
 }
 
-/// Overlapping fdatasyncs of one partition (pipelined group commit).
-pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
+pub use crate::log::SYNCS_IN_FLIGHT_MAX;
 
 /// Upper bounds (µs, inclusive) of the fdatasync latency buckets; one more
 /// bucket counts everything slower.
@@ -99,8 +98,14 @@ fn bucket_of(bounds: &[u64], v: u64) -> usize {
 }
 
 impl SyncStats {
-    fn observe(&mut self, latency: Duration, records: u64) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    fn observe(&mut self, outcome: SyncOutcome) {
+        let (us, records) = match outcome {
+            SyncOutcome::Synced { took_us, records } => (took_us, records),
+            SyncOutcome::Failed => {
+                self.failures += 1;
+                return;
+            }
+        };
         self.fdatasyncs += 1;
         self.latency_us_sum = self.latency_us_sum.saturating_add(us);
         self.latency_buckets[bucket_of(&SYNC_LATENCY_BOUNDS_US, us)] += 1;
@@ -153,10 +158,6 @@ struct Inner<S: Storage> {
     sync_stats: RefCell<SyncStats>,
     flush_policy: Cell<FlushPolicy>,
     data_event: Event,
-    sync_event: Event,
-    syncs_in_flight: Cell<usize>,
-    /// The highest offset that a sync in flight (or done) covers.
-    sync_covered: Cell<u64>,
     closed: Cell<bool>,
     dir: PathBuf,
     recovery: RefCell<RecoveryReport>,
@@ -172,25 +173,6 @@ impl<S: Storage> Clone for Partition<S> {
         Partition {
             inner: self.inner.clone(),
         }
-    }
-}
-
-/// Counts a sync in flight and wakes waiters however it ends.
-struct SyncGuard<'a, S: Storage>(&'a Inner<S>);
-
-impl<'a, S: Storage> SyncGuard<'a, S> {
-    fn new(inner: &'a Inner<S>) -> Self {
-        inner.syncs_in_flight.set(inner.syncs_in_flight.get() + 1);
-        SyncGuard(inner)
-    }
-}
-
-impl<S: Storage> Drop for SyncGuard<'_, S> {
-    fn drop(&mut self) {
-        let n = self.0.syncs_in_flight.get();
-        debug_assert!(n > 0);
-        self.0.syncs_in_flight.set(n - 1);
-        self.0.sync_event.notify(usize::MAX);
     }
 }
 
@@ -254,9 +236,6 @@ impl<S: Storage> Partition<S> {
             spawn_jobs: background,
             progress: Event::new(),
             data_event: Event::new(),
-            sync_event: Event::new(),
-            syncs_in_flight: Cell::new(0),
-            sync_covered: Cell::new(0),
             closed: Cell::new(false),
             dir: dir.to_path_buf(),
             recovery: RefCell::new(report),
@@ -317,6 +296,9 @@ impl<S: Storage> Partition<S> {
             let log = slot.as_mut()?;
             let r = f(log);
             self.publish(log);
+            for outcome in log.take_sync_outcomes() {
+                self.inner.sync_stats.borrow_mut().observe(outcome);
+            }
             (r, log.take_jobs())
         };
         self.start_jobs(jobs);
@@ -534,99 +516,39 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// Waits until every offset below `target` is durable (group commit).
+    /// Waits until every offset below `target` is durable. Group commit
+    /// is the log's decision ([`Log::request_sync`]): this asks, and waits
+    /// for job completions until the durable offset passes `target`.
     pub async fn sync_to(&self, target: u64) -> Result<(), EngineError> {
-        let mut yielded = false;
         loop {
             if self.inner.offsets.get().durable_offset >= target {
                 return Ok(());
             }
-            let in_flight = self.inner.syncs_in_flight.get();
-            let covered = in_flight > 0 && self.inner.sync_covered.get() >= target;
-            if covered || in_flight >= SYNCS_IN_FLIGHT_MAX {
-                // A sync in flight covers us, or the pipeline is full: wait
-                // for one to finish and look again.
-                let listener = self.inner.sync_event.listen();
-                if self.inner.syncs_in_flight.get() != in_flight {
-                    continue;
+            self.log_ready().await?;
+            // Before the section: the jobs it starts may complete at once.
+            let listener = self.inner.progress.listen();
+            let Some(r) = self.with_log(|log| {
+                if let Some(reason) = log.failed() {
+                    return Err(EngineError::Failed {
+                        reason: reason.to_owned(),
+                    });
                 }
-                listener.await;
+                let o = log.offsets();
+                if o.high_watermark < target {
+                    return Err(EngineError::Truncated {
+                        offset: target,
+                        high_watermark: o.high_watermark,
+                    });
+                }
+                log.request_sync(target);
+                Ok(log.offsets().durable_offset)
+            }) else {
                 continue;
-            }
-            if !yielded {
-                // Let the other appenders that are ready to run append first,
-                // so this sync covers them too: woken together by the last
-                // sync, they would otherwise trickle into one sync each.
-                yielded = true;
-                futures_lite::future::yield_now().await;
-                continue;
-            }
-            let _guard = SyncGuard::new(&self.inner);
-            // Everything appended so far is written first (its writes run
-            // as jobs; this waits for their completions, not for a lock).
-            let high_watermark = self.inner.offsets.get().high_watermark;
-            if high_watermark < target {
-                return Err(EngineError::Truncated {
-                    offset: target,
-                    high_watermark,
-                });
-            }
-            self.write_to(high_watermark).await?;
-            let sync = loop {
-                self.log_ready().await?;
-                if let Some(sync) = self.with_log(|log| log.sync_target()) {
-                    break sync;
-                }
             };
-            self.inner
-                .sync_covered
-                .set(self.inner.sync_covered.get().max(sync.offset));
-            let high_watermark = self.inner.offsets.get().high_watermark;
-            if sync.offset < target && high_watermark < target {
-                // The log was truncated below the target meanwhile.
-                return Err(EngineError::Truncated {
-                    offset: target,
-                    high_watermark,
-                });
+            if r? >= target {
+                return Ok(());
             }
-            let durable_before = self.inner.offsets.get().durable_offset;
-            let started = std::time::Instant::now();
-            let synced = sync.file.fdatasync().await;
-            let took = started.elapsed();
-            if synced.is_ok() {
-                self.inner
-                    .sync_stats
-                    .borrow_mut()
-                    .observe(took, sync.offset.saturating_sub(durable_before));
-            } else {
-                self.inner.sync_stats.borrow_mut().failures += 1;
-            }
-            // A failure fails the log; a sync that a truncation or roll
-            // overtook publishes nothing (the loop looks again). The log may
-            // be held by an exclusive operation meanwhile: wait for it.
-            let mut synced = Some(synced);
-            let (r, listener) = loop {
-                // Before the section: the jobs it starts may complete at once.
-                let listener = self.inner.progress.listen();
-                if let Some(r) = self.with_log(|log| {
-                    let r = log.complete_sync(&sync, synced.take().expect("once"));
-                    if r.is_ok() {
-                        log.start_checkpoint_if_due();
-                    }
-                    r.map(|()| log.closing_segment())
-                }) {
-                    break (r, listener);
-                }
-                if self.inner.closed.get() {
-                    return Err(EngineError::Closed);
-                }
-                self.wait_progress_since(listener).await;
-            };
-            if r? && self.inner.offsets.get().durable_offset < target {
-                // The segment a roll closed is not synced yet: what this
-                // sync covered is published with it (no second sync needed).
-                self.wait_progress_since(listener).await;
-            }
+            self.wait_progress_since(listener).await;
         }
     }
 

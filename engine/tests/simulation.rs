@@ -421,7 +421,24 @@ fn run_schedule(seed: u64, steps: usize) {
                         );
                         model.durable = model.durable.max(d);
                     }
-                    55..=59 => {
+                    58..=59 => {
+                        // acks=all: ask the log's group commit for the end,
+                        // complete a few jobs; whatever durable offset it
+                        // publishes is acknowledged to its waiters.
+                        if let Some(reason) = log.failed() {
+                            return Err(EngineError::Failed {
+                                reason: reason.to_owned(),
+                            });
+                        }
+                        let hw = log.offsets().high_watermark;
+                        log.request_sync(hw);
+                        jobs.take(&mut log);
+                        for _ in 0..rng.below(6) {
+                            jobs.complete_one(&mut log, &mut rng).await;
+                        }
+                        model.durable = model.durable.max(log.offsets().durable_offset);
+                    }
+                    55..=57 => {
                         // acks=leader: ask for the writes, complete a few jobs.
                         if let Some(reason) = log.failed() {
                             return Err(EngineError::Failed {
@@ -522,6 +539,9 @@ fn run_schedule(seed: u64, steps: usize) {
                             jobs.complete_one(&mut log, &mut rng).await;
                         }
                         let o = log.offsets();
+                        // A group-commit sync may have completed: its
+                        // waiters are told their records are durable.
+                        model.durable = model.durable.max(o.durable_offset);
                         assert!(o.log_start_offset <= o.high_watermark);
                         assert!(
                             o.durable_offset <= o.written_offset
