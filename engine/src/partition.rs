@@ -483,45 +483,26 @@ impl<S: Storage> Partition<S> {
     /// Waits until every offset below `target` is written: asks the log for
     /// the writes, then waits for their completions, never for a lock.
     async fn write_to(&self, target: u64) -> Result<(), EngineError> {
-        loop {
-            if self.inner.offsets.get().written_offset >= target {
-                return Ok(());
-            }
-            self.log_ready().await?;
-            let listener = self.inner.progress.listen();
-            let Some(r) = self.with_log(|log| {
-                if let Some(reason) = log.failed() {
-                    return Err(EngineError::Failed {
-                        reason: reason.to_owned(),
-                    });
-                }
-                let o = log.offsets();
-                if o.high_watermark < target {
-                    return Err(EngineError::Truncated {
-                        offset: target,
-                        high_watermark: o.high_watermark,
-                    });
-                }
-                log.request_write(target);
-                Ok(log.offsets().written_offset)
-            }) else {
-                continue;
-            };
-            if r? >= target {
-                return Ok(());
-            }
-            if !self.drive_inline().await {
-                bounded(listener, self.inner.spawn_jobs).await;
-            }
-        }
+        self.reach(target, Reach::Written).await
     }
 
     /// Waits until every offset below `target` is durable. Group commit
     /// is the log's decision ([`Log::request_sync`]): this asks, and waits
     /// for job completions until the durable offset passes `target`.
     pub async fn sync_to(&self, target: u64) -> Result<(), EngineError> {
+        self.reach(target, Reach::Durable).await
+    }
+
+    /// Asks the log for `target` to be written or durable and waits for job
+    /// completions until it is; a failed log or a truncation below `target`
+    /// ends the wait with their error.
+    async fn reach(&self, target: u64, reach: Reach) -> Result<(), EngineError> {
+        let reached = |o: Offsets| match reach {
+            Reach::Written => o.written_offset,
+            Reach::Durable => o.durable_offset,
+        };
         loop {
-            if self.inner.offsets.get().durable_offset >= target {
+            if reached(self.inner.offsets.get()) >= target {
                 return Ok(());
             }
             self.log_ready().await?;
@@ -540,8 +521,11 @@ impl<S: Storage> Partition<S> {
                         high_watermark: o.high_watermark,
                     });
                 }
-                log.request_sync(target);
-                Ok(log.offsets().durable_offset)
+                match reach {
+                    Reach::Written => log.request_write(target),
+                    Reach::Durable => log.request_sync(target),
+                }
+                Ok(reached(log.offsets()))
             }) else {
                 continue;
             };
@@ -761,6 +745,13 @@ impl<S: Storage> Partition<S> {
             );
         }
     }
+}
+
+/// What [`Partition::reach`] waits for.
+#[derive(Clone, Copy)]
+enum Reach {
+    Written,
+    Durable,
 }
 
 /// Waits for `listener`, or at most `PROGRESS_RECHECK_MS` when jobs run as
