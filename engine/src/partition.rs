@@ -374,10 +374,11 @@ impl<S: Storage> Partition<S> {
     /// (an I/O refused at once, a disk-reserve check on a full disk) and
     /// notify before the action returns; a listener made afterwards would
     /// miss it and wait for an unrelated completion, or forever (found on a
-    /// full disk; see [`bounded`] for the re-check that stays).
+    /// full disk). There is no timed re-check behind this: a lost
+    /// notification is a stall, and the tests that found them would say so.
     async fn wait_progress_since(&self, listener: event_listener::EventListener) {
         if !self.drive_inline().await {
-            bounded(listener, self.inner.spawn_jobs).await;
+            listener.await;
         }
     }
 
@@ -396,7 +397,7 @@ impl<S: Storage> Partition<S> {
                 continue;
             }
             if !self.drive_inline().await {
-                bounded(listener, self.inner.spawn_jobs).await;
+                listener.await;
             }
         }
     }
@@ -417,7 +418,7 @@ impl<S: Storage> Partition<S> {
             }
             let listener = self.inner.progress.listen();
             if !self.drive_inline().await {
-                bounded(listener, self.inner.spawn_jobs).await;
+                listener.await;
             }
         }
         guard.log = self.inner.log.borrow_mut().take();
@@ -753,30 +754,6 @@ enum Reach {
     Written,
     Durable,
 }
-
-/// Waits for `listener`, or at most `PROGRESS_RECHECK_MS` when jobs run as
-/// glommio tasks (`timed`; with inline jobs, under `block_on` in tests, the
-/// listener alone). Every waiter re-checks its condition either way, so a
-/// notification that never comes costs a short delay, never a stall. One
-/// lost notification was found and fixed (an append listened only after
-/// the attempt whose job had already completed and notified; see
-/// [`Partition::wait_progress_since`]), but without this re-check
-/// `tests/tests/ops_abuse.rs::consumers_that_never_read_stay_within_the_in_flight_bound`
-/// stalled a shard under its flood phase in 2 of 4 runs (none of 4 with
-/// it): another lost wake-up, here or in the reactor, is not found yet.
-async fn bounded(listener: event_listener::EventListener, timed: bool) {
-    if !timed {
-        listener.await;
-        return;
-    }
-    futures_lite::future::or(listener, async {
-        glommio::timer::sleep(Duration::from_millis(PROGRESS_RECHECK_MS)).await;
-    })
-    .await;
-}
-
-/// Longest wait of a blocked operation before it re-checks (see `bounded`).
-const PROGRESS_RECHECK_MS: u64 = 10;
 
 /// Removes a partition's directory (after `close`), for topic deletion.
 pub async fn remove_partition_dir(dir: &Path) -> Result<(), EngineError> {
