@@ -1508,6 +1508,15 @@ impl<S: Storage> Log<S> {
         if wanted <= self.durable_offset || wanted <= done || self.written_offset <= done {
             return;
         }
+        // Larger groups: with a sync already running, a second one waits
+        // until what is wanted is written (or no write is in flight), so it
+        // covers the appends whose writes are on their way instead of
+        // starting one sync per write completion. The first sync never
+        // waits, so a stream of appends cannot starve the syncs.
+        let writes_pending = self.in_flight.iter().any(|w| !w.done);
+        if !self.syncs.is_empty() && self.written_offset < wanted && writes_pending {
+            return;
+        }
         let target = self.sync_target();
         let records = target.offset - done;
         let took_us = Rc::new(std::cell::Cell::new(0));
