@@ -9,20 +9,33 @@
 //!   storage completions in; actions out.
 //! - [`sim`]: the seeded simulator (network faults, partitions, crashes,
 //!   slow disks) with its safety and liveness checkers.
+//! - [`engine_store`]: [`engine_store::EngineStore`], the durable
+//!   `LogStore`: the Raft log as a strom-engine partition log (one entry =
+//!   one frame, the term in `leader_epoch`), the hard state and snapshot in
+//!   small atomically replaced files (layouts in `docs/format.md`).
+//! - [`wire`]: the bounded, checksummed encoding of batches of Raft
+//!   messages between nodes (raft-rs's protobuf decoder never sees bytes
+//!   from the network).
 //! - [`limits`], [`error`]: every limit, and one error enum per operation.
 //!
-//! This crate does no I/O and knows nothing of sockets, files or glommio.
+//! `core`, `storage`, `sim` and `wire` do no I/O. `engine_store` does, only
+//! through the engine's `Storage` trait (so it runs on the in-memory and
+//! fault-injecting models in tests). Nothing here knows sockets or glommio
+//! yet: the shell that drives replicas on a shard is not built.
 
 pub mod core;
+pub mod engine_store;
 pub mod error;
 pub mod limits;
 pub mod rng;
 pub mod sim;
 pub mod storage;
+pub mod wire;
 
 pub use crate::core::{Acks, Action, ProposalId, ReplicaConfig, ReplicaCore};
 pub use crate::error::{
     CompactError, ConfigError, OpenError, PersistError, ProposalError, ProposeError, StepError,
 };
 pub use crate::storage::{LogStore, MemLog};
+pub use crate::wire::{decode_batch, encode_batch, peek_batch_len, Batch, BatchEncoder, WireError};
 pub use raft;
