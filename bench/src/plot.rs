@@ -161,3 +161,99 @@ pub fn draw(path: &Path, title: &str, o: &Outcome) -> Result<(), BenchError> {
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
+
+/// One second of an open-loop run, for [`draw_seconds`].
+pub struct SecondSample {
+    /// Start of the second (s from the start of the measured window).
+    pub t: f64,
+    pub records_per_sec: f64,
+    /// p99 of the answers in that second (ms), if any came.
+    pub p99_ms: Option<f64>,
+}
+
+/// Open-loop `requests`: records completed per second, with the target
+/// rate and 0.9 of it, above the ack p99 per second (log y).
+pub fn draw_seconds(
+    path: &Path,
+    title: &str,
+    points: &[SecondSample],
+    target: f64,
+) -> Result<(), BenchError> {
+    let root = SVGBackend::new(path, (1100, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| plot_err(path, e))?;
+    let (top, bottom) = root.split_vertically(400);
+    let t_max = points.iter().map(|p| p.t + 1.0).fold(1.0f64, f64::max);
+
+    let y_max = points
+        .iter()
+        .map(|p| p.records_per_sec)
+        .fold(target * 1.15, f64::max);
+    let mut chart = ChartBuilder::on(&top)
+        .caption("records completed per second", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds of the measured window")
+        .y_desc("records/s")
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    let lines: [Line; 3] = [
+        (
+            "completed",
+            BLUE,
+            points.iter().map(|p| (p.t, p.records_per_sec)).collect(),
+        ),
+        ("target", BLACK, vec![(0.0, target), (t_max, target)]),
+        (
+            "0.9 x target",
+            RED,
+            vec![(0.0, 0.9 * target), (t_max, 0.9 * target)],
+        ),
+    ];
+    for (name, color, pts) in lines {
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+
+    let p99: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| p.p99_ms.map(|v| (p.t, v.max(1e-3))))
+        .collect();
+    let hi = p99.iter().map(|p| p.1).fold(1.0f64, f64::max) * 2.0;
+    let lo = p99.iter().map(|p| p.1).fold(hi, f64::min).min(hi / 10.0) * 0.5;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("ack p99 per second (ms, log scale)", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..t_max, (lo..hi).log_scale())
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds of the measured window")
+        .y_desc("ms")
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(LineSeries::new(p99, BLUE.stroke_width(2)))
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! One thread, pinned to `--client-core` (default: the last core), drives
 //! `--connections` non-blocking TCP connections through one level-triggered
 //! `epoll` loop (raw `libc::epoll`; nothing else is needed). Each connection
-//! keeps `--depth` one-record produce requests (native protocol) in flight:
+//! keeps `--depth` produce requests (native protocol) of
+//! `--records-per-request` records (default one) in flight:
 //! request *k* of a connection is built once, with correlation id *k*, and
 //! re-sent the moment its answer arrives (closed loop, no allocation per
 //! request on the client). With `--acks none` the server does not answer;
@@ -36,6 +37,32 @@
 //! Invariants: a slot has exactly one request in flight (acks != none); an
 //! answer whose correlation id is not a slot, or that carries an error,
 //! fails the run with the connection's index and shard.
+//!
+//! Open loop (`--rate R`): the same loop and connections, but requests go
+//! out on a fixed schedule instead of when answers come back. Connection
+//! *i* of *n* sends request *k* at `start + (i / n + k) * interval`, with
+//! `interval = n * records_per_request / R` (so the connections together
+//! send R records/s, their requests evenly interleaved), whether or not
+//! earlier requests were answered. A timerfd wakes the loop at the next due
+//! time, the next second boundary or the end (no polling). Each request of
+//! a connection carries one `--records-per-request` frame to the one
+//! partition the connection was given (connections spread evenly over the
+//! partitions that `--placement` allows). Latency runs from the *scheduled*
+//! time to the answer (no coordinated omission: a late client or a slow
+//! server both count). Bounded: a connection holds at most
+//! `outstanding_cap` requests outstanding (at most [`OUTSTANDING_MAX`] and
+//! [`OUTSTANDING_BYTES_MAX`] over all connections); a request due beyond
+//! that is not sent and counted as missed, and the schedule goes on. A
+//! produce error answer is counted; a connection that fails (read or write
+//! error, peer closed, an answer that does not decode or matches no
+//! request) is counted, dropped, and its later requests counted as down.
+//! After the measured window the loop waits at most [`DRAIN_MS`] for the
+//! answers still outstanding; those still missing are recorded at their
+//! age then (a lower bound) and counted as unanswered. Nothing here waits
+//! on the server, so a stalled server cannot stretch the run. The per-second
+//! series (records completed by answer time, p99 of the answers in that
+//! second) is printed as a text chart, written to `--json`, and drawn with
+//! `--plot FILE.svg`.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -84,6 +111,35 @@ const SHARD_PROBE_TRIES: usize = 20;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Produce timeout written into every request (ms).
 const PRODUCE_TIMEOUT_MS: u32 = 30_000;
+/// Most records in one produce request (`--records-per-request`).
+pub const RECORDS_PER_REQUEST_MAX: usize = 100_000;
+/// Largest frame one request carries (records x value bytes, before framing).
+pub const REQUEST_VALUE_BYTES_MAX: usize = 16 << 20;
+/// Open loop: most requests outstanding (sent, not answered) per connection.
+pub const OUTSTANDING_MAX: usize = 1024;
+/// Open loop: most request bytes outstanding over all connections, which
+/// bounds the client's memory when the server stalls (each connection gets
+/// its share, in whole requests, between 1 and [`OUTSTANDING_MAX`]).
+pub const OUTSTANDING_BYTES_MAX: usize = 256 << 20;
+/// Open loop: longest wait for outstanding answers after the window (ms).
+pub const DRAIN_MS: u64 = 5_000;
+/// Open loop: shortest interval between two requests of one connection (ns).
+const INTERVAL_NS_MIN: f64 = 1_000.0;
+/// Longest run (warm-up + measured, s), which bounds the per-second series.
+const RUN_SECS_MAX: f64 = 86_400.0;
+/// Distinct error messages kept (with counts) for the report.
+const ERROR_SAMPLES_MAX: usize = 8;
+/// Longest epoll wait of the open loop, a safety net behind its timer (ms).
+const OPEN_WAIT_MS: i32 = 1_000;
+/// epoll token of the open loop's timerfd (connections use their index).
+const TIMER_TOKEN: usize = usize::MAX;
+/// Correlation id a request head is encoded with, to find where to patch
+/// the real one (the slot) before each send.
+const CID_MARKER: u64 = 0x5354_524F_4D5F_4349;
+/// Most columns of the text chart (seconds are grouped beyond), and the
+/// rows of its throughput panel (tenths of the target rate, up to 1.2x).
+const CHART_COLUMNS_MAX: usize = 100;
+const CHART_ROWS: usize = 12;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,9 +173,17 @@ pub struct RequestsArgs {
     /// TCP connections, all driven by the one event-loop thread.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
-    /// One-record produce requests in flight per connection.
+    /// Produce requests in flight per connection (closed loop; ignored
+    /// with --rate).
     #[arg(long, default_value_t = 8)]
     pub depth: usize,
+    /// Open loop: records/s over all connections, on a fixed schedule per
+    /// connection (without it: closed loop, --depth in flight).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Records in each produce request (one frame).
+    #[arg(long, default_value_t = 1)]
+    pub records_per_request: usize,
     /// Bytes of each record's value.
     #[arg(long, default_value_t = 100)]
     pub message_size: usize,
@@ -158,6 +222,9 @@ pub struct RequestsArgs {
     /// Write everything as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Open loop: draw throughput and p99 per second into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// A name for the run (scenario files set it).
     #[arg(long)]
     pub name: Option<String>,
@@ -196,6 +263,40 @@ fn check_args(a: &RequestsArgs) -> Result<(), BenchError> {
     }
     if a.partitions == 0 {
         return Err(cfg("--partitions must be positive"));
+    }
+    if a.records_per_request == 0 || a.records_per_request > RECORDS_PER_REQUEST_MAX {
+        return Err(cfg(format!(
+            "--records-per-request must be 1..={RECORDS_PER_REQUEST_MAX}"
+        )));
+    }
+    if a.records_per_request.saturating_mul(a.message_size.max(1)) > REQUEST_VALUE_BYTES_MAX {
+        return Err(cfg(format!(
+            "--records-per-request x --message-size must be at most {REQUEST_VALUE_BYTES_MAX} bytes"
+        )));
+    }
+    if a.warmup + a.duration > RUN_SECS_MAX {
+        return Err(cfg(format!(
+            "--warmup + --duration must be at most {RUN_SECS_MAX} s"
+        )));
+    }
+    match a.rate {
+        None if a.plot.is_some() => return Err(cfg("--plot needs --rate (open loop)")),
+        None => {}
+        Some(r) if !(r > 0.0 && r.is_finite()) => return Err(cfg("--rate must be positive")),
+        Some(_) if a.acks == AcksArg::None => {
+            return Err(cfg(
+                "--rate needs answers to time: --acks leader or durable",
+            ))
+        }
+        Some(r) => {
+            let i = interval_ns(r, a.connections, a.records_per_request);
+            if i < INTERVAL_NS_MIN {
+                return Err(cfg(format!(
+                    "--rate {r}: one connection would send a request every {i:.0} ns \
+                     (at least {INTERVAL_NS_MIN} ns): raise --connections or --records-per-request"
+                )));
+            }
+        }
     }
     for (flag, v) in [
         ("--duration", a.duration),
@@ -438,26 +539,47 @@ fn thread_cpu_secs() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// A decoded produce answer: the request it is for, and its error if any.
+struct Answer {
+    correlation_id: u64,
+    /// The first failed result, or the request's error, as text.
+    error: Option<String>,
+}
+
+/// Decodes a produce answer. An error answer is a value; an answer that
+/// does not decode or is not a produce answer is an `Err`.
+fn parse_answer(msg: &[u8]) -> Result<Answer, String> {
+    let d = decode_response(msg).map_err(|e| format!("decode answer: {e}"))?;
+    let error = match d.body {
+        ResponseBody::Produce(p) => {
+            p.results
+                .iter()
+                .find(|r| r.error != ErrorCode::None)
+                .map(|bad| {
+                    format!(
+                        "produce to {}/{} failed: {:?} {}",
+                        bad.topic, bad.partition, bad.error, bad.message
+                    )
+                })
+        }
+        ResponseBody::Error(e) => Some(format!("request failed: {:?} {}", e.error, e.message)),
+        other => return Err(format!("unexpected answer to produce: {other:?}")),
+    };
+    Ok(Answer {
+        correlation_id: d.correlation_id,
+        error,
+    })
+}
+
 /// The slot a produce answer is for; any error in it fails the run.
 fn check_answer(msg: &[u8], depth: usize) -> Result<usize, String> {
-    let d = decode_response(msg).map_err(|e| format!("decode answer: {e}"))?;
-    match d.body {
-        ResponseBody::Produce(p) => {
-            if let Some(bad) = p.results.iter().find(|r| r.error != ErrorCode::None) {
-                return Err(format!(
-                    "produce to {}/{} failed: {:?} {}",
-                    bad.topic, bad.partition, bad.error, bad.message
-                ));
-            }
-        }
-        ResponseBody::Error(e) => {
-            return Err(format!("request failed: {:?} {}", e.error, e.message))
-        }
-        other => return Err(format!("unexpected answer to produce: {other:?}")),
+    let a = parse_answer(msg)?;
+    if let Some(e) = a.error {
+        return Err(e);
     }
-    let slot = usize::try_from(d.correlation_id).unwrap_or(usize::MAX);
+    let slot = usize::try_from(a.correlation_id).unwrap_or(usize::MAX);
     if slot >= depth {
-        return Err(format!("answer for unknown request {}", d.correlation_id));
+        return Err(format!("answer for unknown request {}", a.correlation_id));
     }
     Ok(slot)
 }
@@ -655,24 +777,845 @@ fn drive_on(
         })?
 }
 
+// -------------------------------------------------------- open loop: core
+
+/// Interval between two requests of one connection (ns) such that
+/// `connections` together send `rate` records/s in requests of
+/// `records_per_request` records.
+fn interval_ns(rate: f64, connections: usize, records_per_request: usize) -> f64 {
+    1e9 * connections as f64 * records_per_request as f64 / rate
+}
+
+/// Requests each connection may have outstanding: its share of
+/// [`OUTSTANDING_BYTES_MAX`] in whole requests, within 1..=[`OUTSTANDING_MAX`].
+fn outstanding_cap(connections: usize, request_bytes: usize) -> usize {
+    let share = OUTSTANDING_BYTES_MAX / (connections.max(1) * request_bytes.max(1));
+    share.clamp(1, OUTSTANDING_MAX)
+}
+
+/// The fixed schedule of one connection's requests (I/O-free): request `k`
+/// is due at `first_ns + k * interval_ns` (rounded down to the ns), whatever
+/// became of the requests before it.
+#[derive(Clone, Copy, Debug)]
+struct Schedule {
+    first_ns: u64,
+    interval_ns: f64,
+    /// The first request not taken yet.
+    next: u64,
+}
+
+impl Schedule {
+    /// Connection `index` of `connections` starts `index / connections` of
+    /// an interval after `start_ns`, so that all requests interleave evenly.
+    fn new(start_ns: u64, interval_ns: f64, index: usize, connections: usize) -> Schedule {
+        assert!(
+            interval_ns.is_finite() && interval_ns >= 1.0,
+            "{interval_ns}"
+        );
+        assert!(index < connections, "{index} of {connections}");
+        let phase = interval_ns * index as f64 / connections as f64;
+        Schedule {
+            first_ns: start_ns + phase as u64,
+            interval_ns,
+            next: 0,
+        }
+    }
+
+    fn due_ns(&self, k: u64) -> u64 {
+        self.first_ns + (k as f64 * self.interval_ns) as u64
+    }
+
+    fn next_due_ns(&self) -> u64 {
+        self.due_ns(self.next)
+    }
+
+    /// The due time of the next request if it is due by `now_ns` and
+    /// scheduled before `end_ns`; the schedule moves past it.
+    fn take(&mut self, now_ns: u64, end_ns: u64) -> Option<u64> {
+        let due = self.next_due_ns();
+        if due > now_ns || due >= end_ns {
+            return None;
+        }
+        self.next += 1;
+        debug_assert!(self.next_due_ns() >= due);
+        Some(due)
+    }
+}
+
+/// The requests outstanding on one connection (I/O-free): slot `s`, which
+/// is also the request's correlation id, holds its due time. At most `cap`
+/// at once; a request due while all are taken is not sent (missed).
+struct Slots {
+    due_ns: Vec<Option<u64>>,
+    free: Vec<u32>,
+}
+
+impl Slots {
+    fn new(cap: usize) -> Slots {
+        assert!(cap > 0 && cap <= OUTSTANDING_MAX, "cap {cap}");
+        Slots {
+            due_ns: vec![None; cap],
+            free: (0..cap as u32).rev().collect(),
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.due_ns.len() - self.free.len()
+    }
+
+    /// A free slot for a request due at `due_ns`, or `None` at the cap.
+    fn take(&mut self, due_ns: u64) -> Option<u32> {
+        let s = self.free.pop()?;
+        let entry = &mut self.due_ns[s as usize];
+        assert!(entry.is_none(), "slot {s} was free and taken");
+        *entry = Some(due_ns);
+        Some(s)
+    }
+
+    /// Frees the slot an answer names: its request's due time, or `None`
+    /// when no request is outstanding there.
+    fn complete(&mut self, slot: u64) -> Option<u64> {
+        let s = usize::try_from(slot).ok()?;
+        let due = self.due_ns.get_mut(s)?.take()?;
+        self.free.push(s as u32);
+        debug_assert!(self.free.len() <= self.due_ns.len());
+        Some(due)
+    }
+
+    /// Frees every slot (a failed connection, the end of a run), calling
+    /// `f` with each outstanding request's due time; returns how many.
+    fn clear(&mut self, mut f: impl FnMut(u64)) -> usize {
+        let mut n = 0;
+        for (s, entry) in self.due_ns.iter_mut().enumerate() {
+            if let Some(due) = entry.take() {
+                f(due);
+                self.free.push(s as u32);
+                n += 1;
+            }
+        }
+        assert_eq!(self.free.len(), self.due_ns.len());
+        n
+    }
+}
+
+/// What happened to an open loop's requests (counts of requests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+struct OpenCounts {
+    /// Queued on their connection (sent).
+    sent: u64,
+    /// Answered without error.
+    completed: u64,
+    /// Answered with an error (a failed result or a request error).
+    errors: u64,
+    /// Due while their connection had its cap outstanding: not sent.
+    missed: u64,
+    /// Due after their connection had failed: not sent.
+    down: u64,
+    /// Outstanding on a connection when it failed.
+    lost: u64,
+    /// Connections that failed.
+    failures: u64,
+    response_bytes: u64,
+}
+
+impl OpenCounts {
+    fn minus(&self, o: &OpenCounts) -> OpenCounts {
+        OpenCounts {
+            sent: self.sent - o.sent,
+            completed: self.completed - o.completed,
+            errors: self.errors - o.errors,
+            missed: self.missed - o.missed,
+            down: self.down - o.down,
+            lost: self.lost - o.lost,
+            failures: self.failures - o.failures,
+            response_bytes: self.response_bytes - o.response_bytes,
+        }
+    }
+}
+
+/// One second of an open-loop run.
+#[derive(Clone, Debug, serde::Serialize)]
+struct OpenSecond {
+    /// Start of the second, in seconds from the start of the measured
+    /// window (warm-up seconds are negative).
+    t: i64,
+    warmup: bool,
+    /// Part of the second inside the run (1 but maybe for the last).
+    secs: f64,
+    /// Records whose request was answered without error in this second.
+    completed_records: u64,
+    completed_records_per_sec: f64,
+    sent_requests: u64,
+    missed_requests: u64,
+    down_requests: u64,
+    error_answers: u64,
+    /// Of the answers in this second, scheduled time to answer (us).
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    max_us: Option<f64>,
+}
+
+/// The second `t_ns` falls in, counted from `window_ns` (the start of the
+/// measured window); warm-up seconds are negative.
+fn second_of(t_ns: u64, window_ns: u64) -> i64 {
+    (i128::from(t_ns) - i128::from(window_ns)).div_euclid(1_000_000_000) as i64
+}
+
+/// The per-second series of a run (I/O-free): counts and a histogram of
+/// the answers' latency for the current second, closed at its end.
+struct Seconds {
+    start_ns: u64,
+    window_ns: u64,
+    end_ns: u64,
+    records_per_request: u64,
+    /// The second being filled, and the counts when it began.
+    cur: i64,
+    from: OpenCounts,
+    hist: Histogram<u64>,
+    points: Vec<OpenSecond>,
+}
+
+impl Seconds {
+    fn new(start_ns: u64, window_ns: u64, end_ns: u64, records_per_request: u64) -> Seconds {
+        assert!(start_ns <= window_ns && window_ns < end_ns);
+        let n = second_of(end_ns - 1, window_ns) - second_of(start_ns, window_ns) + 1;
+        Seconds {
+            start_ns,
+            window_ns,
+            end_ns,
+            records_per_request,
+            cur: second_of(start_ns, window_ns),
+            from: OpenCounts::default(),
+            hist: new_hist(),
+            points: Vec::with_capacity(usize::try_from(n).unwrap_or(0)),
+        }
+    }
+
+    /// The time the current second ends (within the run).
+    fn next_boundary_ns(&self) -> u64 {
+        let b = i128::from(self.window_ns) + i128::from(self.cur + 1) * 1_000_000_000;
+        u64::try_from(b).unwrap_or(u64::MAX).min(self.end_ns)
+    }
+
+    /// Closes every second that ended by `now_ns` (not past the run's end),
+    /// given the counts so far; returns how many were closed.
+    fn advance(&mut self, now_ns: u64, counts: &OpenCounts) -> usize {
+        let upto = second_of(now_ns.min(self.end_ns), self.window_ns);
+        let mut n = 0;
+        while self.cur < upto {
+            self.close(counts);
+            n += 1;
+        }
+        n
+    }
+
+    /// Closes the seconds left up to the end of the run.
+    fn finish(&mut self, counts: &OpenCounts) -> usize {
+        let last = second_of(self.end_ns - 1, self.window_ns);
+        let mut n = 0;
+        while self.cur <= last {
+            self.close(counts);
+            n += 1;
+        }
+        n
+    }
+
+    fn close(&mut self, counts: &OpenCounts) {
+        let d = counts.minus(&self.from);
+        let ns = |b: i64| {
+            let t = i128::from(self.window_ns) + i128::from(b) * 1_000_000_000;
+            t.clamp(i128::from(self.start_ns), i128::from(self.end_ns))
+        };
+        let secs = (ns(self.cur + 1) - ns(self.cur)) as f64 / 1e9;
+        let q =
+            |q: f64| (!self.hist.is_empty()).then(|| self.hist.value_at_quantile(q) as f64 / 1e3);
+        let records = d.completed * self.records_per_request;
+        self.points.push(OpenSecond {
+            t: self.cur,
+            warmup: self.cur < 0,
+            secs,
+            completed_records: records,
+            completed_records_per_sec: records as f64 / secs.max(1e-9),
+            sent_requests: d.sent,
+            missed_requests: d.missed,
+            down_requests: d.down,
+            error_answers: d.errors,
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+            max_us: (!self.hist.is_empty()).then(|| self.hist.max() as f64 / 1e3),
+        });
+        self.hist.reset();
+        self.from = *counts;
+        self.cur += 1;
+    }
+}
+
+/// Distinct messages with their counts, at most [`ERROR_SAMPLES_MAX`] kinds
+/// (later kinds are only counted in the totals).
+#[derive(Default)]
+struct Samples(Vec<(String, u64)>);
+
+impl Samples {
+    fn add(&mut self, msg: String) {
+        if let Some(e) = self.0.iter_mut().find(|(m, _)| *m == msg) {
+            e.1 += 1;
+        } else if self.0.len() < ERROR_SAMPLES_MAX {
+            self.0.push((msg, 1));
+        }
+    }
+}
+
+/// The 1-2-5 levels (1, 2, 5, 10, 20, ...) from the largest at or below
+/// `lo` to the smallest at or above `hi` (both positive).
+fn levels_125(lo: f64, hi: f64) -> Vec<f64> {
+    assert!(lo > 0.0 && hi >= lo, "{lo} {hi}");
+    let mut out = Vec::new();
+    let mut decade = 10f64.powf(lo.log10().floor());
+    'outer: loop {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            // Rounding: 10^k from powf may be a hair off.
+            let v = (v * 1e9).round() / 1e9;
+            if v <= lo * (1.0 + 1e-9) {
+                out.clear();
+            }
+            out.push(v);
+            if v >= hi * (1.0 - 1e-9) {
+                break 'outer;
+            }
+        }
+        decade *= 10.0;
+    }
+    out
+}
+
+/// A text chart of the measured seconds, to paste into a README: records
+/// completed per second as bars, one row per tenth of the target up to
+/// 1.2x (`-` marks the target, `.` 0.9 of it: a column reaches a row only
+/// when its value does; `^` tops a column above the chart), above the ack p99 per second as bars on 1-2-5 levels (a
+/// column reaches a level when its p99 is at or above it). A column holds
+/// `ceil(seconds / CHART_COLUMNS_MAX)` seconds: the lowest throughput and
+/// the highest p99 among them.
+fn ascii_chart(points: &[OpenSecond], target: f64) -> String {
+    use std::fmt::Write as _;
+    let measured: Vec<&OpenSecond> = points.iter().filter(|p| !p.warmup).collect();
+    if measured.is_empty() || target.is_nan() || target <= 0.0 {
+        return String::new();
+    }
+    let per = measured.len().div_ceil(CHART_COLUMNS_MAX);
+    let groups: Vec<&[&OpenSecond]> = measured.chunks(per).collect();
+    let rates: Vec<f64> = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|p| p.completed_records_per_sec)
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let p99s: Vec<Option<f64>> = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .filter_map(|p| p.p99_us)
+                .map(|v| v / 1e3)
+                .reduce(f64::max)
+        })
+        .collect();
+    let cols = groups.len();
+    let label_w = 8;
+    let mut out = String::new();
+    let axis = |out: &mut String| {
+        let _ = writeln!(out, "{:>label_w$} +{}", "", "-".repeat(cols));
+        let right = format!("{} s", measured.len());
+        let under = if cols > right.len() + 1 {
+            format!("0{}{right}", " ".repeat(cols - right.len()))
+        } else {
+            format!("0 .. {right}")
+        };
+        let _ = writeln!(out, "{:>label_w$}  {under}", "");
+    };
+
+    // Throughput: rows of a tenth of the target up to 1.2 x target; a
+    // column above that (catching up after a stall) ends in '^'.
+    let step = target / 10.0;
+    let rows = CHART_ROWS;
+    let _ = writeln!(
+        out,
+        "completed records/s per second ({per} s per column, lowest shown; '-' target {}, '.' 0.9 x target, '^' above the chart)",
+        fmt_value(target)
+    );
+    for r in (1..=rows).rev() {
+        let level = step * r as f64;
+        let mark = match r {
+            10 => '-',
+            9 => '.',
+            _ => ' ',
+        };
+        let line: String = rates
+            .iter()
+            .map(|&v| {
+                if r == rows && v > level * (1.0 + 1e-9) {
+                    '^'
+                } else if v >= level * (1.0 - 1e-9) {
+                    '#'
+                } else {
+                    mark
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{:>label_w$} |{}", fmt_value(level), line.trim_end());
+    }
+    axis(&mut out);
+
+    // p99 on 1-2-5 levels.
+    let present: Vec<f64> = p99s
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| *v > 0.0)
+        .collect();
+    if present.is_empty() {
+        let _ = writeln!(out, "ack p99 per second: no answers");
+        return out;
+    }
+    let lo = present.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = present.iter().copied().fold(0.0, f64::max);
+    let levels = levels_125(lo, hi);
+    let _ = writeln!(
+        out,
+        "ack p99 per second, ms ({per} s per column, highest shown; a column reaches a level at or below its p99)"
+    );
+    for &level in levels.iter().rev() {
+        let line: String = p99s
+            .iter()
+            .map(|v| match v {
+                Some(v) if *v >= level * (1.0 - 1e-9) => '#',
+                _ => ' ',
+            })
+            .collect();
+        let _ = writeln!(out, "{:>label_w$} |{}", fmt_value(level), line.trim_end());
+    }
+    axis(&mut out);
+    out
+}
+
+// -------------------------------------------------------- open loop: I/O
+
+/// A `CLOCK_MONOTONIC` timerfd (the clock of [`clock_ns`]) armed at
+/// absolute times; closed on drop.
+struct Timer(RawFd);
+
+impl Timer {
+    fn new() -> io::Result<Timer> {
+        // SAFETY: timerfd_create has no memory preconditions.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Timer(fd))
+    }
+
+    /// Fires once at `at_ns` (already past: at once).
+    fn arm_at(&self, at_ns: u64) -> io::Result<()> {
+        let at_ns = at_ns.max(1); // 0 would disarm it
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (at_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (at_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` lives across the call; a null old value is allowed.
+        let r = unsafe {
+            libc::timerfd_settime(self.0, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Consumes an expiry (nothing to consume is fine).
+    fn clear(&self) {
+        let mut n = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into `n`.
+        let _ = unsafe { libc::read(self.0, n.as_mut_ptr().cast(), n.len()) };
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// One connection of the open loop.
+struct OpenConn {
+    pipe: Pipe,
+    /// False once the connection failed (deregistered, shut down).
+    alive: bool,
+    /// Envelope and table of this connection's requests; the correlation id
+    /// at `cid_at` is set to the slot before each send.
+    head: Vec<u8>,
+    cid_at: usize,
+    /// The frame every request carries (shared by all connections).
+    frame: Arc<Vec<u8>>,
+    /// Set when the loop starts.
+    schedule: Option<Schedule>,
+    slots: Slots,
+    /// Accepting shard, when known, and the one partition it sends to.
+    shard: Option<usize>,
+    partition: u32,
+}
+
+impl OpenConn {
+    fn describe(&self, label: &str, i: usize) -> String {
+        format!(
+            "{label} connection {i} (shard {}, partition {})",
+            self.shard.map_or("?".to_string(), |s| s.to_string()),
+            self.partition
+        )
+    }
+
+    /// Queues every request due by `now_ns` (scheduled before `end_ns`) or
+    /// counts it as missed (cap) or down (failed connection). True when
+    /// something was queued.
+    fn queue_due(&mut self, now_ns: u64, end_ns: u64, counts: &mut OpenCounts) -> bool {
+        let mut queued = false;
+        let Some(schedule) = self.schedule.as_mut() else {
+            return false;
+        };
+        while let Some(due) = schedule.take(now_ns, end_ns) {
+            if !self.alive {
+                counts.down += 1;
+                continue;
+            }
+            let Some(slot) = self.slots.take(due) else {
+                counts.missed += 1;
+                continue;
+            };
+            set_correlation_id(&mut self.head, self.cid_at, u64::from(slot));
+            self.pipe.out.extend_from_slice(&self.head);
+            self.pipe.out.extend_from_slice(&self.frame);
+            counts.sent += 1;
+            queued = true;
+        }
+        queued
+    }
+
+    /// Drops a failed connection: deregistered, shut down, its outstanding
+    /// requests counted as lost.
+    fn fail(&mut self, ep: &Epoll, counts: &mut OpenCounts) {
+        assert!(self.alive, "a connection fails once");
+        self.alive = false;
+        let _ = ep.ctl(
+            libc::EPOLL_CTL_DEL,
+            self.pipe.stream.as_raw_fd(),
+            self.pipe.token,
+            0,
+        );
+        let _ = self.pipe.stream.shutdown(std::net::Shutdown::Both);
+        self.pipe.out.clear();
+        self.pipe.out_at = 0;
+        counts.failures += 1;
+        counts.lost += self.slots.clear(|_| {}) as u64;
+    }
+}
+
+/// How the open loop runs.
+struct OpenPlan {
+    records_per_request: u64,
+    interval_ns: f64,
+    warmup_ns: u64,
+    measure_ns: u64,
+    drain_ns: u64,
+    label: &'static str,
+}
+
+/// What one open-loop run measured.
+struct OpenResult {
+    /// Over the measured window (by the time things happened).
+    counts: OpenCounts,
+    secs: f64,
+    /// Requests scheduled in the window, scheduled time to answer (ns);
+    /// those unanswered at the end at their age then.
+    latency: Histogram<u64>,
+    /// Requests still outstanding when the loop gave up waiting.
+    unanswered: u64,
+    /// Every second, warm-up included.
+    series: Vec<OpenSecond>,
+    client_cpu_secs: f64,
+    peer_cpu_secs: Option<f64>,
+    errors: Vec<(String, u64)>,
+    failures: Vec<(String, u64)>,
+}
+
+/// Runs the open loop on the calling thread: warm-up, measured window,
+/// then at most `drain_ns` for the answers still outstanding.
+fn drive_open(
+    conns: &mut [OpenConn],
+    plan: &OpenPlan,
+    peer_cpu: &CpuProbe,
+) -> Result<OpenResult, BenchError> {
+    use std::cmp::Reverse;
+    let ep = Epoll::new().map_err(|e| net("epoll_create", plan.label, e))?;
+    let timer = Timer::new().map_err(|e| net("timerfd_create", plan.label, e))?;
+    ep.ctl(libc::EPOLL_CTL_ADD, timer.0, TIMER_TOKEN, IN)
+        .map_err(|e| net("epoll_ctl", plan.label, e))?;
+    for c in conns.iter() {
+        c.pipe
+            .register(&ep)
+            .map_err(|e| net("epoll_ctl", plan.label, e))?;
+    }
+    let start = clock_ns();
+    let window = start + plan.warmup_ns;
+    let end = window + plan.measure_ns.max(1);
+    let drain_end = end + plan.drain_ns;
+    let n = conns.len();
+    let mut due = std::collections::BinaryHeap::with_capacity(n);
+    for (i, c) in conns.iter_mut().enumerate() {
+        let s = Schedule::new(start, plan.interval_ns, i, n);
+        due.push(Reverse((s.next_due_ns(), i)));
+        c.schedule = Some(s);
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EPOLL_EVENTS_MAX];
+    let mut counts = OpenCounts::default();
+    let mut latency = new_hist();
+    let mut seconds = Seconds::new(start, window, end, plan.records_per_request);
+    let mut errors = Samples::default();
+    let mut failures = Samples::default();
+    let mut at_window: Option<(OpenCounts, f64, Option<f64>)> = None;
+    let mut at_end: Option<(OpenCounts, f64, Option<f64>)> = None;
+    let snapshot = |c: &OpenCounts| (*c, thread_cpu_secs(), peer_cpu());
+    let mut printed = 0;
+    timer
+        .arm_at(start)
+        .map_err(|e| net("timerfd_settime", plan.label, e))?;
+    let last_now = loop {
+        let got = ep
+            .wait(&mut events, OPEN_WAIT_MS)
+            .map_err(|e| net("epoll_wait", plan.label, e))?;
+        let now = clock_ns();
+        // Seconds and window edges first: what follows happened at `now`.
+        seconds.advance(now, &counts);
+        if at_window.is_none() && now >= window {
+            at_window = Some(snapshot(&counts));
+        }
+        if at_end.is_none() && now >= end {
+            seconds.finish(&counts);
+            at_end = Some(snapshot(&counts));
+        }
+        for p in &seconds.points[printed..] {
+            eprintln!(
+                "[{:>5}s{}] {} {:>9} rec/s  p99 {:>8} ms  sent {} missed {} down {} errors {}",
+                p.t,
+                if p.warmup { " warm-up" } else { "" },
+                plan.label,
+                fmt_value(p.completed_records_per_sec),
+                p.p99_us.map_or("-".into(), |v| fmt_value(v / 1e3)),
+                p.sent_requests,
+                p.missed_requests,
+                p.down_requests,
+                p.error_answers,
+            );
+        }
+        printed = seconds.points.len();
+
+        for ev in &events[..got] {
+            let (flags, token) = (ev.events, ev.u64 as usize);
+            if token == TIMER_TOKEN {
+                timer.clear();
+                continue;
+            }
+            let Some(c) = conns.get_mut(token) else {
+                return Err(cfg(format!("epoll returned unknown token {token}")));
+            };
+            if !c.alive {
+                continue;
+            }
+            let mut failed: Option<String> = None;
+            if flags & (IN | ERR) != 0 {
+                match c.pipe.read_some() {
+                    Err(e) => failed = Some(format!("read: {e}")),
+                    Ok(_) => loop {
+                        let (s, len) = match c.pipe.next_message(RESPONSE_BYTES_MAX) {
+                            Ok(Some(m)) => m,
+                            Ok(None) => break,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        };
+                        counts.response_bytes += len as u64;
+                        let answer = match parse_answer(&c.pipe.inbuf[s..s + len]) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        };
+                        let Some(due_ns) = c.slots.complete(answer.correlation_id) else {
+                            failed = Some(format!(
+                                "answer for unknown request {}",
+                                answer.correlation_id
+                            ));
+                            break;
+                        };
+                        if let Some(e) = answer.error {
+                            counts.errors += 1;
+                            errors.add(e);
+                            continue;
+                        }
+                        counts.completed += 1;
+                        let ns = now.saturating_sub(due_ns).max(1);
+                        seconds.hist.saturating_record(ns);
+                        if (window..end).contains(&due_ns) {
+                            latency.saturating_record(ns);
+                        }
+                    },
+                }
+            }
+            if failed.is_none() && flags & OUT != 0 {
+                if let Err(e) = c.pipe.flush(&ep) {
+                    failed = Some(format!("write: {e}"));
+                }
+            }
+            if let Some(why) = failed {
+                failures.add(format!("{}: {why}", c.describe(plan.label, token)));
+                c.fail(&ep, &mut counts);
+            }
+        }
+
+        // Everything due by now (scheduled before the end) goes out.
+        while let Some(&Reverse((due_ns, i))) = due.peek() {
+            if due_ns > now {
+                break;
+            }
+            due.pop();
+            let c = &mut conns[i];
+            if c.queue_due(now, end, &mut counts) {
+                if let Err(e) = c.pipe.flush(&ep) {
+                    failures.add(format!("{}: write: {e}", c.describe(plan.label, i)));
+                    c.fail(&ep, &mut counts);
+                }
+            }
+            let next = c.schedule.map_or(u64::MAX, |s| s.next_due_ns());
+            if next < end {
+                due.push(Reverse((next, i)));
+            }
+        }
+
+        if now >= end {
+            let outstanding: usize = conns
+                .iter()
+                .filter(|c| c.alive)
+                .map(|c| c.slots.outstanding())
+                .sum();
+            if outstanding == 0 || now >= drain_end {
+                break now;
+            }
+        }
+        let wake = if now < end {
+            let next_due = due.peek().map_or(end, |r| r.0 .0);
+            next_due.min(seconds.next_boundary_ns()).min(end)
+        } else {
+            drain_end
+        };
+        timer
+            .arm_at(wake)
+            .map_err(|e| net("timerfd_settime", plan.label, e))?;
+    };
+    // Answers that never came count at their age now (a lower bound).
+    let mut unanswered = 0u64;
+    for c in conns.iter_mut().filter(|c| c.alive) {
+        unanswered += c.slots.clear(|due_ns| {
+            if (window..end).contains(&due_ns) {
+                latency.saturating_record(last_now.saturating_sub(due_ns).max(1));
+            }
+        }) as u64;
+    }
+    let (c0, cpu0, peer0) = at_window.unwrap_or((OpenCounts::default(), 0.0, None));
+    let (c1, cpu1, peer1) = at_end.unwrap_or_else(|| snapshot(&counts));
+    Ok(OpenResult {
+        counts: c1.minus(&c0),
+        secs: (end - window) as f64 / 1e9,
+        latency,
+        unanswered,
+        series: std::mem::take(&mut seconds.points),
+        client_cpu_secs: cpu1 - cpu0,
+        peer_cpu_secs: match (peer1, peer0) {
+            (Some(b), Some(a)) => Some(b - a),
+            _ => None,
+        },
+        errors: errors.0,
+        failures: failures.0,
+    })
+}
+
+/// Runs [`drive_open`] on a new thread pinned to `core`.
+fn drive_open_on(
+    mut conns: Vec<OpenConn>,
+    plan: OpenPlan,
+    peer_cpu: CpuProbe,
+    core: Option<usize>,
+) -> Result<OpenResult, BenchError> {
+    std::thread::Builder::new()
+        .name("requests-open".into())
+        .spawn(move || {
+            pin_thread(core);
+            drive_open(&mut conns, &plan, &peer_cpu)
+        })
+        .map_err(|e| BenchError::io("spawn thread", "requests-open", e))?
+        .join()
+        .map_err(|_| BenchError::ThreadPanic {
+            name: "requests-open",
+        })?
+}
+
 // ------------------------------------------------------------- requests
 
-/// A frame holding one record of `message_size` pseudo-random bytes.
-fn one_record_frame(message_size: usize) -> Vec<u8> {
-    let mut value = vec![0u8; message_size];
-    Rng::new(0x5EED).fill(&mut value);
+/// A frame holding `records` records of `message_size` pseudo-random bytes
+/// each (built once per run and re-sent).
+fn records_frame(message_size: usize, records: usize) -> Vec<u8> {
+    assert!(records > 0, "a frame holds at least one record");
+    let mut values = vec![0u8; message_size * records];
+    Rng::new(0x5EED).fill(&mut values);
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let mut b = BatchBuilder::new();
-    b.push(&RecordIn {
-        timestamp_ms: ms,
-        key: None,
-        value: Some(&value),
-        headers: &[],
-    });
+    for r in 0..records {
+        b.push(&RecordIn {
+            timestamp_ms: ms,
+            key: None,
+            value: Some(&values[r * message_size..(r + 1) * message_size]),
+            headers: &[],
+        });
+    }
     b.finish()
+}
+
+/// The body of a produce request carrying one frame of `frame_len` bytes.
+fn produce_body(topic: &str, partition: u32, acks: AcksArg, frame_len: usize) -> RequestBody {
+    RequestBody::Produce(ProduceRequest {
+        acks: acks.wire(),
+        timeout_ms: PRODUCE_TIMEOUT_MS,
+        batches: vec![ProduceBatch {
+            topic: topic.to_string(),
+            partition,
+            batch_len: frame_len as u32,
+        }],
+    })
 }
 
 /// The whole request (envelope, table, frame) of one slot.
@@ -683,18 +1626,50 @@ fn produce_request(
     acks: AcksArg,
     frame: &[u8],
 ) -> Result<Vec<u8>, BenchError> {
-    let body = RequestBody::Produce(ProduceRequest {
-        acks: acks.wire(),
-        timeout_ms: PRODUCE_TIMEOUT_MS,
-        batches: vec![ProduceBatch {
-            topic: topic.to_string(),
-            partition,
-            batch_len: frame.len() as u32,
-        }],
-    });
+    let body = produce_body(topic, partition, acks, frame.len());
     let mut head = encode_request(slot as u64, &body).map_err(|e| cfg(format!("encode: {e}")))?;
     head.extend_from_slice(frame);
     Ok(head)
+}
+
+/// Writes `id` as the correlation id of a request head (see [`produce_head`]).
+fn set_correlation_id(head: &mut [u8], at: usize, id: u64) {
+    head[at..at + 8].copy_from_slice(&id.to_le_bytes());
+}
+
+/// The head (envelope and table) of a produce request to `partition`
+/// followed by a frame of `frame_len` bytes, and the offset of its
+/// correlation id, which the open loop overwrites with the slot before
+/// each send (so a head is encoded once per connection, not per request).
+fn produce_head(
+    topic: &str,
+    partition: u32,
+    acks: AcksArg,
+    frame_len: usize,
+) -> Result<(Vec<u8>, usize), BenchError> {
+    let body = produce_body(topic, partition, acks, frame_len);
+    // A marker that is not the field's default, so the field is written.
+    let head = encode_request(CID_MARKER, &body).map_err(|e| cfg(format!("encode: {e}")))?;
+    let marker = CID_MARKER.to_le_bytes();
+    let mut found = head
+        .windows(marker.len())
+        .enumerate()
+        .filter(|(_, w)| *w == marker)
+        .map(|(i, _)| i);
+    let (Some(at), None) = (found.next(), found.next()) else {
+        return Err(cfg("the correlation id is not once in the request head"));
+    };
+    // The id a reader sees is the one patched in.
+    let mut probe = head.clone();
+    for id in [0, 1, OUTSTANDING_MAX as u64 - 1] {
+        set_correlation_id(&mut probe, at, id);
+        if peek_correlation_id(&probe) != Some(id) {
+            return Err(cfg(format!(
+                "patching the correlation id at byte {at} does not give {id}"
+            )));
+        }
+    }
+    Ok((head, at))
 }
 
 /// The pre-encoded answers of the baseline responder, one per slot, shaped
@@ -805,23 +1780,23 @@ fn thread_cpu_from_proc(tid: i32) -> Option<f64> {
     Some(ticks / hz.max(1.0))
 }
 
-/// The ping-pong baseline: the same loop, connections, depth and request
-/// bytes against [`respond`] on loopback.
-fn run_pingpong(
-    a: &RequestsArgs,
-    requests: &Arc<Vec<Vec<u8>>>,
+/// Runs `run` over `n` loopback connections served by [`respond`] (a thread
+/// pinned to `responder_core` answering with `answers`), giving it a probe
+/// of the responder thread's CPU; stops the responder afterwards.
+fn with_responder<R>(
+    n: usize,
     answers: Vec<Vec<u8>>,
-    client_core: Option<usize>,
     responder_core: Option<usize>,
-) -> Result<LoopResult, BenchError> {
+    run: impl FnOnce(Vec<TcpStream>, CpuProbe) -> Result<R, BenchError>,
+) -> Result<R, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| net("bind", "127.0.0.1:0", e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| net("local_addr", "127.0.0.1:0", e))?
         .to_string();
-    let mut clients = Vec::with_capacity(a.connections);
-    let mut served = Vec::with_capacity(a.connections);
-    for i in 0..a.connections {
+    let mut clients = Vec::with_capacity(n);
+    let mut served = Vec::with_capacity(n);
+    for _ in 0..n {
         let c = TcpStream::connect(&addr).map_err(|e| net("connect", &addr, e))?;
         c.set_nodelay(true)
             .map_err(|e| net("set_nodelay", &addr, e))?;
@@ -829,24 +1804,12 @@ fn run_pingpong(
         s.set_nodelay(true)
             .map_err(|e| net("set_nodelay", &addr, e))?;
         served.push(s);
-        clients.push(LoopConn {
-            pipe: Pipe::new(c, i, IN).map_err(|e| net("set_nonblocking", &addr, e))?,
-            requests: requests.clone(),
-            sent_ns: vec![0; a.depth],
-            out_requests: 0,
-            shard: None,
-            last_answer_ns: 0,
-        });
+        clients.push(c);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tid = Arc::new(AtomicI32::new(0));
     let responder = {
         let (stop, tid) = (stop.clone(), tid.clone());
-        let answers = if a.acks == AcksArg::None {
-            Vec::new()
-        } else {
-            answers
-        };
         std::thread::Builder::new()
             .name("requests-responder".into())
             .spawn(move || {
@@ -865,19 +1828,7 @@ fn run_pingpong(
         std::thread::sleep(Duration::from_millis(1));
     }
     let probe_tid = tid.load(Ordering::SeqCst);
-    let plan = LoopPlan {
-        depth: a.depth,
-        answers: a.acks != AcksArg::None,
-        warmup_ns: secs_ns(a.warmup.min(1.0)),
-        measure_ns: secs_ns(a.baseline_secs),
-        label: "ping-pong",
-    };
-    let result = drive_on(
-        clients,
-        plan,
-        Box::new(move || thread_cpu_from_proc(probe_tid)),
-        client_core,
-    );
+    let result = run(clients, Box::new(move || thread_cpu_from_proc(probe_tid)));
     stop.store(true, Ordering::SeqCst);
     let responded = responder.join().map_err(|_| BenchError::ThreadPanic {
         name: "requests-responder",
@@ -885,6 +1836,69 @@ fn run_pingpong(
     let r = result?;
     responded?;
     Ok(r)
+}
+
+/// The ping-pong baseline: the same loop, connections, depth and request
+/// bytes against [`respond`] on loopback.
+fn run_pingpong(
+    a: &RequestsArgs,
+    requests: &Arc<Vec<Vec<u8>>>,
+    answers: Vec<Vec<u8>>,
+    client_core: Option<usize>,
+    responder_core: Option<usize>,
+) -> Result<LoopResult, BenchError> {
+    let answers = if a.acks == AcksArg::None {
+        Vec::new()
+    } else {
+        answers
+    };
+    with_responder(a.connections, answers, responder_core, |streams, probe| {
+        let mut clients = Vec::with_capacity(streams.len());
+        for (i, c) in streams.into_iter().enumerate() {
+            clients.push(LoopConn {
+                pipe: Pipe::new(c, i, IN).map_err(|e| net("set_nonblocking", "loopback", e))?,
+                requests: requests.clone(),
+                sent_ns: vec![0; a.depth],
+                out_requests: 0,
+                shard: None,
+                last_answer_ns: 0,
+            });
+        }
+        let plan = LoopPlan {
+            depth: a.depth,
+            answers: a.acks != AcksArg::None,
+            warmup_ns: secs_ns(a.warmup.min(1.0)),
+            measure_ns: secs_ns(a.baseline_secs),
+            label: "ping-pong",
+        };
+        drive_on(clients, plan, probe, client_core)
+    })
+}
+
+/// The open loop's ping-pong baseline: the same schedule, caps and request
+/// bytes (partition 0) against [`respond`] on loopback.
+fn run_open_pingpong(
+    a: &RequestsArgs,
+    topic: &str,
+    frame: &Arc<Vec<u8>>,
+    plan: OpenPlan,
+    cap: usize,
+    client_core: Option<usize>,
+    responder_core: Option<usize>,
+) -> Result<OpenResult, BenchError> {
+    let answers = baseline_answers(topic, cap)?;
+    with_responder(a.connections, answers, responder_core, |streams, probe| {
+        let links = streams
+            .into_iter()
+            .map(|stream| Link {
+                stream,
+                shard: None,
+                parts: vec![0],
+            })
+            .collect();
+        let conns = open_conns(a, "loopback", topic, frame, cap, links)?;
+        drive_open_on(conns, plan, probe, client_core)
+    })
 }
 
 // ------------------------------------------------------------- the server
@@ -1075,10 +2089,18 @@ fn eligible_partitions(
     Ok(parts)
 }
 
+/// One handshaken connection to the server, with the shard that accepted
+/// it (when known) and the partitions it may send to.
+struct Link {
+    stream: TcpStream,
+    shard: Option<usize>,
+    parts: Vec<u32>,
+}
+
 /// The server's side of a run: topic, connections, placement.
 struct ServerSetup {
     shards: usize,
-    conns: Vec<LoopConn>,
+    links: Vec<Link>,
     per_shard: Vec<usize>,
     source: ShardSource,
 }
@@ -1088,7 +2110,6 @@ fn setup_server(
     addr: &str,
     http: Option<&str>,
     topic: &str,
-    frame: &[u8],
 ) -> Result<ServerSetup, BenchError> {
     let mut admin = Client::connect(addr).map_err(|e| cfg(format!("connect {addr}: {e}")))?;
     let info = admin.server_info();
@@ -1117,35 +2138,121 @@ fn setup_server(
             *o = usize::from(p.owner_shard);
         }
     }
-    let streams = open_connections(addr, http, source, a.connections, a.depth)?;
+    // The open loop has one request in flight per slot too, but no fixed
+    // depth: the server's limit only makes it stop reading (back-pressure).
+    let depth = if a.rate.is_some() { 1 } else { a.depth };
+    let streams = open_connections(addr, http, source, a.connections, depth)?;
     drop(admin);
     let mut per_shard = vec![0usize; shards];
-    let mut conns = Vec::with_capacity(streams.len());
-    for (i, (stream, shard)) in streams.into_iter().enumerate() {
+    let mut links = Vec::with_capacity(streams.len());
+    for (stream, shard) in streams {
         if let Some(c) = shard.and_then(|s| per_shard.get_mut(s)) {
             *c += 1;
         }
         let parts = eligible_partitions(a.placement, shards, &owners, shard)?;
+        links.push(Link {
+            stream,
+            shard,
+            parts,
+        });
+    }
+    Ok(ServerSetup {
+        shards,
+        links,
+        per_shard,
+        source,
+    })
+}
+
+/// The closed loop's connections: slot *k* of connection *i* sends to
+/// eligible partition *(i + k) mod n*.
+fn closed_conns(
+    a: &RequestsArgs,
+    addr: &str,
+    topic: &str,
+    frame: &[u8],
+    links: Vec<Link>,
+) -> Result<Vec<LoopConn>, BenchError> {
+    let mut conns = Vec::with_capacity(links.len());
+    for (i, l) in links.into_iter().enumerate() {
+        let parts = &l.parts;
         let requests = (0..a.depth)
             .map(|slot| {
                 produce_request(slot, topic, parts[(i + slot) % parts.len()], a.acks, frame)
             })
             .collect::<Result<Vec<_>, _>>()?;
         conns.push(LoopConn {
-            pipe: Pipe::new(stream, i, IN).map_err(|e| net("set_nonblocking", addr, e))?,
+            pipe: Pipe::new(l.stream, i, IN).map_err(|e| net("set_nonblocking", addr, e))?,
             requests: Arc::new(requests),
             sent_ns: vec![0; a.depth],
             out_requests: 0,
-            shard,
+            shard: l.shard,
             last_answer_ns: 0,
         });
     }
-    Ok(ServerSetup {
-        shards,
-        conns,
-        per_shard,
-        source,
-    })
+    Ok(conns)
+}
+
+/// The partition of each open-loop connection: connections with the same
+/// eligible partitions take them in turn, so they spread evenly (100
+/// connections over 10 partitions: 10 on each). With `any` every connection
+/// is in one group; with `local`/`forwarded`, one group per shard.
+fn spread_partitions(placement: Placement, links: &[(Option<usize>, &[u32])]) -> Vec<u32> {
+    let mut turn: Vec<(Option<usize>, usize)> = Vec::new();
+    links
+        .iter()
+        .map(|&(shard, parts)| {
+            assert!(!parts.is_empty(), "eligible_partitions never returns none");
+            let group = if placement == Placement::Any {
+                None
+            } else {
+                shard
+            };
+            let k = match turn.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, k)) => k,
+                None => {
+                    turn.push((group, 0));
+                    &mut turn.last_mut().expect("just pushed").1
+                }
+            };
+            let p = parts[*k % parts.len()];
+            *k += 1;
+            p
+        })
+        .collect()
+}
+
+/// The open loop's connections, each with its partition, request head and
+/// outstanding cap.
+fn open_conns(
+    a: &RequestsArgs,
+    addr: &str,
+    topic: &str,
+    frame: &Arc<Vec<u8>>,
+    cap: usize,
+    links: Vec<Link>,
+) -> Result<Vec<OpenConn>, BenchError> {
+    let view: Vec<(Option<usize>, &[u32])> = links
+        .iter()
+        .map(|l| (l.shard, l.parts.as_slice()))
+        .collect();
+    let partitions = spread_partitions(a.placement, &view);
+    let mut conns = Vec::with_capacity(links.len());
+    for (i, (l, partition)) in links.into_iter().zip(partitions).enumerate() {
+        let (head, cid_at) = produce_head(topic, partition, a.acks, frame.len())?;
+        conns.push(OpenConn {
+            pipe: Pipe::new(l.stream, i, IN).map_err(|e| net("set_nonblocking", addr, e))?,
+            alive: true,
+            head,
+            cid_at,
+            frame: frame.clone(),
+            schedule: None,
+            slots: Slots::new(cap),
+            shard: l.shard,
+            partition,
+        });
+    }
+    Ok(conns)
 }
 
 // --------------------------------------------------------------- report
@@ -1191,6 +2298,13 @@ fn build_report(
         rate(r) / shards.max(1) as f64,
         "req/s",
     ));
+    if a.records_per_request > 1 {
+        rep.add_figure(Figure::new(
+            "records",
+            rate(r) * a.records_per_request as f64,
+            "rec/s",
+        ));
+    }
     if a.acks != AcksArg::None {
         let s = us(&r.latency);
         let b = base.map(|b| us(&b.latency));
@@ -1259,6 +2373,183 @@ fn build_report(
     rep
 }
 
+/// What the open loop was asked to do, for its report.
+struct OpenSpec {
+    rate: f64,
+    interval_ns: f64,
+    cap: usize,
+    request_bytes: usize,
+}
+
+/// The measured seconds that lie wholly in the window (a last partial
+/// second would look slow for no reason); all measured ones if none is.
+fn full_seconds(series: &[OpenSecond]) -> Vec<&OpenSecond> {
+    let full: Vec<&OpenSecond> = series
+        .iter()
+        .filter(|p| !p.warmup && p.secs >= 0.999)
+        .collect();
+    if full.is_empty() {
+        series.iter().filter(|p| !p.warmup).collect()
+    } else {
+        full
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_open_report(
+    a: &RequestsArgs,
+    spec: &OpenSpec,
+    shards: usize,
+    per_shard: &[usize],
+    load0: Option<f64>,
+    base: Option<&OpenResult>,
+    r: &OpenResult,
+) -> Report {
+    let mut rep = Report::new("requests", params_json(a, shards));
+    if let Some(l) = load0 {
+        rep.add_figure(Figure::new("machine_loadavg_1m_before", l, "threads"));
+    }
+    let with = |f: Figure, name: &str, v: Option<f64>| match v {
+        Some(v) => f.with_baseline(name, v),
+        None => f,
+    };
+    let rpr = a.records_per_request as f64;
+    let rate = spec.rate;
+    rep.add_figure(Figure::new("target_rate", rate, "rec/s"));
+    rep.add_figure(
+        Figure::new("records", r.counts.completed as f64 * rpr / r.secs, "rec/s")
+            .with_baseline("target_rate", rate),
+    );
+    let full = full_seconds(&r.series);
+    let min = full
+        .iter()
+        .map(|p| p.completed_records_per_sec)
+        .fold(f64::INFINITY, f64::min);
+    if min.is_finite() {
+        rep.add_figure(
+            Figure::new("min_second_records", min, "rec/s").with_baseline("target_rate", rate),
+        );
+        let below = full
+            .iter()
+            .filter(|p| p.completed_records_per_sec < 0.9 * rate)
+            .count();
+        rep.add_figure(Figure::new(
+            "seconds_below_0_9_of_rate",
+            below as f64,
+            format!("of {} s", full.len()),
+        ));
+    }
+    rep.add_figure(Figure::new(
+        "requests_sent",
+        r.counts.sent as f64 / r.secs,
+        "req/s",
+    ));
+    rep.add_figure(Figure::new(
+        "request_interval_per_connection",
+        spec.interval_ns / 1e6,
+        "ms",
+    ));
+    rep.add_figure(Figure::new("request_bytes", spec.request_bytes as f64, "B"));
+    rep.add_figure(Figure::new(
+        "outstanding_cap_per_connection",
+        spec.cap as f64,
+        "reqs",
+    ));
+    if !r.latency.is_empty() {
+        let s = us(&r.latency);
+        let b = base
+            .filter(|b| !b.latency.is_empty())
+            .map(|b| us(&b.latency));
+        for (name, v, bv) in [
+            ("p50", s.p50, b.as_ref().map(|b| b.p50)),
+            ("p99", s.p99, b.as_ref().map(|b| b.p99)),
+            ("p99_9", s.p99_9, b.as_ref().map(|b| b.p99_9)),
+            ("p99_99", s.p99_99, b.as_ref().map(|b| b.p99_99)),
+            ("max", s.max, b.as_ref().map(|b| b.max)),
+        ] {
+            rep.add_figure(with(
+                Figure::new(format!("ack_latency_{name}"), v, "us"),
+                &format!("raw_tcp_pingpong_ack_latency_{name}"),
+                bv,
+            ));
+        }
+        if s.p99 > 0.0 {
+            rep.add_figure(
+                Figure::new("ack_p99_99_over_p99", s.p99_99 / s.p99, "x")
+                    .with_baseline("target_max", 10.0),
+            );
+        }
+        rep.add_latency("ack_latency", s);
+        if let Some(b) = b {
+            rep.add_latency("raw_tcp_pingpong_ack_latency", b);
+        }
+    }
+    let c = &r.counts;
+    for (name, v, unit) in [
+        ("missed_requests", c.missed, "reqs"),
+        ("down_requests", c.down, "reqs"),
+        ("error_answers", c.errors, "reqs"),
+        ("lost_requests", c.lost, "reqs"),
+        ("unanswered_requests", r.unanswered, "reqs"),
+        ("connection_failures", c.failures, "conns"),
+    ] {
+        rep.add_figure(Figure::new(name, v as f64, unit));
+    }
+    let per_req = |x: &OpenResult, cpu: Option<f64>| per_request_us(cpu, x.counts.completed);
+    if let Some(v) = per_req(r, r.peer_cpu_secs) {
+        rep.add_figure(with(
+            Figure::new("server_cpu_per_request", v, "us"),
+            "raw_responder_cpu_per_request",
+            base.and_then(|b| per_req(b, b.peer_cpu_secs)),
+        ));
+        rep.add_figure(Figure::new(
+            "server_cpu",
+            r.peer_cpu_secs.unwrap_or(0.0) / r.secs,
+            "cores",
+        ));
+    }
+    if let Some(v) = per_req(r, Some(r.client_cpu_secs)) {
+        rep.add_figure(with(
+            Figure::new("client_cpu_per_request", v, "us"),
+            "raw_pingpong_client_cpu_per_request",
+            base.and_then(|b| per_req(b, Some(b.client_cpu_secs))),
+        ));
+    }
+    rep.add_figure(Figure::new(
+        "client_cpu",
+        r.client_cpu_secs / r.secs,
+        "cores",
+    ));
+    for (s, n) in per_shard.iter().enumerate() {
+        rep.add_figure(Figure::new(
+            format!("connections_on_shard_{s}"),
+            *n as f64,
+            "conns",
+        ));
+    }
+    rep
+}
+
+fn open_result_json(r: &OpenResult, records_per_request: usize) -> Value {
+    let samples = |v: &[(String, u64)]| {
+        v.iter()
+            .map(|(m, n)| json!({ "message": m, "count": n }))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "measured_secs": r.secs,
+        "counts": r.counts,
+        "completed_records": r.counts.completed * records_per_request as u64,
+        "records_per_sec": (r.counts.completed * records_per_request as u64) as f64 / r.secs,
+        "unanswered": r.unanswered,
+        "client_cpu_secs": r.client_cpu_secs,
+        "peer_cpu_secs": r.peer_cpu_secs,
+        "errors": samples(&r.errors),
+        "failures": samples(&r.failures),
+        "series": r.series,
+    })
+}
+
 fn params_json(a: &RequestsArgs, shards: usize) -> Value {
     let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
@@ -1281,6 +2572,50 @@ fn result_json(r: &LoopResult) -> Value {
 
 // ----------------------------------------------------------------- main
 
+/// Where a run's server is: spawned (kept alive by the handle) or given.
+struct Target {
+    server: Option<crate::spawn::SpawnedServer>,
+    addr: String,
+    http: Option<String>,
+    pid: Option<u32>,
+}
+
+fn start_target(a: &RequestsArgs) -> Result<Target, BenchError> {
+    let server = if a.local.spawn {
+        let s = a.local.start(false)?;
+        eprintln!(
+            "spawned {} (pid {}) listening on {}",
+            s.binary.display(),
+            s.pid(),
+            s.addr
+        );
+        Some(s)
+    } else {
+        None
+    };
+    let (addr, http, pid) = match (&server, &a.server) {
+        (Some(s), _) => (s.addr.clone(), s.http_addr.clone(), Some(s.pid())),
+        (None, Some(addr)) => (addr.clone(), a.http.clone(), a.server_pid),
+        (None, None) => return Err(cfg("give --server HOST:PORT or --spawn")),
+    };
+    Ok(Target {
+        server,
+        addr,
+        http,
+        pid,
+    })
+}
+
+/// Deletes the run's topic (unless kept) and stops a spawned server.
+fn finish_target(a: &RequestsArgs, t: Target, topic: &str) {
+    if !a.keep_topics {
+        if let Ok(mut c) = Client::connect(&t.addr) {
+            let _ = c.delete_topic(topic);
+        }
+    }
+    drop(t.server);
+}
+
 /// Entry point of `requests`.
 pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
     check_args(a)?;
@@ -1296,8 +2631,11 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     let topic = format!("strom-bench-requests-{}-{stamp}", std::process::id());
-    let frame = one_record_frame(a.message_size);
+    let frame = records_frame(a.message_size, a.records_per_request);
     let load0 = loadavg();
+    if let Some(rate) = a.rate {
+        return main_open(a, rate, &topic, frame, load0, client_core, responder_core);
+    }
 
     let base = if a.no_baseline {
         None
@@ -1319,29 +2657,15 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
         )?)
     };
 
-    let server = if a.local.spawn {
-        let s = a.local.start(false)?;
-        eprintln!(
-            "spawned {} (pid {}) listening on {}",
-            s.binary.display(),
-            s.pid(),
-            s.addr
-        );
-        Some(s)
-    } else {
-        None
-    };
-    let (addr, http, pid) = match (&server, &a.server) {
-        (Some(s), _) => (s.addr.clone(), s.http_addr.clone(), Some(s.pid())),
-        (None, Some(addr)) => (addr.clone(), a.http.clone(), a.server_pid),
-        (None, None) => return Err(cfg("give --server HOST:PORT or --spawn")),
-    };
-    let setup = setup_server(a, &addr, http.as_deref(), &topic, &frame);
+    let target = start_target(a)?;
+    let pid = target.pid;
+    let setup = setup_server(a, &target.addr, target.http.as_deref(), &topic);
     let result = setup.and_then(|s| {
         eprintln!(
             "{} connections on {} shard(s) {:?} (learnt from {:?}), placement {:?}",
             a.connections, s.shards, s.per_shard, s.source, a.placement
         );
+        let conns = closed_conns(a, &target.addr, &topic, &frame, s.links)?;
         let plan = LoopPlan {
             depth: a.depth,
             answers: a.acks != AcksArg::None,
@@ -1350,15 +2674,10 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
             label: "server",
         };
         let probe: CpuProbe = Box::new(move || pid.and_then(|p| cpu_secs(Some(p))));
-        let r = drive_on(s.conns, plan, probe, client_core)?;
+        let r = drive_on(conns, plan, probe, client_core)?;
         Ok((s.shards, s.per_shard, s.source, r))
     });
-    if !a.keep_topics {
-        if let Ok(mut c) = Client::connect(&addr) {
-            let _ = c.delete_topic(&topic);
-        }
-    }
-    drop(server);
+    finish_target(a, target, &topic);
     let (shards, per_shard, source, r) = result?;
     let report = build_report(a, shards, &per_shard, load0, base.as_ref(), &r);
     report.print();
@@ -1373,6 +2692,151 @@ pub fn main(a: &RequestsArgs) -> Result<(), BenchError> {
             o.insert(
                 "baseline".into(),
                 base.as_ref().map_or(Value::Null, result_json),
+            );
+        }
+        write_json_value(path, &doc)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `requests --rate`: the open loop (see the module header).
+fn main_open(
+    a: &RequestsArgs,
+    rate: f64,
+    topic: &str,
+    frame: Vec<u8>,
+    load0: Option<f64>,
+    client_core: Option<usize>,
+    responder_core: Option<usize>,
+) -> Result<(), BenchError> {
+    let frame = Arc::new(frame);
+    let interval = interval_ns(rate, a.connections, a.records_per_request);
+    let request_bytes = produce_head(topic, 0, a.acks, frame.len())?.0.len() + frame.len();
+    let cap = outstanding_cap(a.connections, request_bytes);
+    let spec = OpenSpec {
+        rate,
+        interval_ns: interval,
+        cap,
+        request_bytes,
+    };
+    let plan = |label, warmup: f64, measure: f64| OpenPlan {
+        records_per_request: a.records_per_request as u64,
+        interval_ns: interval,
+        warmup_ns: secs_ns(warmup),
+        measure_ns: secs_ns(measure),
+        drain_ns: DRAIN_MS * 1_000_000,
+        label,
+    };
+    eprintln!(
+        "open loop: {} records/s over {} connections: each sends a request of {} records ({} B) every {:.3} ms, at most {cap} outstanding",
+        fmt_value(rate),
+        a.connections,
+        a.records_per_request,
+        request_bytes,
+        interval / 1e6
+    );
+    let base = if a.no_baseline {
+        None
+    } else {
+        eprintln!(
+            "baseline: loopback ping-pong on the same schedule, {} s",
+            a.baseline_secs
+        );
+        Some(run_open_pingpong(
+            a,
+            topic,
+            &frame,
+            plan("ping-pong", a.warmup.min(1.0), a.baseline_secs),
+            cap,
+            client_core,
+            responder_core,
+        )?)
+    };
+
+    let target = start_target(a)?;
+    let pid = target.pid;
+    let setup = setup_server(a, &target.addr, target.http.as_deref(), topic);
+    let result = setup.and_then(|s| {
+        let conns = open_conns(a, &target.addr, topic, &frame, cap, s.links)?;
+        let mut per_partition = vec![0usize; a.partitions as usize];
+        for c in &conns {
+            if let Some(n) = per_partition.get_mut(c.partition as usize) {
+                *n += 1;
+            }
+        }
+        eprintln!(
+            "{} connections on {} shard(s) {:?} (learnt from {:?}), placement {:?}, per partition {:?}",
+            a.connections, s.shards, s.per_shard, s.source, a.placement, per_partition
+        );
+        let probe: CpuProbe = Box::new(move || pid.and_then(|p| cpu_secs(Some(p))));
+        let r = drive_open_on(
+            conns,
+            plan("server", a.warmup, a.duration),
+            probe,
+            client_core,
+        )?;
+        Ok((s.shards, s.per_shard, s.source, per_partition, r))
+    });
+    finish_target(a, target, topic);
+    let (shards, per_shard, source, per_partition, r) = result?;
+    let report = build_open_report(a, &spec, shards, &per_shard, load0, base.as_ref(), &r);
+    report.print();
+    for (what, list) in [
+        ("error answer", &r.errors),
+        ("connection failure", &r.failures),
+    ] {
+        for (m, n) in list {
+            println!("{what} x{n}: {m}");
+        }
+    }
+    println!();
+    print!("{}", ascii_chart(&r.series, rate));
+    if let Some(path) = &a.plot {
+        let points: Vec<crate::plot::SecondSample> = r
+            .series
+            .iter()
+            .filter(|p| !p.warmup)
+            .map(|p| crate::plot::SecondSample {
+                t: p.t as f64,
+                records_per_sec: p.completed_records_per_sec,
+                p99_ms: p.p99_us.map(|v| v / 1e3),
+            })
+            .collect();
+        let title = format!(
+            "requests --rate {} --connections {} --records-per-request {} --message-size {}",
+            fmt_value(rate),
+            a.connections,
+            a.records_per_request,
+            a.message_size
+        );
+        crate::plot::draw_seconds(path, &title, &points, rate)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.json {
+        let mut doc = report.to_json();
+        if let Some(o) = doc.as_object_mut() {
+            o.insert("name".into(), json!(a.name));
+            o.insert("topic".into(), json!(topic));
+            o.insert("connections_per_shard".into(), json!(per_shard));
+            o.insert("connections_per_partition".into(), json!(per_partition));
+            o.insert("shard_learnt_from".into(), json!(source));
+            o.insert(
+                "open_loop".into(),
+                json!({
+                    "rate": rate,
+                    "records_per_request": a.records_per_request,
+                    "interval_ms": interval / 1e6,
+                    "request_bytes": request_bytes,
+                    "outstanding_cap_per_connection": cap,
+                    "drain_ms": DRAIN_MS,
+                }),
+            );
+            o.insert("server".into(), open_result_json(&r, a.records_per_request));
+            o.insert(
+                "baseline".into(),
+                base.as_ref()
+                    .map_or(Value::Null, |b| open_result_json(b, a.records_per_request)),
             );
         }
         write_json_value(path, &doc)?;
@@ -1421,6 +2885,430 @@ mod tests {
         assert!(check_answer(&answers[3], 3).is_err());
     }
 
+    /// 100 connections at 50,000 records/s: in requests of 100 records each
+    /// connection sends every 200 ms, in requests of 10 every 20 ms; the
+    /// brief's small run (20 connections, 5,000/s, 10 per request) every
+    /// 40 ms.
+    #[test]
+    fn open_loop_intervals() {
+        assert_eq!(interval_ns(50_000.0, 100, 100), 200_000_000.0);
+        assert_eq!(interval_ns(50_000.0, 100, 10), 20_000_000.0);
+        assert_eq!(interval_ns(5_000.0, 20, 10), 40_000_000.0);
+    }
+
+    #[test]
+    fn schedule_due_times_interleave_and_never_drift() {
+        let start = 1_000_000_000;
+        let interval = 200_000_000.0;
+        // Connection 3 of 4 starts three quarters of an interval late.
+        let mut s = Schedule::new(start, interval, 3, 4);
+        assert_eq!(s.due_ns(0), start + 150_000_000);
+        assert_eq!(s.due_ns(1), start + 350_000_000);
+        // Request k is due at start + phase + k * interval exactly, however
+        // late it is taken (no drift after 10 minutes of 5 per second).
+        assert_eq!(s.due_ns(3_000), start + 150_000_000 + 3_000 * 200_000_000);
+        // Nothing is due before its time.
+        assert_eq!(s.take(start + 149_999_999, u64::MAX), None);
+        assert_eq!(
+            s.take(start + 150_000_000, u64::MAX),
+            Some(start + 150_000_000)
+        );
+        assert_eq!(s.take(start + 150_000_000, u64::MAX), None);
+        // A loop that wakes late takes every request due meanwhile, each
+        // with its own scheduled time (latency counts from there).
+        let late = start + 1_000_000_000;
+        let taken: Vec<u64> = std::iter::from_fn(|| s.take(late, u64::MAX)).collect();
+        assert_eq!(
+            taken,
+            vec![
+                start + 350_000_000,
+                start + 550_000_000,
+                start + 750_000_000,
+                start + 950_000_000
+            ]
+        );
+        // Nothing scheduled at or after the end is taken.
+        let end = start + 1_150_000_000;
+        assert_eq!(s.take(u64::MAX, end), None);
+        assert_eq!(s.next_due_ns(), start + 1_150_000_000);
+        // Four connections together: one request every interval / 4.
+        let mut all: Vec<u64> = (0..4)
+            .flat_map(|i| {
+                let s = Schedule::new(start, interval, i, 4);
+                (0..3).map(move |k| s.due_ns(k))
+            })
+            .collect();
+        all.sort_unstable();
+        let gaps: Vec<u64> = all.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g == 50_000_000), "{gaps:?}");
+    }
+
+    #[test]
+    fn slots_cap_outstanding_and_free_on_answer() {
+        let mut s = Slots::new(3);
+        let a = s.take(10).unwrap();
+        let b = s.take(20).unwrap();
+        let c = s.take(30).unwrap();
+        assert_eq!(s.outstanding(), 3);
+        // At the cap: the next request is missed, not queued.
+        assert_eq!(s.take(40), None);
+        assert_eq!(s.outstanding(), 3);
+        // Answers may come in any order; each frees its slot once.
+        assert_eq!(s.complete(u64::from(b)), Some(20));
+        assert_eq!(s.complete(u64::from(b)), None);
+        assert_eq!(s.complete(99), None);
+        assert_eq!(s.outstanding(), 2);
+        let d = s.take(50).unwrap();
+        assert_eq!(d, b);
+        assert_eq!(s.complete(u64::from(a)), Some(10));
+        let mut left = Vec::new();
+        assert_eq!(s.clear(|due| left.push(due)), 2);
+        left.sort_unstable();
+        assert_eq!(left, vec![30, 50]);
+        assert_eq!(s.outstanding(), 0);
+        assert_eq!(s.complete(u64::from(c)), None);
+    }
+
+    /// A server that stops answering: the schedule goes on, the first
+    /// `cap` requests are sent and every later one is counted as missed;
+    /// when answers come back, sending resumes on the same schedule.
+    #[test]
+    fn backlog_beyond_the_cap_is_missed_and_the_schedule_kept() {
+        let interval = 20_000_000.0; // 50 requests/s
+        let mut sched = Schedule::new(0, interval, 0, 1);
+        let mut slots = Slots::new(8);
+        let (mut sent, mut missed) = (Vec::new(), 0u64);
+        fn step(
+            now: u64,
+            sched: &mut Schedule,
+            slots: &mut Slots,
+            sent: &mut Vec<(u32, u64)>,
+            missed: &mut u64,
+        ) {
+            while let Some(due) = sched.take(now, u64::MAX) {
+                match slots.take(due) {
+                    Some(slot) => sent.push((slot, due)),
+                    None => *missed += 1,
+                }
+            }
+        }
+        // One second of stall: 50 requests due (0 ms .. 980 ms).
+        step(999_999_999, &mut sched, &mut slots, &mut sent, &mut missed);
+        assert_eq!(sent.len(), 8);
+        assert_eq!(missed, 42);
+        assert_eq!(sched.next_due_ns(), 1_000_000_000);
+        // All answers arrive; the next due request goes out on schedule.
+        for &(slot, _) in &sent {
+            assert!(slots.complete(u64::from(slot)).is_some());
+        }
+        step(
+            1_000_000_000,
+            &mut sched,
+            &mut slots,
+            &mut sent,
+            &mut missed,
+        );
+        assert_eq!(sent.len(), 9);
+        assert_eq!(sent[8].1, 1_000_000_000);
+        assert_eq!(missed, 42);
+    }
+
+    #[test]
+    fn outstanding_cap_by_bytes() {
+        // 100 connections of ~103 KB requests: 2.6 MiB each, 25 requests.
+        assert_eq!(outstanding_cap(100, 103_000), 26);
+        // Small requests: the count cap.
+        assert_eq!(outstanding_cap(100, 1_100), OUTSTANDING_MAX);
+        // Huge ones: still one.
+        assert_eq!(outstanding_cap(4096, 16 << 20), 1);
+    }
+
+    #[test]
+    fn seconds_are_counted_from_the_window() {
+        assert_eq!(second_of(5_000_000_000, 5_000_000_000), 0);
+        assert_eq!(second_of(4_999_999_999, 5_000_000_000), -1);
+        assert_eq!(second_of(3_000_000_000, 5_000_000_000), -2);
+        assert_eq!(second_of(6_500_000_000, 5_000_000_000), 1);
+        // 1.5 s warm-up, 2.5 s measured: seconds -2 (0.5 s), -1, 0, 1, 2 (0.5 s).
+        let (start, window) = (10_000_000_000u64, 11_500_000_000u64);
+        let end = window + 2_500_000_000;
+        let mut s = Seconds::new(start, window, end, 10);
+        let mut c = OpenCounts {
+            completed: 5,
+            ..OpenCounts::default()
+        };
+        assert_eq!(s.advance(window - 1, &c), 1);
+        assert_eq!(s.points[0].t, -2);
+        assert!((s.points[0].secs - 0.5).abs() < 1e-9);
+        assert_eq!(s.points[0].completed_records, 50);
+        assert_eq!(s.points[0].completed_records_per_sec, 100.0);
+        s.hist.saturating_record(2_000_000);
+        c.completed = 7;
+        assert_eq!(s.advance(window + 1_000_000_000, &c), 2);
+        assert_eq!(s.points[1].t, -1);
+        assert!(s.points[1].warmup);
+        assert_eq!(s.points[1].completed_records, 20);
+        assert!((s.points[1].p99_us.unwrap() - 2_000.0).abs() < 5.0);
+        assert_eq!(s.points[2].t, 0);
+        assert!(!s.points[2].warmup);
+        assert_eq!(s.points[2].p99_us, None);
+        assert_eq!(s.next_boundary_ns(), window + 2_000_000_000);
+        assert_eq!(s.advance(u64::MAX, &c), 1);
+        assert_eq!(s.next_boundary_ns(), end);
+        assert_eq!(s.finish(&c), 1);
+        assert_eq!(s.points.len(), 5);
+        assert!((s.points[4].secs - 0.5).abs() < 1e-9);
+        assert_eq!(s.finish(&c), 0);
+        assert_eq!(full_seconds(&s.points).len(), 2);
+    }
+
+    #[test]
+    fn head_patching_sets_the_correlation_id() {
+        let frame = records_frame(16, 3);
+        let (mut head, at) = produce_head("t", 7, AcksArg::Leader, frame.len()).unwrap();
+        for id in [0u64, 5, 1023] {
+            set_correlation_id(&mut head, at, id);
+            let mut msg = head.clone();
+            msg.extend_from_slice(&frame);
+            assert_eq!(peek_correlation_id(&msg), Some(id));
+            let b = peek_message(&msg, MESSAGE_BYTES_MAX).unwrap().unwrap();
+            assert_eq!(b.message_len, msg.len());
+        }
+    }
+
+    #[test]
+    fn partitions_spread_evenly() {
+        let all: Vec<u32> = (0..10).collect();
+        let links: Vec<(Option<usize>, &[u32])> = (0..100).map(|_| (None, &all[..])).collect();
+        let p = spread_partitions(Placement::Any, &links);
+        for part in 0..10 {
+            assert_eq!(p.iter().filter(|&&x| x == part).count(), 10);
+        }
+        // Local: each shard's connections take turns over its partitions.
+        let (even, odd) = ([0u32, 2], [1u32, 3]);
+        let links = [
+            (Some(0), &even[..]),
+            (Some(1), &odd[..]),
+            (Some(0), &even[..]),
+            (Some(0), &even[..]),
+            (Some(1), &odd[..]),
+        ];
+        assert_eq!(
+            spread_partitions(Placement::Local, &links),
+            vec![0, 1, 2, 0, 3]
+        );
+    }
+
+    #[test]
+    fn chart_shows_target_and_dips() {
+        let mk = |t: i64, rate: f64, p99_ms: f64| OpenSecond {
+            t,
+            warmup: t < 0,
+            secs: 1.0,
+            completed_records: rate as u64,
+            completed_records_per_sec: rate,
+            sent_requests: 0,
+            missed_requests: 0,
+            down_requests: 0,
+            error_answers: 0,
+            p50_us: Some(p99_ms * 500.0),
+            p99_us: Some(p99_ms * 1e3),
+            max_us: Some(p99_ms * 2e3),
+        };
+        let mut pts: Vec<OpenSecond> = (0..20).map(|t| mk(t, 50_000.0, 2.0)).collect();
+        pts[7] = mk(7, 20_000.0, 300.0);
+        pts[8] = mk(8, 80_000.0, 2.0);
+        pts.insert(0, mk(-1, 1.0, 1.0));
+        let chart = ascii_chart(&pts, 50_000.0);
+        let lines: Vec<&str> = chart.lines().collect();
+        let row = |label: &str| {
+            *lines
+                .iter()
+                .find(|l| l.trim_start().starts_with(&format!("{label} |")))
+                .unwrap_or_else(|| panic!("no row {label}:\n{chart}"))
+        };
+        // 12 rows of 5,000 up to 60,000; the target row is full but for the
+        // dip at second 7, which shows the target mark there.
+        assert!(row("60000").ends_with("|        ^"), "{chart}");
+        assert!(row("55000").ends_with("|        #"), "{chart}");
+        assert!(row("50000").ends_with("|#######-############"), "{chart}");
+        assert!(row("45000").ends_with("|#######.############"), "{chart}");
+        assert!(row("20000").ends_with("|####################"), "{chart}");
+        assert!(chart.contains("20 s"), "{chart}");
+        // p99 levels 2, 5, ..., 500 ms: only the 300 ms second reaches 200.
+        assert!(row("500.0").ends_with('|'), "{chart}");
+        assert!(row("200.0").ends_with("|       #"), "{chart}");
+        assert!(row("2.00").ends_with("|####################"), "{chart}");
+        assert_eq!(ascii_chart(&[], 1.0), "");
+    }
+
+    #[test]
+    fn levels_one_two_five() {
+        assert_eq!(
+            levels_125(2.0, 300.0),
+            vec![2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+        );
+        assert_eq!(levels_125(0.3, 0.7), vec![0.2, 0.5, 1.0]);
+        assert_eq!(levels_125(1.0, 1.0), vec![1.0]);
+    }
+
+    /// Open-loop flags for tests against a local peer.
+    fn test_args() -> RequestsArgs {
+        RequestsArgs {
+            server: None,
+            http: None,
+            server_pid: None,
+            local: SpawnArgs {
+                spawn: false,
+                server_bin: None,
+                cores: None,
+                server_arg: Vec::new(),
+                dir: PathBuf::from("."),
+            },
+            connections: 4,
+            depth: 1,
+            rate: Some(4_000.0),
+            records_per_request: 10,
+            message_size: 100,
+            partitions: 1,
+            acks: AcksArg::Leader,
+            placement: Placement::Any,
+            duration: 1.0,
+            warmup: 0.2,
+            baseline_secs: 1.0,
+            client_core: None,
+            responder_core: None,
+            no_baseline: false,
+            keep_topics: false,
+            json: None,
+            plot: None,
+            name: None,
+        }
+    }
+
+    /// The open loop against the responder on loopback: on schedule, every
+    /// request answered, nothing missed.
+    #[test]
+    fn open_loop_runs_against_the_responder() {
+        let a = test_args();
+        let given = |f: &dyn Fn(&mut RequestsArgs)| {
+            let mut b = a.clone();
+            b.server = Some("127.0.0.1:1".into());
+            f(&mut b);
+            check_args(&b)
+        };
+        assert!(given(&|_| {}).is_ok());
+        assert!(given(&|b| b.acks = AcksArg::None).is_err());
+        assert!(given(&|b| b.rate = Some(0.0)).is_err());
+        assert!(given(&|b| b.records_per_request = 0).is_err());
+        // One request per microsecond and connection at most.
+        assert!(given(&|b| b.rate = Some(1e9)).is_err());
+        assert!(given(&|b| {
+            b.rate = None;
+            b.plot = Some(PathBuf::from("x.svg"));
+        })
+        .is_err());
+        let frame = Arc::new(records_frame(100, 10));
+        let interval = interval_ns(4_000.0, 4, 10);
+        let plan = OpenPlan {
+            records_per_request: 10,
+            interval_ns: interval,
+            warmup_ns: 200_000_000,
+            measure_ns: 1_000_000_000,
+            drain_ns: 1_000_000_000,
+            label: "test",
+        };
+        let r = run_open_pingpong(&a, "t", &frame, plan, 16, None, None).unwrap();
+        // 4 connections x 100 requests/s x 1 s, give or take the edges.
+        assert!((380..=420).contains(&r.counts.sent), "{:?}", r.counts);
+        assert!(r.counts.completed >= 380, "{:?}", r.counts);
+        assert_eq!(r.counts.missed + r.counts.errors + r.counts.failures, 0);
+        assert_eq!(r.unanswered, 0);
+        assert!(r.latency.len() >= 380);
+        let measured: Vec<&OpenSecond> = r.series.iter().filter(|p| !p.warmup).collect();
+        assert_eq!(measured.len(), 1);
+        assert!(measured[0].completed_records >= 3_800, "{:?}", measured[0]);
+        assert!(r.series.iter().any(|p| p.warmup));
+    }
+
+    /// Error answers and a peer that hangs up are counted, not fatal, and
+    /// the run still ends on time.
+    #[test]
+    fn open_loop_counts_errors_and_failures() {
+        let mut a = test_args();
+        a.connections = 2;
+        let frame = Arc::new(records_frame(10, 1));
+        let interval = interval_ns(400.0, 2, 1);
+        let plan = || OpenPlan {
+            records_per_request: 1,
+            interval_ns: interval,
+            warmup_ns: 0,
+            measure_ns: 300_000_000,
+            drain_ns: 100_000_000,
+            label: "test",
+        };
+        // Every answer is an error.
+        let bad: Vec<Vec<u8>> = (0..8u64)
+            .map(|slot| {
+                let body = ResponseBody::Produce(ProduceResponse {
+                    results: vec![ProduceResult {
+                        topic: "t".into(),
+                        partition: 0,
+                        error: ErrorCode::InvalidRequest,
+                        message: "no".into(),
+                        base_offset: 0,
+                        last_offset: 0,
+                        append_time_ms: 0,
+                        log_start_offset: 0,
+                    }],
+                });
+                encode_response(slot, &body).unwrap()
+            })
+            .collect();
+        let r = with_responder(2, bad, None, |streams, probe| {
+            let links = streams
+                .into_iter()
+                .map(|stream| Link {
+                    stream,
+                    shard: None,
+                    parts: vec![0],
+                })
+                .collect();
+            let conns = open_conns(&a, "loopback", "t", &frame, 8, links)?;
+            drive_open_on(conns, plan(), probe, None)
+        })
+        .unwrap();
+        assert!(r.counts.sent >= 100, "{:?}", r.counts);
+        assert_eq!(r.counts.errors, r.counts.sent, "{:?}", r.counts);
+        assert_eq!(r.counts.completed + r.counts.failures, 0);
+        assert_eq!(r.errors.len(), 1);
+        assert!(r.errors[0].0.contains("InvalidRequest"), "{:?}", r.errors);
+        assert!(r.latency.is_empty());
+
+        // A peer that reads nothing and hangs up at once.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let links: Vec<Link> = (0..2)
+            .map(|_| {
+                let stream = TcpStream::connect(addr).unwrap();
+                drop(listener.accept().unwrap());
+                Link {
+                    stream,
+                    shard: None,
+                    parts: vec![0],
+                }
+            })
+            .collect();
+        let conns = open_conns(&a, "loopback", "t", &frame, 8, links).unwrap();
+        let t0 = std::time::Instant::now();
+        let r = drive_open_on(conns, plan(), Box::new(|| None), None).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!(r.counts.failures, 2, "{:?}", r.counts);
+        assert!(r.counts.down > 0, "{:?}", r.counts);
+        assert_eq!(r.counts.completed, 0);
+        assert!(!r.failures.is_empty());
+    }
+
     /// The loop against the responder, end to end on loopback.
     #[test]
     fn pingpong_runs() {
@@ -1437,6 +3325,8 @@ mod tests {
             },
             connections: 3,
             depth: 4,
+            rate: None,
+            records_per_request: 1,
             message_size: 100,
             partitions: 1,
             acks: AcksArg::Leader,
@@ -1449,9 +3339,10 @@ mod tests {
             no_baseline: false,
             keep_topics: false,
             json: None,
+            plot: None,
             name: None,
         };
-        let frame = one_record_frame(100);
+        let frame = records_frame(100, 1);
         let reqs = (0..4)
             .map(|s| produce_request(s, "t", 0, AcksArg::Leader, &frame))
             .collect::<Result<Vec<_>, _>>()
