@@ -20,14 +20,17 @@
 //!
 //! `core`, `storage`, `sim` and `wire` do no I/O. `engine_store` does, only
 //! through the engine's `Storage` trait (so it runs on the in-memory and
-//! fault-injecting models in tests). Nothing here knows sockets or glommio
-//! yet: the shell that drives replicas on a shard is not built.
+//! fault-injecting models in tests).
+//! - [`shell`]: the glommio shell that runs a shard's replicas for real
+//!   (one tick timer, persists, apply, proposals) with a TCP transport of
+//!   wire batches per peer; the only module that knows sockets and glommio.
 
 pub mod core;
 pub mod engine_store;
 pub mod error;
 pub mod limits;
 pub mod rng;
+pub mod shell;
 pub mod sim;
 pub mod storage;
 pub mod wire;
