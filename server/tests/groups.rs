@@ -9,7 +9,6 @@ use common::{temp_dir, Client, Server};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +18,8 @@ use strom_flatbuffers::protocol::*;
 
 const SESSION_MS: u32 = 1_500;
 
-fn start(cores: usize, data_dir: PathBuf) -> Server {
+fn start(cores: usize, data_dir: impl Into<strom_tests::DataDir>) -> Server {
+    let (data_dir, owned_dir) = data_dir.into().into_parts();
     let mut child = Command::new(env!("CARGO_BIN_EXE_strom-server"))
         .args(["--cores", &cores.to_string()])
         .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
@@ -57,6 +57,7 @@ fn start(cores: usize, data_dir: PathBuf) -> Server {
         http: http.expect("http"),
         data_dir,
         cores,
+        owned_dir,
     }
 }
 

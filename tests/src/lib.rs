@@ -177,6 +177,43 @@ impl Drop for TempDir {
     }
 }
 
+impl std::ops::Deref for TempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+/// The data directory of a test server: a temporary one the server owns
+/// (removed once the server is gone), or a path the test keeps (to restart
+/// another server on it, say) and removes itself.
+pub enum DataDir {
+    Owned(TempDir),
+    Kept(PathBuf),
+}
+
+impl From<TempDir> for DataDir {
+    fn from(d: TempDir) -> Self {
+        DataDir::Owned(d)
+    }
+}
+
+impl From<PathBuf> for DataDir {
+    fn from(p: PathBuf) -> Self {
+        DataDir::Kept(p)
+    }
+}
+
+impl DataDir {
+    /// The path, and the guard that removes it if the server owns it.
+    pub fn into_parts(self) -> (PathBuf, Option<TempDir>) {
+        match self {
+            DataDir::Owned(d) => (d.0.clone(), Some(d)),
+            DataDir::Kept(p) => (p, None),
+        }
+    }
+}
+
 /// A running `strom-server` child process; see the crate docs.
 pub struct TestServer {
     child: Option<Child>,

@@ -8,22 +8,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use strom_flatbuffers::protocol::*;
 use strom_flatbuffers::{BatchBuilder, RecordIn};
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "strom-srv-{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("mkdir");
-    d
+/// A fresh temporary directory, removed when the returned guard (or the
+/// server it is handed to) is dropped, unless `STROM_KEEP_TEST_DATA` is set.
+pub fn temp_dir(tag: &str) -> strom_tests::TempDir {
+    strom_tests::TempDir::new(&format!("strom-srv-{tag}"))
 }
 
 pub struct Server {
@@ -32,10 +24,14 @@ pub struct Server {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub cores: usize,
+    /// The temporary data directory this server owns; dropped (removed)
+    /// after the child is killed.
+    pub owned_dir: Option<strom_tests::TempDir>,
 }
 
 impl Server {
-    pub fn start(cores: usize, data_dir: PathBuf) -> Server {
+    pub fn start(cores: usize, data_dir: impl Into<strom_tests::DataDir>) -> Server {
+        let (data_dir, owned_dir) = data_dir.into().into_parts();
         let mut child = Command::new(env!("CARGO_BIN_EXE_strom-server"))
             .args(["--cores", &cores.to_string()])
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
@@ -76,6 +72,7 @@ impl Server {
             http: http.expect("http"),
             data_dir,
             cores,
+            owned_dir,
         }
     }
 

@@ -12,20 +12,12 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "strom-kafka-{tag}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("mkdir");
-    d
+/// A fresh temporary directory, removed when the returned guard (or the
+/// server it is handed to) is dropped, unless `STROM_KEEP_TEST_DATA` is set.
+pub fn temp_dir(tag: &str) -> strom_tests::TempDir {
+    strom_tests::TempDir::new(&format!("strom-kafka-{tag}"))
 }
 
 pub struct KafkaServer {
@@ -35,14 +27,22 @@ pub struct KafkaServer {
     pub data_dir: PathBuf,
     cores: usize,
     extra: Vec<String>,
+    /// The temporary data directory this server owns; dropped (removed)
+    /// after the child is killed.
+    _owned_dir: Option<strom_tests::TempDir>,
 }
 
 impl KafkaServer {
-    pub fn start(cores: usize, data_dir: PathBuf) -> KafkaServer {
+    pub fn start(cores: usize, data_dir: impl Into<strom_tests::DataDir>) -> KafkaServer {
         Self::start_with(cores, data_dir, &[])
     }
 
-    pub fn start_with(cores: usize, data_dir: PathBuf, extra: &[&str]) -> KafkaServer {
+    pub fn start_with(
+        cores: usize,
+        data_dir: impl Into<strom_tests::DataDir>,
+        extra: &[&str],
+    ) -> KafkaServer {
+        let (data_dir, owned_dir) = data_dir.into().into_parts();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, native, kafka) = spawn(cores, &data_dir, &extra, None);
         KafkaServer {
@@ -52,6 +52,7 @@ impl KafkaServer {
             data_dir,
             cores,
             extra,
+            _owned_dir: owned_dir,
         }
     }
 
