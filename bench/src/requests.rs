@@ -764,17 +764,27 @@ fn drive_on(
     peer_cpu: CpuProbe,
     core: Option<usize>,
 ) -> Result<LoopResult, BenchError> {
+    run_pinned("requests-loop", core, move || {
+        drive(&mut conns, &plan, &peer_cpu)
+    })
+}
+
+/// Runs `f` on a new thread named `name`, pinned to `core`, and returns
+/// its result (a panic is [`BenchError::ThreadPanic`]).
+fn run_pinned<T: Send + 'static>(
+    name: &'static str,
+    core: Option<usize>,
+    f: impl FnOnce() -> Result<T, BenchError> + Send + 'static,
+) -> Result<T, BenchError> {
     std::thread::Builder::new()
-        .name("requests-loop".into())
+        .name(name.into())
         .spawn(move || {
             pin_thread(core);
-            drive(&mut conns, &plan, &peer_cpu)
+            f()
         })
-        .map_err(|e| BenchError::io("spawn thread", "requests-loop", e))?
+        .map_err(|e| BenchError::io("spawn thread", name, e))?
         .join()
-        .map_err(|_| BenchError::ThreadPanic {
-            name: "requests-loop",
-        })?
+        .map_err(|_| BenchError::ThreadPanic { name })?
 }
 
 // -------------------------------------------------------- open loop: core
@@ -1568,17 +1578,9 @@ fn drive_open_on(
     peer_cpu: CpuProbe,
     core: Option<usize>,
 ) -> Result<OpenResult, BenchError> {
-    std::thread::Builder::new()
-        .name("requests-open".into())
-        .spawn(move || {
-            pin_thread(core);
-            drive_open(&mut conns, &plan, &peer_cpu)
-        })
-        .map_err(|e| BenchError::io("spawn thread", "requests-open", e))?
-        .join()
-        .map_err(|_| BenchError::ThreadPanic {
-            name: "requests-open",
-        })?
+    run_pinned("requests-open", core, move || {
+        drive_open(&mut conns, &plan, &peer_cpu)
+    })
 }
 
 // ------------------------------------------------------------- requests
