@@ -21,13 +21,14 @@ use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType, Snapshot}
 use raft::{GetEntriesContext, Storage as _, StorageError};
 use strom_engine::storage::{FaultKind, FaultyStorage, Storage as _};
 use strom_engine::{Log, LogConfig};
-use strom_flatbuffers::{BatchBuilder, RecordIn};
 use strom_replication::engine_store::{
-    decode_snapshot, frame_term, is_control_frame, EngineStore, StoreOpenError, StoreRecovery,
-    HARD_STATE_FILE,
+    decode_snapshot, frame_term, EngineStore, StoreOpenError, StoreRecovery, HARD_STATE_FILE,
 };
 use strom_replication::rng::SplitMix64;
 use strom_replication::{Acks, Action, LogStore, ProposalId, ReplicaConfig, ReplicaCore};
+
+mod common;
+use common::{frame, tag};
 
 type Store = EngineStore<FaultyStorage>;
 
@@ -55,31 +56,6 @@ fn config() -> LogConfig {
         disk_reserve_bytes: 0,
         ..LogConfig::default()
     }
-}
-
-/// A producer frame of `records` records whose values are `tag`.
-fn frame(tag: &str, records: usize) -> Bytes {
-    let mut b = BatchBuilder::new();
-    for i in 0..records {
-        b.push(&RecordIn {
-            timestamp_ms: 1_000 + i as i64,
-            key: None,
-            value: Some(tag.as_bytes()),
-            headers: &[],
-        });
-    }
-    Bytes::from(b.finish())
-}
-
-/// The tag of a producer frame's records (`None` for a control frame).
-fn tag(data: &[u8]) -> Option<String> {
-    if data.is_empty() || is_control_frame(data) {
-        return None;
-    }
-    let r = strom_flatbuffers::records(data)
-        .expect("a valid frame")
-        .next()?;
-    Some(String::from_utf8(r.value?.to_vec()).expect("utf-8 tag"))
 }
 
 fn entry(index: u64, term: u64, tag: &str, records: usize) -> Entry {

@@ -15,37 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strom_flatbuffers::{BatchBuilder, RecordIn};
-use strom_replication::engine_store::is_control_frame;
 use strom_replication::shell::{ApplyEvent, NodeConfig, NodeThread, ShellProposeError, StartError};
 use strom_replication::Acks;
+
+mod common;
+use common::{frame, tag};
 
 const NODES: u64 = 3;
 const GROUPS: [u64; 2] = [1, 2];
 const TEST_BUDGET: Duration = Duration::from_secs(60);
-
-/// A producer frame of one record whose value is `tag`.
-fn frame(tag: &str) -> Bytes {
-    let mut b = BatchBuilder::new();
-    b.push(&RecordIn {
-        timestamp_ms: 1_000,
-        key: None,
-        value: Some(tag.as_bytes()),
-        headers: &[],
-    });
-    Bytes::from(b.finish())
-}
-
-/// The tag of a stored producer frame (`None` for a no-op or control frame).
-fn tag(data: &[u8]) -> Option<String> {
-    if data.is_empty() || is_control_frame(data) {
-        return None;
-    }
-    let r = strom_flatbuffers::records(data)
-        .expect("a valid frame")
-        .next()?;
-    Some(String::from_utf8(r.value?.to_vec()).expect("utf-8 tag"))
-}
 
 /// Free loopback ports: bound, noted, released.
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
@@ -139,7 +117,7 @@ fn propose_all(cluster: &Cluster, items: &[(u64, String)], deadline: Instant) ->
                 l
             }
         };
-        cluster.nodes[&target].propose(*group, frame(tag), Acks::All, i as u64, tx.clone());
+        cluster.nodes[&target].propose(*group, frame(tag, 1), Acks::All, i as u64, tx.clone());
     };
     for i in 0..items.len() {
         send(i, &mut hints);
