@@ -318,6 +318,10 @@ pub struct PartitionDescription {
     pub log_start_offset: u64,
     pub high_watermark: u64,
     pub owner_shard: u16,
+    /// Replication: the leader's node id as the answering node knows it
+    /// (0: none known, or a single node) and its leader epoch.
+    pub leader_node: u64,
+    pub leader_epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -1152,6 +1156,8 @@ fn encode_response_body(
                                     log_start_offset: p.log_start_offset,
                                     high_watermark: p.high_watermark,
                                     owner_shard: p.owner_shard,
+                                    leader_node: p.leader_node,
+                                    leader_epoch: p.leader_epoch,
                                 },
                             )
                         })
@@ -1646,6 +1652,8 @@ fn response_body(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
                                 log_start_offset: p.log_start_offset(),
                                 high_watermark: p.high_watermark(),
                                 owner_shard: p.owner_shard(),
+                                leader_node: p.leader_node(),
+                                leader_epoch: p.leader_epoch(),
                             })
                             .collect(),
                     })

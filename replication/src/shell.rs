@@ -65,7 +65,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -503,6 +503,57 @@ struct Group {
     persist_target: u64,
     persist_running: bool,
     failed: Option<String>,
+    /// The end of the committed log this node has announced to readers
+    /// (see [`Committed`]); raised in `pump`, never lowered.
+    announced: Committed,
+    /// Notified whenever `announced` moves, or the group goes away.
+    commit_event: Rc<event_listener::Event>,
+}
+
+/// The committed log of a group as this node knows it, in Kafka offsets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The first offset held (the snapshot point's offset).
+    pub log_start_offset: u64,
+    /// The offset after the last committed entry (Kafka's high watermark).
+    pub high_watermark: u64,
+    /// The offset after the last committed entry that holds records (not a
+    /// control frame): a consumer at or past it has nothing to read yet.
+    pub data_end_offset: u64,
+}
+
+/// What [`Node::view`] tells of one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupView {
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    /// The current term (Kafka's leader epoch).
+    pub term: u64,
+    pub committed: Committed,
+}
+
+/// A read of a group's committed log ([`Node::read_committed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedRead {
+    /// Whole producer frames, in offset order, stamped (base offset and
+    /// leader epoch); control frames are left out (their offsets are gaps).
+    pub frames: Vec<Bytes>,
+    pub committed: Committed,
+}
+
+/// A read that could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    #[error("group {group} is not on this node")]
+    UnknownGroup { group: u64 },
+    #[error("group {group}: offset {offset} is outside [{log_start_offset}, {high_watermark}]")]
+    OutOfRange {
+        group: u64,
+        offset: u64,
+        log_start_offset: u64,
+        high_watermark: u64,
+    },
 }
 
 struct Peer {
@@ -513,6 +564,12 @@ struct Peer {
 
 struct Inner {
     id: u64,
+    /// Every group's voters: this node and its peers, sorted.
+    voters: Vec<u64>,
+    election_ticks: usize,
+    heartbeat_ticks: usize,
+    log: LogConfig,
+    storage: AnyStorage,
     peer_ids: BTreeSet<u64>,
     groups: RefCell<BTreeMap<u64, Group>>,
     peers: BTreeMap<u64, Peer>,
@@ -538,6 +595,84 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// What opening one group needs (from the node's configuration).
+struct GroupParams<'a> {
+    id: u64,
+    voters: &'a [u64],
+    election_ticks: usize,
+    heartbeat_ticks: usize,
+    log: &'a LogConfig,
+    storage: &'a AnyStorage,
+}
+
+fn cfg_params<'a>(
+    cfg: &'a NodeConfig,
+    voters: &'a [u64],
+    storage: &'a AnyStorage,
+) -> GroupParams<'a> {
+    GroupParams {
+        id: cfg.id,
+        voters,
+        election_ticks: cfg.election_ticks,
+        heartbeat_ticks: cfg.heartbeat_ticks,
+        log: &cfg.log,
+        storage,
+    }
+}
+
+/// Opens (or creates) one group's store in `dir` and its replica.
+async fn open_group(p: &GroupParams<'_>, group: u64, dir: &Path) -> Result<Group, StartError> {
+    let (store, _recovery) =
+        EngineStore::open(p.storage.clone(), dir, p.voters, p.log.clone(), now_ms())
+            .await
+            .map_err(|source| StartError::Store { group, source })?;
+    let mut rc = ReplicaConfig::new(p.id, p.voters);
+    rc.election_ticks = p.election_ticks;
+    rc.heartbeat_ticks = p.heartbeat_ticks;
+    rc.proposal_bytes_max = rc.proposal_bytes_max.min(p.log.frame_bytes_max);
+    rc.timer_seed = p.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ now_ms() as u64;
+    let core =
+        ReplicaCore::open(rc, store).map_err(|source| StartError::Replica { group, source })?;
+    let mut g = Group {
+        core,
+        waiters: HashMap::new(),
+        persist_target: 0,
+        persist_running: false,
+        failed: None,
+        announced: Committed::default(),
+        commit_event: Rc::new(event_listener::Event::new()),
+    };
+    g.announced = committed_of(&g.core);
+    Ok(g)
+}
+
+/// The committed log of `core` in offsets (see [`Committed`]).
+fn committed_of(core: &ReplicaCore<Store>) -> Committed {
+    let store = core.store();
+    let start = store.snapshot_point();
+    let commit = core.commit_index().min(store.last_index());
+    let high_watermark = store.offset_after(commit).unwrap_or(start.offset);
+    // The last committed entry with records; control frames (no-ops,
+    // configuration changes) are usually few and at the end of a term.
+    let mut data_end_offset = start.offset;
+    let mut i = commit;
+    while i > start.index {
+        match store.slot(i) {
+            Some(slot) if !slot.is_control() => {
+                data_end_offset = slot.next_offset();
+                break;
+            }
+            Some(_) => i -= 1,
+            None => break,
+        }
+    }
+    Committed {
+        log_start_offset: start.offset,
+        high_watermark,
+        data_end_offset,
+    }
+}
+
 impl Node {
     /// Opens every group's store and replica from `data_dir` (creating new
     /// ones), binds the listener and starts the tick, the acceptor and one
@@ -552,27 +687,8 @@ impl Node {
         let mut groups = BTreeMap::new();
         for &group in &cfg.groups {
             let dir = cfg.data_dir.join(format!("group-{group}"));
-            let (store, _recovery) =
-                EngineStore::open(storage.clone(), &dir, &voters, cfg.log.clone(), now_ms())
-                    .await
-                    .map_err(|source| StartError::Store { group, source })?;
-            let mut rc = ReplicaConfig::new(cfg.id, &voters);
-            rc.election_ticks = cfg.election_ticks;
-            rc.heartbeat_ticks = cfg.heartbeat_ticks;
-            rc.proposal_bytes_max = rc.proposal_bytes_max.min(cfg.log.frame_bytes_max);
-            rc.timer_seed = cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ now_ms() as u64;
-            let core = ReplicaCore::open(rc, store)
-                .map_err(|source| StartError::Replica { group, source })?;
-            groups.insert(
-                group,
-                Group {
-                    core,
-                    waiters: HashMap::new(),
-                    persist_target: 0,
-                    persist_running: false,
-                    failed: None,
-                },
-            );
+            let g = open_group(&cfg_params(&cfg, &voters, &storage), group, &dir).await?;
+            groups.insert(group, g);
         }
         let listener = TcpListener::bind(cfg.listen).map_err(|source| StartError::Bind {
             addr: cfg.listen,
@@ -595,6 +711,11 @@ impl Node {
         }
         let inner = Rc::new(Inner {
             id: cfg.id,
+            voters,
+            election_ticks: cfg.election_ticks,
+            heartbeat_ticks: cfg.heartbeat_ticks,
+            log: cfg.log.clone(),
+            storage,
             peer_ids: peers.keys().copied().collect(),
             groups: RefCell::new(groups),
             peers,
@@ -652,6 +773,161 @@ impl Node {
         }
     }
 
+    /// Adds group `group` with its store in `dir` (opened, or created for
+    /// this node and its peers as voters). A group already on the node is
+    /// left as it is.
+    pub async fn add_group(&self, group: u64, dir: &Path) -> Result<(), StartError> {
+        if self.inner.stopped.get() || self.inner.groups.borrow().contains_key(&group) {
+            return Ok(());
+        }
+        if self.inner.groups.borrow().len() >= GROUPS_MAX {
+            return Err(StartError::Config {
+                reason: format!("group {group}: the node holds {GROUPS_MAX} groups already"),
+            });
+        }
+        let params = GroupParams {
+            id: self.inner.id,
+            voters: &self.inner.voters,
+            election_ticks: self.inner.election_ticks,
+            heartbeat_ticks: self.inner.heartbeat_ticks,
+            log: &self.inner.log,
+            storage: &self.inner.storage,
+        };
+        let g = open_group(&params, group, dir).await?;
+        // Another add of the same group may have finished meanwhile.
+        if self.inner.groups.borrow().contains_key(&group) {
+            let _ = g.core.into_store().close(now_ms()).await;
+            return Ok(());
+        }
+        self.inner.groups.borrow_mut().insert(group, g);
+        self.inner.pump(group);
+        Ok(())
+    }
+
+    /// Removes group `group` from the node and closes its store (after the
+    /// persist in flight, if any). Pending proposals are answered
+    /// `Stopped`; readers waiting on it are woken. The files stay.
+    pub async fn remove_group(&self, group: u64) -> Result<(), ShutdownError> {
+        let Some(mut g) = self.inner.groups.borrow_mut().remove(&group) else {
+            return Ok(());
+        };
+        for (_, tx) in g.waiters.drain() {
+            let _ = tx.try_send(Err(ShellProposeError::Stopped { group }));
+        }
+        g.commit_event.notify(usize::MAX);
+        g.core
+            .into_store()
+            .close(now_ms())
+            .await
+            .map_err(|source| ShutdownError::Close { group, source })
+    }
+
+    /// The groups on this node.
+    pub fn groups(&self) -> Vec<u64> {
+        self.inner.groups.borrow().keys().copied().collect()
+    }
+
+    /// Leader, term and committed offsets of `group`, or None if it is not
+    /// on this node.
+    pub fn view(&self, group: u64) -> Option<GroupView> {
+        let groups = self.inner.groups.borrow();
+        let g = groups.get(&group)?;
+        Some(GroupView {
+            leader: g.core.leader(),
+            is_leader: g.core.is_leader() && g.failed.is_none(),
+            term: g.core.term(),
+            committed: g.announced,
+        })
+    }
+
+    /// The Kafka offsets of entry `index` (base offset, offset after), if
+    /// this node still holds it in memory.
+    pub fn entry_offsets(&self, group: u64, index: u64) -> Option<(u64, u64)> {
+        let groups = self.inner.groups.borrow();
+        let slot = groups.get(&group)?.core.store().slot(index)?;
+        Some((slot.base_offset, slot.next_offset()))
+    }
+
+    /// Whole committed frames of `group` from the one holding
+    /// `from_offset`, up to `max_bytes` (at least one frame when any is
+    /// there), served from memory: the store holds every entry since its
+    /// snapshot point. Control frames are skipped. Synchronous: no borrow
+    /// outlives the call.
+    pub fn read_committed(
+        &self,
+        group: u64,
+        from_offset: u64,
+        max_bytes: usize,
+    ) -> Result<CommittedRead, ReadError> {
+        let groups = self.inner.groups.borrow();
+        let g = groups
+            .get(&group)
+            .ok_or(ReadError::UnknownGroup { group })?;
+        let committed = g.announced;
+        if from_offset < committed.log_start_offset || from_offset > committed.high_watermark {
+            return Err(ReadError::OutOfRange {
+                group,
+                offset: from_offset,
+                log_start_offset: committed.log_start_offset,
+                high_watermark: committed.high_watermark,
+            });
+        }
+        let store = g.core.store();
+        let first = store.first_index();
+        // The last committed index whose frame ends within the announced
+        // high watermark (the commit index may have moved since).
+        let mut last = g.core.commit_index().min(store.last_index());
+        while last >= first
+            && store
+                .slot(last)
+                .is_some_and(|s| s.next_offset() > committed.high_watermark)
+        {
+            last -= 1;
+        }
+        let mut frames = Vec::new();
+        if from_offset < committed.data_end_offset && last >= first {
+            // The first entry whose frame ends after `from_offset`.
+            let (mut lo, mut hi) = (first, last + 1);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match store.slot(mid) {
+                    Some(s) if s.next_offset() <= from_offset => lo = mid + 1,
+                    _ => hi = mid,
+                }
+            }
+            let mut bytes = 0usize;
+            for i in lo..=last {
+                let Some(slot) = store.slot(i) else { break };
+                if slot.is_control() {
+                    continue;
+                }
+                if !frames.is_empty() && bytes + slot.frame.len() > max_bytes {
+                    break;
+                }
+                bytes += slot.frame.len();
+                frames.push(slot.frame.clone());
+            }
+        }
+        Ok(CommittedRead { frames, committed })
+    }
+
+    /// Resolves once `group`'s committed records reach past `offset`
+    /// (`data_end_offset > offset`), or the group leaves this node, or the
+    /// node stops. Holds no borrow while it waits.
+    pub async fn wait_committed(&self, group: u64, offset: u64) {
+        loop {
+            let listener = {
+                let groups = self.inner.groups.borrow();
+                let Some(g) = groups.get(&group) else { return };
+                if g.announced.data_end_offset > offset || self.inner.stopped.get() {
+                    return;
+                }
+                g.commit_event.listen()
+            };
+            listener.await;
+        }
+    }
+
     /// The leader this node knows of for `group`.
     pub fn leader(&self, group: u64) -> Option<u64> {
         self.inner
@@ -701,11 +977,12 @@ impl Node {
     /// tasks, ignores persists that complete later, closes nothing.
     /// Returns a future that resolves once no persist is in flight (so the
     /// executor may end without I/O pending), bounded in time.
-    pub fn kill(self) -> impl std::future::Future<Output = ()> {
+    pub fn kill(&self) -> impl std::future::Future<Output = ()> {
         self.inner.stopped.set(true);
+        self.inner.wake_all();
         let tasks = std::mem::take(&mut *self.inner.tasks.borrow_mut());
         drop(tasks);
-        let inner = self.inner;
+        let inner = self.inner.clone();
         async move {
             wait_persists(&inner).await;
         }
@@ -714,11 +991,12 @@ impl Node {
     /// Stops cleanly: cancels the network and timer tasks, waits for the
     /// persists in flight (at most [`SHUTDOWN_WAIT_MS`]), then closes every
     /// store. Pending proposals are answered `Stopped`.
-    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+    pub async fn shutdown(&self) -> Result<(), ShutdownError> {
         let tasks = std::mem::take(&mut *self.inner.tasks.borrow_mut());
         drop(tasks);
         wait_persists(&self.inner).await;
         self.inner.stopped.set(true);
+        self.inner.wake_all();
         let running = self.inner.persists_running.get();
         if running > 0 {
             // A store still held by a persist cannot be closed; what it
@@ -791,6 +1069,19 @@ impl Inner {
         let Some(g) = groups.get_mut(&group) else {
             return;
         };
+        // Retention of a replicated log is compaction: past its memory
+        // bound the store drops what this node applied (a follower behind
+        // it gets a snapshot).
+        if g.failed.is_none() && g.core.store().wants_compaction() {
+            let applied = g.core.applied_index();
+            if applied >= g.core.store().first_index() {
+                if let Err(e) = g.core.compact(applied, Bytes::new()) {
+                    // A programmer error (applied is held): said, not fatal.
+                    debug_assert!(false, "compaction at the applied index: {e}");
+                    self.count(|s| s.step_errors += 1);
+                }
+            }
+        }
         loop {
             let actions = g.core.take_actions();
             if actions.is_empty() {
@@ -844,6 +1135,24 @@ impl Inner {
                     Action::LeaderChanged { .. } => {}
                 }
             }
+        }
+        let now = committed_of(&g.core);
+        if now != g.announced {
+            assert!(
+                now.high_watermark >= g.announced.high_watermark,
+                "group {group}: the high watermark went back from {} to {}",
+                g.announced.high_watermark,
+                now.high_watermark
+            );
+            g.announced = now;
+            g.commit_event.notify(usize::MAX);
+        }
+    }
+
+    /// Wakes every reader waiting on a group (the node stops).
+    fn wake_all(&self) {
+        for g in self.groups.borrow().values() {
+            g.commit_event.notify(usize::MAX);
         }
     }
 

@@ -85,6 +85,30 @@ pub struct Args {
     /// Partition count of topics created automatically [default: 1]
     #[arg(long, value_name = "N")]
     pub kafka_partitions: Option<u32>,
+    /// Cluster mode: this node's id (>= 1, never reused). With --peer and
+    /// --raft-listen; without them the node runs alone, as before.
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Cluster mode: shard 0's Raft address; shard s listens on its port + s
+    #[arg(long, value_name = "HOST:PORT")]
+    pub raft_listen: Option<String>,
+    /// Cluster mode: another node, as ID,raft=HOST:PORT[,kafka=HOST:PORT][,native=HOST:PORT]
+    /// (repeat for each peer; every node must run the same --cores)
+    #[arg(long = "peer", value_name = "SPEC")]
+    pub peers: Vec<String>,
+}
+
+/// The `[cluster]` table of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub node_id: Option<u64>,
+    pub raft_listen: Option<String>,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub tick_ms: Option<u64>,
+    pub election_ticks: Option<usize>,
+    pub heartbeat_ticks: Option<usize>,
 }
 
 /// Engine settings every partition starts from (per-topic configs override
@@ -154,6 +178,8 @@ pub struct FileConfig {
     pub kafka_partitions: Option<u32>,
     /// `[engine]` table: see [`EngineDefaults`].
     pub engine: Option<EngineDefaults>,
+    /// `[cluster]` table: see [`ClusterFile`].
+    pub cluster: Option<ClusterFile>,
 }
 
 /// The resolved configuration.
@@ -166,6 +192,49 @@ pub struct ServerConfig {
     pub shards: usize,
     pub groups: crate::group::coordinator::CoordinatorConfig,
     pub kafka: crate::kafka::KafkaConfig,
+    /// Cluster mode (`--node-id` and `--peer`), or None for a single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+}
+
+/// The cluster settings from the flags over the `[cluster]` table.
+fn resolve_cluster(
+    node_id: Option<u64>,
+    raft_listen: Option<String>,
+    peers: Vec<String>,
+    file: Option<ClusterFile>,
+) -> Result<Option<crate::cluster::ClusterConfig>, ServerError> {
+    let file = file.unwrap_or_default();
+    let node_id = node_id.or(file.node_id);
+    let peers = if peers.is_empty() { file.peers } else { peers };
+    let raft_listen = raft_listen.or(file.raft_listen);
+    let Some(node_id) = node_id else {
+        if !peers.is_empty() || raft_listen.is_some() {
+            return Err(ServerError::Argument(
+                "--peer and --raft-listen need --node-id".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let raft_listen = raft_listen.ok_or_else(|| {
+        ServerError::Argument("--node-id needs --raft-listen (this node's Raft address)".into())
+    })?;
+    let c = crate::cluster::ClusterConfig {
+        node_id,
+        raft_listen: parse_addr("--raft-listen", &raft_listen)?,
+        peers: peers
+            .iter()
+            .map(|p| crate::cluster::PeerSpec::parse(p))
+            .collect::<Result<_, _>>()?,
+        tick_ms: file.tick_ms.unwrap_or(crate::cluster::DEFAULT_TICK_MS),
+        election_ticks: file
+            .election_ticks
+            .unwrap_or(crate::cluster::DEFAULT_ELECTION_TICKS),
+        heartbeat_ticks: file
+            .heartbeat_ticks
+            .unwrap_or(crate::cluster::DEFAULT_HEARTBEAT_TICKS),
+    };
+    c.validate()?;
+    Ok(Some(c))
 }
 
 /// Where each shard's direct native listener goes (`--shard-ports`).
@@ -297,6 +366,7 @@ impl ServerConfig {
                 "--group-min-session-timeout-ms exceeds --group-max-session-timeout-ms".into(),
             ));
         }
+        let cluster = resolve_cluster(args.node_id, args.raft_listen, args.peers, file.cluster)?;
         let engine = file.engine.unwrap_or_default();
         engine
             .log_config()
@@ -324,6 +394,7 @@ impl ServerConfig {
                     .unwrap_or(true),
                 default_partitions: kafka_partitions,
             },
+            cluster,
         })
     }
 }

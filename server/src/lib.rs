@@ -20,6 +20,7 @@
 //! `tests/layers.rs` checks the imports against this order.
 
 pub mod alloc;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -80,6 +80,15 @@ pub struct Metadata {
     pub offsets_partitions: u32,
     pub next_topic_id: u64,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Cluster mode: the index of the last metadata-group entry applied
+    /// (`crate::cluster`); it only grows. Zero on a single node, and then
+    /// not written, so a single node's file keeps its layout and checksum.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cluster_meta_index: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Metadata {
@@ -467,6 +476,7 @@ pub fn load(data_dir: &Path) -> Result<Stored, ServerError> {
                 offsets_partitions: 0,
                 next_topic_id,
                 topics,
+                cluster_meta_index: 0,
             }))
         }
         v => Err(meta_err(

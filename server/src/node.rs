@@ -292,6 +292,8 @@ fn shared_for(
         produce_fault: crate::config::ProduceFault::from_env(),
         shard_ports: std::sync::OnceLock::new(),
         storage,
+        cluster: cfg.cluster.clone().map(Arc::new),
+        meta_leader: std::sync::atomic::AtomicU64::new(0),
     })
 }
 
@@ -421,6 +423,7 @@ fn start_placement(cfg: &ServerConfig) -> Result<metadata::Metadata, ServerError
             );
         }
     }
+    check_cluster_identity(cfg, &meta)?;
     if change != PlacementChange::Unchanged {
         metadata::store(&cfg.data_dir, &meta)?;
     }
@@ -430,6 +433,60 @@ fn start_placement(cfg: &ServerConfig) -> Result<metadata::Metadata, ServerError
         tracing::info!("removed the format-1 consumer offsets logs");
     }
     Ok(meta)
+}
+
+/// A data directory belongs to one node of one cluster, or to a single
+/// node: never both, and never to two node ids (`cluster/node-id`).
+fn check_cluster_identity(
+    cfg: &ServerConfig,
+    meta: &metadata::Metadata,
+) -> Result<(), ServerError> {
+    let id_path = cfg.data_dir.join("cluster").join("node-id");
+    let stored = match std::fs::read_to_string(&id_path) {
+        Ok(s) => Some(s.trim().parse::<u64>().map_err(|_| ServerError::Config {
+            path: id_path.clone(),
+            reason: format!("not a node id: {s:?}"),
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(ServerError::Io {
+                op: "read",
+                path: id_path,
+                source: e,
+            })
+        }
+    };
+    let refuse = |reason: String| {
+        Err(ServerError::Config {
+            path: cfg.data_dir.clone(),
+            reason,
+        })
+    };
+    match (&cfg.cluster, stored) {
+        (None, None) => Ok(()),
+        (None, Some(id)) => refuse(format!(
+            "this data directory belongs to cluster node {id}; start it with --node-id {id} and its peers"
+        )),
+        (Some(c), Some(id)) if id != c.node_id => refuse(format!(
+            "this data directory belongs to node {id}, not {}; a node id is never reused or changed",
+            c.node_id
+        )),
+        (Some(_), Some(_)) => Ok(()),
+        (Some(c), None) => {
+            if !meta.topics.is_empty() {
+                return refuse(
+                    "this data directory holds a single node's topics; a cluster node starts empty"
+                        .into(),
+                );
+            }
+            std::fs::create_dir_all(cfg.data_dir.join("cluster")).map_err(|e| ServerError::Io {
+                op: "create dir",
+                path: cfg.data_dir.join("cluster"),
+                source: e,
+            })?;
+            metadata::write_atomically(&id_path, format!("{}\n", c.node_id).as_bytes())
+        }
+    }
 }
 
 fn fail(

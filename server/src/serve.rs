@@ -166,6 +166,24 @@ pub async fn run(start: ShardStart) {
         .iter()
         .map(|p| p.load(Ordering::SeqCst))
         .collect();
+    // Cluster mode: this shard's Raft node (its port bound now, so a
+    // failure is a start-up failure).
+    let producers = Rc::new(crate::producers::Producers::default());
+    let (replication, meta_entries) = match &shared.cluster {
+        None => (None, None),
+        Some(c) => {
+            let log = crate::config::engine_defaults().log_config();
+            match crate::cluster::start(c.clone(), id, &shared.data_dir, log, producers.clone())
+                .await
+            {
+                Ok((r, m)) => (Some(r), m),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("shard {id}: {e}")));
+                    return;
+                }
+            }
+        }
+    };
     let shard = Rc::new(Shard {
         id,
         shards: shared.shards,
@@ -187,10 +205,16 @@ pub async fn run(start: ShardStart) {
         apply_lock: Semaphore::new(1),
         connections: Cell::new(0),
         shutdown: Event::default(),
-        producers: crate::producers::Producers::default(),
+        producers,
         metrics: ShardMetrics::default(),
         storage: shared.storage.open(),
+        replication,
+        replicated: RefCell::new(HashMap::new()),
     });
+    if let Some(entries) = meta_entries {
+        glommio::spawn_local(crate::ops::cluster::apply_metadata(shard.clone(), entries)).detach();
+        glommio::spawn_local(crate::ops::cluster::publish_controller(shard.clone())).detach();
+    }
     if let Some(r) = receivers {
         serve_mesh(&shard, r);
     }

@@ -65,6 +65,21 @@ pub struct Shared {
     /// Where partitions live: O_DIRECT files, or each shard's own in-memory
     /// file system (in-process tests; see `node::InProcess`).
     pub storage: StorageKind,
+    /// Cluster mode (`crate::cluster`), or None for a single node.
+    pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
+    /// Cluster mode: the metadata group's leader as shard 0 last saw it
+    /// (0: none known), for Kafka's controller id on every shard.
+    pub meta_leader: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The controller (metadata group leader) as last seen, if any.
+    pub fn controller(&self) -> Option<u64> {
+        match self.meta_leader.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
 }
 
 /// The storage a node's partitions use.
@@ -111,11 +126,17 @@ pub struct Shard {
     pub shutdown: Event,
     /// Idempotent-producer state of the partitions this shard owns (every
     /// protocol's).
-    pub producers: crate::producers::Producers,
+    pub producers: Rc<crate::producers::Producers>,
     /// This shard's counters (touched by this executor only).
     pub metrics: ShardMetrics,
     /// Where this shard's partitions live (see [`StorageKind`]).
     pub storage: crate::engine::AnyStorage,
+    /// Cluster mode: this shard's replication node; its partitions are Raft
+    /// groups there (`replicated`), not engine partitions (`partitions`).
+    pub replication: Option<crate::cluster::Replication>,
+    /// Cluster mode: the partitions this shard replicates -> (topic id,
+    /// group id).
+    pub replicated: RefCell<HashMap<(String, u32), (u64, u64)>>,
 }
 
 impl Shard {
@@ -422,6 +443,12 @@ impl Shard {
             "placement changed while running"
         );
         let old = self.metadata.borrow().clone();
+        if self.replication.is_some() {
+            self.apply_replicated(&new).await;
+            *self.metadata.borrow_mut() = new;
+            self.groups.set_topics(self);
+            return;
+        }
         // Close partitions whose topic is gone or was re-created.
         let gone: Vec<(String, u32)> = self
             .partitions
@@ -524,7 +551,71 @@ impl Shard {
         self.groups.set_topics(self);
     }
 
+    /// Cluster mode: brings the Raft groups of this shard in line with
+    /// `new`: removes (and deletes the files of) those whose topic is gone
+    /// or was re-created, adds those it now names. Opening a group that
+    /// fails is said and retried at the next metadata change.
+    async fn apply_replicated(&self, new: &Metadata) {
+        let node = &self.replication.as_ref().expect("cluster mode").node;
+        let gone: Vec<((String, u32), u64)> = self
+            .replicated
+            .borrow()
+            .iter()
+            .filter(|((name, p), (topic_id, _))| match new.topics.get(name) {
+                None => true,
+                Some(t) => t.id != *topic_id || *p >= t.partitions,
+            })
+            .map(|(k, (_, g))| (k.clone(), *g))
+            .collect();
+        for (key, group) in gone {
+            self.replicated.borrow_mut().remove(&key);
+            if let Err(e) = node.remove_group(group).await {
+                self.metrics().count_background_error("close_partition");
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "closing a replica failed");
+            }
+            let dir = metadata::partition_dir(&self.data_dir, &key.0, key.1);
+            let removed = glommio::executor()
+                .spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .await;
+            if let Err(e) = removed {
+                self.metrics()
+                    .count_background_error("remove_partition_dir");
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "removing a replica's directory failed");
+            }
+        }
+        for t in new.topics.values() {
+            for p in 0..t.partitions {
+                if self.placement().partition_owner(t.id, p) != self.id {
+                    continue;
+                }
+                let key = (t.name.clone(), p);
+                if self.replicated.borrow().contains_key(&key) {
+                    continue;
+                }
+                let group = crate::cluster::partition_group(t.id, p);
+                let dir = metadata::partition_dir(&self.data_dir, &t.name, p);
+                match node.add_group(group, &dir).await {
+                    Ok(()) => {
+                        self.replicated.borrow_mut().insert(key, (t.id, group));
+                    }
+                    Err(e) => {
+                        self.metrics().count_background_error("open_partition");
+                        tracing::error!(shard = self.id, topic = %t.name, partition = p, error = %e, "opening a replica failed");
+                    }
+                }
+            }
+        }
+    }
+
     pub async fn close_all(&self) {
+        if let Some(r) = &self.replication {
+            if let Err(e) = r.node.shutdown().await {
+                tracing::error!(shard = self.id, error = %e, "closing the replicas failed");
+            }
+        }
         let all: Vec<_> = self.partitions.borrow_mut().drain().collect();
         for ((topic, p), slot) in all {
             if let Err(e) = slot.partition.close().await {

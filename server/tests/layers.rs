@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 /// `group/native`, the native protocol's group edge).
 fn layer(module: &str) -> Option<u8> {
     let l = match module {
-        "alloc" | "config" | "error" | "limits" | "metadata" | "metrics" | "shutdown" | "waits"
-        | "producers" | "gather" | "readbuf" | "engine" => 0,
+        "alloc" | "cluster" | "config" | "error" | "limits" | "metadata" | "metrics"
+        | "shutdown" | "waits" | "producers" | "gather" | "readbuf" | "engine" => 0,
         "router" => 1,
         "shard" => 2,
         "ops" | "group" => 3,

@@ -315,6 +315,14 @@ fn topic(mut client: Client, cmd: TopicCommand) -> Result<(), CliError> {
                     p.partition, p.log_start_offset, p.high_watermark, p.owner_shard
                 )
                 .map_err(out_err)?;
+                if p.leader_node != 0 {
+                    write!(
+                        out,
+                        "\tLeader: {}\tLeaderEpoch: {}",
+                        p.leader_node, p.leader_epoch
+                    )
+                    .map_err(out_err)?;
+                }
                 if p.error != strom_client::ErrorCode::None {
                     write!(out, "\tError: {:?} {}", p.error, p.message).map_err(out_err)?;
                 }

@@ -13,10 +13,10 @@ pub mod protocol {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 32;
+pub const ENUM_MAX_ERROR_CODE: i16 = 35;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 36] = [
   ErrorCode::None,
   ErrorCode::UnknownTopic,
   ErrorCode::UnknownPartition,
@@ -50,6 +50,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
   ErrorCode::PartitionFailed,
   ErrorCode::PartitionUnavailable,
   ErrorCode::RecordsTruncated,
+  ErrorCode::NotLeader,
+  ErrorCode::LeaderNotAvailable,
+  ErrorCode::NotController,
 ];
 
 /// Stable wire error codes. Never renumber; never reuse a retired number.
@@ -100,9 +103,19 @@ impl ErrorCode {
   /// The request's records were appended but truncated before they became
   /// durable: they are not stored. Retry.
   pub const RecordsTruncated: Self = Self(32);
+  /// Replication: this node does not lead the partition (Kafka's
+  /// NOT_LEADER_OR_FOLLOWER). The message names the leader when known;
+  /// refresh the metadata and retry there. Nothing was written.
+  pub const NotLeader: Self = Self(33);
+  /// Replication: the partition has no leader at this moment (an election
+  /// is running; Kafka's LEADER_NOT_AVAILABLE). Retry.
+  pub const LeaderNotAvailable: Self = Self(34);
+  /// Replication: topic changes go to the metadata group's leader (Kafka's
+  /// NOT_CONTROLLER); the message names it when known. Nothing changed.
+  pub const NotController: Self = Self(35);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 32;
+  pub const ENUM_MAX: i16 = 35;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::UnknownTopic,
@@ -137,6 +150,9 @@ impl ErrorCode {
     Self::PartitionFailed,
     Self::PartitionUnavailable,
     Self::RecordsTruncated,
+    Self::NotLeader,
+    Self::LeaderNotAvailable,
+    Self::NotController,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -174,6 +190,9 @@ impl ErrorCode {
       Self::PartitionFailed => Some("PartitionFailed"),
       Self::PartitionUnavailable => Some("PartitionUnavailable"),
       Self::RecordsTruncated => Some("RecordsTruncated"),
+      Self::NotLeader => Some("NotLeader"),
+      Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
+      Self::NotController => Some("NotController"),
       _ => None,
     }
   }
@@ -2327,6 +2346,8 @@ impl<'a> PartitionDescription<'a> {
   pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 10;
   pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 12;
   pub const VT_OWNER_SHARD: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 16;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2338,6 +2359,8 @@ impl<'a> PartitionDescription<'a> {
     args: &'args PartitionDescriptionArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PartitionDescription<'bldr>> {
     let mut builder = PartitionDescriptionBuilder::new(_fbb);
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_leader_node(args.leader_node);
     builder.add_high_watermark(args.high_watermark);
     builder.add_log_start_offset(args.log_start_offset);
     if let Some(x) = args.message { builder.add_message(x); }
@@ -2390,6 +2413,23 @@ impl<'a> PartitionDescription<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(PartitionDescription::VT_OWNER_SHARD, Some(0)).unwrap()}
   }
+  /// Replication: the node id of the partition's leader as this node knows
+  /// it (0: none known, or a single node), and its leader epoch (the Raft
+  /// term; 0 on a single node).
+  #[inline]
+  pub fn leader_node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionDescription::VT_LEADER_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader_epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionDescription::VT_LEADER_EPOCH, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PartitionDescription<'_> {
@@ -2404,6 +2444,8 @@ impl ::flatbuffers::Verifiable for PartitionDescription<'_> {
      .visit_field::<u64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<u64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
      .visit_field::<u16>("owner_shard", Self::VT_OWNER_SHARD, false)?
+     .visit_field::<u64>("leader_node", Self::VT_LEADER_NODE, false)?
+     .visit_field::<u64>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -2415,6 +2457,8 @@ pub struct PartitionDescriptionArgs<'a> {
     pub log_start_offset: u64,
     pub high_watermark: u64,
     pub owner_shard: u16,
+    pub leader_node: u64,
+    pub leader_epoch: u64,
 }
 impl<'a> Default for PartitionDescriptionArgs<'a> {
   #[inline]
@@ -2426,6 +2470,8 @@ impl<'a> Default for PartitionDescriptionArgs<'a> {
       log_start_offset: 0,
       high_watermark: 0,
       owner_shard: 0,
+      leader_node: 0,
+      leader_epoch: 0,
     }
   }
 }
@@ -2460,6 +2506,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionDescriptionBuilder<'
     self.fbb_.push_slot::<u16>(PartitionDescription::VT_OWNER_SHARD, owner_shard, 0);
   }
   #[inline]
+  pub fn add_leader_node(&mut self, leader_node: u64) {
+    self.fbb_.push_slot::<u64>(PartitionDescription::VT_LEADER_NODE, leader_node, 0);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: u64) {
+    self.fbb_.push_slot::<u64>(PartitionDescription::VT_LEADER_EPOCH, leader_epoch, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionDescriptionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PartitionDescriptionBuilder {
@@ -2483,6 +2537,8 @@ impl ::core::fmt::Debug for PartitionDescription<'_> {
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("high_watermark", &self.high_watermark());
       ds.field("owner_shard", &self.owner_shard());
+      ds.field("leader_node", &self.leader_node());
+      ds.field("leader_epoch", &self.leader_epoch());
       ds.finish()
   }
 }

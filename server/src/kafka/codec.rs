@@ -18,6 +18,7 @@ pub const NONE: i16 = 0;
 pub const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub const CORRUPT_MESSAGE: i16 = 2;
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+pub const LEADER_NOT_AVAILABLE: i16 = 5;
 pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const REQUEST_TIMED_OUT: i16 = 7;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
@@ -30,6 +31,7 @@ pub const TOPIC_ALREADY_EXISTS: i16 = 36;
 pub const INVALID_PARTITIONS: i16 = 37;
 pub const INVALID_REPLICATION_FACTOR: i16 = 38;
 pub const INVALID_CONFIG: i16 = 40;
+pub const NOT_CONTROLLER: i16 = 41;
 pub const INVALID_REQUEST: i16 = 42;
 pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -63,6 +65,9 @@ pub fn wire_to_kafka(code: ErrorCode) -> i16 {
         // whose records were truncated before they were durable (Kafka says
         // this when the leader moved and truncated the log).
         ErrorCode::PartitionUnavailable | ErrorCode::RecordsTruncated => NOT_LEADER_OR_FOLLOWER,
+        ErrorCode::NotLeader => NOT_LEADER_OR_FOLLOWER,
+        ErrorCode::LeaderNotAvailable => LEADER_NOT_AVAILABLE,
+        ErrorCode::NotController => NOT_CONTROLLER,
         _ => UNKNOWN_SERVER_ERROR,
     }
 }

@@ -10,7 +10,7 @@
 //! topics are read from the consumer protocol's metadata only to describe.
 
 use super::codec::{self, sb};
-use super::handlers::{Ctx, NODE_ID};
+use super::handlers::Ctx;
 use crate::group::coordinator::{CommitArgs, JoinArgs, OffsetCommit, SyncArgs};
 use crate::group::service;
 use crate::group::GroupError;
@@ -40,7 +40,7 @@ pub fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let supported = r.key_type != KEY_TYPE_TRANSACTION;
     let (code, node, port) = if supported {
-        (codec::NONE, NODE_ID, ctx.port)
+        (codec::NONE, ctx.node_id(), ctx.port)
     } else {
         (codec::COORDINATOR_NOT_AVAILABLE, -1, -1)
     };

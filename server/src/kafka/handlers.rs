@@ -60,6 +60,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// This broker's id: the cluster node id, or [`NODE_ID`] on a single node.
+    pub fn node_id(&self) -> i32 {
+        self.shard
+            .shared
+            .cluster
+            .as_ref()
+            .map_or(NODE_ID, |c| i32::try_from(c.node_id).unwrap_or(i32::MAX))
+    }
+
     pub fn new(shard: Rc<Shard>, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Ctx {
         let (host, port) = match &shard.shared.kafka.config.advertise {
             Some((h, p)) => (h.clone(), i32::from(*p)),
@@ -309,17 +318,13 @@ async fn metadata(ctx: &Ctx, version: i16, r: MetadataRequest) -> MetadataRespon
     if all {
         names = meta.topics.keys().cloned().collect();
     }
+    if let Some(cluster) = ctx.shard.shared.cluster.clone() {
+        return cluster_metadata(ctx, &cluster, &meta, &names).await;
+    }
     let topics = names
         .iter()
         .map(|name| match meta.topics.get(name) {
-            None => MetadataResponseTopic::default()
-                .with_error_code(if metadata::validate_topic_name(name).is_ok() {
-                    codec::UNKNOWN_TOPIC_OR_PARTITION
-                } else {
-                    codec::INVALID_TOPIC_EXCEPTION
-                })
-                .with_name(Some(TopicName(sb(name))))
-                .with_topic_authorized_operations(i32::MIN),
+            None => missing_topic(name),
             Some(t) => MetadataResponseTopic::default()
                 .with_name(Some(TopicName(sb(name))))
                 .with_topic_id(topic_uuid(t.id))
@@ -345,6 +350,99 @@ async fn metadata(ctx: &Ctx, version: i16, r: MetadataRequest) -> MetadataRespon
             .with_port(ctx.port)])
         .with_cluster_id(Some(sb(CLUSTER_ID)))
         .with_controller_id(BrokerId(NODE_ID))
+        .with_cluster_authorized_operations(i32::MIN)
+        .with_topics(topics)
+}
+
+/// The Metadata answer for a topic that does not exist.
+fn missing_topic(name: &str) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(if metadata::validate_topic_name(name).is_ok() {
+            codec::UNKNOWN_TOPIC_OR_PARTITION
+        } else {
+            codec::INVALID_TOPIC_EXCEPTION
+        })
+        .with_name(Some(TopicName(sb(name))))
+        .with_topic_authorized_operations(i32::MIN)
+}
+
+/// Metadata in cluster mode: every node with a Kafka address is a broker;
+/// each partition's leader and leader epoch as its owning shard knows them
+/// (LEADER_NOT_AVAILABLE during an election). Every node holds a replica
+/// of every partition; the ISR is reported as all replicas (in-sync
+/// tracking is not built: Raft's commit rule, not an ISR, decides what is
+/// acknowledged).
+async fn cluster_metadata(
+    ctx: &Ctx,
+    cluster: &crate::cluster::ClusterConfig,
+    meta: &metadata::Metadata,
+    names: &[String],
+) -> MetadataResponse {
+    let me = ctx.node_id();
+    let mut brokers = vec![MetadataResponseBroker::default()
+        .with_node_id(BrokerId(me))
+        .with_host(sb(&ctx.host))
+        .with_port(ctx.port)];
+    for p in &cluster.peers {
+        if let Some(k) = p.kafka {
+            brokers.push(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(i32::try_from(p.id).unwrap_or(i32::MAX)))
+                    .with_host(sb(&k.ip().to_string()))
+                    .with_port(i32::from(k.port())),
+            );
+        }
+    }
+    let replicas: Vec<BrokerId> = cluster
+        .nodes()
+        .into_iter()
+        .map(|n| BrokerId(i32::try_from(n).unwrap_or(i32::MAX)))
+        .collect();
+    let asked: Vec<(String, u64, u32)> = names
+        .iter()
+        .filter_map(|n| meta.topics.get(n).map(|t| (n.clone(), t.id, t.partitions)))
+        .collect();
+    let leaders = crate::ops::cluster::leaders(&ctx.shard, &asked).await;
+    let topics = names
+        .iter()
+        .map(|name| match meta.topics.get(name) {
+            None => missing_topic(name),
+            Some(t) => MetadataResponseTopic::default()
+                .with_name(Some(TopicName(sb(name))))
+                .with_topic_id(topic_uuid(t.id))
+                .with_topic_authorized_operations(i32::MIN)
+                .with_partitions(
+                    (0..t.partitions)
+                        .map(|p| {
+                            let (leader, epoch) =
+                                leaders.get(&(name.clone(), p)).copied().unwrap_or((0, 0));
+                            let part = MetadataResponsePartition::default()
+                                .with_partition_index(p as i32)
+                                .with_replica_nodes(replicas.clone())
+                                .with_isr_nodes(replicas.clone())
+                                .with_leader_epoch(i32::try_from(epoch).unwrap_or(i32::MAX));
+                            if leader == 0 {
+                                part.with_error_code(codec::LEADER_NOT_AVAILABLE)
+                                    .with_leader_id(BrokerId(-1))
+                            } else {
+                                part.with_leader_id(BrokerId(
+                                    i32::try_from(leader).unwrap_or(i32::MAX),
+                                ))
+                            }
+                        })
+                        .collect(),
+                ),
+        })
+        .collect();
+    let controller = ctx
+        .shard
+        .shared
+        .controller()
+        .map_or(-1, |c| i32::try_from(c).unwrap_or(i32::MAX));
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(sb(CLUSTER_ID)))
+        .with_controller_id(BrokerId(controller))
         .with_cluster_authorized_operations(i32::MIN)
         .with_topics(topics)
 }

@@ -14,6 +14,7 @@
 //! - A fan-out answers every part it was given: by the owner's reply, the
 //!   owner's failure (that shard's parts only), or the deadline.
 
+pub mod cluster;
 pub mod fetch;
 pub mod owner;
 

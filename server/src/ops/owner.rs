@@ -90,19 +90,33 @@ async fn produce(shard: &Rc<Shard>, items: Vec<ProduceItem>, durability: Durabil
     }
     // One partition (the common case) runs in this task; more run as tasks
     // of their own, concurrently.
+    let replicated = shard.replication.is_some();
     if groups.len() == 1 {
         let ((topic, p), items) = groups.pop_first().expect("one group");
+        if replicated {
+            return Reply::Produce(
+                Box::pin(crate::ops::cluster::produce_partition(
+                    shard.clone(),
+                    topic,
+                    p,
+                    items,
+                    durability,
+                ))
+                .await,
+            );
+        }
         return Reply::Produce(produce_partition(shard.clone(), topic, p, items, durability).await);
     }
     let mut tasks = Vec::with_capacity(groups.len());
     for ((topic, p), items) in groups {
-        tasks.push(glommio::spawn_local(produce_partition(
-            shard.clone(),
-            topic,
-            p,
-            items,
-            durability,
-        )));
+        let shard = shard.clone();
+        tasks.push(glommio::spawn_local(async move {
+            if replicated {
+                crate::ops::cluster::produce_partition(shard, topic, p, items, durability).await
+            } else {
+                produce_partition(shard, topic, p, items, durability).await
+            }
+        }));
     }
     let mut out = Vec::new();
     for t in tasks {
@@ -234,6 +248,20 @@ async fn delete_records(
     items: Vec<(usize, String, u32, i64)>,
 ) -> Vec<(usize, Result<u64, WireError>)> {
     let mut out = Vec::with_capacity(items.len());
+    if shard.replication.is_some() {
+        for (i, topic, p, _) in items {
+            out.push((
+                i,
+                Err(WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "{topic}/{p}: DeleteRecords on a replicated partition is not built yet"
+                    ),
+                )),
+            ));
+        }
+        return out;
+    }
     for (i, topic, p, offset) in items {
         let r = match shard.partition(&topic, p) {
             Err(e) => Err(e),
@@ -258,6 +286,9 @@ async fn delete_records(
 }
 
 async fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
+    if shard.replication.is_some() {
+        return crate::ops::cluster::fetch(shard, items);
+    }
     let mut out = Vec::with_capacity(items.len());
     for it in items {
         let mut o = FetchOut {
@@ -329,7 +360,12 @@ async fn wait(shard: &Rc<Shard>, id: WaitId, items: Vec<(String, u32, u64)>, wai
         let _closed = cancelled.recv().await;
     }));
     for (topic, p, offset) in items {
-        if let Ok(part) = shard.partition(&topic, p) {
+        if shard.replication.is_some() {
+            let shard = shard.clone();
+            futs.push(Box::pin(async move {
+                crate::ops::cluster::wait_for(&shard, &topic, p, offset).await
+            }));
+        } else if let Ok(part) = shard.partition(&topic, p) {
             futs.push(Box::pin(async move { part.wait_for(offset).await }));
         }
     }
@@ -357,21 +393,37 @@ async fn list_offsets(
             offset: -1,
             ..Default::default()
         };
-        let found: Result<i64, WireError> = match shard.partition(&p.topic, p.partition) {
-            Err(e) => Err(e),
-            Ok(part) => match p.timestamp {
-                LIST_OFFSETS_EARLIEST => Ok(part.offsets().log_start_offset as i64),
-                LIST_OFFSETS_LATEST => Ok(part.offsets().high_watermark as i64),
+        let found: Result<i64, WireError> = if shard.replication.is_some() {
+            use crate::ops::cluster as c;
+            match p.timestamp {
+                LIST_OFFSETS_EARLIEST => {
+                    c::offsets(shard, &p.topic, p.partition).map(|o| o.0 as i64)
+                }
+                LIST_OFFSETS_LATEST => c::offsets(shard, &p.topic, p.partition).map(|o| o.1 as i64),
                 ts if ts < 0 => Err(WireError::new(
                     ErrorCode::InvalidRequest,
                     format!("timestamp {ts}: use -2 (earliest), -1 (latest) or a time in ms"),
                 )),
-                ts => match part.offset_for_timestamp(ts).await {
-                    Ok(Some(o)) => Ok(o as i64),
-                    Ok(None) => Ok(-1),
-                    Err(e) => Err(engine_to_wire(&p.topic, p.partition, &e)),
+                ts => c::offset_for_timestamp(shard, &p.topic, p.partition, ts)
+                    .map(|o| o.map_or(-1, |o| o as i64)),
+            }
+        } else {
+            match shard.partition(&p.topic, p.partition) {
+                Err(e) => Err(e),
+                Ok(part) => match p.timestamp {
+                    LIST_OFFSETS_EARLIEST => Ok(part.offsets().log_start_offset as i64),
+                    LIST_OFFSETS_LATEST => Ok(part.offsets().high_watermark as i64),
+                    ts if ts < 0 => Err(WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("timestamp {ts}: use -2 (earliest), -1 (latest) or a time in ms"),
+                    )),
+                    ts => match part.offset_for_timestamp(ts).await {
+                        Ok(Some(o)) => Ok(o as i64),
+                        Ok(None) => Ok(-1),
+                        Err(e) => Err(engine_to_wire(&p.topic, p.partition, &e)),
+                    },
                 },
-            },
+            }
         };
         match found {
             Ok(o) => res.offset = o,
@@ -394,6 +446,10 @@ fn describe(shard: &Rc<Shard>, items: Vec<(String, u32)>) -> Vec<PartitionDescri
                 owner_shard: shard.id as u16,
                 ..Default::default()
             };
+            if shard.replication.is_some() {
+                crate::ops::cluster::describe(shard, &topic, p, &mut d);
+                return d;
+            }
             match shard.partition(&topic, p) {
                 Ok(part) => {
                     let o = part.offsets();
@@ -457,7 +513,7 @@ fn result(name: &str, e: Result<(), WireError>) -> TopicResult {
 }
 
 /// One line per topic created, deleted or grown.
-fn log_topic_changes(before: &Metadata, after: &Metadata) {
+pub(crate) fn log_topic_changes(before: &Metadata, after: &Metadata) {
     for (name, t) in &after.topics {
         match before.topics.get(name) {
             None => tracing::info!(
@@ -596,6 +652,17 @@ async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
         }
     }
     if results.iter().all(|r| r.error != ErrorCode::None) {
+        return TopicResults { results };
+    }
+    if shard.replication.is_some() {
+        // Every node applies the change when the metadata group commits it
+        // (`ops::cluster::apply_metadata`), this one included.
+        if let Err(e) = crate::ops::cluster::commit_metadata(shard, &meta).await {
+            for r in results.iter_mut().filter(|r| r.error == ErrorCode::None) {
+                r.error = e.code;
+                r.message = e.message.clone();
+            }
+        }
         return TopicResults { results };
     }
     meta.shard_count = shard.shards as u32;

@@ -46,3 +46,13 @@ class ErrorCode(object):
     # The request's records were appended but truncated before they became
     # durable: they are not stored. Retry.
     RecordsTruncated = 32
+    # Replication: this node does not lead the partition (Kafka's
+    # NOT_LEADER_OR_FOLLOWER). The message names the leader when known;
+    # refresh the metadata and retry there. Nothing was written.
+    NotLeader = 33
+    # Replication: the partition has no leader at this moment (an election
+    # is running; Kafka's LEADER_NOT_AVAILABLE). Retry.
+    LeaderNotAvailable = 34
+    # Replication: topic changes go to the metadata group's leader (Kafka's
+    # NOT_CONTROLLER); the message names it when known. Nothing changed.
+    NotController = 35

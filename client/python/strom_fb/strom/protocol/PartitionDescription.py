@@ -66,8 +66,25 @@ class PartitionDescription(object):
             return self._tab.Get(flatbuffers.number_types.Uint16Flags, o + self._tab.Pos)
         return 0
 
+    # Replication: the node id of the partition's leader as this node knows
+    # it (0: none known, or a single node), and its leader epoch (the Raft
+    # term; 0 on a single node).
+    # PartitionDescription
+    def LeaderNode(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # PartitionDescription
+    def LeaderEpoch(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def PartitionDescriptionStart(builder):
-    builder.StartObject(6)
+    builder.StartObject(8)
 
 def Start(builder):
     PartitionDescriptionStart(builder)
@@ -107,6 +124,18 @@ def PartitionDescriptionAddOwnerShard(builder, ownerShard):
 
 def AddOwnerShard(builder, ownerShard):
     PartitionDescriptionAddOwnerShard(builder, ownerShard)
+
+def PartitionDescriptionAddLeaderNode(builder, leaderNode):
+    builder.PrependUint64Slot(6, leaderNode, 0)
+
+def AddLeaderNode(builder, leaderNode):
+    PartitionDescriptionAddLeaderNode(builder, leaderNode)
+
+def PartitionDescriptionAddLeaderEpoch(builder, leaderEpoch):
+    builder.PrependUint64Slot(7, leaderEpoch, 0)
+
+def AddLeaderEpoch(builder, leaderEpoch):
+    PartitionDescriptionAddLeaderEpoch(builder, leaderEpoch)
 
 def PartitionDescriptionEnd(builder):
     return builder.EndObject()
