@@ -288,7 +288,10 @@ fn shared_for(
             .collect(),
         initial_metadata: meta,
         group_config: cfg.groups.clone(),
-        kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
+        kafka: kafka::KafkaShared::new(
+            cfg.kafka.clone(),
+            cfg.cluster.as_ref().map_or(0, |c| c.node_id),
+        ),
         produce_fault: crate::config::ProduceFault::from_env(),
         shard_ports: std::sync::OnceLock::new(),
         storage,

@@ -538,3 +538,140 @@ fn the_checker_catches_a_lost_and_a_duplicated_record() {
         "{bad:?}"
     );
 }
+
+/// The kcat binary, if installed (`scripts/install-test-deps` installs it).
+fn kcat() -> Option<String> {
+    let ok = Command::new("kcat")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| "kcat".to_owned())
+}
+
+/// Runs kcat with `args`, feeding `input`, killed after `limit`.
+fn run_kcat(bin: &str, args: &[&str], input: &str, limit: Duration) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kcat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let out = child.wait_with_output().expect("kcat output");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn kafka_clients_see_three_brokers_and_follow_the_leader() {
+    let Some(bin) = kcat() else {
+        strom_tests::skip_test(
+            "kafka_clients_see_three_brokers_and_follow_the_leader",
+            "kcat",
+        );
+        return;
+    };
+    let mut cluster = Cluster::start();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    cluster.create_topic(TOPIC, 1, deadline);
+    let bootstrap = cluster.bootstrap();
+    let leader = loop {
+        if let Some(l) = cluster.leader(0) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Metadata: three brokers, the partition led by the node that says so.
+    let (ok, meta) = run_kcat(
+        &bin,
+        &["-b", &bootstrap, "-L", "-t", TOPIC],
+        "",
+        Duration::from_secs(20),
+    );
+    assert!(ok, "kcat -L failed: {meta}");
+    assert!(meta.contains(" 3 brokers:"), "{meta}");
+    assert!(
+        meta.contains(&format!("partition 0, leader {leader}, replicas: 1,2,3")),
+        "{meta}"
+    );
+    // Produce 50, kill the leader, produce 50 more: librdkafka finds the
+    // new leader through Metadata (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE).
+    let produce = |first: usize| -> (bool, String) {
+        let lines: String = (first..first + 50).map(|i| format!("m{i}\n")).collect();
+        run_kcat(
+            &bin,
+            &[
+                "-b",
+                &bootstrap,
+                "-P",
+                "-t",
+                TOPIC,
+                "-p",
+                "0",
+                "-X",
+                "acks=all",
+                "-X",
+                "enable.idempotence=true",
+                "-X",
+                "message.timeout.ms=30000",
+            ],
+            &lines,
+            Duration::from_secs(40),
+        )
+    };
+    let (ok, out) = produce(0);
+    assert!(ok, "first kcat produce failed: {out}");
+    cluster.nodes[(leader - 1) as usize].kill();
+    let (ok, out) = produce(50);
+    assert!(ok, "kcat produce through the leader kill failed: {out}");
+    cluster.nodes[(leader - 1) as usize].start();
+    let (ok, out) = run_kcat(
+        &bin,
+        &[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            TOPIC,
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%s\n",
+        ],
+        "",
+        Duration::from_secs(40),
+    );
+    assert!(ok, "kcat consume failed: {out}");
+    let got: Vec<&str> = out.lines().filter(|l| l.starts_with('m')).collect();
+    let unique: HashSet<&str> = got.iter().copied().collect();
+    assert_eq!(unique.len(), got.len(), "duplicates in {got:?}");
+    for i in 0..100 {
+        assert!(
+            unique.contains(format!("m{i}").as_str()),
+            "m{i} acknowledged but not read: {got:?}"
+        );
+    }
+}

@@ -79,15 +79,24 @@ pub struct KafkaShared {
     next_producer_id: AtomicI64,
 }
 
+/// Producer ids advance by this step; a node's ids are its node id
+/// modulo it, so nodes of one cluster (ids below it) never hand out the
+/// same producer id (the idempotence state is keyed by it).
+pub const PRODUCER_ID_STRIDE: i64 = 16;
+const _: () = assert!(strom_replication::limits::VOTERS_MAX < PRODUCER_ID_STRIDE as usize);
+
 impl KafkaShared {
-    pub fn new(config: KafkaConfig) -> KafkaShared {
+    /// `node_id`: the cluster node id (0 on a single node).
+    pub fn new(config: KafkaConfig, node_id: u64) -> KafkaShared {
         // Producer ids stay unique across restarts without being stored:
-        // the start time in ms, shifted past 2^20 allocations per run.
+        // the start time in ms, shifted past 2^16 allocations per ms of
+        // run time; and across the nodes of a cluster by their residue.
         let start_ms = crate::engine::partition::now_ms().max(1);
+        let residue = (node_id % PRODUCER_ID_STRIDE as u64) as i64;
         KafkaShared {
             config,
             bound: Mutex::new(None),
-            next_producer_id: AtomicI64::new(start_ms << 20),
+            next_producer_id: AtomicI64::new((start_ms << 20) + residue),
         }
     }
 
@@ -96,7 +105,8 @@ impl KafkaShared {
     }
 
     pub fn allocate_producer_id(&self) -> i64 {
-        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+        self.next_producer_id
+            .fetch_add(PRODUCER_ID_STRIDE, Ordering::Relaxed)
     }
 }
 
