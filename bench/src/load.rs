@@ -77,6 +77,11 @@ pub struct LoadArgs {
     /// Server to benchmark (host:port of the native listener).
     #[arg(long, conflicts_with = "spawn")]
     pub server: Option<String>,
+    /// A cluster to benchmark: the native addresses of its nodes, comma
+    /// separated. The topic is created through the controller and the load
+    /// goes to its partition's leader (one topic of one partition).
+    #[arg(long, conflicts_with_all = ["spawn", "server"], value_delimiter = ',')]
+    pub cluster: Vec<String>,
     /// Spawning a local server (--spawn, --server-bin, --cores,
     /// --server-arg, --dir).
     #[command(flatten)]
@@ -534,8 +539,11 @@ pub fn loadavg() -> Option<f64> {
 /// Entry point of `produce`, `consume` and `e2e`.
 pub fn main(mode: Mode, a: &LoadArgs) -> Result<(), BenchError> {
     let plan = Plan::new(mode, a)?;
+    if !a.cluster.is_empty() {
+        return cluster_main(mode, a, &plan);
+    }
     if a.server.is_none() && !a.local.spawn {
-        return Err(cfg("give --server HOST:PORT or --spawn"));
+        return Err(cfg("give --server HOST:PORT, --cluster A,B,C or --spawn"));
     }
     let base = run_baselines(a, &plan)?;
     let server = if a.local.spawn {
@@ -575,6 +583,78 @@ pub fn main(mode: Mode, a: &LoadArgs) -> Result<(), BenchError> {
     }
     if let Some(path) = &a.plot {
         crate::plot::draw(path, &report_title(mode, a), &outcome)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--cluster`: baselines, the topic through the controller, the load on
+/// the partition's leader, the report (no server CPU: three processes).
+fn cluster_main(mode: Mode, a: &LoadArgs, plan: &Plan) -> Result<(), BenchError> {
+    if a.topics != 1 || a.partitions != 1 {
+        return Err(cfg("--cluster runs one topic of one partition"));
+    }
+    let base = run_baselines(a, plan)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let topics = loop {
+        let mut last = String::new();
+        let mut made = None;
+        for addr in &a.cluster {
+            match create_topics(addr, mode, a) {
+                Ok(t) => {
+                    made = Some(t);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if let Some(t) = made {
+            break t;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(cfg(format!("no node of the cluster created the topic: {last}")));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let leader = loop {
+        let found = a.cluster.iter().find(|addr| {
+            Client::connect(addr)
+                .and_then(|mut c| c.describe_topic(&topics[0]))
+                .is_ok_and(|d| {
+                    d.partitions.first().is_some_and(|p| {
+                        p.leader_node != 0
+                            && a.cluster
+                                .iter()
+                                .position(|x| x == *addr)
+                                .is_some_and(|i| p.leader_node as usize == i + 1)
+                    })
+                })
+        });
+        if let Some(l) = found {
+            break l.clone();
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(cfg("no leader for the benchmark topic (--cluster lists nodes 1, 2, 3... in order)"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("cluster: topic {} led by {leader}", topics[0]);
+    let result = run_load(&leader, a, plan, &topics, None);
+    if !a.keep_topics {
+        for addr in &a.cluster {
+            if let Ok(mut c) = Client::connect(addr) {
+                if c.delete_topic(&topics[0]).is_ok() {
+                    break;
+                }
+            }
+        }
+    }
+    let outcome = result?;
+    let report = build_report(mode, a, plan, &base, &outcome);
+    report.print();
+    if let Some(path) = &a.json {
+        let doc = json_doc(&report, a, plan, &base, &outcome);
+        write_json(path, &doc)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
