@@ -16,6 +16,9 @@
 //! ([`STOP_TIMEOUT_MS`], then SIGKILL). The child is killed on drop, and its
 //! data directory removed (kept when `STROM_KEEP_TEST_DATA=1`).
 
+pub mod checker;
+pub mod faultproxy;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -136,6 +139,12 @@ fn binary(env: &str, name: &str) -> PathBuf {
 /// The `strom-server` binary.
 pub fn server_bin() -> PathBuf {
     binary("STROM_SERVER_BIN", "strom-server")
+}
+
+/// The `strom-replica` binary (one replication node per process, a test
+/// tool of the replication crate; `STROM_REPLICA_BIN` overrides it).
+pub fn replica_bin() -> PathBuf {
+    binary("STROM_REPLICA_BIN", "strom-replica")
 }
 
 /// The `strom` CLI binary.
