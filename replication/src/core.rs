@@ -117,6 +117,11 @@ pub struct ReplicaConfig {
     pub pending_proposals_max: usize,
     /// Seeds the election-timeout jitter.
     pub timer_seed: u64,
+    /// On open, apply again every entry after the snapshot point up to the
+    /// stored commit (for a state machine that is not durable by itself,
+    /// e.g. producer state rebuilt from the log); otherwise apply resumes
+    /// after the stored commit.
+    pub replay_applied: bool,
 }
 
 impl ReplicaConfig {
@@ -134,6 +139,7 @@ impl ReplicaConfig {
             proposal_bytes_max: limits::PROPOSAL_BYTES_MAX,
             pending_proposals_max: limits::DEFAULT_PENDING_PROPOSALS_MAX,
             timer_seed: id,
+            replay_applied: false,
         }
     }
 
@@ -355,8 +361,16 @@ impl<S: LogStore> ReplicaCore<S> {
             .initial_state()
             .map_err(|source| OpenError::Raft { id: cfg.id, source })?;
         let commit = state.hard_state.commit;
+        let applied = if cfg.replay_applied {
+            let snapshot_index = raft::Storage::first_index(&store)
+                .map_err(|source| OpenError::Raft { id: cfg.id, source })?
+                .saturating_sub(1);
+            snapshot_index.min(commit)
+        } else {
+            commit
+        };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let raw = RawNode::new(&cfg.raft_config(commit), store, &logger)
+        let raw = RawNode::new(&cfg.raft_config(applied), store, &logger)
             .map_err(|source| OpenError::Raft { id: cfg.id, source })?;
         let term = raw.raft.term;
         let mut core = ReplicaCore {
@@ -370,7 +384,7 @@ impl<S: LogStore> ReplicaCore<S> {
             pending: BTreeMap::new(),
             pending_leader_acks: BTreeSet::new(),
             next_proposal: 1,
-            applied: commit,
+            applied,
             commit_seen: commit,
             leader_seen: (0, term),
             release_before_persist: false,

@@ -314,7 +314,12 @@ pub enum StorePersistError {
     Io(#[from] IoError),
     #[error("{dir}: an earlier persist failed ({reason}); reopen the replica", dir = .dir.display())]
     Failed { dir: PathBuf, reason: String },
+    #[error("{dir}: persists still held the store after {persists} were awaited; not closed", dir = .dir.display())]
+    CloseTimedOut { dir: PathBuf, persists: usize },
 }
+
+/// [`EngineStore::close`] awaits at most this many persists in flight.
+pub const CLOSE_PERSISTS_MAX: usize = 1024;
 
 // ----- the snapshot point and the files -----
 
@@ -1353,11 +1358,32 @@ impl<S: Storage> EngineStore<S> {
         }
     }
 
-    /// Closes the engine log cleanly (after the persists in flight).
+    /// Closes the engine log cleanly, once the persists in flight (tasks
+    /// that hold the store) have ended: each is awaited through the disk
+    /// mutex it holds while it runs, so nothing spins. At most
+    /// [`CLOSE_PERSISTS_MAX`] of them.
     pub async fn close(self, now_ms: i64) -> Result<(), StorePersistError> {
-        let shared = match Rc::try_unwrap(self.shared) {
-            Ok(shared) => shared,
-            Err(_) => panic!("close while a persist of this store is still held"),
+        let mut held = self.shared;
+        let mut waited = 0;
+        let shared = loop {
+            match Rc::try_unwrap(held) {
+                Ok(shared) => break shared,
+                Err(rc) if waited < CLOSE_PERSISTS_MAX => {
+                    // A persist runs under the lock and its task ends in
+                    // the poll that releases it.
+                    drop(rc.disk.lock().await);
+                    // Let a persist task not yet started take the lock.
+                    futures_lite::future::yield_now().await;
+                    held = rc;
+                    waited += 1;
+                }
+                Err(_) => {
+                    return Err(StorePersistError::CloseTimedOut {
+                        dir: self.dir,
+                        persists: waited,
+                    })
+                }
+            }
         };
         let disk = shared.disk.into_inner();
         let dir = disk.dir.clone();

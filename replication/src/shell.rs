@@ -134,6 +134,10 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     /// The engine log of every group (its `frame_bytes_max` caps proposals).
     pub log: LogConfig,
+    /// Every group opened re-applies its entries after its snapshot point
+    /// (`ReplicaConfig::replay_applied`), for an apply callback whose state
+    /// is not durable (the server's producer state).
+    pub replay_on_open: bool,
 }
 
 impl NodeConfig {
@@ -154,6 +158,7 @@ impl NodeConfig {
             election_ticks: limits::DEFAULT_ELECTION_TICKS,
             heartbeat_ticks: limits::DEFAULT_HEARTBEAT_TICKS,
             log: small_log_config(),
+            replay_on_open: false,
         }
     }
 
@@ -569,6 +574,7 @@ struct Inner {
     election_ticks: usize,
     heartbeat_ticks: usize,
     log: LogConfig,
+    replay_on_open: bool,
     storage: AnyStorage,
     peer_ids: BTreeSet<u64>,
     groups: RefCell<BTreeMap<u64, Group>>,
@@ -598,6 +604,7 @@ fn now_ms() -> i64 {
 /// What opening one group needs (from the node's configuration).
 struct GroupParams<'a> {
     id: u64,
+    replay: bool,
     voters: &'a [u64],
     election_ticks: usize,
     heartbeat_ticks: usize,
@@ -612,6 +619,7 @@ fn cfg_params<'a>(
 ) -> GroupParams<'a> {
     GroupParams {
         id: cfg.id,
+        replay: cfg.replay_on_open,
         voters,
         election_ticks: cfg.election_ticks,
         heartbeat_ticks: cfg.heartbeat_ticks,
@@ -631,6 +639,7 @@ async fn open_group(p: &GroupParams<'_>, group: u64, dir: &Path) -> Result<Group
     rc.heartbeat_ticks = p.heartbeat_ticks;
     rc.proposal_bytes_max = rc.proposal_bytes_max.min(p.log.frame_bytes_max);
     rc.timer_seed = p.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group ^ now_ms() as u64;
+    rc.replay_applied = p.replay;
     let core =
         ReplicaCore::open(rc, store).map_err(|source| StartError::Replica { group, source })?;
     let mut g = Group {
@@ -715,6 +724,7 @@ impl Node {
             election_ticks: cfg.election_ticks,
             heartbeat_ticks: cfg.heartbeat_ticks,
             log: cfg.log.clone(),
+            replay_on_open: cfg.replay_on_open,
             storage,
             peer_ids: peers.keys().copied().collect(),
             groups: RefCell::new(groups),
@@ -787,6 +797,7 @@ impl Node {
         }
         let params = GroupParams {
             id: self.inner.id,
+            replay: self.inner.replay_on_open,
             voters: &self.inner.voters,
             election_ticks: self.inner.election_ticks,
             heartbeat_ticks: self.inner.heartbeat_ticks,

@@ -382,3 +382,53 @@ fn a_node_closes_connections_that_break_the_transport_rules() {
     node.shutdown().unwrap();
     remove_dir(&base);
 }
+
+/// The story: the server removed a group (its topic was deleted) while a
+/// persist of that group was in flight, and closing the store panicked
+/// ("close while a persist of this store is still held"), taking the
+/// shard down. A removed group must wait for its persists, then close.
+#[test]
+fn removing_a_group_with_persists_in_flight_closes_it() {
+    let dir = std::env::temp_dir().join(format!("strom-shell-remove-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let addr = free_addrs(1)[0];
+    let data = dir.clone();
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(2 << 20)
+        .spawn(move || async move {
+            let cfg = NodeConfig::new(1, addr, Vec::new(), data.clone(), Vec::new());
+            let node = strom_replication::shell::Node::start(cfg, |_| {})
+                .await
+                .expect("node starts");
+            for round in 0..20u64 {
+                let group = 100 + round;
+                node.add_group(group, &data.join(format!("g{group}")))
+                    .await
+                    .expect("group added");
+                // A single voter elects itself within its election timeout.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !node.view(group).is_some_and(|v| v.is_leader) {
+                    assert!(Instant::now() < deadline, "group {group} elected no leader");
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                // Proposals whose persists are in flight when the group goes.
+                let pending: Vec<_> = (0..8)
+                    .map(|i| node.propose(group, frame(&format!("r{round}-{i}"), 1), Acks::All))
+                    .collect();
+                glommio::timer::sleep(Duration::from_micros(200 * round)).await;
+                node.remove_group(group).await.expect("removed and closed");
+                assert!(node.view(group).is_none());
+                for p in pending {
+                    // Acknowledged before the removal, or answered Stopped.
+                    match p.await {
+                        Ok(_) | Err(ShellProposeError::Stopped { .. }) => {}
+                        Err(e) => panic!("unexpected answer: {e}"),
+                    }
+                }
+            }
+            node.shutdown().await.expect("shutdown");
+        })
+        .expect("executor");
+    handle.join().expect("no panic on the node's executor");
+    let _ = std::fs::remove_dir_all(&dir);
+}

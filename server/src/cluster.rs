@@ -290,6 +290,9 @@ pub async fn start(
     nc.election_ticks = config.election_ticks;
     nc.heartbeat_ticks = config.heartbeat_ticks;
     nc.log = log;
+    // Producer state is rebuilt from the log at every open; the metadata
+    // apply skips what `cluster_meta_index` says is applied.
+    nc.replay_on_open = true;
     let (tx, rx) = glommio::channels::local_channel::new_unbounded();
     let on_apply = move |e: ApplyEvent| {
         if let ApplyEvent::Entry {

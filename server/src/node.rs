@@ -123,8 +123,23 @@ fn ensure_memlock(shards: usize) {
     );
 }
 
+/// Set by the panic hook: a panic on any thread. A panic in a task can
+/// take its executor's thread down without dropping the shard's exit guard
+/// (glommio does not unwind its tasks), so the main thread watches this too
+/// and shuts the node down instead of serving with a dead shard.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+fn watch_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, Ordering::SeqCst);
+        previous(info);
+    }));
+}
+
 /// Runs the server until SIGINT/SIGTERM or a shard exits.
 pub fn run(args: Args) -> Result<(), ServerError> {
+    watch_panics();
     let cfg = ServerConfig::resolve(args)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -244,7 +259,7 @@ pub fn run(args: Args) -> Result<(), ServerError> {
         "listening; ready"
     );
     while !shutdown.load(Ordering::SeqCst) {
-        if shared.exited.load(Ordering::SeqCst) > 0 {
+        if shared.exited.load(Ordering::SeqCst) > 0 || PANICKED.load(Ordering::SeqCst) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -206,12 +206,88 @@ impl Shard {
             })
             .collect();
         parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        self.metrics.snapshot(
+        let mut snap = self.metrics.snapshot(
             self.id,
             parts,
             self.groups.committed(),
             crate::engine::log::shard_cache_bytes(),
-        )
+        );
+        if let Some(r) = &self.replication {
+            self.raft_series(&r.node, &mut snap.exposition);
+        }
+        snap
+    }
+
+    /// Cluster mode: this shard's Raft node's series.
+    fn raft_series(
+        &self,
+        node: &strom_replication::shell::Node,
+        x: &mut crate::metrics::Exposition,
+    ) {
+        let st = node.stats();
+        let s = self.id.to_string();
+        let sl: &[(&str, &str)] = &[("shard", &s)];
+        let groups = node.groups();
+        let leading = groups
+            .iter()
+            .filter(|g| node.view(**g).is_some_and(|v| v.is_leader))
+            .count();
+        x.gauge(
+            "strom_raft_groups",
+            "Raft groups on this shard.",
+            sl,
+            groups.len() as u64,
+        );
+        x.gauge(
+            "strom_raft_groups_leading",
+            "Raft groups this shard leads.",
+            sl,
+            leading as u64,
+        );
+        for (name, help, v) in [
+            (
+                "strom_raft_batches_sent_total",
+                "Raft wire batches sent to peers.",
+                st.batches_sent,
+            ),
+            (
+                "strom_raft_messages_sent_total",
+                "Raft messages sent to peers.",
+                st.messages_sent,
+            ),
+            (
+                "strom_raft_messages_received_total",
+                "Raft messages received from peers.",
+                st.messages_received,
+            ),
+            (
+                "strom_raft_messages_dropped_total",
+                "Raft messages dropped (outbox full, peer down, unencodable).",
+                st.dropped_full + st.dropped_disconnected + st.dropped_unencodable,
+            ),
+            (
+                "strom_raft_refused_total",
+                "Raft connections closed for bad bytes or a wrong peer.",
+                st.wire_errors + st.refused_batches,
+            ),
+            (
+                "strom_raft_persists_total",
+                "Raft log persists (write + fdatasync + hard state).",
+                st.persists,
+            ),
+            (
+                "strom_raft_persist_errors_total",
+                "Raft log persists that failed (the group stops).",
+                st.persist_errors,
+            ),
+            (
+                "strom_raft_ticks_total",
+                "Raft tick rounds (every group ticked).",
+                st.ticks,
+            ),
+        ] {
+            x.counter(name, help, sl, v);
+        }
     }
 
     /// The open partition, or the wire error explaining why there is none.
