@@ -55,16 +55,26 @@ $bin/strom-bench produce --cluster "$cluster" --acks leader "${bench_args[@]}" \
 
 echo "== 4. $idle idle replicated partitions"
 created=0
-for n in 1 2 3; do
-  if $bin/strom --server "127.0.0.1:$((base + 10 * n))" topic create idle --partitions "$idle" >/dev/null 2>&1; then
-    created=1; break
-  fi
+for try in 1 2 3 4 5; do
+  for n in 1 2 3; do
+    out=$($bin/strom --server "127.0.0.1:$((base + 10 * n))" --request-timeout-ms 60000 \
+      topic create idle --partitions "$idle" 2>&1) && { created=1; break 2; }
+    # Committed but still being applied (opening the groups), or created.
+    case "$out" in *Timeout*|*TopicAlreadyExists*) created=1; break 2;; esac
+  done
+  sleep 1
 done
-[ "$created" = 1 ] || { echo "no node created the idle topic"; exit 1; }
-sleep 5   # elections settle
+[ "$created" = 1 ] || { echo "no node created the idle topic: $out"; exit 1; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 msgs() { curl -s "http://127.0.0.1:$((base + 10 * $1 + 3))/metrics" | awk '/^strom_raft_messages_sent_total/ {s += $2} END {print s + 0}'; }
 lead() { curl -s "http://127.0.0.1:$((base + 10 * $1 + 3))/metrics" | awk '/^strom_raft_groups_leading/ {s += $2} END {print s + 0}'; }
+groups() { curl -s "http://127.0.0.1:$((base + 10 * $1 + 3))/metrics" | awk '/^strom_raft_groups\{/ {s += $2} END {print s + 0}'; }
+for _ in $(seq 1 120); do   # every node has opened every group, and leaders are elected
+  [ "$(groups 1)" -gt "$idle" ] && [ "$(groups 2)" -gt "$idle" ] && [ "$(groups 3)" -gt "$idle" ] \
+    && [ $(( $(lead 1) + $(lead 2) + $(lead 3) )) -gt "$idle" ] && break
+  sleep 1
+done
+sleep 2
 hz=$(getconf CLK_TCK)
 declare -A t0 m0
 for n in 1 2 3; do t0[$n]=$(ticks "${pids[$((n - 1))]}"); m0[$n]=$(msgs "$n"); done

@@ -699,6 +699,17 @@ impl Node {
             let g = open_group(&cfg_params(&cfg, &voters, &storage), group, &dir).await?;
             groups.insert(group, g);
         }
+        // glommio binds with SO_REUSEPORT, so a second process on the same
+        // port would share its connections with this one (and two nodes of
+        // the same id in two clusters would talk to each other's peers). A
+        // plain bind first fails if anything listens there already.
+        if cfg.listen.port() != 0 {
+            if let Err(e) = std::net::TcpListener::bind(cfg.listen) {
+                return Err(StartError::Config {
+                    reason: format!("raft address {} is in use: {e}", cfg.listen),
+                });
+            }
+        }
         let listener = TcpListener::bind(cfg.listen).map_err(|source| StartError::Bind {
             addr: cfg.listen,
             source,

@@ -172,7 +172,7 @@ pub async fn run(start: ShardStart) {
     let (replication, meta_entries) = match &shared.cluster {
         None => (None, None),
         Some(c) => {
-            let log = crate::config::engine_defaults().log_config();
+            let log = crate::cluster::replica_log_config(crate::config::engine_defaults().log_config());
             match crate::cluster::start(c.clone(), id, &shared.data_dir, log, producers.clone())
                 .await
             {
