@@ -27,9 +27,13 @@ trap cleanup EXIT INT TERM
 bench_args=(--message-size 1024 --batch-records 100 --inflight 8 --duration "$secs" --warmup 2 --dir "$work/bench")
 mkdir -p "$work/bench"
 
+# ONLY_IDLE=1 skips the produce runs (1-3).
+only_idle="${ONLY_IDLE:-0}"
+if [ "$only_idle" != 1 ]; then
 echo "== 1. single node, acks=durable"
 $bin/strom-bench produce --spawn --cores 1 --server-bin $bin/strom-server --acks durable \
   "${bench_args[@]}" --json "$work/single.json" | tee "$work/single.txt"
+fi
 
 echo "== starting 3 nodes"
 base=$((20000 + RANDOM % 20000))
@@ -46,12 +50,14 @@ done
 sleep 2
 cluster="127.0.0.1:$((base + 10)),127.0.0.1:$((base + 20)),127.0.0.1:$((base + 30))"
 
+if [ "$only_idle" != 1 ]; then
 echo "== 2. 3 replicas, acks=all (durable)"
 $bin/strom-bench produce --cluster "$cluster" --acks durable "${bench_args[@]}" \
   --json "$work/all.json" | tee "$work/all.txt"
 echo "== 3. 3 replicas, acks=leader"
 $bin/strom-bench produce --cluster "$cluster" --acks leader "${bench_args[@]}" \
   --json "$work/leader.json" | tee "$work/leader.txt"
+fi
 
 echo "== 4. $idle idle replicated partitions"
 created=0
@@ -85,6 +91,7 @@ for n in 1 2 3; do
     'BEGIN { printf "node %d: %.1f %% of a core, %.0f Raft messages/s sent, leads %d groups\n", n, 100 * dt / hz / s, dm / s, l }'
 done
 
+[ "$only_idle" = 1 ] && exit 0
 echo "== ratios against the single node (same run): 3 replicas acks=all / single durable"
 $bin/strom-bench compare "$work/single.json" "$work/all.json"
 echo "== 3 replicas acks=leader / single durable"
