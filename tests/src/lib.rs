@@ -17,6 +17,7 @@
 //! data directory removed (kept when `STROM_KEEP_TEST_DATA=1`).
 
 pub mod checker;
+pub mod cluster;
 pub mod faultproxy;
 
 use std::io::{BufRead, BufReader, Read};
