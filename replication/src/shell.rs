@@ -109,6 +109,8 @@ pub const PEERS_MAX: usize = limits::VOTERS_MAX - 1;
 pub const SHUTDOWN_WAIT_MS: u64 = 10_000;
 /// [`NodeThread`]: pause between two polls of its command channel.
 pub const COMMAND_POLL_MS: u64 = 2;
+/// How long start-up waits to learn whether its Raft address is taken.
+pub const LISTEN_PROBE_MS: u64 = 200;
 /// [`NodeThread`]: DMA memory of the node's executor.
 pub const NODE_IO_MEMORY_BYTES: usize = 2 << 20;
 const _: () = assert!(READ_CHUNK_BYTES >= BATCH_HEADER_BYTES);
@@ -701,12 +703,23 @@ impl Node {
         }
         // glommio binds with SO_REUSEPORT, so a second process on the same
         // port would share its connections with this one (and two nodes of
-        // the same id in two clusters would talk to each other's peers). A
-        // plain bind first fails if anything listens there already.
+        // the same id in two clusters would talk to each other's peers).
+        // Refuse if something accepts connections there. A probe *bind*
+        // is wrong: the sockets a crashed predecessor accepted linger in
+        // FIN-WAIT-2/TIME-WAIT without SO_REUSEADDR and fail it for up to
+        // 60 s after every crash.
         if cfg.listen.port() != 0 {
-            if let Err(e) = std::net::TcpListener::bind(cfg.listen) {
+            let mut probe = cfg.listen;
+            if probe.ip().is_unspecified() {
+                probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let timeout = Duration::from_millis(LISTEN_PROBE_MS);
+            if std::net::TcpStream::connect_timeout(&probe, timeout).is_ok() {
                 return Err(StartError::Config {
-                    reason: format!("raft address {} is in use: {e}", cfg.listen),
+                    reason: format!(
+                        "raft address {} is in use: something accepts connections there",
+                        cfg.listen
+                    ),
                 });
             }
         }

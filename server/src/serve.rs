@@ -172,7 +172,8 @@ pub async fn run(start: ShardStart) {
     let (replication, meta_entries) = match &shared.cluster {
         None => (None, None),
         Some(c) => {
-            let log = crate::cluster::replica_log_config(crate::config::engine_defaults().log_config());
+            let log =
+                crate::cluster::replica_log_config(crate::config::engine_defaults().log_config());
             match crate::cluster::start(c.clone(), id, &shared.data_dir, log, producers.clone())
                 .await
             {
@@ -211,10 +212,7 @@ pub async fn run(start: ShardStart) {
         replication,
         replicated: RefCell::new(HashMap::new()),
     });
-    if let Some(entries) = meta_entries {
-        glommio::spawn_local(crate::ops::cluster::apply_metadata(shard.clone(), entries)).detach();
-        glommio::spawn_local(crate::ops::cluster::publish_controller(shard.clone())).detach();
-    }
+
     if let Some(r) = receivers {
         serve_mesh(&shard, r);
     }
@@ -235,6 +233,15 @@ pub async fn run(start: ShardStart) {
         glommio::spawn_local(crate::http::serve(h, shard.clone())).detach();
     }
     shard.apply(shared.initial_metadata.clone()).await;
+    // Only now: the shard's metadata holds the stored `cluster_meta_index`,
+    // so entries the metadata group replays at open are recognized as
+    // applied. Started before, the apply task took every replayed entry
+    // for new, wrote older topic tables back and removed the replicas of
+    // every later topic (found by tests/tests/cluster_faults.rs).
+    if let Some(entries) = meta_entries {
+        glommio::spawn_local(crate::ops::cluster::apply_metadata(shard.clone(), entries)).detach();
+        glommio::spawn_local(crate::ops::cluster::publish_controller(shard.clone())).detach();
+    }
     shard.groups.load(&shard).await;
     tracing::debug!(
         shard = id,

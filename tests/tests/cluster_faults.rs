@@ -38,7 +38,7 @@
 //! - all three SIGKILLed together (links delayed by [`CRASH_DELAY_MS`], two
 //!   produces in flight) and restarted from their data directories: every
 //!   acknowledged record must be there; and the same with the produced
-//!   topic created after another one (ignored: server bug 1, below);
+//!   topic created after another one (server bug 1, below, now fixed);
 //! - the controller (the node `create_topic` succeeds on) SIGKILLed right
 //!   after a CreateTopics was sent to it from a thread, in
 //!   [`CREATE_ROUNDS`] rounds with different topic names and kill delays:
@@ -46,16 +46,16 @@
 //!   node, so every earlier metadata entry is settled there) every node
 //!   must agree the topic exists with all its partitions (and a produce to
 //!   each eventually succeeds) or exists nowhere; a creation that was
-//!   answered `Ok` must exist (ignored: server bug 1);
+//!   answered `Ok` must exist (server bug 1);
 //! - a follower SIGKILLed while its peers' links to it are blackholed,
-//!   restarted at once (ignored: server bug 2, below).
+//!   restarted at once (server bug 2, below, now fixed).
 //!
 //! One cluster at a time ([`serial`]): on two shared cores the election
 //! bounds should measure the cluster, not a neighbouring test. Every child
 //! is SIGKILLed on drop, so a failing test leaves no process behind. Every
 //! scenario also fails if any node's stderr reports a panic.
 //!
-//! # Server bug 1: a restart deletes replicas (two ignored tests)
+//! # Server bug 1, fixed: a restart deleted replicas (these tests failed 10 of 10)
 //! A restarted cluster node re-applies its metadata log from the start
 //! against an empty topic table: `serve.rs` spawns the metadata apply task
 //! (`ops::cluster::apply_metadata`) before `shard.apply(initial_metadata)`
@@ -72,9 +72,11 @@
 //! (`raft_log.rs:292: to_commit N is out of range [last_index 0]`), and
 //! when all three restart, every acknowledged record of such a topic is
 //! gone (the log restarts at epoch 1; the checker reports each one lost
-//! and its offset holding a later value).
+//! and its offset holding a later value). Fixed: the apply task starts
+//! only once the stored metadata is in force, and an entry applied over a
+//! newer version is a panic (an invariant), not a rewrite.
 //!
-//! # Server bug 2: a restart refused for up to 60 s (one ignored test)
+//! # Server bug 2, fixed: a restart refused for up to 60 s
 //! strom-server refuses to start while any socket of its killed
 //! predecessor lingers on its Raft port: since b7df6ac it checks the
 //! port with a plain `std::net::TcpListener::bind` (SO_REUSEADDR) before
@@ -86,7 +88,9 @@
 //! close on both sides (all nodes killed) TIME-WAIT lasts 60 s. The
 //! harness retries such a start for [`RAFT_ADDR_IN_USE_WAIT_MS`] and,
 //! through the proxy, resets a killed node's connections
-//! (`Cluster::kill`, `Cluster::kill_all`); this test does neither.
+//! (`Cluster::kill`, `Cluster::kill_all`); this test does neither. Fixed:
+//! the server now probes its Raft port by connecting to it (refused when
+//! something accepts there), which lingering sockets do not disturb.
 //!
 //! [`RAFT_ADDR_IN_USE_WAIT_MS`]: strom_tests::cluster::RAFT_ADDR_IN_USE_WAIT_MS
 //!
@@ -802,9 +806,6 @@ fn find_controller(cluster: &Cluster, probe: &str, deadline: Instant) -> u64 {
 }
 
 #[test]
-#[ignore = "server bug: a restarted node re-applies the metadata log from index 0 before its \
-            stored metadata is in force and deletes its replicas of every later topic, then \
-            panics (raft: to_commit N is out of range [last_index 0]); see the module docs"]
 fn controller_killed_during_create_topics_leaves_all_or_nothing() {
     let name = "controller-kill";
     let _one_at_a_time = serial();
@@ -915,9 +916,6 @@ fn controller_killed_during_create_topics_leaves_all_or_nothing() {
 }
 
 #[test]
-#[ignore = "server bug: a restarted node re-applies the metadata log from index 0 before its \
-            stored metadata is in force and deletes its replicas of every later topic: all \
-            three do, and every acknowledged record of the topic is lost; see the module docs"]
 fn all_nodes_killed_together_keep_the_records_of_a_later_topic() {
     kill_all_scenario("kill-all-later-topic", &["created-first"]);
 }
@@ -925,9 +923,6 @@ fn all_nodes_killed_together_keep_the_records_of_a_later_topic() {
 // ------------------------------------------------------------------ restart
 
 #[test]
-#[ignore = "server bug: strom-server refuses to start (\"raft address ... is in use\") while a \
-            socket of its killed predecessor lingers on its Raft port, here 60 s; see the \
-            module docs"]
 fn killed_node_restarts_while_a_peer_link_to_it_is_down() {
     let name = "restart-cut-off";
     let _one_at_a_time = serial();

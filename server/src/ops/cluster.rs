@@ -454,6 +454,11 @@ pub async fn apply_metadata(shard: Rc<Shard>, entries: cluster::MetaEntries) {
 
 async fn apply_entry(shard: &Rc<Shard>, index: u64, entry: MetaEntry) {
     let before = shard.metadata.borrow().clone();
+    assert!(
+        index > before.cluster_meta_index,
+        "metadata entry {index} applied over version {}",
+        before.cluster_meta_index
+    );
     let mut meta = before.clone();
     meta.next_topic_id = entry.next_topic_id;
     meta.topics = entry.topics;
