@@ -612,7 +612,9 @@ fn cluster_main(mode: Mode, a: &LoadArgs, plan: &Plan) -> Result<(), BenchError>
             break t;
         }
         if std::time::Instant::now() > deadline {
-            return Err(cfg(format!("no node of the cluster created the topic: {last}")));
+            return Err(cfg(format!(
+                "no node of the cluster created the topic: {last}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -634,7 +636,9 @@ fn cluster_main(mode: Mode, a: &LoadArgs, plan: &Plan) -> Result<(), BenchError>
             break l.clone();
         }
         if std::time::Instant::now() > deadline {
-            return Err(cfg("no leader for the benchmark topic (--cluster lists nodes 1, 2, 3... in order)"));
+            return Err(cfg(
+                "no leader for the benchmark topic (--cluster lists nodes 1, 2, 3... in order)",
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     };

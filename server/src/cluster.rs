@@ -407,7 +407,10 @@ mod tests {
         let c = replica_log_config(strom_engine::LogConfig::default());
         c.validate().expect("valid");
         assert!(c.preallocate_bytes <= 1 << 20);
-        assert_eq!(c.frame_bytes_max, strom_engine::LogConfig::default().frame_bytes_max);
+        assert_eq!(
+            c.frame_bytes_max,
+            strom_engine::LogConfig::default().frame_bytes_max
+        );
     }
 
     #[test]
