@@ -321,28 +321,14 @@ async fn metadata(ctx: &Ctx, version: i16, r: MetadataRequest) -> MetadataRespon
     if let Some(cluster) = ctx.shard.shared.cluster.clone() {
         return cluster_metadata(ctx, &cluster, &meta, &names).await;
     }
-    let topics = names
-        .iter()
-        .map(|name| match meta.topics.get(name) {
-            None => missing_topic(name),
-            Some(t) => MetadataResponseTopic::default()
-                .with_name(Some(TopicName(sb(name))))
-                .with_topic_id(topic_uuid(t.id))
-                .with_topic_authorized_operations(i32::MIN)
-                .with_partitions(
-                    (0..t.partitions)
-                        .map(|p| {
-                            MetadataResponsePartition::default()
-                                .with_partition_index(p as i32)
-                                .with_leader_id(BrokerId(NODE_ID))
-                                .with_leader_epoch(0)
-                                .with_replica_nodes(vec![BrokerId(NODE_ID)])
-                                .with_isr_nodes(vec![BrokerId(NODE_ID)])
-                        })
-                        .collect(),
-                ),
-        })
-        .collect();
+    let topics = metadata_topics(&meta, &names, |_, p| {
+        MetadataResponsePartition::default()
+            .with_partition_index(p as i32)
+            .with_leader_id(BrokerId(NODE_ID))
+            .with_leader_epoch(0)
+            .with_replica_nodes(vec![BrokerId(NODE_ID)])
+            .with_isr_nodes(vec![BrokerId(NODE_ID)])
+    });
     MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(NODE_ID))
@@ -352,6 +338,26 @@ async fn metadata(ctx: &Ctx, version: i16, r: MetadataRequest) -> MetadataRespon
         .with_controller_id(BrokerId(NODE_ID))
         .with_cluster_authorized_operations(i32::MIN)
         .with_topics(topics)
+}
+
+/// The Metadata topics for `names`: each existing one with its partitions
+/// as `partition(name, p)` describes them, each missing one with its error.
+fn metadata_topics(
+    meta: &metadata::Metadata,
+    names: &[String],
+    partition: impl Fn(&str, u32) -> MetadataResponsePartition,
+) -> Vec<MetadataResponseTopic> {
+    names
+        .iter()
+        .map(|name| match meta.topics.get(name) {
+            None => missing_topic(name),
+            Some(t) => MetadataResponseTopic::default()
+                .with_name(Some(TopicName(sb(name))))
+                .with_topic_id(topic_uuid(t.id))
+                .with_topic_authorized_operations(i32::MIN)
+                .with_partitions((0..t.partitions).map(|p| partition(name, p)).collect()),
+        })
+        .collect()
 }
 
 /// The Metadata answer for a topic that does not exist.
@@ -403,37 +409,23 @@ async fn cluster_metadata(
         .filter_map(|n| meta.topics.get(n).map(|t| (n.clone(), t.id, t.partitions)))
         .collect();
     let leaders = crate::ops::cluster::leaders(&ctx.shard, &asked).await;
-    let topics = names
-        .iter()
-        .map(|name| match meta.topics.get(name) {
-            None => missing_topic(name),
-            Some(t) => MetadataResponseTopic::default()
-                .with_name(Some(TopicName(sb(name))))
-                .with_topic_id(topic_uuid(t.id))
-                .with_topic_authorized_operations(i32::MIN)
-                .with_partitions(
-                    (0..t.partitions)
-                        .map(|p| {
-                            let (leader, epoch) =
-                                leaders.get(&(name.clone(), p)).copied().unwrap_or((0, 0));
-                            let part = MetadataResponsePartition::default()
-                                .with_partition_index(p as i32)
-                                .with_replica_nodes(replicas.clone())
-                                .with_isr_nodes(replicas.clone())
-                                .with_leader_epoch(i32::try_from(epoch).unwrap_or(i32::MAX));
-                            if leader == 0 {
-                                part.with_error_code(codec::LEADER_NOT_AVAILABLE)
-                                    .with_leader_id(BrokerId(-1))
-                            } else {
-                                part.with_leader_id(BrokerId(
-                                    i32::try_from(leader).unwrap_or(i32::MAX),
-                                ))
-                            }
-                        })
-                        .collect(),
-                ),
-        })
-        .collect();
+    let topics = metadata_topics(meta, names, |name, p| {
+        let (leader, epoch) = leaders
+            .get(&(name.to_owned(), p))
+            .copied()
+            .unwrap_or((0, 0));
+        let part = MetadataResponsePartition::default()
+            .with_partition_index(p as i32)
+            .with_replica_nodes(replicas.clone())
+            .with_isr_nodes(replicas.clone())
+            .with_leader_epoch(i32::try_from(epoch).unwrap_or(i32::MAX));
+        if leader == 0 {
+            part.with_error_code(codec::LEADER_NOT_AVAILABLE)
+                .with_leader_id(BrokerId(-1))
+        } else {
+            part.with_leader_id(BrokerId(i32::try_from(leader).unwrap_or(i32::MAX)))
+        }
+    });
     let controller = ctx
         .shard
         .shared
