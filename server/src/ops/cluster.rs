@@ -93,13 +93,12 @@ fn leader_view(
 fn propose_error(topic: &str, p: u32, e: ShellProposeError) -> WireError {
     let what = format!("{topic}/{p}");
     match &e {
-        ShellProposeError::Refused { .. } if e.leader_hint().is_some() || !e.is_retriable() => {
-            match e.leader_hint() {
-                Some(l) => cluster::not_leader(&what, Some(l)),
-                None => WireError::new(ErrorCode::InvalidRequest, format!("{what}: {e}")),
-            }
-        }
-        ShellProposeError::Refused { .. } => cluster::not_leader(&what, None),
+        // Refused at once: nothing was written.
+        ShellProposeError::Refused { .. } => match e.leader_hint() {
+            Some(l) => cluster::not_leader(&what, Some(l)),
+            None if e.is_retriable() => cluster::not_leader(&what, None),
+            None => WireError::new(ErrorCode::InvalidRequest, format!("{what}: {e}")),
+        },
         ShellProposeError::StoreFailed { .. } => {
             WireError::new(ErrorCode::PartitionFailed, format!("{what}: {e}"))
         }

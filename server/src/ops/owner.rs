@@ -90,33 +90,19 @@ async fn produce(shard: &Rc<Shard>, items: Vec<ProduceItem>, durability: Durabil
     }
     // One partition (the common case) runs in this task; more run as tasks
     // of their own, concurrently.
-    let replicated = shard.replication.is_some();
     if groups.len() == 1 {
         let ((topic, p), items) = groups.pop_first().expect("one group");
-        if replicated {
-            return Reply::Produce(
-                Box::pin(crate::ops::cluster::produce_partition(
-                    shard.clone(),
-                    topic,
-                    p,
-                    items,
-                    durability,
-                ))
-                .await,
-            );
-        }
         return Reply::Produce(produce_partition(shard.clone(), topic, p, items, durability).await);
     }
     let mut tasks = Vec::with_capacity(groups.len());
     for ((topic, p), items) in groups {
-        let shard = shard.clone();
-        tasks.push(glommio::spawn_local(async move {
-            if replicated {
-                crate::ops::cluster::produce_partition(shard, topic, p, items, durability).await
-            } else {
-                produce_partition(shard, topic, p, items, durability).await
-            }
-        }));
+        tasks.push(glommio::spawn_local(produce_partition(
+            shard.clone(),
+            topic,
+            p,
+            items,
+            durability,
+        )));
     }
     let mut out = Vec::new();
     for t in tasks {
@@ -125,7 +111,8 @@ async fn produce(shard: &Rc<Shard>, items: Vec<ProduceItem>, durability: Durabil
     Reply::Produce(out)
 }
 
-/// Appends one partition's batches in request order.
+/// Appends one partition's batches in request order (in cluster mode:
+/// proposes them, `ops::cluster`).
 async fn produce_partition(
     shard: Rc<Shard>,
     topic: String,
@@ -133,6 +120,13 @@ async fn produce_partition(
     items: Vec<ProduceItem>,
     durability: Durability,
 ) -> Vec<(usize, Produced)> {
+    if shard.replication.is_some() {
+        // Boxed: the single-node path's future stays as small as before.
+        return Box::pin(crate::ops::cluster::produce_partition(
+            shard, topic, p, items, durability,
+        ))
+        .await;
+    }
     let mut out = Vec::with_capacity(items.len());
     let opened = open_partition(&shard, &topic, p);
     for it in items {
