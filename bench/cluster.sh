@@ -11,12 +11,14 @@
 # are bounded by that, not by the network.
 #
 #   bench/cluster.sh [SECONDS] [IDLE_PARTITIONS]     (default 10, 1000)
-# Needs release binaries (built if missing). Leaves nothing running.
+# Needs release binaries (built if missing; BIN=DIR uses the binaries in
+# DIR instead, for A/B runs). ONLY_IDLE=1 runs only 4, SKIP_IDLE=1 only 1-3.
+# Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 idle="${2:-1000}"
-bin=target/release
+bin="${BIN:-target/release}"
 [ -x $bin/strom-server ] && [ -x $bin/strom-bench ] && [ -x $bin/strom ] \
   || cargo build --release --quiet -p strom-server -p strom-bench -p strom-client
 work="$(mktemp -d -t strom-cluster-bench.XXXXXX)"
@@ -59,6 +61,7 @@ $bin/strom-bench produce --cluster "$cluster" --acks leader "${bench_args[@]}" \
   --json "$work/leader.json" | tee "$work/leader.txt"
 fi
 
+if [ "${SKIP_IDLE:-0}" != 1 ]; then
 echo "== 4. $idle idle replicated partitions"
 created=0
 for try in 1 2 3 4 5; do
@@ -91,6 +94,7 @@ for n in 1 2 3; do
     'BEGIN { printf "node %d: %.1f %% of a core, %.0f Raft messages/s sent, leads %d groups\n", n, 100 * dt / hz / s, dm / s, l }'
 done
 
+fi
 [ "$only_idle" = 1 ] && exit 0
 echo "== ratios against the single node (same run): 3 replicas acks=all / single durable"
 $bin/strom-bench compare "$work/single.json" "$work/all.json"

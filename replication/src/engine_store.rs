@@ -4,9 +4,12 @@
 //! # What it owns
 //! One replica's directory on a [`Storage`]:
 //! - `raft-hardstate`: term, vote, commit, the voters, the snapshot point
-//!   and the log generation; rewritten whole with `Storage::write_atomic`
-//!   (tmp file, fdatasync, rename), so after a crash it is the old or the
-//!   new one, never a mix (layout below);
+//!   and the log generation, in two 4 KiB slots written in place in turn
+//!   (one block write and one fdatasync, never over the slot holding the
+//!   newest durable state), so after a crash the newest valid slot is the
+//!   old or the new state, never a mix ([`hard_state_slots`]; created
+//!   whole with `Storage::write_atomic`). With [`EngineStore::set_lazy_commit`]
+//!   a change of the commit index alone is not written;
 //! - `raft-snapshot.<index, 20 digits>`: the snapshot point of the last
 //!   compaction or installed snapshot with its opaque data (the producer
 //!   state), written atomically before the hard state names it;
@@ -198,7 +201,7 @@ use bytes::{Bytes, BytesMut};
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use strom_engine::checkpoint::{Checkpoint, CHECKPOINT_FILE};
-use strom_engine::storage::{IoError, Storage, TMP_SUFFIX};
+use strom_engine::storage::{IoError, Storage, StorageFile, WriteBuf, TMP_SUFFIX};
 use strom_engine::{EngineError, Log, LogConfig, RecoveryReport};
 use strom_flatbuffers::{
     peek_frame_len, records, stamp_base_offset, BatchBuilder, FrameHeader, RecordIn,
@@ -232,8 +235,16 @@ pub const CONTROL_VALUE_VERSION: u8 = 1;
 const HARD_STATE_MAGIC: [u8; 4] = *b"SRHS";
 const HARD_STATE_VERSION: u32 = 1;
 const HARD_STATE_FIXED_BYTES: usize = 76;
-/// Largest hard-state file: the fixed part, `VOTERS_MAX` voters, the crc.
+/// Largest hard-state record: the fixed part, `VOTERS_MAX` voters, the crc.
 pub const HARD_STATE_FILE_BYTES_MAX: usize = HARD_STATE_FIXED_BYTES + 8 * VOTERS_MAX + 4;
+/// One slot of the hard-state file: one O_DIRECT block.
+pub const HARD_STATE_SLOT_BYTES: usize = strom_engine::storage::BLOCK_BYTES;
+/// The hard-state file: two slots, overwritten in place in turn.
+pub const HARD_STATE_SLOTS_FILE_BYTES: usize = 2 * HARD_STATE_SLOT_BYTES;
+/// A slot's sequence number and record length, before the record.
+const HARD_STATE_SLOT_HEADER_BYTES: usize = 12;
+const _: () =
+    assert!(HARD_STATE_SLOT_HEADER_BYTES + HARD_STATE_FILE_BYTES_MAX + 4 <= HARD_STATE_SLOT_BYTES);
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"SRSN";
 const SNAPSHOT_VERSION: u32 = 1;
@@ -444,6 +455,110 @@ impl HardStateFile {
             ));
         }
         Ok(file)
+    }
+}
+
+/// The two-slot hard-state file (see `docs/format.md`, "Hard state file").
+///
+/// Invariants: a slot is written only in place, with one O_DIRECT block
+/// write and an fdatasync, and never the slot holding the newest durable
+/// state, so a torn or lost write leaves that state readable; the newest
+/// state is the valid slot with the highest sequence number; sequence
+/// numbers start at 1 and only grow (0 marks an empty slot).
+pub mod hard_state_slots {
+    use super::{get_u32, get_u64, HardStateFile};
+    use super::{
+        HARD_STATE_FILE_BYTES_MAX, HARD_STATE_SLOTS_FILE_BYTES, HARD_STATE_SLOT_BYTES,
+        HARD_STATE_SLOT_HEADER_BYTES,
+    };
+
+    /// The newest valid slot of a file.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Newest {
+        /// 0 or 1.
+        pub slot: usize,
+        pub sequence: u64,
+        pub file: HardStateFile,
+    }
+
+    /// One slot's bytes (`HARD_STATE_SLOT_BYTES`, zero padded).
+    pub fn encode(sequence: u64, file: &HardStateFile) -> Vec<u8> {
+        assert!(sequence > 0, "slot sequence numbers start at 1");
+        let record = file.encode();
+        let mut out = Vec::with_capacity(HARD_STATE_SLOT_BYTES);
+        out.extend_from_slice(&sequence.to_le_bytes());
+        out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        out.extend_from_slice(&record);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.resize(HARD_STATE_SLOT_BYTES, 0);
+        out
+    }
+
+    /// Decodes one slot; never panics on input bytes. `Ok(None)`: empty.
+    pub fn decode(buf: &[u8]) -> Result<Option<(u64, HardStateFile)>, String> {
+        if buf.len() != HARD_STATE_SLOT_BYTES {
+            return Err(format!("slot of {} bytes", buf.len()));
+        }
+        let sequence = get_u64(buf, 0);
+        if sequence == 0 {
+            return Ok(None);
+        }
+        let len = get_u32(buf, 8) as usize;
+        if len > HARD_STATE_FILE_BYTES_MAX {
+            return Err(format!("record of {len} bytes"));
+        }
+        let end = HARD_STATE_SLOT_HEADER_BYTES + len;
+        let stored = get_u32(buf, end);
+        let computed = crc32c::crc32c(&buf[..end]);
+        if stored != computed {
+            return Err(format!(
+                "slot checksum {stored:#010x}, computed {computed:#010x}"
+            ));
+        }
+        let file = HardStateFile::decode(&buf[HARD_STATE_SLOT_HEADER_BYTES..end])?;
+        Ok(Some((sequence, file)))
+    }
+
+    /// The newest valid slot of a whole file. A damaged slot beside a valid
+    /// one is what a torn write leaves and is ignored; no valid slot at all
+    /// is an error.
+    pub fn newest(buf: &[u8]) -> Result<Newest, String> {
+        if buf.len() != HARD_STATE_SLOTS_FILE_BYTES {
+            return Err(format!("{} bytes, not two slots", buf.len()));
+        }
+        let mut best: Option<Newest> = None;
+        let mut errors = Vec::new();
+        for slot in 0..2 {
+            let at = slot * HARD_STATE_SLOT_BYTES;
+            match decode(&buf[at..at + HARD_STATE_SLOT_BYTES]) {
+                Ok(Some((sequence, file))) => {
+                    if best.as_ref().is_none_or(|b| sequence > b.sequence) {
+                        best = Some(Newest {
+                            slot,
+                            sequence,
+                            file,
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(format!("slot {slot}: {e}")),
+            }
+        }
+        best.ok_or_else(|| {
+            if errors.is_empty() {
+                "both slots are empty".to_owned()
+            } else {
+                errors.join("; ")
+            }
+        })
+    }
+
+    /// A whole new file: `file` in slot 0 with `sequence`, slot 1 empty.
+    pub fn new_file(sequence: u64, file: &HardStateFile) -> Vec<u8> {
+        let mut out = encode(sequence, file);
+        out.resize(HARD_STATE_SLOTS_FILE_BYTES, 0);
+        out
     }
 }
 
@@ -788,6 +903,11 @@ struct Disk<S: Storage> {
     log: Log<S>,
     /// The hard-state file as last written.
     file: HardStateFile,
+    /// The open hard-state file (opened by the first in-place write).
+    hs_handle: Option<S::File>,
+    /// Slot (0 or 1) and sequence number of the newest durable hard state.
+    hs_slot: usize,
+    hs_sequence: u64,
     /// Index of the last entry appended to the engine log.
     last_index: u64,
     failed: Option<String>,
@@ -796,6 +916,9 @@ struct Disk<S: Storage> {
 struct Shared<S: Storage> {
     /// Staged writes not yet taken by a persist, oldest first.
     journal: RefCell<VecDeque<(u64, Write)>>,
+    /// A hard state that changes only its commit index is not written
+    /// ([`EngineStore::set_lazy_commit`]).
+    lazy_commit: Cell<bool>,
     /// Highest write sequence number a completed persist covered.
     persisted_seq: Cell<u64>,
     disk: async_lock::Mutex<Disk<S>>,
@@ -906,9 +1029,35 @@ impl<S: Storage> Disk<S> {
             self.last_index
         );
         assert!(self.file.commit >= self.file.snapshot.index);
-        self.storage
-            .write_atomic(&self.dir.join(HARD_STATE_FILE), &self.file.encode())
+        // In place, into the slot that does not hold the newest durable
+        // state: one block write and one fdatasync of a file whose size
+        // and blocks never change (no journal commit, no rename).
+        let path = self.dir.join(HARD_STATE_FILE);
+        if self.hs_handle.is_none() {
+            let Some(handle) = self.storage.open(&path).await? else {
+                return Err(StorePersistError::Io(IoError::new(
+                    "open the hard state",
+                    &path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the hard-state file is gone",
+                    ),
+                )));
+            };
+            self.hs_handle = Some(handle);
+        }
+        let handle = self.hs_handle.as_ref().expect("opened above");
+        let slot = 1 - self.hs_slot;
+        let sequence = self.hs_sequence + 1;
+        let bytes = hard_state_slots::encode(sequence, &self.file);
+        let mut buf = handle.alloc_buf(HARD_STATE_SLOT_BYTES);
+        buf.as_mut_slice().copy_from_slice(&bytes);
+        handle
+            .write_at(buf, (slot * HARD_STATE_SLOT_BYTES) as u64)
             .await?;
+        handle.fdatasync().await?;
+        self.hs_slot = slot;
+        self.hs_sequence = sequence;
         Ok(())
     }
 
@@ -936,6 +1085,7 @@ impl<S: Storage> Disk<S> {
         &mut self,
         writes: Vec<(u64, Write)>,
         now_ms: i64,
+        lazy_commit: bool,
     ) -> Result<(), StorePersistError> {
         let mut log_dirty = false;
         let mut hard_state_dirty = false;
@@ -976,10 +1126,13 @@ impl<S: Storage> Disk<S> {
                     log_dirty = true;
                 }
                 Write::HardState(hs) => {
+                    let commit_only = self.file.term == hs.term && self.file.vote == hs.vote;
                     self.file.term = hs.term;
                     self.file.vote = hs.vote;
                     self.file.commit = hs.commit;
-                    hard_state_dirty = true;
+                    // Raft needs term and vote durable before it speaks;
+                    // the commit index it can learn again from the leader.
+                    hard_state_dirty |= !(lazy_commit && commit_only);
                 }
                 Write::Compact { point, envelope } => {
                     if log_dirty {
@@ -1079,6 +1232,9 @@ pub struct StoreRecovery {
     /// The hard state's commit was beyond the durable log and was clamped
     /// to its last entry (from this value).
     pub commit_clamped_from: Option<u64>,
+    /// The hard-state file was in the version 1 layout (one record) and was
+    /// rewritten as two slots.
+    pub hard_state_converted: bool,
     pub entries: u64,
 }
 
@@ -1112,16 +1268,31 @@ impl<S: Storage> EngineStore<S> {
         storage.create_dir_all(dir).await?;
         let names = storage.list(dir).await?;
         let hs_path = dir.join(HARD_STATE_FILE);
+        let corrupt_hs = |reason: String| StoreOpenError::HardStateCorrupt {
+            path: hs_path.clone(),
+            reason,
+        };
+        // Slot and sequence of the newest durable hard state.
+        let mut hs_at = (0usize, 1u64);
         let mut file = match storage
-            .read_all(&hs_path, HARD_STATE_FILE_BYTES_MAX)
+            .read_all(&hs_path, HARD_STATE_SLOTS_FILE_BYTES)
             .await?
         {
-            Some(bytes) => HardStateFile::decode(&bytes).map_err(|reason| {
-                StoreOpenError::HardStateCorrupt {
-                    path: hs_path.clone(),
-                    reason,
-                }
-            })?,
+            Some(bytes) if bytes.len() == HARD_STATE_SLOTS_FILE_BYTES => {
+                let newest = hard_state_slots::newest(&bytes).map_err(corrupt_hs)?;
+                hs_at = (newest.slot, newest.sequence);
+                newest.file
+            }
+            Some(bytes) => {
+                // Version 1 of the file: one record, replaced whole. Read
+                // it and rewrite it as two slots (atomically, once).
+                let file = HardStateFile::decode(&bytes).map_err(corrupt_hs)?;
+                storage
+                    .write_atomic(&hs_path, &hard_state_slots::new_file(1, &file))
+                    .await?;
+                recovery.hard_state_converted = true;
+                file
+            }
             None => {
                 let ours = |n: &String| {
                     !n.ends_with(TMP_SUFFIX)
@@ -1148,7 +1319,9 @@ impl<S: Storage> EngineStore<S> {
                     voters: voters.to_vec(),
                     ..Default::default()
                 };
-                storage.write_atomic(&hs_path, &file.encode()).await?;
+                storage
+                    .write_atomic(&hs_path, &hard_state_slots::new_file(1, &file))
+                    .await?;
                 recovery.created = true;
                 file
             }
@@ -1213,7 +1386,10 @@ impl<S: Storage> EngineStore<S> {
             // Switch to the new generation (its commit is clamped below,
             // in memory; the next hard-state write stores it).
             file.log_generation = generation;
-            storage.write_atomic(&hs_path, &file.encode()).await?;
+            hs_at = (0, hs_at.1 + 1);
+            storage
+                .write_atomic(&hs_path, &hard_state_slots::new_file(hs_at.1, &file))
+                .await?;
             storage.remove_dir_all(&log_dir).await?;
             recovery.log_restarted = true;
         } else if offsets.log_start_offset < point.offset {
@@ -1296,6 +1472,9 @@ impl<S: Storage> EngineStore<S> {
             config,
             log,
             file: HardStateFile { commit, ..file },
+            hs_handle: None,
+            hs_slot: hs_at.0,
+            hs_sequence: hs_at.1,
             last_index,
             failed: None,
         };
@@ -1307,10 +1486,24 @@ impl<S: Storage> EngineStore<S> {
             shared: Rc::new(Shared {
                 journal: RefCell::new(VecDeque::new()),
                 persisted_seq: Cell::new(0),
+                lazy_commit: Cell::new(false),
                 disk: async_lock::Mutex::new(disk),
             }),
         };
         Ok((store, recovery))
+    }
+
+    /// With `lazy` on, a hard state that changes only the commit index is
+    /// kept in memory and written with the next change of term or vote, a
+    /// compaction or an installed snapshot: a persist whose only write is
+    /// a new commit index does no I/O. After a crash the commit index may
+    /// come back lower than it was (never lower than the snapshot point);
+    /// Raft allows that (the leader tells it again), but an apply callback
+    /// then sees entries above it once more: only for replicas that replay
+    /// their applied entries on open (`ReplicaConfig::replay_applied`),
+    /// whose state is rebuilt from the log rather than kept.
+    pub fn set_lazy_commit(&self, lazy: bool) {
+        self.shared.lazy_commit.set(lazy);
     }
 
     /// Makes the staged writes `..= upto` durable (see the module
@@ -1343,7 +1536,7 @@ impl<S: Storage> EngineStore<S> {
                 let n = journal.iter().take_while(|(seq, _)| *seq <= upto).count();
                 journal.drain(..n).collect()
             };
-            match disk.apply(writes, now_ms).await {
+            match disk.apply(writes, now_ms, shared.lazy_commit.get()).await {
                 Ok(()) => {
                     shared
                         .persisted_seq
@@ -1387,6 +1580,9 @@ impl<S: Storage> EngineStore<S> {
         };
         let disk = shared.disk.into_inner();
         let dir = disk.dir.clone();
+        if let Some(handle) = disk.hs_handle {
+            handle.close().await?;
+        }
         engine(&dir, "close", disk.log.close(now_ms).await)
     }
 
@@ -1793,6 +1989,51 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(HardStateFile::decode(&bytes[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn hard_state_slots_pick_the_newest_valid_one() {
+        let a = HardStateFile {
+            term: 1,
+            vote: 1,
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let b = HardStateFile {
+            term: 2,
+            commit: 5,
+            ..a.clone()
+        };
+        let mut file = hard_state_slots::new_file(1, &a);
+        assert_eq!(file.len(), HARD_STATE_SLOTS_FILE_BYTES);
+        let got = hard_state_slots::newest(&file).unwrap();
+        assert_eq!((got.slot, got.sequence, &got.file), (0, 1, &a));
+        // The second write goes to slot 1 and wins by its sequence.
+        file[HARD_STATE_SLOT_BYTES..].copy_from_slice(&hard_state_slots::encode(2, &b));
+        let got = hard_state_slots::newest(&file).unwrap();
+        assert_eq!((got.slot, got.sequence, &got.file), (1, 2, &b));
+        // The third overwrites slot 0; a later sequence wins wherever it is.
+        file[..HARD_STATE_SLOT_BYTES].copy_from_slice(&hard_state_slots::encode(3, &a));
+        assert_eq!(hard_state_slots::newest(&file).unwrap().slot, 0);
+        // A flip anywhere in the written part of the newest slot (a torn
+        // write) falls back to the other one; in both, refuses.
+        let written = 12 + a.encode().len() + 4;
+        for i in 0..written {
+            let mut torn = file.clone();
+            torn[i] ^= 0x10;
+            let got = hard_state_slots::newest(&torn);
+            match got {
+                Ok(n) => assert_eq!((n.slot, &n.file), (1, &b), "flip at {i}"),
+                Err(e) => panic!("flip at {i}: {e}"),
+            }
+            torn[HARD_STATE_SLOT_BYTES + i] ^= 0x10;
+            assert!(hard_state_slots::newest(&torn).is_err(), "flips at {i}");
+        }
+        assert!(hard_state_slots::newest(&file[..HARD_STATE_SLOT_BYTES]).is_err());
+        assert!(hard_state_slots::newest(&[0; HARD_STATE_SLOTS_FILE_BYTES]).is_err());
+        let mut long = file.clone();
+        long[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(hard_state_slots::decode(&long[..HARD_STATE_SLOT_BYTES]).is_err());
     }
 
     #[test]

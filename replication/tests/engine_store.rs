@@ -21,8 +21,10 @@ use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType, Snapshot}
 use raft::{GetEntriesContext, Storage as _, StorageError};
 use strom_engine::storage::{FaultKind, FaultyStorage, Storage as _};
 use strom_engine::{Log, LogConfig};
+use strom_replication::engine_store::hard_state_slots;
 use strom_replication::engine_store::{
     decode_snapshot, frame_term, EngineStore, StoreOpenError, StoreRecovery, HARD_STATE_FILE,
+    HARD_STATE_SLOT_BYTES,
 };
 use strom_replication::rng::SplitMix64;
 use strom_replication::{Acks, Action, LogStore, ProposalId, ReplicaConfig, ReplicaCore};
@@ -362,7 +364,9 @@ fn the_hard_state_round_trips_and_a_torn_write_keeps_the_old_one() {
     }
     assert!(saw_old && k >= 2, "steps {k}");
 
-    // A damaged hard state refuses to open rather than start empty.
+    // The file is two slots written in turn: creation wrote slot 0, the
+    // persist above slot 1. A damaged older slot is ignored; with both
+    // damaged the store refuses to open rather than start empty.
     let storage = FaultyStorage::new(4);
     let (mut store, _) = open(&storage).unwrap();
     store.append(vec![entry(1, 1, "a", 1)]);
@@ -370,6 +374,13 @@ fn the_hard_state_round_trips_and_a_torn_write_keeps_the_old_one() {
     persist_all(&mut store);
     drop(store);
     storage.corrupt_byte(&dir().join(HARD_STATE_FILE), 20);
+    let (store, _) = open(&storage).unwrap();
+    assert_eq!(store.hard_state(), &hs(1, 1, 1));
+    drop(store);
+    storage.corrupt_byte(
+        &dir().join(HARD_STATE_FILE),
+        HARD_STATE_SLOT_BYTES as u64 + 20,
+    );
     assert!(matches!(
         open(&storage),
         Err(StoreOpenError::HardStateCorrupt { .. })
@@ -379,6 +390,78 @@ fn the_hard_state_round_trips_and_a_torn_write_keeps_the_old_one() {
         open(&storage),
         Err(StoreOpenError::MissingHardState { .. })
     ));
+}
+
+#[test]
+fn a_version_1_hard_state_file_is_read_and_rewritten_as_two_slots() {
+    let storage = FaultyStorage::new(5);
+    let (mut store, _) = open(&storage).unwrap();
+    store.append(vec![entry(1, 1, "a", 1), entry(2, 1, "b", 1)]);
+    store.set_hard_state(hs(1, 1, 2));
+    persist_all(&mut store);
+    drop(store);
+    // What the previous build wrote: the bare record, replaced whole.
+    let path = dir().join(HARD_STATE_FILE);
+    let slots = block_on(storage.read_all(&path, 1 << 16)).unwrap().unwrap();
+    let newest = hard_state_slots::newest(&slots).unwrap();
+    block_on(storage.write_atomic(&path, &newest.file.encode())).unwrap();
+    let (mut store, rec) = open(&storage).unwrap();
+    assert!(rec.hard_state_converted);
+    assert_eq!(store.hard_state(), &hs(1, 1, 2));
+    assert_eq!(store.last_index(), 2);
+    store.set_hard_state(hs(2, 1, 2));
+    persist_all(&mut store);
+    drop(store);
+    storage.crash();
+    let (store, rec) = open(&storage).unwrap();
+    assert!(!rec.hard_state_converted);
+    assert_eq!(store.hard_state(), &hs(2, 1, 2));
+}
+
+#[test]
+fn a_lazy_commit_is_written_only_with_a_term_or_vote_change() {
+    let storage = FaultyStorage::new(6);
+    let (mut store, _) = open(&storage).unwrap();
+    store.set_lazy_commit(true);
+    let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1, "x", 1)).collect();
+    store.append(entries);
+    store.set_hard_state(hs(1, 1, 2));
+    persist_all(&mut store);
+    // Only the commit moves: nothing reaches the hard-state file.
+    store.set_hard_state(hs(1, 1, 5));
+    persist_all(&mut store);
+    drop(store);
+    storage.crash();
+    let (mut store, rec) = open(&storage).unwrap();
+    assert_eq!(
+        store.hard_state(),
+        &hs(1, 1, 2),
+        "the commit came back lower"
+    );
+    assert_eq!(store.last_index(), 6, "the log itself is durable");
+    assert_eq!(rec.commit_clamped_from, None);
+    // A new term is written at once, with the commit it carries.
+    store.set_lazy_commit(true);
+    store.set_hard_state(hs(1, 1, 5));
+    store.set_hard_state(hs(2, 3, 6));
+    persist_all(&mut store);
+    drop(store);
+    storage.crash();
+    let (store, _) = open(&storage).unwrap();
+    assert_eq!(store.hard_state(), &hs(2, 3, 6));
+    drop(store);
+    // Without it (the default) every commit is durable.
+    let storage = FaultyStorage::new(7);
+    let (mut store, _) = open(&storage).unwrap();
+    store.append(vec![entry(1, 1, "a", 1), entry(2, 1, "b", 1)]);
+    store.set_hard_state(hs(1, 1, 1));
+    persist_all(&mut store);
+    store.set_hard_state(hs(1, 1, 2));
+    persist_all(&mut store);
+    drop(store);
+    storage.crash();
+    let (store, _) = open(&storage).unwrap();
+    assert_eq!(store.hard_state(), &hs(1, 1, 2));
 }
 
 #[test]

@@ -281,6 +281,11 @@ impl Shard {
                 st.persist_errors,
             ),
             (
+                "strom_raft_persist_microseconds_total",
+                "Wall time of the completed Raft persists (divide by strom_raft_persists_total for the mean).",
+                st.persist_micros,
+            ),
+            (
                 "strom_raft_ticks_total",
                 "Raft tick rounds (every group ticked).",
                 st.ticks,
