@@ -451,6 +451,15 @@ fn copy_error(e: &Error, topic: &str, partition: u32) -> Error {
             context: context.clone(),
         },
         Error::NotAcknowledged => Error::NotAcknowledged,
+        Error::Undetermined {
+            topic,
+            partition,
+            reason,
+        } if !topic.is_empty() => Error::Undetermined {
+            topic: topic.clone(),
+            partition: *partition,
+            reason: reason.clone(),
+        },
         Error::DeliveryTimeout {
             topic,
             partition,
