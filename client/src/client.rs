@@ -16,12 +16,12 @@ use std::collections::HashMap;
 use strom_flatbuffers::protocol::{
     ApiVersionsResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest,
     DeleteTopicsRequest, DescribeGroupsRequest, DescribeTopicsRequest, ErrorCode, GroupDescription,
-    GroupListing, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    ListOffsetsPartition, ListOffsetsRequest, OffsetCommitPartition, OffsetCommitRequest,
-    OffsetCommitResult, OffsetFetchRequest, OffsetFetchResult, PartitionsIncrease, RequestBody,
-    ResetOffsetsRequest, ResetTo, ResponseBody, SyncGroupRequest, SyncGroupResponse,
-    TopicDescription, TopicListing, TopicPartition, TopicResult, LIST_OFFSETS_EARLIEST,
-    LIST_OFFSETS_LATEST,
+    GroupListing, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, ListOffsetsPartition, ListOffsetsRequest, OffsetCommitPartition,
+    OffsetCommitRequest, OffsetCommitResult, OffsetFetchRequest, OffsetFetchResult,
+    PartitionsIncrease, RequestBody, ResetOffsetsRequest, ResetTo, ResponseBody, SyncGroupRequest,
+    SyncGroupResponse, TopicDescription, TopicListing, TopicPartition, TopicResult,
+    LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST,
 };
 
 /// Where a consumer starts, or what [`Client::list_offset`] asks for.
@@ -193,6 +193,17 @@ impl Client {
         &mut self.conn
     }
 
+    /// Forgets the direct connections and partition owners after a
+    /// connection error on `route`: the server may have restarted with
+    /// other shard ports, so the next [`Client::route`] learns them again
+    /// (through the bootstrap connection, which re-makes itself).
+    pub fn route_failed(&mut self, route: Route) {
+        if let Route::Shard(_) = route {
+            self.owners.clear();
+            self.direct.clear();
+        }
+    }
+
     /// The server's handshake answer: versions and limits.
     pub fn server_info(&self) -> &ApiVersionsResponse {
         self.conn.server_info()
@@ -226,6 +237,32 @@ impl Client {
         }
         let d = self.describe_topic(topic)?;
         Ok(d.partitions.len() as u32)
+    }
+
+    /// A producer id for idempotent producing: a new one (`current`
+    /// `None`), or an epoch bump of the caller's current id and epoch (the
+    /// same id, epoch + 1, or a new id when the epoch is exhausted).
+    /// Returns the id and epoch to stamp batches with.
+    pub fn init_producer_id(&mut self, current: Option<(i64, i16)>) -> Result<(i64, i16)> {
+        let (producer_id, producer_epoch) = current.unwrap_or((-1, -1));
+        let body = RequestBody::InitProducerId(InitProducerIdRequest {
+            producer_id,
+            producer_epoch,
+            ..Default::default()
+        });
+        match self.call(&body)?.body {
+            ResponseBody::InitProducerId(r) => {
+                check(r.error, &r.message, || "init_producer_id".to_owned())?;
+                if r.producer_id < 0 || r.producer_epoch < 0 {
+                    return Err(Error::UnexpectedResponse {
+                        request: "init_producer_id",
+                        got: format!("producer {} epoch {}", r.producer_id, r.producer_epoch),
+                    });
+                }
+                Ok((r.producer_id, r.producer_epoch))
+            }
+            other => Err(unexpected("init_producer_id", &other)),
+        }
     }
 
     // ------------------------------------------------------------ topics

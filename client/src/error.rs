@@ -81,6 +81,17 @@ pub enum Error {
         partition: u32,
         reason: String,
     },
+    /// With resends: the batch could not be delivered within the
+    /// producer's `delivery_timeout_ms`, and no attempt can have stored it
+    /// (it was never sent, or every attempt was lost before it was
+    /// written). Its records are not stored.
+    #[error("{topic}/{partition}: not delivered within {timeout_ms} ms, not stored: {reason}")]
+    DeliveryTimeout {
+        topic: String,
+        partition: u32,
+        timeout_ms: u64,
+        reason: String,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

@@ -5,7 +5,9 @@
 //! - [`Client`]: a connection plus a metadata cache; admin calls (topics,
 //!   partitions), list offsets, consumer-group offset commit and fetch.
 //! - [`Producer`]: per-partition batching by size and linger time, key
-//!   partitioning (Kafka's murmur2), pipelined produce, per-record offsets.
+//!   partitioning (Kafka's murmur2), pipelined produce, per-record offsets;
+//!   optional resends, and optional idempotence (producer id and sequences:
+//!   a resent batch is stored once).
 //! - [`Consumer`]: explicit assignment, long-poll fetch, verified frames,
 //!   zero-copy records, positions and commits.
 //! - [`GroupConsumer`]: a consumer-group member: subscription, assignment
@@ -34,7 +36,8 @@ pub use group::{
     AssignmentStrategy, AutoOffsetReset, GroupConfig, GroupConsumer, RebalanceListener,
 };
 pub use producer::{
-    murmur2, partition_for_key, Producer, ProducerConfig, ProducerRecord, RecordHandle,
+    murmur2, partition_for_key, Producer, ProducerConfig, ProducerRecord, ProducerStats,
+    RecordHandle, KAFKA_IDEMPOTENT_INFLIGHT_MAX, PARTITION_INFLIGHT_BATCHES_MAX,
 };
 pub use strom_flatbuffers::protocol::{
     Acks, ErrorCode, GroupDescription, GroupListing, OffsetCommitResult, ResetTo,

@@ -1,15 +1,24 @@
 //! A tiny in-process fake server for unit tests: it speaks the real codec
 //! (`decode_request` / `encode_response`) over a real loopback socket, keeps
 //! partitions as vectors of stamped frames, and can answer pipelined
-//! requests in reverse order to prove correlation-id matching.
+//! requests in reverse order to prove correlation-id matching. It hands out
+//! producer ids and checks idempotent batches with a one-batch memory per
+//! producer and partition (enough for a producer with one batch per
+//! partition in flight), and can lose answers (append, then close the
+//! connection: a crash after the write), refuse batches with given codes,
+//! and forget its producers (a restart).
 
 use bytes::BytesMut;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use strom_flatbuffers::protocol::*;
 use strom_flatbuffers::{stamp_base_offset, validate_incoming, FrameHeader, FrameLimits};
+
+/// A producer's last batch on a partition: epoch, first and last sequence,
+/// base and last offset.
+pub type LastBatch = (i16, i32, i32, u64, u64);
 
 #[derive(Default)]
 pub struct State {
@@ -18,6 +27,19 @@ pub struct State {
     pub offsets: HashMap<(String, String, u32), u64>,
     /// Answer every N requests in a burst, in reverse order.
     pub reverse_batch: usize,
+    /// Producer ids handed out so far.
+    pub producer_ids: i64,
+    /// (topic, partition, producer id) -> its last batch.
+    pub producers: HashMap<(String, u32, i64), LastBatch>,
+    /// The next produce requests to carry out and then leave unanswered,
+    /// closing the connection.
+    pub lose_answers: usize,
+    /// Codes to refuse the next produce batches with (nothing appended).
+    pub refuse: VecDeque<ErrorCode>,
+    /// Produce requests received.
+    pub produce_requests: usize,
+    /// Set by a lost answer: the serving thread closes the connection.
+    close_now: bool,
 }
 
 pub struct Mock {
@@ -112,38 +134,43 @@ fn handle(
                 })
                 .collect(),
         }),
+        RequestBody::InitProducerId(r) => {
+            let (producer_id, producer_epoch) = if r.producer_id >= 0 && r.producer_epoch >= 0 {
+                (r.producer_id, r.producer_epoch + 1)
+            } else {
+                st.producer_ids += 1;
+                (1000 + st.producer_ids, 0)
+            };
+            ResponseBody::InitProducerId(InitProducerIdResponse {
+                producer_id,
+                producer_epoch,
+                ..Default::default()
+            })
+        }
         RequestBody::Produce(p) => {
+            st.produce_requests += 1;
             let mut at = req.trailer.start;
             let mut results = Vec::new();
             for b in &p.batches {
-                let mut frame = message[at..at + b.batch_len as usize].to_vec();
+                let frame = message[at..at + b.batch_len as usize].to_vec();
                 at += b.batch_len as usize;
                 let mut r = ProduceResult {
                     topic: b.topic.clone(),
                     partition: b.partition,
                     ..Default::default()
                 };
-                match st
-                    .topics
-                    .get_mut(&b.topic)
-                    .and_then(|t| t.get_mut(b.partition as usize))
-                {
-                    None => r.error = ErrorCode::UnknownTopic,
-                    Some(part) => match validate_incoming(&frame, &FrameLimits::default()) {
-                        Err(e) => {
-                            r.error = ErrorCode::CorruptBatch;
-                            r.message = e.to_string();
-                        }
-                        Ok(s) => {
-                            let base = hw(part);
-                            stamp_base_offset(&mut frame, base);
-                            part.push(frame);
-                            r.base_offset = base;
-                            r.last_offset = base + u64::from(s.record_count) - 1;
-                        }
-                    },
+                if let Some(code) = st.refuse.pop_front() {
+                    r.error = code;
+                    r.message = "refused by the mock".into();
+                } else {
+                    append(&mut st, b, frame, &mut r);
                 }
                 results.push(r);
+            }
+            if st.lose_answers > 0 {
+                st.lose_answers -= 1;
+                st.close_now = true;
+                return None;
             }
             if p.acks == Acks::None {
                 return None;
@@ -244,6 +271,62 @@ fn handle(
     Some((body, Vec::new()))
 }
 
+/// Appends one batch, with the idempotence check (fills `r`).
+fn append(st: &mut State, b: &ProduceBatch, mut frame: Vec<u8>, r: &mut ProduceResult) {
+    let summary = match validate_incoming(&frame, &FrameLimits::default()) {
+        Err(e) => {
+            r.error = ErrorCode::CorruptBatch;
+            r.message = e.to_string();
+            return;
+        }
+        Ok(s) => s,
+    };
+    let h = *FrameHeader::ref_from(&frame).expect("validated");
+    let (id, epoch, first) = (
+        h.producer_id.get(),
+        h.producer_epoch.get(),
+        h.base_sequence.get(),
+    );
+    let last = first.wrapping_add(summary.record_count as i32 - 1);
+    let key = (b.topic.clone(), b.partition, id);
+    if id >= 0 {
+        if let Some(&(e, f, l, base, last_off)) = st.producers.get(&key) {
+            if epoch < e {
+                r.error = ErrorCode::InvalidProducerEpoch;
+                return;
+            }
+            if epoch == e && (f, l) == (first, last) {
+                r.base_offset = base;
+                r.last_offset = last_off;
+                r.append_time_ms = -1;
+                return;
+            }
+            if (epoch > e && first != 0) || (epoch == e && first != l.wrapping_add(1)) {
+                r.error = ErrorCode::OutOfOrderSequence;
+                r.message = format!("expected sequence {}", l.wrapping_add(1));
+                return;
+            }
+        }
+    }
+    let Some(part) = st
+        .topics
+        .get_mut(&b.topic)
+        .and_then(|t| t.get_mut(b.partition as usize))
+    else {
+        r.error = ErrorCode::UnknownTopic;
+        return;
+    };
+    let base = hw(part);
+    stamp_base_offset(&mut frame, base);
+    part.push(frame);
+    r.base_offset = base;
+    r.last_offset = base + u64::from(summary.record_count) - 1;
+    if id >= 0 {
+        st.producers
+            .insert(key, (epoch, first, last, r.base_offset, r.last_offset));
+    }
+}
+
 fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let mut buf = BytesMut::new();
     let mut chunk = vec![0u8; 64 << 10];
@@ -259,7 +342,15 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             let Ok(req) = decode_request(&message) else {
                 return;
             };
-            let Some((body, trailer)) = handle(&state, &req, &message) else {
+            let answer = handle(&state, &req, &message);
+            {
+                let mut st = state.lock().expect("lock");
+                if st.close_now {
+                    st.close_now = false;
+                    return;
+                }
+            }
+            let Some((body, trailer)) = answer else {
                 continue;
             };
             let mut out = encode_response(req.correlation_id, &body).expect("encode");

@@ -210,3 +210,277 @@ fn acks_none_reports_not_acknowledged() {
         Some(&b"x"[..])
     );
 }
+
+// ------------------------------------------------------ resends, idempotence
+
+/// One batch per flush (records linger until it).
+fn idempotent(retries_only: bool) -> ProducerConfig {
+    ProducerConfig {
+        linger_ms: 60_000,
+        idempotent: !retries_only,
+        retries: true,
+        retry_backoff_ms: 5,
+        retry_backoff_max_ms: 20,
+        delivery_timeout_ms: 10_000,
+        ..Default::default()
+    }
+}
+
+/// `n` records `{tag}-{i}` to partition 0 of `t`, flushed.
+fn send_flush(p: &mut Producer, tag: &str, n: usize) -> Vec<Result<u64>> {
+    for i in 0..n {
+        let v = format!("{tag}-{i}");
+        p.send(&ProducerRecord::new("t", v.as_bytes()).partition(0))
+            .expect("send");
+    }
+    p.flush()
+}
+
+fn offsets(results: &[Result<u64>]) -> Vec<u64> {
+    results
+        .iter()
+        .map(|r| *r.as_ref().expect("stored"))
+        .collect()
+}
+
+/// Every value stored on the mock's partition 0 of `t`, with the producer
+/// fields of its frame.
+fn stored(mock: &Mock) -> Vec<(String, i64, i16, i32)> {
+    let st = mock.state.lock().expect("lock");
+    let mut out = Vec::new();
+    for f in &st.topics["t"][0] {
+        let h = strom_flatbuffers::FrameHeader::ref_from(f).expect("header");
+        for r in strom_flatbuffers::records(f).expect("records") {
+            out.push((
+                String::from_utf8_lossy(r.value.unwrap_or(b"")).into_owned(),
+                h.producer_id.get(),
+                h.producer_epoch.get(),
+                h.base_sequence.get(),
+            ));
+        }
+    }
+    out
+}
+
+fn mock_producer(config: ProducerConfig) -> (Mock, Producer) {
+    let mock = Mock::start(0);
+    let client = Client::connect_with(&mock.addr, quick()).expect("connect");
+    let mut p = Producer::new(client, config);
+    p.client().create_topic("t", 1, &[]).expect("create");
+    (mock, p)
+}
+
+/// The story: a native producer whose answer was lost (the server wrote the
+/// batch, then the connection broke) could only report "undetermined"; an
+/// application resending stored the records twice. Idempotent, the producer
+/// resends the same frame and the server answers it as a duplicate.
+#[test]
+fn an_idempotent_resend_after_a_lost_answer_is_stored_once() {
+    let (mock, mut p) = mock_producer(idempotent(false));
+    assert_eq!(
+        offsets(&send_flush(&mut p, "a", 10)),
+        (0..10).collect::<Vec<_>>()
+    );
+    let id = p.stats().producer_id;
+    assert!(id >= 0);
+    mock.state.lock().expect("lock").lose_answers = 1;
+    assert_eq!(
+        offsets(&send_flush(&mut p, "b", 5)),
+        (10..15).collect::<Vec<_>>(),
+        "the original offsets"
+    );
+    let s = p.stats();
+    assert_eq!(s.resends, 1, "{s:?}");
+    assert_eq!(s.resends_after_connection_loss, 1, "{s:?}");
+    assert_eq!(s.resends_found_stored, 1, "{s:?}");
+    assert_eq!(s.epoch_bumps, 0);
+    let all = stored(&mock);
+    assert_eq!(all.len(), 15, "stored once: {all:?}");
+    assert!(all
+        .iter()
+        .all(|(_, pid, epoch, _)| *pid == id && *epoch == 0));
+    assert_eq!(
+        (all[0].3, all[10].3),
+        (0, 10),
+        "sequences per partition from 0"
+    );
+}
+
+/// The same lost answer without idempotence, with resends on: stored twice.
+/// (What idempotence buys; the crash test shows it against a real server.)
+#[test]
+fn a_resend_without_idempotence_can_store_a_batch_twice() {
+    let (mock, mut p) = mock_producer(idempotent(true));
+    send_flush(&mut p, "a", 10);
+    mock.state.lock().expect("lock").lose_answers = 1;
+    let r = send_flush(&mut p, "b", 5);
+    assert_eq!(offsets(&r), (15..20).collect::<Vec<_>>(), "the second copy");
+    let all = stored(&mock);
+    assert_eq!(all.len(), 20);
+    assert_eq!(all.iter().filter(|(v, ..)| v == "b-0").count(), 2);
+    assert!(
+        all.iter().all(|(_, pid, ..)| *pid == -1),
+        "no producer fields"
+    );
+}
+
+/// Without resends (the default) a lost answer is undetermined and the
+/// batch is not sent again.
+#[test]
+fn without_resends_a_lost_answer_is_undetermined() {
+    let (mock, mut p) = mock_producer(ProducerConfig {
+        linger_ms: 60_000,
+        ..Default::default()
+    });
+    mock.state.lock().expect("lock").lose_answers = 1;
+    let r = send_flush(&mut p, "a", 3);
+    assert!(r
+        .iter()
+        .all(|r| matches!(r, Err(Error::Undetermined { .. }))));
+    assert_eq!(p.stats().resends, 0);
+    assert_eq!(mock.state.lock().expect("lock").produce_requests, 1);
+}
+
+#[test]
+fn retriable_refusals_are_resent_and_definite_ones_give_their_sequences_back() {
+    let (mock, mut p) = mock_producer(idempotent(false));
+    mock.state.lock().expect("lock").refuse.extend([
+        ErrorCode::PartitionUnavailable,
+        ErrorCode::LeaderNotAvailable,
+    ]);
+    assert_eq!(offsets(&send_flush(&mut p, "a", 4)), vec![0, 1, 2, 3]);
+    assert_eq!(p.stats().resends, 2);
+    // A definite refusal stores nothing: its sequences go to the next batch
+    // (else the mock would refuse that one as out of order).
+    mock.state
+        .lock()
+        .expect("lock")
+        .refuse
+        .push_back(ErrorCode::MessageTooLarge);
+    let r = send_flush(&mut p, "b", 2);
+    assert!(r
+        .iter()
+        .all(|r| r.as_ref().err().and_then(Error::code) == Some(ErrorCode::MessageTooLarge)));
+    assert_eq!(offsets(&send_flush(&mut p, "c", 2)), vec![4, 5]);
+    let all = stored(&mock);
+    assert_eq!(
+        all.iter().map(|a| a.3).collect::<Vec<_>>(),
+        [0, 0, 0, 0, 4, 4]
+    );
+    assert_eq!(p.stats().epoch_bumps, 0);
+}
+
+/// librdkafka's rule: an out-of-order refusal of a batch that no attempt
+/// can have stored means the server lost track of the producer; bump the
+/// epoch and send it again from sequence 0.
+#[test]
+fn out_of_order_for_a_batch_never_stored_bumps_the_epoch_and_resends_it() {
+    let (mock, mut p) = mock_producer(idempotent(false));
+    send_flush(&mut p, "a", 5);
+    let id = p.stats().producer_id;
+    // The server forgets the last two records' batch... as if it held 0..2.
+    {
+        let mut st = mock.state.lock().expect("lock");
+        let e = st
+            .producers
+            .get_mut(&("t".to_owned(), 0, id))
+            .expect("known");
+        e.2 -= 2;
+    }
+    assert_eq!(offsets(&send_flush(&mut p, "b", 3)), vec![5, 6, 7]);
+    let s = p.stats();
+    assert_eq!((s.producer_id, s.producer_epoch, s.epoch_bumps), (id, 1, 1));
+    let all = stored(&mock);
+    assert_eq!(
+        &all[5],
+        &("b-0".to_owned(), id, 1, 0),
+        "resent under epoch 1 from 0"
+    );
+}
+
+/// An out-of-order refusal after an attempt that may have stored the batch
+/// (here a timeout) cannot be resent safely: its records fail as
+/// undetermined, and the producer bumps its epoch and goes on.
+#[test]
+fn out_of_order_after_a_possibly_stored_attempt_fails_the_batch_instead_of_duplicating() {
+    let (mock, mut p) = mock_producer(idempotent(false));
+    send_flush(&mut p, "a", 2);
+    mock.state
+        .lock()
+        .expect("lock")
+        .refuse
+        .extend([ErrorCode::Timeout, ErrorCode::OutOfOrderSequence]);
+    let r = send_flush(&mut p, "b", 2);
+    for r in &r {
+        let e = r.as_ref().expect_err("not resent");
+        assert!(matches!(e, Error::Undetermined { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("may have stored it"), "{text}");
+        assert_eq!(text.matches("outcome unknown").count(), 1, "{text}");
+    }
+    assert_eq!(p.stats().epoch_bumps, 1);
+    assert_eq!(p.stats().batches_given_up, 1);
+    assert_eq!(offsets(&send_flush(&mut p, "c", 2)), vec![2, 3]);
+    let all = stored(&mock);
+    assert_eq!((all[2].2, all[2].3), (1, 0), "epoch 1 from sequence 0");
+}
+
+#[test]
+fn a_fenced_producer_fails_the_batch_and_takes_a_new_id() {
+    let (mock, mut p) = mock_producer(idempotent(false));
+    send_flush(&mut p, "a", 1);
+    let first = p.stats().producer_id;
+    mock.state
+        .lock()
+        .expect("lock")
+        .refuse
+        .push_back(ErrorCode::InvalidProducerEpoch);
+    let r = send_flush(&mut p, "b", 1);
+    assert_eq!(
+        r[0].as_ref().err().and_then(Error::code),
+        Some(ErrorCode::InvalidProducerEpoch)
+    );
+    assert_eq!(offsets(&send_flush(&mut p, "c", 1)), vec![1]);
+    let s = p.stats();
+    assert_ne!(s.producer_id, first);
+    assert_eq!((s.producer_epoch, s.epoch_bumps), (0, 1));
+}
+
+#[test]
+fn the_delivery_timeout_bounds_resends() {
+    let (mock, mut p) = mock_producer(ProducerConfig {
+        delivery_timeout_ms: 300,
+        ..idempotent(false)
+    });
+    mock.state
+        .lock()
+        .expect("lock")
+        .refuse
+        .extend(std::iter::repeat_n(ErrorCode::PartitionUnavailable, 1000));
+    let started = std::time::Instant::now();
+    let r = send_flush(&mut p, "a", 3);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    for r in &r {
+        let e = r.as_ref().expect_err("not delivered");
+        assert_eq!(e.code(), Some(ErrorCode::PartitionUnavailable), "{e}");
+        assert!(e.to_string().contains("not stored"), "{e}");
+    }
+    mock.state.lock().expect("lock").refuse.clear();
+    assert_eq!(
+        offsets(&send_flush(&mut p, "b", 1)),
+        vec![0],
+        "sequences given back"
+    );
+}
+
+#[test]
+fn idempotence_needs_an_acknowledgement() {
+    let (_mock, mut p) = mock_producer(ProducerConfig {
+        acks: Acks::None,
+        ..idempotent(false)
+    });
+    let e = p
+        .send(&ProducerRecord::new("t", b"x"))
+        .expect_err("acks=none");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+}

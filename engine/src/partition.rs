@@ -483,7 +483,7 @@ impl<S: Storage> Partition<S> {
 
     /// Waits until every offset below `target` is written: asks the log for
     /// the writes, then waits for their completions, never for a lock.
-    async fn write_to(&self, target: u64) -> Result<(), EngineError> {
+    pub async fn write_to(&self, target: u64) -> Result<(), EngineError> {
         self.reach(target, Reach::Written).await
     }
 

@@ -233,6 +233,23 @@ fn check_header_shape(header: &FrameHeader, frame_bytes_max: usize) -> Result<()
 /// [`validate_incoming`], so matching checksums prove the payload is the one
 /// that was validated. Used by recovery and by the read path.
 pub fn verify_stored(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
+    let header = verify_header(buf)?;
+    let computed = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
+    if computed != header.payload_crc.get() {
+        return Err(FrameError::PayloadChecksum {
+            stored: header.payload_crc.get(),
+            computed,
+        });
+    }
+    Ok(header)
+}
+
+/// [`verify_stored`] without the payload checksum: shape, exact length,
+/// header checksum and a record count that agrees with itself. Cheap (68
+/// bytes of crc32c), so a server can trust a produced frame's header fields
+/// (its producer id and sequence) before [`validate_incoming`] runs at the
+/// append.
+pub fn verify_header(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
     let header = header_of_exact_frame(buf)?;
     let computed = header.compute_header_crc();
     if computed != header.header_crc.get() {
@@ -257,13 +274,6 @@ pub fn verify_stored(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
         return Err(FrameError::LastOffsetDeltaMismatch {
             header: header.last_offset_delta.get(),
             actual: count - 1,
-        });
-    }
-    let computed = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
-    if computed != header.payload_crc.get() {
-        return Err(FrameError::PayloadChecksum {
-            stored: header.payload_crc.get(),
-            computed,
         });
     }
     Ok(header)
@@ -382,6 +392,23 @@ pub fn validate_incoming(buf: &[u8], limits: &FrameLimits) -> Result<FrameSummar
 pub fn stamp_base_offset(buf: &mut [u8], base_offset: u64) {
     let (header, _) = FrameHeader::mut_from_prefix(buf).expect("stamping a validated frame");
     header.base_offset = U64::new(base_offset);
+    let crc = header.compute_header_crc();
+    header.header_crc = U32::new(crc);
+}
+
+/// Sets a finished frame's idempotence fields (producer id, epoch, base
+/// sequence) and recomputes the header checksum; the payload and its
+/// checksum are untouched. An idempotent producer stamps a batch when it
+/// first sends it and again only after an epoch bump (a resend carries the
+/// same bytes). `(-1, -1, -1)` marks a frame as not idempotent.
+///
+/// Panics if `buf` is shorter than a header (a programmer error: callers
+/// stamp frames they built).
+pub fn stamp_producer(buf: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    let (header, _) = FrameHeader::mut_from_prefix(buf).expect("stamping a built frame");
+    header.producer_id = I64::new(producer_id);
+    header.producer_epoch = I16::new(producer_epoch);
+    header.base_sequence = I32::new(base_sequence);
     let crc = header.compute_header_crc();
     header.header_crc = U32::new(crc);
 }
@@ -626,6 +653,43 @@ mod tests {
             });
         }
         b.finish()
+    }
+
+    /// Stamping the producer fields keeps the frame valid and changes only
+    /// those fields and the header checksum; a damaged header is caught by
+    /// `verify_header` without reading the payload checksum.
+    #[test]
+    fn stamped_producer_fields_keep_the_frame_valid() {
+        let plain = sample(3);
+        let mut f = plain.clone();
+        stamp_producer(&mut f, 1 << 40, 7, 123);
+        let h = validate_incoming(&f, &FrameLimits::default()).expect("still valid");
+        assert_eq!(h.record_count, 3);
+        let h = verify_header(&f).expect("header");
+        assert_eq!(h.producer_id.get(), 1 << 40);
+        assert_eq!(h.producer_epoch.get(), 7);
+        assert_eq!(h.base_sequence.get(), 123);
+        assert_eq!(&f[FRAME_HEADER_BYTES..], &plain[FRAME_HEADER_BYTES..]);
+        let changed: Vec<usize> = (0..FRAME_HEADER_BYTES)
+            .filter(|&i| f[i] != plain[i])
+            .collect();
+        assert!(
+            changed.iter().all(|&i| (48..64).contains(&i) || i >= 68),
+            "only bytes 48..64 and the header crc change: {changed:?}"
+        );
+        stamp_producer(&mut f, -1, -1, -1);
+        assert_eq!(f, plain, "stamping back restores the plain frame");
+        let mut bad = f.clone();
+        bad[56] ^= 1;
+        assert!(matches!(
+            verify_header(&bad),
+            Err(FrameError::HeaderChecksum { .. })
+        ));
+        let mut payload_damaged = f.clone();
+        let last = payload_damaged.len() - 1;
+        payload_damaged[last] ^= 1;
+        assert!(verify_header(&payload_damaged).is_ok());
+        assert!(verify_stored(&payload_damaged).is_err());
     }
 
     /// `records_served` reads what `records` reads from a good frame, skips

@@ -32,7 +32,7 @@ pub mod generated {
 }
 
 pub use frame::{
-    peek_frame_len, records, stamp_base_offset, validate_incoming, verify_stored, BatchBuilder,
-    FrameError, FrameHeader, FrameLimits, FrameSummary, RecordIn, RecordView, FRAME_BYTES_MAX,
-    FRAME_HEADER_BYTES,
+    peek_frame_len, records, stamp_base_offset, stamp_producer, validate_incoming, verify_header,
+    verify_stored, BatchBuilder, FrameError, FrameHeader, FrameLimits, FrameSummary, RecordIn,
+    RecordView, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
 };

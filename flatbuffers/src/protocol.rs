@@ -685,6 +685,46 @@ pub struct ResetOffsetsResponse {
     pub results: Vec<OffsetCommitResult>,
 }
 
+/// Asks for a producer id (see `InitProducerIdRequest` in the schema).
+/// `producer_id`/`producer_epoch` -1: a new id; the caller's current id and
+/// epoch: an epoch bump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitProducerIdRequest {
+    /// Reserved for transactions: must be empty (refused otherwise).
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+impl Default for InitProducerIdRequest {
+    fn default() -> Self {
+        InitProducerIdRequest {
+            transactional_id: String::new(),
+            producer_id: -1,
+            producer_epoch: -1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitProducerIdResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+impl Default for InitProducerIdResponse {
+    fn default() -> Self {
+        InitProducerIdResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            producer_id: -1,
+            producer_epoch: -1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ErrorResponse {
     pub error: ErrorCode,
@@ -712,6 +752,7 @@ pub enum RequestBody {
     ListGroups,
     DescribeGroups(DescribeGroupsRequest),
     ResetOffsets(ResetOffsetsRequest),
+    InitProducerId(InitProducerIdRequest),
 }
 
 /// Every response the protocol defines.
@@ -736,6 +777,7 @@ pub enum ResponseBody {
     ListGroups(ListGroupsResponse),
     DescribeGroups(DescribeGroupsResponse),
     ResetOffsets(ResetOffsetsResponse),
+    InitProducerId(InitProducerIdResponse),
 }
 
 impl RequestBody {
@@ -768,6 +810,7 @@ impl RequestBody {
             RequestBody::ListGroups => "list_groups",
             RequestBody::DescribeGroups(_) => "describe_groups",
             RequestBody::ResetOffsets(_) => "reset_offsets",
+            RequestBody::InitProducerId(_) => "init_producer_id",
         }
     }
 }
@@ -1062,6 +1105,19 @@ fn encode_request_body(
         | RequestBody::ListGroups
         | RequestBody::DescribeGroups(_)
         | RequestBody::ResetOffsets(_) => encode_group_request(fbb, body),
+        RequestBody::InitProducerId(r) => {
+            let transactional_id =
+                (!r.transactional_id.is_empty()).then(|| fbb.create_string(&r.transactional_id));
+            let o = fb::InitProducerIdRequest::create(
+                fbb,
+                &fb::InitProducerIdRequestArgs {
+                    transactional_id,
+                    producer_id: r.producer_id,
+                    producer_epoch: r.producer_epoch,
+                },
+            );
+            (T::InitProducerIdRequest, o.as_union_value())
+        }
     }
 }
 
@@ -1320,6 +1376,19 @@ fn encode_response_body(
         | ResponseBody::ListGroups(_)
         | ResponseBody::DescribeGroups(_)
         | ResponseBody::ResetOffsets(_) => encode_group_response(fbb, body),
+        ResponseBody::InitProducerId(r) => {
+            let message = Some(fbb.create_string(&r.message));
+            let o = fb::InitProducerIdResponse::create(
+                fbb,
+                &fb::InitProducerIdResponseArgs {
+                    error: r.error,
+                    message,
+                    producer_id: r.producer_id,
+                    producer_epoch: r.producer_epoch,
+                },
+            );
+            (T::InitProducerIdResponse, o.as_union_value())
+        }
     }
 }
 
@@ -1573,6 +1642,14 @@ fn request_body(r: fb::Request<'_>) -> Result<RequestBody, ProtocolError> {
                     .collect(),
             })
         }
+        T::InitProducerIdRequest => {
+            let b = r.body_as_init_producer_id_request().ok_or_else(err)?;
+            RequestBody::InitProducerId(InitProducerIdRequest {
+                transactional_id: s(b.transactional_id()),
+                producer_id: b.producer_id(),
+                producer_epoch: b.producer_epoch(),
+            })
+        }
         _ => return decode_group_request(r),
     })
 }
@@ -1755,6 +1832,15 @@ fn response_body(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
             ResponseBody::Error(ErrorResponse {
                 error: b.error(),
                 message: s(b.message()),
+            })
+        }
+        T::InitProducerIdResponse => {
+            let b = r.body_as_init_producer_id_response().ok_or_else(err)?;
+            ResponseBody::InitProducerId(InitProducerIdResponse {
+                error: b.error(),
+                message: s(b.message()),
+                producer_id: b.producer_id(),
+                producer_epoch: b.producer_epoch(),
             })
         }
         _ => return decode_group_response(r),
@@ -2611,6 +2697,12 @@ mod tests {
                 to: ResetTo::Offset,
                 offset: 5,
             }),
+            RequestBody::InitProducerId(InitProducerIdRequest::default()),
+            RequestBody::InitProducerId(InitProducerIdRequest {
+                transactional_id: "tx".into(),
+                producer_id: 1 << 40,
+                producer_epoch: 7,
+            }),
         ]
     }
 
@@ -2762,6 +2854,16 @@ mod tests {
             }),
             ResponseBody::ResetOffsets(ResetOffsetsResponse {
                 results: vec![OffsetCommitResult::default()],
+                ..Default::default()
+            }),
+            ResponseBody::InitProducerId(InitProducerIdResponse {
+                producer_id: 42,
+                producer_epoch: 3,
+                ..Default::default()
+            }),
+            ResponseBody::InitProducerId(InitProducerIdResponse {
+                error: ErrorCode::InvalidRequest,
+                message: "transactions are not supported".into(),
                 ..Default::default()
             }),
         ]

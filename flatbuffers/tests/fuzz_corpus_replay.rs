@@ -119,6 +119,11 @@ fn write_seed_corpus() {
             partitions: vec![0, 1],
             ..Default::default()
         }),
+        RequestBody::InitProducerId(InitProducerIdRequest {
+            producer_id: 1 << 20,
+            producer_epoch: 2,
+            ..Default::default()
+        }),
     ];
     let dir = corpus("request_decode");
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -236,6 +241,11 @@ fn write_response_seeds(batch: &[u8]) {
         ResponseBody::ListGroups(ListGroupsResponse::default()),
         ResponseBody::DescribeGroups(DescribeGroupsResponse::default()),
         ResponseBody::ResetOffsets(ResetOffsetsResponse::default()),
+        ResponseBody::InitProducerId(InitProducerIdResponse {
+            producer_id: 1 << 20,
+            producer_epoch: 3,
+            ..Default::default()
+        }),
     ];
     let dir = corpus("response_decode");
     std::fs::create_dir_all(&dir).expect("mkdir");

@@ -362,19 +362,23 @@ fn record_producer(producers: &crate::producers::Producers, group: u64, frame: &
     let Some(h) = strom_flatbuffers::FrameHeader::ref_from(frame) else {
         return;
     };
-    let producer_id = h.producer_id.get();
     let base = h.base_offset();
     let next = h.next_offset();
-    if producer_id < 0 || next <= base {
+    if next <= base {
         return;
     }
-    let records = i32::try_from(next - base).unwrap_or(i32::MAX);
-    let first_seq = h.base_sequence.get();
-    let b = crate::producers::ProducerBatch {
-        producer_id,
-        epoch: h.producer_epoch.get(),
-        first_seq,
-        last_seq: first_seq.wrapping_add(records - 1),
+    // The same reading of the header fields as the native edge's (its
+    // sequence arithmetic wraps at 2^31 as Kafka's), so that a retry is
+    // matched against what the apply hook recorded. Invalid fields were
+    // refused at the edge; a frame that still has them is not recorded.
+    let records = u32::try_from(next - base).unwrap_or(u32::MAX);
+    let Ok(Some(b)) = crate::producers::ProducerBatch::from_fields(
+        h.producer_id.get(),
+        h.producer_epoch.get(),
+        h.base_sequence.get(),
+        records,
+    ) else {
+        return;
     };
     // A replayed entry (a restart applies the log again) is a duplicate.
     if let crate::producers::Check::Append = producers.check(key, &b) {

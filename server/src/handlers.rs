@@ -10,6 +10,7 @@ use crate::limits::*;
 use crate::metadata;
 use crate::metrics::Protocol;
 use crate::ops::{self, call, collect, fan_out, reply_error};
+use crate::producers::{ProducerBatch, RefusalKind};
 use crate::router::{AdminOp, Op, ProduceError, ProduceItem, Reply};
 use crate::shard::Shard;
 use bytes::{Bytes, BytesMut};
@@ -110,6 +111,7 @@ fn first_error(body: &ResponseBody) -> Option<(ErrorCode, &str)> {
             std::iter::once((r.error, r.message.as_str()))
                 .chain(r.results.iter().map(|x| (x.error, x.message.as_str()))),
         ),
+        ResponseBody::InitProducerId(r) => first(std::iter::once((r.error, r.message.as_str()))),
     }
 }
 
@@ -156,6 +158,9 @@ async fn answer(
             .await
             .map(ResponseBody::CreatePartitions),
         RequestBody::ListTopics => Ok(ResponseBody::ListTopics(list_topics(shard))),
+        RequestBody::InitProducerId(r) => {
+            Ok(ResponseBody::InitProducerId(init_producer_id(shard, &r)))
+        }
         RequestBody::DescribeTopics(r) => Box::pin(describe(shard, r))
             .await
             .map(ResponseBody::DescribeTopics),
@@ -208,6 +213,56 @@ async fn admin(shard: &Rc<Shard>, op: AdminOp) -> Result<TopicResults, WireError
     match call(shard, 0, Op::Admin(op)).await {
         Reply::Topics(t) => Ok(t),
         other => Err(reply_error(other)),
+    }
+}
+
+/// The native InitProducerId, through the operation every protocol shares.
+fn init_producer_id(shard: &Shard, r: &InitProducerIdRequest) -> InitProducerIdResponse {
+    let request = ops::InitProducer {
+        transactional_id: Some(r.transactional_id.as_str()),
+        producer_id: r.producer_id,
+        producer_epoch: r.producer_epoch,
+    };
+    match ops::init_producer_id(shard, request) {
+        Ok((producer_id, producer_epoch)) => InitProducerIdResponse {
+            producer_id,
+            producer_epoch,
+            ..Default::default()
+        },
+        Err(e) => InitProducerIdResponse {
+            error: ErrorCode::InvalidRequest,
+            message: e.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The idempotence fields of a produced frame (`docs/format.md`, frame
+/// header bytes 48..64), or `None` for a producer that is not idempotent.
+/// A frame whose header cannot be trusted (too short, damaged) is `None`
+/// too: the append refuses it with the precise error, and it is never
+/// answered as a duplicate. An idempotent frame whose fields are invalid
+/// (a negative epoch or sequence) is refused here.
+fn frame_producer(frame: &[u8]) -> Result<Option<ProducerBatch>, WireError> {
+    let Ok(h) = strom_flatbuffers::verify_header(frame) else {
+        return Ok(None);
+    };
+    ProducerBatch::from_fields(
+        h.producer_id.get(),
+        h.producer_epoch.get(),
+        h.base_sequence.get(),
+        h.record_count.get(),
+    )
+    .map_err(|m| WireError::new(ErrorCode::InvalidRequest, m))
+}
+
+/// The native code of an idempotence refusal (Kafka's codes of the same
+/// names on the Kafka edge).
+fn refusal_code(kind: RefusalKind) -> ErrorCode {
+    match kind {
+        RefusalKind::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
+        RefusalKind::DuplicateSequence => ErrorCode::DuplicateSequence,
+        RefusalKind::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
     }
 }
 
@@ -363,15 +418,17 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
     };
     let mut per_shard: BTreeMap<usize, Vec<ProduceItem>> = BTreeMap::new();
     for (index, (b, frame)) in r.batches.into_iter().zip(frames).enumerate() {
-        match shard.owner(&b.topic, b.partition) {
-            Ok(s) => per_shard.entry(s).or_default().push(ProduceItem {
+        // Batches of an idempotent producer carry its fields in the frame
+        // header; the owner checks them as it does Kafka's.
+        let routed = frame_producer(&frame)
+            .and_then(|producer| shard.owner(&b.topic, b.partition).map(|s| (s, producer)));
+        match routed {
+            Ok((s, producer)) => per_shard.entry(s).or_default().push(ProduceItem {
                 index,
                 topic: b.topic,
                 partition: b.partition,
                 frame,
-                // Native producers are not idempotent yet: the frame header
-                // has the fields, the client does not assign producer ids.
-                producer: None,
+                producer,
             }),
             Err(e) => {
                 results[index].error = e.code;
@@ -412,7 +469,7 @@ async fn produce(shard: &Rc<Shard>, r: ProduceRequest, trailer: BytesMut) -> Pro
                             res.message = e.message;
                         }
                         Err(ProduceError::Refused(r)) => {
-                            res.error = ErrorCode::InvalidRequest;
+                            res.error = refusal_code(r.kind);
                             res.message = r.message;
                         }
                     }

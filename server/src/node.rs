@@ -303,9 +303,10 @@ fn shared_for(
             .collect(),
         initial_metadata: meta,
         group_config: cfg.groups.clone(),
-        kafka: kafka::KafkaShared::new(
-            cfg.kafka.clone(),
+        kafka: kafka::KafkaShared::new(cfg.kafka.clone()),
+        producer_ids: crate::producers::ProducerIds::new(
             cfg.cluster.as_ref().map_or(0, |c| c.node_id),
+            crate::engine::partition::now_ms(),
         ),
         produce_fault: crate::config::ProduceFault::from_env(),
         shard_ports: std::sync::OnceLock::new(),

@@ -23,12 +23,16 @@
 //!
 //! [`ProducerStates`] is I/O-free; [`Producers`] adds the per-partition
 //! lanes under which the owner checks, appends and records.
+//!
+//! Producer ids come from [`ProducerIds`], one process-wide allocator that
+//! every protocol's InitProducerId uses (`ops::init_producer_id`).
 
 use crate::limits::{KAFKA_PRODUCER_BATCHES_MAX, KAFKA_PRODUCER_STATES_PER_SHARD_MAX};
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// The idempotence fields of one batch (from a Kafka record batch, or a
 /// Strom frame header).
@@ -38,6 +42,92 @@ pub struct ProducerBatch {
     pub epoch: i16,
     pub first_seq: i32,
     pub last_seq: i32,
+}
+
+impl ProducerBatch {
+    /// The idempotence fields of a batch of `records` records, as a frame
+    /// header carries them: `producer_id` -1 is a batch of a producer that
+    /// is not idempotent (`Ok(None)`, whatever the other two fields hold).
+    /// Refused, with a message for the client: another negative producer
+    /// id, a negative epoch or base sequence with a producer id, and a
+    /// record count outside `1..=i32::MAX`.
+    pub fn from_fields(
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+        records: u32,
+    ) -> Result<Option<ProducerBatch>, String> {
+        if producer_id == -1 {
+            return Ok(None);
+        }
+        if producer_id < 0 {
+            return Err(format!(
+                "producer id {producer_id}: -1 (not idempotent) or an id from InitProducerId"
+            ));
+        }
+        if epoch < 0 || base_sequence < 0 {
+            return Err(format!(
+                "producer {producer_id}: epoch {epoch} and base sequence {base_sequence} \
+                 must both be >= 0 in a batch of an idempotent producer"
+            ));
+        }
+        let Some(span) = i32::try_from(records).ok().filter(|&n| n >= 1) else {
+            return Err(format!(
+                "producer {producer_id}: a batch of {records} records"
+            ));
+        };
+        Ok(Some(ProducerBatch {
+            producer_id,
+            epoch,
+            first_seq: base_sequence,
+            last_seq: seq_add(base_sequence, span - 1),
+        }))
+    }
+}
+
+/// `seq + n` modulo 2^31: sequences run from 0 to `i32::MAX` and wrap to 0,
+/// as in Kafka (`DefaultRecordBatch.incrementSequence`). `seq` and `n` are
+/// non-negative.
+pub fn seq_add(seq: i32, n: i32) -> i32 {
+    debug_assert!(seq >= 0 && n >= 0, "sequences and spans are non-negative");
+    let sum = i64::from(seq) + i64::from(n);
+    (sum % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Producer ids advance by this step; a node's ids are its node id
+/// modulo it, so nodes of one cluster (ids below it) never hand out the
+/// same producer id (the idempotence state is keyed by it).
+pub const PRODUCER_ID_STRIDE: i64 = 16;
+const _: () = assert!(strom_replication::limits::VOTERS_MAX < PRODUCER_ID_STRIDE as usize);
+
+/// The process-wide producer-id allocator, shared by every shard and
+/// protocol. Ids stay unique across restarts without being stored: the
+/// first is the start time in ms shifted past 2^16 allocations per ms of
+/// run time; and across the nodes of a cluster by their residue modulo
+/// [`PRODUCER_ID_STRIDE`].
+#[derive(Debug)]
+pub struct ProducerIds {
+    next: AtomicI64,
+}
+
+impl ProducerIds {
+    /// `node_id`: the cluster node id (0 on a single node); `now_ms` the
+    /// wall clock in ms.
+    pub fn new(node_id: u64, now_ms: i64) -> ProducerIds {
+        let start_ms = now_ms.max(1);
+        let residue = (node_id % PRODUCER_ID_STRIDE as u64) as i64;
+        ProducerIds {
+            next: AtomicI64::new((start_ms << 20) + residue),
+        }
+    }
+
+    /// A producer id never handed out before by this node (nor, in a
+    /// cluster, by another).
+    pub fn allocate(&self) -> i64 {
+        let id = self.next.fetch_add(PRODUCER_ID_STRIDE, Ordering::Relaxed);
+        assert!(id >= 0, "producer ids stay positive for centuries");
+        id
+    }
 }
 
 /// Why a batch of an idempotent producer is refused (Kafka's codes of the
@@ -495,6 +585,54 @@ mod tests {
             assert!(t.len() <= 3);
         }
         assert!(t.holds_topic(999) && !t.holds_topic(1));
+    }
+
+    #[test]
+    fn frame_fields_are_validated_and_sequences_wrap() {
+        assert_eq!(ProducerBatch::from_fields(-1, -1, -1, 5), Ok(None));
+        assert_eq!(ProducerBatch::from_fields(-1, 3, 9, 5), Ok(None));
+        assert_eq!(
+            ProducerBatch::from_fields(7, 2, 10, 5),
+            Ok(Some(ProducerBatch {
+                producer_id: 7,
+                epoch: 2,
+                first_seq: 10,
+                last_seq: 14
+            }))
+        );
+        for (id, epoch, seq, n) in [
+            (-2, 0, 0, 1),
+            (7, -1, 0, 1),
+            (7, 0, -1, 1),
+            (7, 0, 0, 0),
+            (i64::MIN, 0, 0, 1),
+        ] {
+            let r = ProducerBatch::from_fields(id, epoch, seq, n);
+            assert!(r.is_err(), "({id}, {epoch}, {seq}, {n}) refused: {r:?}");
+        }
+        let top = ProducerBatch::from_fields(1, 0, i32::MAX - 1, 4)
+            .expect("valid")
+            .expect("idempotent");
+        assert_eq!(top.last_seq, 1, "MAX-1, MAX, 0, 1");
+        assert_eq!(seq_add(i32::MAX, 1), 0);
+        assert_eq!(seq_add(0, i32::MAX), i32::MAX);
+        assert_eq!(seq_add(5, 0), 5);
+    }
+
+    #[test]
+    fn producer_ids_are_unique_and_carry_the_node_residue() {
+        let a = ProducerIds::new(3, 1_000);
+        let b = ProducerIds::new(4, 1_000);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let (x, y) = (a.allocate(), b.allocate());
+            assert_eq!(x % PRODUCER_ID_STRIDE, 3);
+            assert_eq!(y % PRODUCER_ID_STRIDE, 4);
+            assert!(seen.insert(x) && seen.insert(y));
+        }
+        // A restart a millisecond later starts past 2^16 allocations.
+        let later = ProducerIds::new(3, 1_001);
+        assert!(later.allocate() > ProducerIds::new(3, 1_000).allocate() + (1 << 16));
     }
 
     fn batch(epoch: i16, first: i32, n: i32) -> ProducerBatch {

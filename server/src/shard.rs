@@ -55,8 +55,10 @@ pub struct Shared {
     pub initial_metadata: Metadata,
     /// Consumer group coordinator settings.
     pub group_config: crate::group::coordinator::CoordinatorConfig,
-    /// The Kafka listener's settings, bound address and producer ids.
+    /// The Kafka listener's settings and bound address.
     pub kafka: crate::kafka::KafkaShared,
+    /// Producer ids for idempotent producers of every protocol.
+    pub producer_ids: crate::producers::ProducerIds,
     /// A test-only fault in the produce path (`config::ProduceFault`).
     pub produce_fault: Option<crate::config::ProduceFault>,
     /// Index = shard id: the shard's direct native port (set once every

@@ -50,8 +50,8 @@ const KNOWN_DEBTS: &[(&str, &str, &str)] = &[
     (
         "shard",
         "kafka",
-        "the process-wide state holds the Kafka listener's settings, bound \
-         address and producer-id allocator, defined in the Kafka edge",
+        "the process-wide state holds the Kafka listener's settings and \
+         bound address, defined in the Kafka edge",
     ),
 ];
 

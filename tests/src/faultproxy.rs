@@ -352,7 +352,8 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 struct Link {
     name: String,
-    upstream: SocketAddr,
+    /// Where new connections go ([`FaultProxy::set_upstream`] moves it).
+    upstream: Mutex<SocketAddr>,
     listener: TcpListener,
     listen_addr: SocketAddr,
     fault: Mutex<Fault>,
@@ -487,7 +488,7 @@ impl FaultProxy {
             })?;
             let link = Arc::new(Link {
                 name: name.clone(),
-                upstream: *upstream,
+                upstream: Mutex::new(*upstream),
                 listener,
                 listen_addr,
                 fault: Mutex::new(Fault::Heal),
@@ -525,7 +526,15 @@ impl FaultProxy {
 
     /// The upstream address of `link`.
     pub fn upstream(&self, link: &str) -> Result<SocketAddr, ProxyError> {
-        Ok(self.link(link)?.upstream)
+        Ok(*lock(&self.link(link)?.upstream))
+    }
+
+    /// Points `link` at another upstream (a server restarted on another
+    /// port): connections accepted from now on go there; open ones keep
+    /// theirs. Clients keep the link's address across the move.
+    pub fn set_upstream(&self, link: &str, upstream: SocketAddr) -> Result<(), ProxyError> {
+        *lock(&self.link(link)?.upstream) = upstream;
+        Ok(())
     }
 
     /// The names of every link, in the order given to `start`.
@@ -681,7 +690,8 @@ fn accept_loop(link: &Arc<Link>, shared: &Arc<Shared>) {
 /// Connects upstream and pumps both directions until both end.
 fn serve(link: &Arc<Link>, shared: &Arc<Shared>, client: TcpStream) {
     let timeout = Duration::from_millis(shared.config.upstream_connect_timeout_ms);
-    let upstream = match TcpStream::connect_timeout(&link.upstream, timeout) {
+    let target = *lock(&link.upstream);
+    let upstream = match TcpStream::connect_timeout(&target, timeout) {
         Ok(u) => u,
         Err(_) => {
             bump(&link.counters.upstream_connect_failures, 1);

@@ -215,6 +215,28 @@ fn produce_and_consume_options_and_exit_codes() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "1/1 null=two []\n1/2 null=three []\n1/3 k=four []\n");
 
+    // Idempotent producing (partition 0 is still empty).
+    let (code, out, err) = strom(
+        a,
+        &[
+            "produce",
+            "t",
+            "--partition",
+            "0",
+            "--idempotent",
+            "--print-offsets",
+        ],
+        b"i1\ni2\n",
+    );
+    assert_eq!((code, out.as_str()), (0, "0 0\n0 1\n"), "{err}");
+    let (code, _, err) = strom(
+        a,
+        &["produce", "t", "--idempotent", "--acks", "none"],
+        b"x\n",
+    );
+    assert_eq!(code, 1, "idempotence needs acks: {err}");
+    assert!(err.contains("acks"), "{err}");
+
     // Groups: the second run resumes where the first stopped.
     let args = [
         "consume",

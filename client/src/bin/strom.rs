@@ -150,6 +150,12 @@ struct ProduceArgs {
     /// Print "PARTITION OFFSET" for every record once it is acknowledged.
     #[arg(long)]
     print_offsets: bool,
+    /// Idempotent producing: a producer id and per-partition sequences, and
+    /// batches whose answer is lost are resent without being stored twice
+    /// (while the server remembers the producer). Needs --acks leader or
+    /// durable.
+    #[arg(long)]
+    idempotent: bool,
 }
 
 #[derive(Args)]
@@ -354,6 +360,7 @@ fn produce(client: Client, args: ProduceArgs) -> Result<(), CliError> {
             acks,
             linger_ms: args.linger_ms,
             batch_bytes: args.batch_bytes,
+            idempotent: args.idempotent,
             ..Default::default()
         },
     );

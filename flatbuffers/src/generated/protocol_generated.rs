@@ -13,10 +13,10 @@ pub mod protocol {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 35;
+pub const ENUM_MAX_ERROR_CODE: i16 = 38;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 36] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 39] = [
   ErrorCode::None,
   ErrorCode::UnknownTopic,
   ErrorCode::UnknownPartition,
@@ -53,6 +53,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 36] = [
   ErrorCode::NotLeader,
   ErrorCode::LeaderNotAvailable,
   ErrorCode::NotController,
+  ErrorCode::OutOfOrderSequence,
+  ErrorCode::DuplicateSequence,
+  ErrorCode::InvalidProducerEpoch,
 ];
 
 /// Stable wire error codes. Never renumber; never reuse a retired number.
@@ -113,9 +116,20 @@ impl ErrorCode {
   /// Replication: topic changes go to the metadata group's leader (Kafka's
   /// NOT_CONTROLLER); the message names it when known. Nothing changed.
   pub const NotController: Self = Self(35);
+  /// Idempotent producing (Kafka's codes of the same names): the batch does
+  /// not continue its producer's sequence on this partition (a gap: an
+  /// earlier batch was not stored). Nothing was written.
+  pub const OutOfOrderSequence: Self = Self(36);
+  /// The batch repeats a sequence older than the batches the server
+  /// remembers: it was stored before, its offsets are no longer known. Do
+  /// not resend it.
+  pub const DuplicateSequence: Self = Self(37);
+  /// The batch's producer epoch is older than the producer's current one:
+  /// this producer instance is fenced. Nothing was written.
+  pub const InvalidProducerEpoch: Self = Self(38);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 35;
+  pub const ENUM_MAX: i16 = 38;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::UnknownTopic,
@@ -153,6 +167,9 @@ impl ErrorCode {
     Self::NotLeader,
     Self::LeaderNotAvailable,
     Self::NotController,
+    Self::OutOfOrderSequence,
+    Self::DuplicateSequence,
+    Self::InvalidProducerEpoch,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -193,6 +210,9 @@ impl ErrorCode {
       Self::NotLeader => Some("NotLeader"),
       Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
       Self::NotController => Some("NotController"),
+      Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
+      Self::DuplicateSequence => Some("DuplicateSequence"),
+      Self::InvalidProducerEpoch => Some("InvalidProducerEpoch"),
       _ => None,
     }
   }
@@ -431,10 +451,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ResetTo {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 18;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 19] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 20] = [
   RequestBody::NONE,
   RequestBody::ApiVersionsRequest,
   RequestBody::CreateTopicsRequest,
@@ -454,6 +474,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 19] = [
   RequestBody::ListGroupsRequest,
   RequestBody::DescribeGroupsRequest,
   RequestBody::ResetOffsetsRequest,
+  RequestBody::InitProducerIdRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -480,9 +501,10 @@ impl RequestBody {
   pub const ListGroupsRequest: Self = Self(16);
   pub const DescribeGroupsRequest: Self = Self(17);
   pub const ResetOffsetsRequest: Self = Self(18);
+  pub const InitProducerIdRequest: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsRequest,
@@ -503,6 +525,7 @@ impl RequestBody {
     Self::ListGroupsRequest,
     Self::DescribeGroupsRequest,
     Self::ResetOffsetsRequest,
+    Self::InitProducerIdRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -526,6 +549,7 @@ impl RequestBody {
       Self::ListGroupsRequest => Some("ListGroupsRequest"),
       Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
       Self::ResetOffsetsRequest => Some("ResetOffsetsRequest"),
+      Self::InitProducerIdRequest => Some("InitProducerIdRequest"),
       _ => None,
     }
   }
@@ -585,10 +609,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 19;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 20] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 21] = [
   ResponseBody::NONE,
   ResponseBody::ApiVersionsResponse,
   ResponseBody::CreateTopicsResponse,
@@ -609,6 +633,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 20] = [
   ResponseBody::ListGroupsResponse,
   ResponseBody::DescribeGroupsResponse,
   ResponseBody::ResetOffsetsResponse,
+  ResponseBody::InitProducerIdResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -636,9 +661,10 @@ impl ResponseBody {
   pub const ListGroupsResponse: Self = Self(17);
   pub const DescribeGroupsResponse: Self = Self(18);
   pub const ResetOffsetsResponse: Self = Self(19);
+  pub const InitProducerIdResponse: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ApiVersionsResponse,
@@ -660,6 +686,7 @@ impl ResponseBody {
     Self::ListGroupsResponse,
     Self::DescribeGroupsResponse,
     Self::ResetOffsetsResponse,
+    Self::InitProducerIdResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -684,6 +711,7 @@ impl ResponseBody {
       Self::ListGroupsResponse => Some("ListGroupsResponse"),
       Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
       Self::ResetOffsetsResponse => Some("ResetOffsetsResponse"),
+      Self::InitProducerIdResponse => Some("InitProducerIdResponse"),
       _ => None,
     }
   }
@@ -8921,6 +8949,290 @@ impl ::core::fmt::Debug for ResetOffsetsResponse<'_> {
       ds.finish()
   }
 }
+pub enum InitProducerIdRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks for a producer id for idempotent producing (Kafka's InitProducerId).
+/// Without a current id (`producer_id` -1) the server allocates a new one,
+/// epoch 0. With the caller's current id and epoch (both >= 0) it bumps
+/// the epoch instead: the same id, epoch + 1 (a new id, epoch 0, when the
+/// epoch is exhausted); batches of older epochs are then fenced.
+pub struct InitProducerIdRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerIdRequest<'a> {
+  type Inner = InitProducerIdRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerIdRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerIdRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InitProducerIdRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'bldr>> {
+    let mut builder = InitProducerIdRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  /// Reserved for transactions, which are not supported yet: must be empty
+  /// or absent (refused with InvalidRequest otherwise).
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(InitProducerIdRequest::VT_TRANSACTIONAL_ID, None)}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerIdRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerIdRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InitProducerIdRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+impl<'a> Default for InitProducerIdRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdRequestArgs {
+      transactional_id: None,
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+
+pub struct InitProducerIdRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(InitProducerIdRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerIdRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerIdRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerIdRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerIdRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerIdRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.finish()
+  }
+}
+pub enum InitProducerIdResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct InitProducerIdResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerIdResponse<'a> {
+  type Inner = InitProducerIdResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerIdResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerIdResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InitProducerIdResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdResponse<'bldr>> {
+    let mut builder = InitProducerIdResponseBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(InitProducerIdResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(InitProducerIdResponse::VT_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InitProducerIdResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+impl<'a> Default for InitProducerIdResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdResponseArgs {
+      error: ErrorCode::None,
+      message: None,
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+
+pub struct InitProducerIdResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(InitProducerIdResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(InitProducerIdResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerIdResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerIdResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerIdResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerIdResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdResponse");
+      ds.field("error", &self.error());
+      ds.field("message", &self.message());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.finish()
+  }
+}
 pub enum ErrorResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -9364,6 +9676,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_request(&self) -> Option<InitProducerIdRequest<'a>> {
+    if self.body_type() == RequestBody::InitProducerIdRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -9393,6 +9720,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::ListGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsRequest>>("RequestBody::ListGroupsRequest", pos),
           RequestBody::DescribeGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("RequestBody::DescribeGroupsRequest", pos),
           RequestBody::ResetOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ResetOffsetsRequest>>("RequestBody::ResetOffsetsRequest", pos),
+          RequestBody::InitProducerIdRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdRequest>>("RequestBody::InitProducerIdRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -9575,6 +9903,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::ResetOffsetsRequest => {
           if let Some(x) = self.body_as_reset_offsets_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::InitProducerIdRequest => {
+          if let Some(x) = self.body_as_init_producer_id_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -9931,6 +10266,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_response(&self) -> Option<InitProducerIdResponse<'a>> {
+    if self.body_type() == ResponseBody::InitProducerIdResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -9961,6 +10311,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::ListGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsResponse>>("ResponseBody::ListGroupsResponse", pos),
           ResponseBody::DescribeGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("ResponseBody::DescribeGroupsResponse", pos),
           ResponseBody::ResetOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ResetOffsetsResponse>>("ResponseBody::ResetOffsetsResponse", pos),
+          ResponseBody::InitProducerIdResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdResponse>>("ResponseBody::InitProducerIdResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -10150,6 +10501,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::ResetOffsetsResponse => {
           if let Some(x) = self.body_as_reset_offsets_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::InitProducerIdResponse => {
+          if let Some(x) = self.body_as_init_producer_id_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

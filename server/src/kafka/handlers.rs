@@ -999,29 +999,25 @@ fn describe_configs(ctx: &Ctx, r: DescribeConfigsRequest) -> DescribeConfigsResp
     DescribeConfigsResponse::default().with_results(results)
 }
 
+/// Kafka's InitProducerId through the operation every protocol shares
+/// (`ops::init_producer_id`).
 fn init_producer_id(ctx: &Ctx, r: InitProducerIdRequest) -> InitProducerIdResponse {
-    if r.transactional_id
-        .as_ref()
-        .map(|t| !t.0.is_empty())
-        .unwrap_or(false)
-    {
-        // Transactions are not supported.
-        return InitProducerIdResponse::default()
-            .with_error_code(53)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
+    let request = ops::InitProducer {
+        transactional_id: r.transactional_id.as_ref().map(|t| t.0.as_str()),
+        producer_id: r.producer_id.0,
+        producer_epoch: r.producer_epoch,
+    };
+    match ops::init_producer_id(&ctx.shard, request) {
+        Ok((id, epoch)) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
+        Err(ops::InitProducerIdError::TransactionsUnsupported { .. }) => {
+            InitProducerIdResponse::default()
+                .with_error_code(codec::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+        }
     }
-    let kafka = &ctx.shard.shared.kafka;
-    // KIP-360: a producer may ask to bump its own epoch.
-    let (id, epoch) =
-        if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX {
-            (r.producer_id.0, r.producer_epoch + 1)
-        } else {
-            (kafka.allocate_producer_id(), 0)
-        };
-    InitProducerIdResponse::default()
-        .with_producer_id(ProducerId(id))
-        .with_producer_epoch(epoch)
 }
 
 async fn delete_records(ctx: &Ctx, r: DeleteRecordsRequest) -> DeleteRecordsResponse {

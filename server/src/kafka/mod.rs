@@ -42,7 +42,6 @@ use crate::shard::Shard;
 use glommio::net::TcpListener;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 /// The Kafka listener's settings (from `config.rs`).
@@ -71,42 +70,24 @@ pub fn parse_advertise(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// Process-wide Kafka state, shared by every shard.
+/// Process-wide Kafka state, shared by every shard. (Producer ids come
+/// from `crate::producers::ProducerIds`, shared with the native protocol.)
 pub struct KafkaShared {
     pub config: KafkaConfig,
     /// The address shard 0 bound (the port every other shard binds too).
     bound: Mutex<Option<SocketAddr>>,
-    next_producer_id: AtomicI64,
 }
 
-/// Producer ids advance by this step; a node's ids are its node id
-/// modulo it, so nodes of one cluster (ids below it) never hand out the
-/// same producer id (the idempotence state is keyed by it).
-pub const PRODUCER_ID_STRIDE: i64 = 16;
-const _: () = assert!(strom_replication::limits::VOTERS_MAX < PRODUCER_ID_STRIDE as usize);
-
 impl KafkaShared {
-    /// `node_id`: the cluster node id (0 on a single node).
-    pub fn new(config: KafkaConfig, node_id: u64) -> KafkaShared {
-        // Producer ids stay unique across restarts without being stored:
-        // the start time in ms, shifted past 2^16 allocations per ms of
-        // run time; and across the nodes of a cluster by their residue.
-        let start_ms = crate::engine::partition::now_ms().max(1);
-        let residue = (node_id % PRODUCER_ID_STRIDE as u64) as i64;
+    pub fn new(config: KafkaConfig) -> KafkaShared {
         KafkaShared {
             config,
             bound: Mutex::new(None),
-            next_producer_id: AtomicI64::new((start_ms << 20) + residue),
         }
     }
 
     pub fn bound(&self) -> Option<SocketAddr> {
         *self.bound.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn allocate_producer_id(&self) -> i64 {
-        self.next_producer_id
-            .fetch_add(PRODUCER_ID_STRIDE, Ordering::Relaxed)
     }
 }
 

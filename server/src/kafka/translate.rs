@@ -86,16 +86,16 @@ pub fn kafka_to_frames(
                 format!("{} records in one batch", set.records.len()),
             ));
         }
-        let producer = (first.producer_id >= 0).then(|| ProducerBatch {
-            producer_id: first.producer_id,
-            epoch: first.producer_epoch,
-            first_seq: first.sequence,
-            last_seq: set
-                .records
-                .last()
-                .map(|r| r.sequence)
-                .unwrap_or(first.sequence),
-        });
+        // The same reading of the fields as the native edge's: -1 is a
+        // producer that is not idempotent; an idempotent batch with a
+        // negative epoch or sequence is refused; sequences wrap at 2^31.
+        let producer = ProducerBatch::from_fields(
+            first.producer_id,
+            first.producer_epoch,
+            first.sequence,
+            set.records.len() as u32,
+        )
+        .map_err(|m| refused(codec::INVALID_RECORD, m))?;
         match producer {
             Some(p) => builder.set_producer(p.producer_id, p.epoch, p.first_seq),
             None => builder.set_producer(-1, -1, -1),

@@ -7,6 +7,8 @@
 //!   owns its partitions, in place or over the mesh.
 //! - [`fetch`]: one fetch with long poll and a byte budget.
 //! - [`owner`]: what the owning shard does with an [`Op`].
+//! - [`init_producer_id`]: producer ids and epoch bumps for idempotent
+//!   producers of every protocol.
 //!
 //! Invariants:
 //! - An operation on a partition runs on the shard that owns it, and only
@@ -17,8 +19,10 @@
 pub mod cluster;
 pub mod fetch;
 pub mod owner;
+pub mod producer_id;
 
 pub use fetch::{fetch, FetchPart, FetchSpec};
+pub use producer_id::{init_producer_id, InitProducer, InitProducerIdError};
 
 use crate::error::WireError;
 use crate::router::{Op, Reply};

@@ -221,10 +221,12 @@ async fn produce_one(
             }
         }
     };
-    // Written (acks=1) has no separate engine call here: idempotent
-    // producers use acks=all anyway, so both wait for fdatasync.
-    if durability != Durability::Buffered {
-        part.sync_to(last + 1).await.map_err(fail)?;
+    // The acknowledgement level the batch asked for, as for any batch
+    // (a duplicate's waits too: its first attempt may still be unwritten).
+    match durability {
+        Durability::Durable => part.sync_to(last + 1).await.map_err(fail)?,
+        Durability::Written => part.write_to(last + 1).await.map_err(fail)?,
+        Durability::Buffered => {}
     }
     Ok(Appended {
         base_offset: base,

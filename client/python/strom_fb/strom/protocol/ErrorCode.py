@@ -56,3 +56,14 @@ class ErrorCode(object):
     # Replication: topic changes go to the metadata group's leader (Kafka's
     # NOT_CONTROLLER); the message names it when known. Nothing changed.
     NotController = 35
+    # Idempotent producing (Kafka's codes of the same names): the batch does
+    # not continue its producer's sequence on this partition (a gap: an
+    # earlier batch was not stored). Nothing was written.
+    OutOfOrderSequence = 36
+    # The batch repeats a sequence older than the batches the server
+    # remembers: it was stored before, its offsets are no longer known. Do
+    # not resend it.
+    DuplicateSequence = 37
+    # The batch's producer epoch is older than the producer's current one:
+    # this producer instance is fenced. Nothing was written.
+    InvalidProducerEpoch = 38

@@ -22,3 +22,4 @@ class RequestBody(object):
     ListGroupsRequest = 16
     DescribeGroupsRequest = 17
     ResetOffsetsRequest = 18
+    InitProducerIdRequest = 19

@@ -23,3 +23,4 @@ class ResponseBody(object):
     ListGroupsResponse = 17
     DescribeGroupsResponse = 18
     ResetOffsetsResponse = 19
+    InitProducerIdResponse = 20
