@@ -219,6 +219,11 @@ pub struct RequestsArgs {
     /// Keep the topic afterwards (it is deleted by default).
     #[arg(long)]
     pub keep_topics: bool,
+    /// A config of the benchmark's topic, key=value (repeatable), e.g.
+    /// retention.bytes=268435456 for a long run on a small disk.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub topic_config: Vec<String>,
     /// Write everything as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -2128,8 +2133,17 @@ fn setup_server(
     } else {
         ShardSource::Unknown
     };
+    let configs: Vec<(String, String)> = a
+        .topic_config
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| cfg(format!("--topic-config {kv:?}: want key=value")))
+        })
+        .collect::<Result<_, _>>()?;
     admin
-        .create_topic(topic, a.partitions, &[])
+        .create_topic(topic, a.partitions, &configs)
         .map_err(|e| cfg(format!("create topic {topic}: {e}")))?;
     let desc = admin
         .describe_topic(topic)
@@ -3182,6 +3196,7 @@ mod tests {
             responder_core: None,
             no_baseline: false,
             keep_topics: false,
+            topic_config: Vec::new(),
             json: None,
             plot: None,
             name: None,
@@ -3340,6 +3355,7 @@ mod tests {
             responder_core: None,
             no_baseline: false,
             keep_topics: false,
+            topic_config: Vec::new(),
             json: None,
             plot: None,
             name: None,
