@@ -362,23 +362,12 @@ fn record_producer(producers: &crate::producers::Producers, group: u64, frame: &
     let Some(h) = strom_flatbuffers::FrameHeader::ref_from(frame) else {
         return;
     };
-    let producer_id = h.producer_id.get();
-    let base = h.base_offset();
-    let next = h.next_offset();
-    if producer_id < 0 || next <= base {
+    let Some((b, base, last)) = crate::producers::ProducerBatch::of_frame(h) else {
         return;
-    }
-    let records = i32::try_from(next - base).unwrap_or(i32::MAX);
-    let first_seq = h.base_sequence.get();
-    let b = crate::producers::ProducerBatch {
-        producer_id,
-        epoch: h.producer_epoch.get(),
-        first_seq,
-        last_seq: first_seq.wrapping_add(records - 1),
     };
     // A replayed entry (a restart applies the log again) is a duplicate.
     if let crate::producers::Check::Append = producers.check(key, &b) {
-        producers.record(key, &b, base, next - 1);
+        producers.record(key, &b, base, last, h.max_timestamp_ms.get());
     }
 }
 

@@ -108,6 +108,34 @@ impl KafkaShared {
         self.next_producer_id
             .fetch_add(PRODUCER_ID_STRIDE, Ordering::Relaxed)
     }
+
+    /// Makes every id allocated from now on larger than `id` (one found in
+    /// a partition's rebuilt producer state), keeping this node's residue:
+    /// a producer id is never handed out twice, even if the clock went
+    /// back across a restart, as long as the state naming it survives.
+    pub fn note_producer_id(&self, id: i64) {
+        self.next_producer_id.fetch_max(
+            next_producer_id_above(id, self.residue()),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn residue(&self) -> i64 {
+        self.next_producer_id
+            .load(Ordering::Relaxed)
+            .rem_euclid(PRODUCER_ID_STRIDE)
+    }
+}
+
+/// The smallest id above `id` that is `residue` modulo the stride.
+fn next_producer_id_above(id: i64, residue: i64) -> i64 {
+    debug_assert!((0..PRODUCER_ID_STRIDE).contains(&residue));
+    let base = id - id.rem_euclid(PRODUCER_ID_STRIDE) + residue;
+    if base > id {
+        base
+    } else {
+        base.saturating_add(PRODUCER_ID_STRIDE)
+    }
 }
 
 /// Binds the Kafka listener on this shard: the configured address on the
@@ -183,5 +211,43 @@ pub fn kafka_outcome(p: Produced) -> ProduceOutcome {
                 ..Default::default()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Producer ids come from the start time, so ids after a restart are
+    /// larger, unless the clock went back: then an id a surviving producer
+    /// state names could be handed out again. The rebuilt state raises the
+    /// floor above every id it names.
+    #[test]
+    fn ids_after_a_noted_one_are_larger_and_keep_the_residue() {
+        assert_eq!(next_producer_id_above(100, 3), 115);
+        assert_eq!(next_producer_id_above(96, 3), 99);
+        assert_eq!(next_producer_id_above(99, 3), 115);
+        assert_eq!(next_producer_id_above(-1, 0), 0);
+        let config = KafkaConfig {
+            listen: None,
+            advertise: None,
+            auto_create: false,
+            default_partitions: 1,
+        };
+        let k = KafkaShared::new(config, 5);
+        let first = k.allocate_producer_id();
+        assert_eq!(first.rem_euclid(PRODUCER_ID_STRIDE), 5);
+        // An id below what is allocated changes nothing.
+        k.note_producer_id(first - 100);
+        assert_eq!(k.allocate_producer_id(), first + PRODUCER_ID_STRIDE);
+        // One far above (a clock that went back) lifts the floor.
+        let seen = first + (1 << 30) + 7;
+        k.note_producer_id(seen);
+        let next = k.allocate_producer_id();
+        assert!(
+            next > seen && next - seen <= PRODUCER_ID_STRIDE,
+            "{next} {seen}"
+        );
+        assert_eq!(next.rem_euclid(PRODUCER_ID_STRIDE), 5);
     }
 }
