@@ -210,7 +210,19 @@ async fn produce_one(
             Check::Duplicate {
                 base_offset,
                 last_offset,
-            } => (base_offset, last_offset, -1),
+            } => {
+                tracing::debug!(
+                    shard = shard.id,
+                    topic,
+                    partition = p,
+                    producer_id = b.producer_id,
+                    epoch = b.epoch,
+                    first_seq = b.first_seq,
+                    base_offset,
+                    "idempotent batch answered as a duplicate"
+                );
+                (base_offset, last_offset, -1)
+            }
             Check::Append => {
                 let info = part
                     .append(frame, Durability::Buffered)
