@@ -426,7 +426,8 @@ mod tests {
             b
         };
         let entry0 = PRODUCER_SNAPSHOT_HEADER_BYTES;
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Damage)> = vec![
             (
                 "batch past the offset",
                 Box::new(move |b| {

@@ -472,7 +472,7 @@ impl ProducerStates {
             self.len -= m.len();
             self.by_recency.retain(|_, (k, _)| *k != key);
         }
-        for (_, (k, id)) in &rebuilt.by_recency {
+        for (k, id) in rebuilt.by_recency.values() {
             assert_eq!(*k, key, "a rebuilt table holds one partition");
             let p = rebuilt.partitions[k][id].clone();
             self.make_room();
