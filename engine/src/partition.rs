@@ -23,6 +23,11 @@
 //! committed together by the next one: N concurrent durable appends cost a
 //! few fdatasyncs, not N, and each waits about one round, not two.
 //!
+//! Producer-state snapshot files (`producer_snapshot`) are written and read
+//! beside the log, through the same storage, never through the log: a
+//! snapshot write holds only `snapshot_lock` (which `close` also takes, so
+//! a close waits for one in progress), and appends never wait for it.
+//!
 //! Invariants: `offsets` mirrors the log after every section; the
 //! published durable offset only grows, except that a truncation lowers it
 //! with the high watermark; an fdatasync failure fails the log (fsyncgate:
