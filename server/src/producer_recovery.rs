@@ -399,6 +399,99 @@ mod tests {
         });
     }
 
+    /// What a rebuild costs, over the in-memory storage (CPU and the read
+    /// path, no disk): a replay of one snapshot interval of frames from
+    /// many producers, and a snapshot of the most producers a shard holds.
+    /// Prints timings; run with `--release --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn rebuild_cost() {
+        use strom_engine::storage::MemoryStorage;
+        let producers_n = 10_000i64;
+        block_on(async {
+            let storage = MemoryStorage::new();
+            let config = LogConfig {
+                cache_bytes_max: 0,
+                ..LogConfig::default()
+            };
+            let part =
+                Partition::open_on(storage.clone(), Path::new("/m/0"), config.clone(), false)
+                    .await
+                    .expect("open");
+            let v = vec![b'x'; 200];
+            let mut seqs = vec![0i32; producers_n as usize];
+            let mut appended = 0u64;
+            let mut i = 0u64;
+            while appended < PRODUCER_SNAPSHOT_INTERVAL_BYTES {
+                let pid = (i % producers_n as u64) as i64;
+                let mut b = strom_flatbuffers::BatchBuilder::new();
+                b.set_producer(pid, 0, seqs[pid as usize]);
+                for _ in 0..4 {
+                    b.push(&strom_flatbuffers::RecordIn {
+                        timestamp_ms: NOW_MS,
+                        value: Some(&v),
+                        ..Default::default()
+                    });
+                }
+                seqs[pid as usize] += 4;
+                let f = BytesMut::from(&b.finish()[..]);
+                appended += f.len() as u64;
+                part.append(f, Durability::Buffered).await.expect("append");
+                i += 1;
+            }
+            part.close().await.expect("close");
+            let part = Partition::open_on(storage.clone(), Path::new("/m/0"), config, false)
+                .await
+                .expect("reopen");
+            let t = std::time::Instant::now();
+            let (states, r) = rebuild(&part, K, 100_000, NOW_MS).await;
+            let replay = t.elapsed();
+            println!(
+                "replay: {} frames, {} MiB, {} producers in {:?} ({:.0} MiB/s)",
+                r.frames,
+                r.bytes >> 20,
+                states.len(),
+                replay,
+                (r.bytes as f64 / (1 << 20) as f64) / replay.as_secs_f64()
+            );
+            // The largest snapshot: 100,000 producers of 5 batches.
+            let mut big = ProducerStates::default();
+            for pid in 0..100_000i64 {
+                for b in 0..5u64 {
+                    let batch = ProducerBatch {
+                        producer_id: pid,
+                        epoch: 0,
+                        first_seq: b as i32,
+                        last_seq: b as i32,
+                    };
+                    let off = pid as u64 * 5 + b;
+                    big.record(K, &batch, off, off, NOW_MS);
+                }
+            }
+            let t = std::time::Instant::now();
+            let snap = big.snapshot(K, 500_000);
+            let bytes = snap.encode(0);
+            let encode = t.elapsed();
+            let t = std::time::Instant::now();
+            let back = strom_engine::producer_snapshot::ProducerSnapshot::decode(&bytes, 500_000)
+                .expect("decodes");
+            let decode = t.elapsed();
+            let t = std::time::Instant::now();
+            let restored = Rebuild::from_snapshot(K, 0, 100_000, &back);
+            let (restored, _) = restored.finish(NOW_MS, PRODUCER_ID_EXPIRATION_MS);
+            let restore = t.elapsed();
+            let t = std::time::Instant::now();
+            let mut shard = ProducerStates::default();
+            shard.install(K, restored);
+            let install = t.elapsed();
+            println!(
+                "snapshot of 100,000 producers: {} bytes; take+encode {encode:?}, decode {decode:?}, restore {restore:?}, install {install:?}",
+                bytes.len()
+            );
+            part.close().await.expect("close");
+        });
+    }
+
     #[test]
     fn snapshots_are_due_after_a_roll_or_enough_bytes() {
         let m = SnapshotMark::written(100, 1_000, 2);

@@ -21,6 +21,13 @@
 //! - At most one reopen runs per partition: a slot is `reopening` from the
 //!   moment its reopen starts until it ends; while it is, requests for the
 //!   partition get the retriable `PartitionUnavailable`.
+//! - A partition's idempotent-producer state is rebuilt from its log
+//!   (`producer_recovery::rebuild`) before its slot is inserted, and before
+//!   a reopened slot stops `reopening`: no produce request ever sees a
+//!   partition whose producer state is not the one its log implies.
+//! - Single node: one task per shard (`Shard::producer_upkeep`) writes the
+//!   producer-state snapshots that are due and expires producers; the last
+//!   snapshot of a partition is written by `close_all`, before its close.
 //! - No `RefCell` borrow is held across an `.await`.
 
 use crate::engine::{EngineError, Partition};
