@@ -45,6 +45,10 @@ pub enum EngineError {
     Failed { reason: String },
     #[error("offsets below {offset} were truncated (high watermark {high_watermark}) before they became durable")]
     Truncated { offset: u64, high_watermark: u64 },
+    #[error(
+        "a producer-state snapshot at offset {offset} is past the durable offset {durable_offset}"
+    )]
+    NotDurable { offset: u64, durable_offset: u64 },
 }
 
 impl From<IoError> for EngineError {

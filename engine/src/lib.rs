@@ -2,7 +2,7 @@
 //!
 //! Layout (an I/O-free core with a thin I/O shell):
 //! - I/O-free: [`config`], [`limits`], [`index`], [`scan`], [`retention`],
-//!   [`checkpoint`], [`cache`] — plain functions over bytes and state, unit-tested
+//!   [`checkpoint`], [`producer_snapshot`], [`cache`] — plain functions over bytes and state, unit-tested
 //!   without io_uring.
 //! - [`storage`]: the only door to files, with DMA (glommio, O_DIRECT),
 //!   memory and fault-injecting implementations.
@@ -24,6 +24,7 @@ pub mod io_error;
 pub mod limits;
 pub mod log;
 pub mod partition;
+pub mod producer_snapshot;
 pub mod retention;
 pub mod scan;
 pub mod storage;
@@ -32,6 +33,6 @@ pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::EngineError;
 pub use log::{AppendInfo, Log, LogStats, Offsets, ReadBatch, RecoveryReport};
 pub use partition::{
-    remove_partition_dir, remove_partition_dir_on, Durability, Partition, SyncStats,
+    remove_partition_dir, remove_partition_dir_on, Durability, Partition, SnapshotLoad, SyncStats,
 };
 pub use storage::AnyStorage;

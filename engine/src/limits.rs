@@ -89,3 +89,15 @@ pub const META_FILE_BYTES_MAX: usize = 64 << 10;
 
 /// Segments one partition may hold open at once (files are opened lazily).
 pub const OPEN_SEGMENTS_MAX: usize = 4096;
+
+/// Producers one producer-state snapshot file may hold (the server keeps
+/// at most as many per shard, so one partition's always fit).
+pub const PRODUCER_SNAPSHOT_PRODUCERS_MAX: usize = 100_000;
+/// Batches remembered per producer in a snapshot (Kafka's five in flight).
+pub const PRODUCER_SNAPSHOT_BATCHES_MAX: usize = 5;
+/// Producer-state snapshots kept per partition: the newest, and older ones
+/// to fall back on should it be damaged.
+pub const PRODUCER_SNAPSHOTS_KEPT: usize = 2;
+/// Snapshot files tried at open, newest first, before replaying from the
+/// log start.
+pub const PRODUCER_SNAPSHOT_CANDIDATES_MAX: usize = 8;

@@ -253,6 +253,9 @@ pub struct RecoveryReport {
     pub trimmed_zero_bytes: u64,
     pub rebuilt_indexes: usize,
     pub removed_segments: usize,
+    /// Producer-state snapshots past the recovered end of the log, removed
+    /// (they name batches the log no longer holds).
+    pub removed_producer_snapshots: usize,
 }
 
 /// Counters for metrics.
@@ -601,6 +604,15 @@ impl<S: Storage> Log<S> {
             log.pending.tail = tail.to_vec();
         }
         log.log_start_offset = log.log_start_offset.min(log.next_offset);
+        // Producer-state snapshots past the recovered end describe frames
+        // the log no longer holds; they go before anything is appended at
+        // those offsets again (a crash before this removes them next time:
+        // the end cannot grow before they are gone).
+        for offset in crate::producer_snapshot::snapshots_past(&names, log.next_offset) {
+            let name = crate::producer_snapshot::producer_snapshot_file_name(offset);
+            storage.remove(&dir.join(name)).await?;
+            report.removed_producer_snapshots += 1;
+        }
         // A new checkpoint: recovery point at the end, not clean any more.
         log.write_checkpoint(false).await?;
         log.check_invariants();
@@ -2632,6 +2644,16 @@ impl<S: Storage> Log<S> {
         let offset = offset.max(self.log_start_offset);
         self.write_pending().await?;
         self.settle_prealloc().await?;
+        // Producer-state snapshots past the cut go first: a crash later in
+        // the cut must not leave one naming frames that are gone. The cut
+        // lands on the last frame boundary at or below `offset`, and
+        // snapshots are written at frame boundaries, so one at or below
+        // `offset` stays valid.
+        let names = self.storage.list(&self.dir).await?;
+        for snap in crate::producer_snapshot::snapshots_past(&names, offset) {
+            let name = crate::producer_snapshot::producer_snapshot_file_name(snap);
+            self.storage.remove(&self.dir.join(name)).await?;
+        }
         // Drop whole segments at or after the offset, keeping at least one.
         let first_base = *self.segments.keys().next().expect("segment");
         let later: Vec<u64> = self

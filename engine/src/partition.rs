@@ -23,6 +23,11 @@
 //! committed together by the next one: N concurrent durable appends cost a
 //! few fdatasyncs, not N, and each waits about one round, not two.
 //!
+//! Producer-state snapshot files (`producer_snapshot`) are written and read
+//! beside the log, through the same storage, never through the log: a
+//! snapshot write holds only `snapshot_lock` (which `close` also takes, so
+//! a close waits for one in progress), and appends never wait for it.
+//!
 //! Invariants: `offsets` mirrors the log after every section; the
 //! published durable offset only grows, except that a truncation lowers it
 //! with the high watermark; an fdatasync failure fails the log (fsyncgate:
@@ -50,6 +55,7 @@ use crate::log::{
     AppendInfo, AppendStep, Blocked, Job, JobId, Log, LogStats, Offsets, ReadBatch, ReadStep,
     RecoveryReport, SyncOutcome,
 };
+use crate::producer_snapshot::ProducerSnapshot;
 use crate::storage::{DmaStorage, Storage, StorageFile};
 
 /// How far an append must get before it is acknowledged.
@@ -161,6 +167,14 @@ struct Inner<S: Storage> {
     closed: Cell<bool>,
     dir: PathBuf,
     recovery: RefCell<RecoveryReport>,
+    /// The storage the log lives on, for producer-state snapshot files
+    /// (written beside the log, never through it).
+    storage: S,
+    /// Serializes producer-state snapshot writes and `close` (which waits
+    /// for one in progress). Appends never take it.
+    snapshot_lock: async_lock::Mutex<()>,
+    /// Bumped by every truncation: a snapshot written across one is removed.
+    truncations: Cell<u64>,
 }
 
 /// One partition, owned by one shard.
@@ -221,7 +235,7 @@ impl<S: Storage> Partition<S> {
         background: bool,
     ) -> Result<Self, EngineError> {
         let policy = config.flush;
-        let (log, report) = Log::open(storage, dir, config, now_ms()).await?;
+        let (log, report) = Log::open(storage.clone(), dir, config, now_ms()).await?;
         let inner = Rc::new(Inner {
             cache: log.tail_cache(),
             offsets: Cell::new(log.offsets()),
@@ -239,6 +253,9 @@ impl<S: Storage> Partition<S> {
             closed: Cell::new(false),
             dir: dir.to_path_buf(),
             recovery: RefCell::new(report),
+            storage,
+            snapshot_lock: async_lock::Mutex::new(()),
+            truncations: Cell::new(0),
         });
         if background {
             let weak = Rc::downgrade(&inner);
@@ -638,8 +655,101 @@ impl<S: Storage> Partition<S> {
     }
 
     pub async fn truncate_to(&self, offset: u64) -> Result<u64, EngineError> {
+        self.inner.truncations.set(self.inner.truncations.get() + 1);
         self.run_exclusive(async |log| log.truncate_to(offset).await)
             .await
+    }
+
+    /// The newest producer-state snapshot of this partition that decodes
+    /// and lies within `[log start, high watermark]` (see
+    /// `producer_snapshot::snapshot_candidates`), trying at most
+    /// `PRODUCER_SNAPSHOT_CANDIDATES_MAX` files newest first; with the
+    /// ones passed over and why. Never fails: a snapshot that cannot be
+    /// read is passed over like a damaged one (the caller replays more of
+    /// the log instead). Holds nothing: appends go on meanwhile.
+    pub async fn load_producer_snapshot(&self) -> SnapshotLoad {
+        use crate::limits::PRODUCER_SNAPSHOT_CANDIDATES_MAX;
+        use crate::producer_snapshot::*;
+        let mut load = SnapshotLoad::default();
+        let dir = &self.inner.dir;
+        let storage = &self.inner.storage;
+        let o = self.offsets();
+        let names = match storage.list(dir).await {
+            Ok(n) => n,
+            Err(e) => {
+                load.passed_over.push((dir.clone(), e.to_string()));
+                return load;
+            }
+        };
+        let candidates = snapshot_candidates(
+            &names,
+            o.log_start_offset,
+            o.high_watermark,
+            PRODUCER_SNAPSHOT_CANDIDATES_MAX,
+        );
+        for offset in candidates {
+            let path = dir.join(producer_snapshot_file_name(offset));
+            let why = match storage.read_all(&path, PRODUCER_SNAPSHOT_BYTES_MAX).await {
+                Ok(Some(bytes)) => match ProducerSnapshot::decode(&bytes, offset) {
+                    Ok(s) => {
+                        load.snapshot = Some(s);
+                        return load;
+                    }
+                    Err(e) => e.to_string(),
+                },
+                Ok(None) => "vanished while listed".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            load.passed_over.push((path, why));
+        }
+        load
+    }
+
+    /// Writes `snapshot` as `<offset>.snapshot` by atomic replace, then
+    /// removes all but the `PRODUCER_SNAPSHOTS_KEPT` newest. Its offset must
+    /// be durable (so that no crash can leave the log shorter than a
+    /// snapshot): `NotDurable` otherwise. A truncation while it is written
+    /// removes it again (`Truncated`). Runs beside the log: appends, reads
+    /// and jobs go on; only `close` waits for it.
+    pub async fn write_producer_snapshot(
+        &self,
+        snapshot: &ProducerSnapshot,
+    ) -> Result<(), EngineError> {
+        use crate::limits::PRODUCER_SNAPSHOTS_KEPT;
+        use crate::producer_snapshot::*;
+        let _writing = self.inner.snapshot_lock.lock().await;
+        if self.inner.closed.get() {
+            return Err(EngineError::Closed);
+        }
+        let o = self.offsets();
+        if snapshot.offset > o.durable_offset {
+            return Err(EngineError::NotDurable {
+                offset: snapshot.offset,
+                durable_offset: o.durable_offset,
+            });
+        }
+        let truncations = self.inner.truncations.get();
+        let storage = &self.inner.storage;
+        let dir = &self.inner.dir;
+        let path = dir.join(producer_snapshot_file_name(snapshot.offset));
+        storage
+            .write_atomic(&path, &snapshot.encode(now_ms()))
+            .await?;
+        let high_watermark = self.offsets().high_watermark;
+        if self.inner.truncations.get() != truncations || high_watermark < snapshot.offset {
+            storage.remove(&path).await?;
+            return Err(EngineError::Truncated {
+                offset: snapshot.offset,
+                high_watermark,
+            });
+        }
+        let names = storage.list(dir).await?;
+        for old in snapshots_to_prune(&names, snapshot.offset, PRODUCER_SNAPSHOTS_KEPT) {
+            storage
+                .remove(&dir.join(producer_snapshot_file_name(old)))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Deletes the segments retention has expired. Takes the log exclusively
@@ -683,8 +793,10 @@ impl<S: Storage> Partition<S> {
             .await;
     }
 
-    /// Flushes, writes a clean checkpoint and closes the files.
+    /// Flushes, writes a clean checkpoint and closes the files (after a
+    /// producer-state snapshot being written, if any).
     pub async fn close(self) -> Result<(), EngineError> {
+        let _no_snapshot = self.inner.snapshot_lock.lock().await;
         let mut guard = self.exclusive().await?;
         let log = guard.log.take().expect("held");
         self.inner.closed.set(true);
@@ -746,6 +858,15 @@ impl<S: Storage> Partition<S> {
             );
         }
     }
+}
+
+/// What [`Partition::load_producer_snapshot`] found.
+#[derive(Debug, Default)]
+pub struct SnapshotLoad {
+    /// The newest valid snapshot, if any.
+    pub snapshot: Option<ProducerSnapshot>,
+    /// Files (or the directory) passed over, newest first, and why.
+    pub passed_over: Vec<(PathBuf, String)>,
 }
 
 /// What [`Partition::reach`] waits for.

@@ -41,6 +41,16 @@ fn checkpoint_decode_corpus_replays() {
 }
 
 #[test]
+fn producer_snapshot_decode_corpus_replays() {
+    assert!(
+        replay(
+            "producer_snapshot_decode",
+            fuzz_checks::producer_snapshot_decode
+        ) >= 3
+    );
+}
+
+#[test]
 fn log_open_corpus_replays() {
     assert!(replay("log_open", fuzz_checks::log_open) >= 4);
 }
@@ -213,6 +223,40 @@ fn write_seed_corpus() {
     let mut newer = cp.encode();
     newer[4] = 2;
     write("checkpoint_decode", "seed-newer-version", &newer);
+
+    // producer_snapshot_decode
+    use strom_engine::producer_snapshot::{ProducerSnapshot, SnapshotBatch, SnapshotProducer};
+    let snap = ProducerSnapshot {
+        offset: 500,
+        producers: (0..3)
+            .map(|i| SnapshotProducer {
+                producer_id: 1_000 + i,
+                epoch: i as i16,
+                last_timestamp_ms: 1_700_000_000_000 + i,
+                batches: (0..=i as u64)
+                    .map(|b| SnapshotBatch {
+                        first_seq: b as i32 * 10,
+                        last_seq: b as i32 * 10 + 9,
+                        base_offset: 100 * b + i as u64,
+                        last_offset: 100 * b + i as u64 + 9,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    write(
+        "producer_snapshot_decode",
+        "seed-three-producers",
+        &snap.encode(1_700_000_000_000),
+    );
+    let empty = ProducerSnapshot {
+        offset: 0,
+        producers: Vec::new(),
+    };
+    write("producer_snapshot_decode", "seed-empty", &empty.encode(0));
+    let mut newer = snap.encode(0);
+    newer[4] = 2;
+    write("producer_snapshot_decode", "seed-newer-version", &newer);
 
     // log_open: hand-made three-segment directory, then real logs
     let mut files = Vec::new();

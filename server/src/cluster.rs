@@ -362,27 +362,12 @@ fn record_producer(producers: &crate::producers::Producers, group: u64, frame: &
     let Some(h) = strom_flatbuffers::FrameHeader::ref_from(frame) else {
         return;
     };
-    let base = h.base_offset();
-    let next = h.next_offset();
-    if next <= base {
-        return;
-    }
-    // The same reading of the header fields as the native edge's (its
-    // sequence arithmetic wraps at 2^31 as Kafka's), so that a retry is
-    // matched against what the apply hook recorded. Invalid fields were
-    // refused at the edge; a frame that still has them is not recorded.
-    let records = u32::try_from(next - base).unwrap_or(u32::MAX);
-    let Ok(Some(b)) = crate::producers::ProducerBatch::from_fields(
-        h.producer_id.get(),
-        h.producer_epoch.get(),
-        h.base_sequence.get(),
-        records,
-    ) else {
+    let Some((b, base, last)) = crate::producers::ProducerBatch::of_frame(h) else {
         return;
     };
     // A replayed entry (a restart applies the log again) is a duplicate.
     if let crate::producers::Check::Append = producers.check(key, &b) {
-        producers.record(key, &b, base, next - 1);
+        producers.record(key, &b, base, last, h.max_timestamp_ms.get());
     }
 }
 

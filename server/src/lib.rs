@@ -5,7 +5,8 @@
 //! 1. foundations: `limits`, `error`, `config`, `metadata`, `metrics`,
 //!    `shutdown`, `waits`, `alloc`, `gather` (gathered sends), `readbuf`
 //!    (where socket reads land), `producers`
-//!    (idempotent-producer rules),
+//!    (idempotent-producer rules), `producer_recovery` (their rebuild at
+//!    open and snapshots),
 //!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
 //!    they mean);
@@ -34,6 +35,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod ops;
+pub mod producer_recovery;
 pub mod producers;
 pub mod readbuf;
 pub mod router;

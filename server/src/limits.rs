@@ -91,6 +91,30 @@ pub const KAFKA_PRODUCER_STATES_PER_SHARD_MAX: usize = 100_000;
 /// Recent batches remembered per producer and partition for duplicate
 /// detection (Kafka's max.in.flight.requests.per.connection bound).
 pub const KAFKA_PRODUCER_BATCHES_MAX: usize = 5;
+const _: () = assert!(
+    KAFKA_PRODUCER_STATES_PER_SHARD_MAX <= strom_engine::limits::PRODUCER_SNAPSHOT_PRODUCERS_MAX
+        && KAFKA_PRODUCER_BATCHES_MAX == strom_engine::limits::PRODUCER_SNAPSHOT_BATCHES_MAX,
+    "one partition's producer state always fits one snapshot file"
+);
+/// A producer whose last batch (its `max_timestamp_ms`) is this old is
+/// forgotten: Kafka's `producer.id.expiration.ms` and its default (one day).
+pub const PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
+/// How often each shard drops expired producers: Kafka's
+/// `producer.id.expiration.check.interval.ms` default (10 minutes).
+pub const PRODUCER_ID_EXPIRATION_CHECK_MS: u64 = 600_000;
+/// A partition gets a new producer-state snapshot once this many bytes
+/// were appended since its last one (or a segment rolled, or at a clean
+/// close), so that a restart replays at most about this much of its log to
+/// rebuild producer state (the engine's checkpoint interval).
+pub const PRODUCER_SNAPSHOT_INTERVAL_BYTES: u64 = 64 << 20;
+/// How often each shard looks for partitions due a producer-state snapshot.
+pub const PRODUCER_SNAPSHOT_CHECK_MS: u64 = 1_000;
+/// After a failed producer-state snapshot, the next try of that partition
+/// waits this long.
+pub const PRODUCER_SNAPSHOT_RETRY_MS: u64 = 10_000;
+/// Bytes one read of the replay that rebuilds producer state asks for.
+pub const PRODUCER_REBUILD_READ_BYTES: usize = 1 << 20;
+
 /// Topics one Kafka Metadata request may name.
 pub const KAFKA_METADATA_TOPICS_MAX: usize = 10_000;
 

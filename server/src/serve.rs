@@ -211,6 +211,7 @@ pub async fn run(start: ShardStart) {
         storage: shared.storage.open(),
         replication,
         replicated: RefCell::new(HashMap::new()),
+        opened_instances: Cell::new(0),
     });
 
     if let Some(r) = receivers {
@@ -233,6 +234,7 @@ pub async fn run(start: ShardStart) {
         glommio::spawn_local(crate::http::serve(h, shard.clone())).detach();
     }
     shard.apply(shared.initial_metadata.clone()).await;
+    start_producer_upkeep(&shard);
     // Only now: the shard's metadata holds the stored `cluster_meta_index`,
     // so entries the metadata group replays at open are recognized as
     // applied. Started before, the apply task took every replayed entry
@@ -277,6 +279,15 @@ pub async fn run(start: ShardStart) {
     drain_and_close(&shard).await;
 }
 
+/// Single node: the shard's producer-state snapshots and expiry
+/// (`Shard::producer_upkeep`); a replicated partition's state follows its
+/// Raft log instead.
+fn start_producer_upkeep(shard: &Rc<Shard>) {
+    if shard.replication.is_none() {
+        glommio::spawn_local(shard.clone().producer_upkeep()).detach();
+    }
+}
+
 /// Drain: connections finish their in-flight requests and close; the mesh
 /// is served until every shard has drained; then the partitions close.
 async fn drain_and_close(shard: &Rc<Shard>) {
@@ -305,6 +316,7 @@ async fn run_in_process(
 ) {
     let shared = shard.shared.clone();
     shard.apply(shared.initial_metadata.clone()).await;
+    start_producer_upkeep(&shard);
     shard.groups.load(&shard).await;
     shared.ready.fetch_add(1, Ordering::SeqCst);
     let _ = ready.send(Ok(shard.id));

@@ -21,6 +21,13 @@
 //! - At most one reopen runs per partition: a slot is `reopening` from the
 //!   moment its reopen starts until it ends; while it is, requests for the
 //!   partition get the retriable `PartitionUnavailable`.
+//! - A partition's idempotent-producer state is rebuilt from its log
+//!   (`producer_recovery::rebuild`) before its slot is inserted, and before
+//!   a reopened slot stops `reopening`: no produce request ever sees a
+//!   partition whose producer state is not the one its log implies.
+//! - Single node: one task per shard (`Shard::producer_upkeep`) writes the
+//!   producer-state snapshots that are due and expires producers; the last
+//!   snapshot of a partition is written by `close_all`, before its close.
 //! - No `RefCell` borrow is held across an `.await`.
 
 use crate::engine::{EngineError, Partition};
@@ -28,7 +35,8 @@ use crate::error::{engine_to_wire, WireError};
 use crate::limits::{PARTITION_REOPEN_BACKOFF_MAX_MS, PARTITION_REOPEN_BACKOFF_MIN_MS};
 use crate::metadata::{self, Metadata, Placement};
 use crate::metrics::{PartitionSnapshot, PartitionTraffic, ShardMetrics, ShardSnapshot};
-use crate::producers::PartitionKey;
+use crate::producer_recovery::SnapshotMark;
+use crate::producers::{PartitionKey, ProducerStates};
 use crate::router::Router;
 use crate::shutdown::Event;
 use glommio::sync::Semaphore;
@@ -109,6 +117,11 @@ pub struct PartitionSlot {
     pub traffic: PartitionTraffic,
     /// Its log failed and is being reopened (see [`Shard::engine_error`]).
     pub reopening: bool,
+    /// Where this instance stands with producer-state snapshots.
+    pub snapshots: SnapshotMark,
+    /// Which opening of the partition `partition` is (shard-wide counter):
+    /// a snapshot job's result is recorded only for the instance it ran on.
+    pub instance: u64,
 }
 
 pub struct Shard {
@@ -139,6 +152,8 @@ pub struct Shard {
     /// Cluster mode: the partitions this shard replicates -> (topic id,
     /// group id).
     pub replicated: RefCell<HashMap<(String, u32), (u64, u64)>>,
+    /// Partition openings so far (each slot's `instance`).
+    pub opened_instances: Cell<u64>,
 }
 
 impl Shard {
@@ -461,14 +476,35 @@ impl Shard {
                 return false;
             }
         };
+        // The batches of idempotent producers the recovered log holds, and
+        // only those: a retry of a lost one is appended again, a retry of
+        // one that survived is a duplicate. Rebuilt before the slot takes
+        // requests again.
+        let pkey = PartitionKey {
+            topic_id,
+            partition: p,
+        };
+        let (states, report) = crate::producer_recovery::rebuild(
+            &part,
+            pkey,
+            self.producers.capacity(),
+            crate::engine::partition::now_ms(),
+        )
+        .await;
+        let instance = self.next_instance();
         let installed = match self.partitions.borrow_mut().get_mut(key) {
             Some(slot) if slot.topic_id == topic_id => {
                 slot.partition = part.clone();
                 slot.reopening = false;
+                slot.snapshots = SnapshotMark::opened(report.snapshot_offset, report.bytes);
+                slot.instance = instance;
                 true
             }
             _ => false,
         };
+        if installed {
+            self.install_producers(topic, p, pkey, states, &report);
+        }
         if !installed {
             // Closed under us (shutdown): close what we opened.
             if let Err(e) = part.close().await {
@@ -478,16 +514,7 @@ impl Shard {
         }
         ShardMetrics::add(&self.metrics.partition_reopens, 1);
         log_recovery(self.id, topic, p, &part);
-        // Idempotent producers' batches that did not survive must be
-        // appended again when retried, not answered as duplicates.
         let high_watermark = part.offsets().high_watermark;
-        self.producers.forget_from(
-            PartitionKey {
-                topic_id,
-                partition: p,
-            },
-            high_watermark,
-        );
         tracing::warn!(
             shard = self.id,
             topic,
@@ -497,6 +524,182 @@ impl Shard {
             "partition reopened after its log failed"
         );
         true
+    }
+
+    /// A new instance number for a partition just opened.
+    fn next_instance(&self) -> u64 {
+        let n = self.opened_instances.get() + 1;
+        self.opened_instances.set(n);
+        n
+    }
+
+    /// Installs a partition's rebuilt producer state (replacing what the
+    /// shard held for it), raises the producer-id floor above every id it
+    /// names, and says what the rebuild did.
+    fn install_producers(
+        &self,
+        topic: &str,
+        p: u32,
+        key: PartitionKey,
+        states: ProducerStates,
+        r: &crate::producer_recovery::RebuildReport,
+    ) {
+        if let Some(max) = states.max_producer_id() {
+            self.shared.producer_ids.note(max);
+        }
+        self.producers.install(key, states);
+        for (path, why) in &r.passed_over {
+            tracing::warn!(shard = self.id, topic, partition = p, file = %path.display(), reason = %why, "producer-state snapshot passed over; replaying more of the log");
+        }
+        if let Some(why) = &r.stopped {
+            self.metrics().count_background_error("producer_rebuild");
+            tracing::error!(
+                shard = self.id,
+                topic,
+                partition = p,
+                from_offset = r.from_offset,
+                to_offset = r.to_offset,
+                reason = %why,
+                "producer-state replay stopped early: retries of later batches may be stored twice"
+            );
+        } else if r.frames > 0 || r.snapshot_offset.is_some() {
+            tracing::info!(
+                shard = self.id,
+                topic,
+                partition = p,
+                snapshot_offset = r.snapshot_offset.map_or(-1, |o| o as i64),
+                replayed_from = r.from_offset,
+                replayed_to = r.to_offset,
+                frames = r.frames,
+                producer_frames = r.producer_frames,
+                bytes = r.bytes,
+                producers = r.producers,
+                expired = r.expired,
+                took_ms = r.took_ms,
+                "producer state rebuilt"
+            );
+        }
+    }
+
+    /// Single node: writes the producer-state snapshots that are due
+    /// (every [`PRODUCER_SNAPSHOT_CHECK_MS`]) and drops expired producers
+    /// (every [`PRODUCER_ID_EXPIRATION_CHECK_MS`]) until shutdown. One task
+    /// per shard; each snapshot is a job of its own partition that holds no
+    /// lock across its I/O (`producer_recovery::write_snapshot`).
+    ///
+    /// [`PRODUCER_SNAPSHOT_CHECK_MS`]: crate::limits::PRODUCER_SNAPSHOT_CHECK_MS
+    /// [`PRODUCER_ID_EXPIRATION_CHECK_MS`]: crate::limits::PRODUCER_ID_EXPIRATION_CHECK_MS
+    pub async fn producer_upkeep(self: Rc<Self>) {
+        use crate::limits::{PRODUCER_ID_EXPIRATION_CHECK_MS, PRODUCER_SNAPSHOT_CHECK_MS};
+        let mut since_expiry_ms = 0u64;
+        loop {
+            let sleep = async {
+                glommio::timer::sleep(std::time::Duration::from_millis(PRODUCER_SNAPSHOT_CHECK_MS))
+                    .await;
+                false
+            };
+            let stop = async {
+                self.shutdown.wait().await;
+                true
+            };
+            if futures_lite::future::or(stop, sleep).await {
+                return;
+            }
+            self.write_due_snapshots().await;
+            since_expiry_ms += PRODUCER_SNAPSHOT_CHECK_MS;
+            if since_expiry_ms >= PRODUCER_ID_EXPIRATION_CHECK_MS {
+                since_expiry_ms = 0;
+                self.expire_producers();
+            }
+        }
+    }
+
+    /// One round of [`Shard::producer_upkeep`]'s snapshots.
+    async fn write_due_snapshots(self: &Rc<Self>) {
+        let now_ms = crate::engine::partition::now_ms();
+        let due: Vec<((String, u32), u64, u64, Partition)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(_, s)| {
+                let st = s.partition.stats();
+                !s.reopening
+                    && now_ms >= s.snapshots.not_before_ms
+                    && s.snapshots.due(
+                        s.partition.offsets().high_watermark,
+                        st.appended_bytes,
+                        st.segments_rolled,
+                    )
+            })
+            .map(|(k, s)| (k.clone(), s.topic_id, s.instance, s.partition.clone()))
+            .collect();
+        for ((topic, p), topic_id, instance, part) in due {
+            if self.shutdown.is_fired() {
+                return;
+            }
+            let st = part.stats();
+            let key = PartitionKey {
+                topic_id,
+                partition: p,
+            };
+            let r = crate::producer_recovery::write_snapshot(&self.producers, key, &part).await;
+            let mut parts = self.partitions.borrow_mut();
+            let slot = parts
+                .get_mut(&(topic.clone(), p))
+                .filter(|s| s.instance == instance);
+            match (r, slot) {
+                (Ok(offset), Some(slot)) => {
+                    slot.snapshots =
+                        SnapshotMark::written(offset, st.appended_bytes, st.segments_rolled);
+                }
+                (Ok(_), None) => {}
+                (Err(e), slot) => {
+                    if let Some(slot) = slot {
+                        slot.snapshots.postpone(now_ms);
+                    }
+                    drop(parts);
+                    if matches!(e, crate::engine::EngineError::Failed { .. }) {
+                        // The log failed: reopen it, as a produce would.
+                        let _ = self.engine_error(&topic, p, &e);
+                    } else if !matches!(e, crate::engine::EngineError::Closed) {
+                        self.metrics().count_background_error("producer_snapshot");
+                        tracing::warn!(shard = self.id, %topic, partition = p, error = %e, "producer-state snapshot failed; retried later");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the producers expired by time, or whose batches all lie below
+    /// their partition's log start (Kafka's rules).
+    fn expire_producers(&self) {
+        let starts: HashMap<PartitionKey, u64> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|((_, p), s)| {
+                (
+                    PartitionKey {
+                        topic_id: s.topic_id,
+                        partition: *p,
+                    },
+                    s.partition.offsets().log_start_offset,
+                )
+            })
+            .collect();
+        let gone = self
+            .producers
+            .expire(crate::engine::partition::now_ms(), |k| {
+                starts.get(&k).copied()
+            });
+        if gone > 0 {
+            tracing::info!(
+                shard = self.id,
+                producers = gone,
+                left = self.producers.len(),
+                "expired idempotent producers dropped"
+            );
+        }
     }
 
     /// The owning shard of (topic, partition) per the current metadata.
@@ -612,6 +815,20 @@ impl Shard {
                         {
                             Ok(part) => {
                                 log_recovery(self.id, &t.name, p, &part);
+                                // Producer state first: the slot takes
+                                // requests once it is inserted.
+                                let pkey = PartitionKey {
+                                    topic_id: t.id,
+                                    partition: p,
+                                };
+                                let (states, report) = crate::producer_recovery::rebuild(
+                                    &part,
+                                    pkey,
+                                    self.producers.capacity(),
+                                    crate::engine::partition::now_ms(),
+                                )
+                                .await;
+                                self.install_producers(&t.name, p, pkey, states, &report);
                                 self.partitions.borrow_mut().insert(
                                     key,
                                     PartitionSlot {
@@ -619,6 +836,11 @@ impl Shard {
                                         partition: part,
                                         traffic: PartitionTraffic::default(),
                                         reopening: false,
+                                        snapshots: SnapshotMark::opened(
+                                            report.snapshot_offset,
+                                            report.bytes,
+                                        ),
+                                        instance: self.next_instance(),
                                     },
                                 );
                             }
@@ -701,6 +923,26 @@ impl Shard {
         }
         let all: Vec<_> = self.partitions.borrow_mut().drain().collect();
         for ((topic, p), slot) in all {
+            // A last producer-state snapshot, so that the next open replays
+            // nothing (connections are drained: no produce is in flight).
+            let o = slot.partition.offsets();
+            if !slot.reopening
+                && slot
+                    .snapshots
+                    .due_at_close(o.log_start_offset, o.high_watermark)
+            {
+                let key = PartitionKey {
+                    topic_id: slot.topic_id,
+                    partition: p,
+                };
+                let written =
+                    crate::producer_recovery::write_snapshot(&self.producers, key, &slot.partition)
+                        .await;
+                if let Err(e) = written {
+                    self.metrics().count_background_error("producer_snapshot");
+                    tracing::warn!(shard = self.id, %topic, partition = p, error = %e, "producer-state snapshot at close failed; the next open replays more of the log");
+                }
+            }
             if let Err(e) = slot.partition.close().await {
                 tracing::error!(shard = self.id, %topic, partition = p, error = %e, "closing partition failed");
             }

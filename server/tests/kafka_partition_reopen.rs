@@ -8,8 +8,8 @@
 //! client: the errors the Kafka edge answers meanwhile
 //! (`KAFKA_STORAGE_ERROR`, `NOT_LEADER_OR_FOLLOWER`) are ones it retries,
 //! so every record is delivered without an error; and the retried batch is
-//! stored exactly once (the producer state forgets batches the reopened log
-//! does not hold, and keeps those it does).
+//! stored exactly once (the producer state is rebuilt from the reopened
+//! log: batches it lost are appended again, those it holds are duplicates).
 
 mod kafka_common;
 

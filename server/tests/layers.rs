@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 fn layer(module: &str) -> Option<u8> {
     let l = match module {
         "alloc" | "cluster" | "config" | "error" | "limits" | "metadata" | "metrics"
-        | "shutdown" | "waits" | "producers" | "gather" | "readbuf" | "engine" => 0,
+        | "shutdown" | "waits" | "producers" | "producer_recovery" | "gather" | "readbuf"
+        | "engine" => 0,
         "router" => 1,
         "shard" => 2,
         "ops" | "group" => 3,

@@ -237,6 +237,11 @@ pub struct TestServer {
     data_dir_override: Option<PathBuf>,
     /// Flags added after the harness's own.
     extra_args: Vec<String>,
+    /// `--kafka-listen` of the next start (port 0 until
+    /// [`TestServer::keep_kafka_port`]).
+    kafka_listen: String,
+    /// The Kafka address the running process printed.
+    kafka_addr: Option<String>,
     // Dropped last: the data outlives the process.
     dir: TempDir,
 }
@@ -254,6 +259,8 @@ impl TestServer {
             stderr_path: dir.path().join("server.stderr"),
             data_dir_override: None,
             extra_args: Vec::new(),
+            kafka_listen: "127.0.0.1:0".into(),
+            kafka_addr: None,
             dir,
         };
         s.spawn();
@@ -275,6 +282,8 @@ impl TestServer {
             stderr_path: dir.path().join("server.stderr"),
             data_dir_override: Some(data_dir.to_path_buf()),
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            kafka_listen: "127.0.0.1:0".into(),
+            kafka_addr: None,
             dir,
         };
         s.spawn();
@@ -306,6 +315,20 @@ impl TestServer {
         self.http_addr.as_deref()
     }
 
+    /// The Kafka listener's address (`127.0.0.1:PORT`) of the running
+    /// process.
+    pub fn kafka_addr(&self) -> Option<&str> {
+        self.kafka_addr.as_deref()
+    }
+
+    /// Later starts bind the Kafka port the running process got, so that
+    /// Kafka clients keep their bootstrap address across a kill and restart.
+    pub fn keep_kafka_port(&mut self) {
+        if let Some(a) = &self.kafka_addr {
+            self.kafka_listen = a.clone();
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         match &self.data_dir_override {
             Some(d) => d.clone(),
@@ -328,7 +351,7 @@ impl TestServer {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args(["--kafka-listen", "127.0.0.1:0"])
+            .args(["--kafka-listen", &self.kafka_listen])
             .args(["--cores", &self.cores.to_string()])
             .args(&self.extra_args)
             .stdin(Stdio::null())
@@ -350,6 +373,7 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         let mut native = None;
         let mut http = None;
+        let mut kafka = None;
         while native.is_none() || http.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -359,6 +383,9 @@ impl TestServer {
                     }
                     if let Some(a) = line.strip_prefix("listening http=") {
                         http = Some(a.trim().to_owned());
+                    }
+                    if let Some(a) = line.strip_prefix("listening kafka=") {
+                        kafka = Some(a.trim().to_owned());
                     }
                     // Some builds print both on one line.
                     for word in line.split_whitespace() {
@@ -384,6 +411,7 @@ impl TestServer {
         }
         self.addr = native.expect("native address");
         self.http_addr = http;
+        self.kafka_addr = kafka;
     }
 
     /// Stops the server with SIGTERM (a clean shutdown), waiting at most

@@ -46,7 +46,7 @@ const UP_MS_MAX: u64 = 700;
 /// Time the server stays dead: seeded in [0, MAX).
 const DOWN_MS_MAX: u64 = 300;
 /// Whole-run wall-clock bound (one run; the brief: a few minutes at most).
-const RUN_BUDGET_MS: u64 = 150_000;
+const RUN_BUDGET_MS: u64 = 240_000;
 /// Records the producer sends before it sleeps a little (pacing, so the
 /// log stays small enough to read back quickly).
 const BURST_RECORDS: u64 = 40;
@@ -295,7 +295,13 @@ impl Run {
     }
 }
 
+/// The runs of this file one at a time: each restarts a server 20 times
+/// under a continuous produce, and three at once on a 2-core machine
+/// overran their time budget.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(idempotent: bool, disruption: Disruption) -> Run {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     let mut rng = Rng(seed);
     let started = Instant::now();
@@ -405,7 +411,6 @@ fn check_no_duplicates(r: &Run, name: &str) {
 /// is stored again (observed: 80 records of 4 batches in one run, each
 /// copy with the same producer id and sequence).
 #[test]
-#[ignore = "needs persisted producer state (h1)"]
 fn an_idempotent_producer_stores_nothing_twice_across_20_kills() {
     check_no_duplicates(&run(true, Disruption::Kill), "idempotent, kills");
 }

@@ -193,6 +193,10 @@ async fn produce_one(
     // Check, append (to memory) and record under the lane, so that batches
     // of one producer reach the log in sequence order; wait for durability
     // outside it, so that the lane never waits on a disk.
+    // What expiration compares, as Kafka's: the batch's largest timestamp
+    // (the frame header's, so that a replay of the log records the same).
+    let max_timestamp_ms = strom_flatbuffers::FrameHeader::ref_from(&frame)
+        .map_or(i64::MIN, |h| h.max_timestamp_ms.get());
     let lane = shard.producers.lane(key);
     let (base, last, append_time_ms) = {
         let Ok(_permit) = lane.acquire_permit(1).await else {
@@ -206,7 +210,19 @@ async fn produce_one(
             Check::Duplicate {
                 base_offset,
                 last_offset,
-            } => (base_offset, last_offset, -1),
+            } => {
+                tracing::debug!(
+                    shard = shard.id,
+                    topic,
+                    partition = p,
+                    producer_id = b.producer_id,
+                    epoch = b.epoch,
+                    first_seq = b.first_seq,
+                    base_offset,
+                    "idempotent batch answered as a duplicate"
+                );
+                (base_offset, last_offset, -1)
+            }
             Check::Append => {
                 let info = part
                     .append(frame, Durability::Buffered)
@@ -214,9 +230,13 @@ async fn produce_one(
                     .map_err(fail)?;
                 let records = info.last_offset + 1 - info.base_offset;
                 shard.count_in(topic, p, records, bytes);
-                shard
-                    .producers
-                    .record(key, &b, info.base_offset, info.last_offset);
+                shard.producers.record(
+                    key,
+                    &b,
+                    info.base_offset,
+                    info.last_offset,
+                    max_timestamp_ms,
+                );
                 (info.base_offset, info.last_offset, info.append_time_ms)
             }
         }
