@@ -29,6 +29,11 @@
 //!   idempotent producer (its default): `..._idempotent` runs it and allows
 //!   no duplicate.
 //!
+//! - `cli_follows_the_controller_and_the_leader`: the `strom` CLI with a
+//!   bootstrap list (its first node not the controller, or dead) creates,
+//!   produces with `--idempotent` before and after a leader kill, and
+//!   consumes everything in order through a follower alone.
+//!
 //! Failover times (kill to the next [`ACKS_AFTER_KILL`] acknowledgements)
 //! are printed. A missing Python module fails under `CI=true` and is
 //! recorded as skipped elsewhere (`scripts/install-test-deps` installs
@@ -447,6 +452,108 @@ fn strom_client_given_a_follower_finds_the_leader_through_leader_kills() {
         "strom_client_given_a_follower_finds_the_leader_through_leader_kills",
         true,
     );
+}
+
+// ------------------------------------------------------------- the CLI
+
+/// Runs `strom ARGS --server SERVER` with `stdin`; (exit code, stdout,
+/// stderr).
+fn strom(server: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut cmd = Command::new(strom_tests::strom_bin());
+    cmd.args(args).arg("--server").arg(server);
+    let (code, out, err) =
+        strom_tests::run_with_timeout(&mut cmd, stdin.as_bytes(), Duration::from_secs(60));
+    (code, String::from_utf8_lossy(&out).into_owned(), err)
+}
+
+/// The CLI given a bootstrap list: creates the topic on the controller
+/// whatever node comes first, produces with --idempotent, produces again
+/// after the leader was killed with the dead node first in the list, and
+/// reads everything back in order through a follower alone; `topic
+/// describe` names the leader.
+#[test]
+fn cli_follows_the_controller_and_the_leader() {
+    let test = "cli_follows_the_controller_and_the_leader";
+    let _one = serial();
+    let mut cluster = Cluster::start_proxied();
+    let deadline = Instant::now() + BUDGET;
+    let all = cluster.native_bootstrap();
+    // Every node in turn first: whichever is not the controller passes
+    // the create on (NotController), so the topic exists once.
+    for (i, id) in (1..=3u64).enumerate() {
+        let others: Vec<String> = (1..=3u64)
+            .filter(|&n| n != id)
+            .map(|n| cluster.native(n))
+            .collect();
+        let list = format!("{},{}", cluster.native(id), others.join(","));
+        let (code, out, err) = strom(&list, &["topic", "create", &format!("cli-{i}")], "");
+        assert_eq!(code, 0, "{test}: create via {list}: {err}");
+        assert_eq!(out, format!("Created topic cli-{i}.\n"));
+    }
+    let lines = |tag: &str| -> String { (0..100).map(|i| format!("{tag}{i}\n")).collect() };
+    let produce = |server: &str, input: &str| {
+        let (code, _, err) = strom(
+            server,
+            &["produce", "cli-0", "--idempotent", "--acks", "durable"],
+            input,
+        );
+        assert_eq!(code, 0, "{test}: produce via {server}: {err}");
+    };
+    produce(&all, &lines("a"));
+    let leader = cluster
+        .wait_leader(&cluster.running(), "cli-0", 0, deadline)
+        .expect("a leader")
+        .0;
+    cluster.kill(leader);
+    let rest: Vec<String> = (1..=3u64)
+        .filter(|&n| n != leader)
+        .map(|n| cluster.native(n))
+        .collect();
+    let dead_first = format!("{},{}", cluster.native(leader), rest.join(","));
+    produce(&dead_first, &lines("b"));
+    cluster.restart(leader);
+    let now_leader = cluster
+        .wait_leader(&cluster.running(), "cli-0", 0, deadline)
+        .expect("a leader")
+        .0;
+    let follower = (1..=3u64).find(|&n| n != now_leader).expect("a follower");
+    let (code, out, err) = strom(
+        &cluster.native(follower),
+        &[
+            "consume",
+            "cli-0",
+            "--from-beginning",
+            "--count",
+            "200",
+            "--idle-timeout-ms",
+            "20000",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{test}: consume via node {follower}: {err}");
+    assert_eq!(
+        out,
+        lines("a") + &lines("b"),
+        "{test}: every line once, in order"
+    );
+    let (code, out, err) = strom(
+        &cluster.native(follower),
+        &["topic", "describe", "cli-0"],
+        "",
+    );
+    assert_eq!(code, 0, "{test}: describe: {err}");
+    assert!(
+        out.contains("HighWatermark: ") && out.contains(&format!("Leader: {now_leader}")),
+        "{test}: {out}"
+    );
+    let hw: u64 = out
+        .split("HighWatermark: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(hw >= 200, "{test}: the leader's high watermark: {out}");
+    cluster.assert_no_panic(test);
 }
 
 // ------------------------------------------------------------- Python
