@@ -372,10 +372,10 @@ impl Client {
     /// shard is reachable, else the bootstrap connection (whose shard
     /// forwards them). Learns the owners with one DescribeTopics per topic.
     ///
-    /// In cluster mode: the partition's leader ([`Route::Node`]), learned
-    /// with a DescribeTopics when unknown; the main connection when that
-    /// node is the leader, when no leader is known, or when the leader
-    /// cannot be reached (its leaderships are then forgotten).
+    /// In cluster mode: the partition's leader ([`Route::Node`], also when
+    /// it is the main connection's node), learned with a DescribeTopics
+    /// when unknown; the main connection when no leader is known, or when
+    /// the leader cannot be reached (its leaderships are then forgotten).
     pub fn route(&mut self, topic: &str, partition: u32) -> Route {
         if self.follows_leaders() {
             return self.route_to_leader(topic, partition);
@@ -441,7 +441,11 @@ impl Client {
             return Route::Bootstrap;
         };
         if leader == self.node_id() {
-            return Route::Bootstrap;
+            // Named by node, not as "the main connection": if the main
+            // connection moves to another node, requests in flight here
+            // are still found on this one (kept among the node
+            // connections).
+            return Route::Node(leader);
         }
         if self.open_node(leader) {
             Route::Node(leader)
