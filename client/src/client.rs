@@ -2,6 +2,42 @@
 //! count) and the admin and offset calls. Producers and consumers are built
 //! on top of one.
 //!
+//! # Cluster mode: following leaders
+//! A client is given one or more bootstrap addresses (`"a:1,b:2,c:3"`) and
+//! connects to the first that answers. When the handshake says the server
+//! is a cluster node (`ApiVersionsResponse.node_id` not 0), the client:
+//! - learns every node's native address from the handshake (`nodes`) and
+//!   each partition's leader and leader epoch from DescribeTopics
+//!   ([`crate::cluster::ClusterView`]);
+//! - sends a partition's produce, fetch and list-offsets requests to its
+//!   leader ([`Client::route`] gives [`Route::Node`]), over one connection
+//!   per node, opened on first use (at most [`crate::cluster::NODES_MAX`]);
+//!   while the leader is unknown they go to the main connection, whose node
+//!   refuses them (`NotLeader`, `LeaderNotAvailable`) unless it leads;
+//! - forgets a leader on `NotLeader`, `LeaderNotAvailable` or
+//!   `PartitionUnavailable` for its partition ([`Client::note_error`]) and
+//!   every leadership of a node whose connection failed
+//!   ([`Client::route_failed`]), and describes the topic again (at most
+//!   every [`crate::cluster::LEADER_REFRESH_MIN_MS`]) when it next needs the
+//!   leader. Who retries: the producer, only as its resend rules allow; the
+//!   consumer's fetch and [`Client::list_offsets`] always, with bounded
+//!   back-off ([`crate::cluster::LEADER_RETRY_BACKOFF_MS`] doubling to
+//!   [`crate::cluster::LEADER_RETRY_BACKOFF_MAX_MS`]) until their deadline;
+//! - moves the main connection (metadata, admin, groups, producer ids) to
+//!   the next node when its node cannot be reached: idempotent requests
+//!   are then sent again there; a topic change is sent only over a
+//!   connection that is up, and one whose answer was lost is not sent again
+//!   (its outcome is unknown);
+//! - sends a topic change refused with `NotController` to the next node,
+//!   until one accepts or [`ConnectionConfig::request_timeout_ms`] has
+//!   passed (Kafka's admin client retries `NOT_CONTROLLER` the same way; a
+//!   change whose first answer was "outcome unknown" can then come back as
+//!   `TopicAlreadyExists` or `UnknownTopic`).
+//!
+//! A single node (handshake `node_id` 0) is served exactly as before, with
+//! direct shard connections; in cluster mode requests go to the leader
+//! node's main port and that node forwards them to the owning shard.
+//!
 //! Invariants:
 //! - The metadata cache only holds what the server reported; an entry is
 //!   dropped when a request about that topic fails with `UnknownTopic` or
@@ -9,10 +45,16 @@
 //! - Per-topic and per-partition errors inside a successful response become
 //!   [`Error::Server`] with the topic/partition as context; callers that
 //!   want the partial results use the `*_results` variants.
+//! - A [`Route`] names a connection, not a socket: after the client moved
+//!   or re-made a connection, a request tracked under its route has another
+//!   generation than the connection the route now leads to, so it counts
+//!   as lost (see `crate::connection`).
 
-use crate::connection::{Connection, ConnectionConfig, Response};
+use crate::cluster::{self, ClusterView};
+use crate::connection::{is_idempotent, Connection, ConnectionConfig, Response};
 use crate::error::{check, Error, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 use strom_flatbuffers::protocol::{
     ApiVersionsResponse, CreatePartitionsRequest, CreateTopic, CreateTopicsRequest,
     DeleteTopicsRequest, DescribeGroupsRequest, DescribeTopicsRequest, ErrorCode, GroupDescription,
@@ -37,13 +79,16 @@ pub enum OffsetSpec {
     At(u64),
 }
 
-/// Which connection carries a partition's requests: the one the client was
-/// given, or a direct connection to the shard that owns the partition
-/// (see [`Client::route`]).
+/// Which connection carries a partition's requests: the main one (the
+/// bootstrap connection, or in cluster mode the node the client moved to),
+/// a direct connection to the shard that owns the partition (single node),
+/// or the connection to the node that leads it (cluster mode; see
+/// [`Client::route`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
     Bootstrap,
     Shard(u16),
+    Node(u64),
 }
 
 /// A direct connection to one shard, opened on first use.
@@ -68,6 +113,34 @@ pub struct Client {
     /// The bootstrap connection's generation `direct` and `owners` belong to.
     direct_generation: u64,
     direct_enabled: bool,
+    /// The addresses the client was given, in order.
+    bootstrap: Vec<String>,
+    /// Cluster mode: nodes and partition leaders.
+    cluster: ClusterView,
+    /// Cluster mode: connections to nodes other than `conn`'s, opened on
+    /// first use (at most `cluster::NODES_MAX`).
+    nodes: BTreeMap<u64, Connection>,
+    /// See [`Client::set_follow_leaders`] (default on).
+    follow_leaders: bool,
+    /// The reconnect attempts the caller configured (the main connection
+    /// uses them unless the client follows leaders).
+    reconnect_attempts_max: u32,
+}
+
+/// True for the errors after which a partition's request is worth sending
+/// again once its leader is found again: a lost connection, or the
+/// partition's node saying it does not (or not yet) lead it.
+pub fn is_leader_error(e: &Error) -> bool {
+    e.is_connection_error()
+        || matches!(
+            e.code(),
+            Some(
+                ErrorCode::NotLeader
+                    | ErrorCode::LeaderNotAvailable
+                    | ErrorCode::PartitionUnavailable
+                    | ErrorCode::ShuttingDown
+            )
+        )
 }
 
 fn unexpected(request: &'static str, body: &ResponseBody) -> Error {
@@ -84,25 +157,206 @@ fn topic_results_ok(results: Vec<TopicResult>) -> Result<()> {
     Ok(())
 }
 
+/// Connects to the first of `addrs` that answers (see
+/// [`Client::connect_with`]).
+fn connect_any(addrs: &[String], config: &ConnectionConfig) -> Result<Connection> {
+    let once = ConnectionConfig {
+        reconnect_attempts_max: 0,
+        ..config.clone()
+    };
+    let mut backoff_ms = config.reconnect_backoff_ms;
+    let mut last: Option<Error> = None;
+    for round in 0..=config.reconnect_attempts_max {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(backoff_ms));
+            backoff_ms = (backoff_ms.saturating_mul(2)).min(config.reconnect_backoff_max_ms);
+        }
+        for a in addrs {
+            match Connection::connect(a, once.clone()) {
+                Ok(mut c) => {
+                    c.set_reconnect_attempts_max(config.reconnect_attempts_max);
+                    return Ok(c);
+                }
+                Err(e) if e.is_connection_error() || matches!(e, Error::Resolve { .. }) => {
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::InvalidArgument("no server address".into())))
+}
+
 impl Client {
-    /// Connects to `addr` (`host:port`) with default settings.
-    pub fn connect(addr: &str) -> Result<Client> {
-        Client::connect_with(addr, ConnectionConfig::default())
+    /// Connects to `addrs` (one or more `host:port`, comma separated) with
+    /// default settings.
+    pub fn connect(addrs: &str) -> Result<Client> {
+        Client::connect_with(addrs, ConnectionConfig::default())
     }
 
-    pub fn connect_with(addr: &str, config: ConnectionConfig) -> Result<Client> {
-        Ok(Client::new(Connection::connect(addr, config)?))
+    /// Connects to the first of `addrs` (one or more `host:port`, comma
+    /// separated) that answers. One address: exactly
+    /// [`Connection::connect`]. Several: each is tried once per round, for
+    /// `1 + reconnect_attempts_max` rounds with the connection's back-off
+    /// between rounds.
+    pub fn connect_with(addrs: &str, config: ConnectionConfig) -> Result<Client> {
+        let list = cluster::parse_bootstrap(addrs)?;
+        let conn = match list.as_slice() {
+            [one] => Connection::connect(one, config)?,
+            _ => connect_any(&list, &config)?,
+        };
+        let mut c = Client::new(conn);
+        c.bootstrap = list;
+        Ok(c)
     }
 
+    /// A client over `conn` (its address is the only bootstrap address).
     pub fn new(conn: Connection) -> Client {
         let direct_generation = conn.generation();
-        Client {
+        let bootstrap = vec![conn.addr_text().to_owned()];
+        let reconnect_attempts_max = conn.config().reconnect_attempts_max;
+        let mut c = Client {
             conn,
             partitions: HashMap::new(),
             owners: HashMap::new(),
             direct: Vec::new(),
             direct_generation,
             direct_enabled: true,
+            bootstrap,
+            cluster: ClusterView::default(),
+            nodes: BTreeMap::new(),
+            follow_leaders: true,
+            reconnect_attempts_max,
+        };
+        c.adopt_main();
+        c
+    }
+
+    /// Whether the server is a cluster node (its handshake named its node).
+    pub fn is_cluster(&self) -> bool {
+        self.conn.server_info().node_id != 0
+    }
+
+    /// Whether requests follow partition leaders and the controller (see
+    /// the module docs): in cluster mode, unless turned off with
+    /// [`Client::set_follow_leaders`].
+    pub fn follows_leaders(&self) -> bool {
+        self.follow_leaders && self.is_cluster()
+    }
+
+    /// Turns leader following off (or on again): everything then goes to
+    /// the main connection's node, which answers `NotLeader`,
+    /// `LeaderNotAvailable` or `NotController` where it cannot serve, and a
+    /// failed connection is re-made to the same node only (for tests and
+    /// tools that must talk to one node).
+    pub fn set_follow_leaders(&mut self, on: bool) {
+        self.follow_leaders = on;
+        if on {
+            self.adopt_main();
+        } else {
+            self.conn
+                .set_reconnect_attempts_max(self.reconnect_attempts_max);
+        }
+    }
+
+    /// The node the main connection talks to (0: a single node).
+    pub fn node_id(&self) -> u64 {
+        self.conn.server_info().node_id
+    }
+
+    /// What the client knows of the cluster (empty for a single node).
+    pub fn cluster_view(&self) -> &ClusterView {
+        &self.cluster
+    }
+
+    /// Learns the nodes the main connection's handshake named; when the
+    /// client follows leaders a failed reconnect is not tried again on the
+    /// spot (the client tries another node instead).
+    fn adopt_main(&mut self) {
+        let info = self.conn.server_info();
+        if info.node_id == 0 {
+            return;
+        }
+        let (id, nodes) = (info.node_id, info.nodes.clone());
+        self.cluster.learn_nodes(id, self.conn.addr_text(), &nodes);
+        if self.follow_leaders {
+            self.conn.set_reconnect_attempts_max(0);
+        }
+    }
+
+    /// Settings of a connection to another node: one connect attempt.
+    fn node_config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            reconnect_attempts_max: 0,
+            ..self.conn.config().clone()
+        }
+    }
+
+    /// Cluster mode: makes the main connection one to another node than
+    /// the current one (which failed or refused), trying the candidates of
+    /// [`ClusterView::candidates`] once each. The old main connection is
+    /// kept as that node's connection.
+    fn move_main(&mut self) -> Result<()> {
+        let current = self.node_id();
+        let mut last: Option<Error> = None;
+        for (id, addr) in self.cluster.candidates(current, &self.bootstrap) {
+            if id != 0 && id == current {
+                // Last resort: the node we are leaving, once more.
+                match self.conn.reconnect() {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                }
+            }
+            let taken = match self.nodes.remove(&id) {
+                Some(c) if c.is_connected() => Ok(c),
+                Some(mut c) => c.reconnect().map(|()| c),
+                None => Connection::connect(&addr, self.node_config()),
+            };
+            match taken {
+                Ok(c) => {
+                    if c.server_info().node_id == 0 {
+                        // Not a cluster node (a stale bootstrap address).
+                        last = Some(Error::UnexpectedResponse {
+                            request: "api_versions",
+                            got: format!("{addr}: a single node, not a cluster node"),
+                        });
+                        continue;
+                    }
+                    let old = std::mem::replace(&mut self.conn, c);
+                    let old_id = old.server_info().node_id;
+                    if old_id != 0 && old_id != self.node_id() {
+                        self.nodes.insert(old_id, old);
+                    }
+                    self.adopt_main();
+                    return Ok(());
+                }
+                Err(e) => {
+                    if id != 0 {
+                        self.cluster.forget_node(id);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidArgument("no node to connect to".into())))
+    }
+
+    /// Cluster mode: makes sure the main connection is up, moving it to
+    /// another node if its own cannot be reached.
+    fn ensure_main(&mut self) -> Result<()> {
+        if self.conn.is_connected() {
+            return Ok(());
+        }
+        match self.conn.reconnect() {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_connection_error() && self.follows_leaders() => {
+                self.cluster.forget_node(self.node_id());
+                self.move_main()
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -117,7 +371,15 @@ impl Client {
     /// direct connection when the server advertises shard ports and that
     /// shard is reachable, else the bootstrap connection (whose shard
     /// forwards them). Learns the owners with one DescribeTopics per topic.
+    ///
+    /// In cluster mode: the partition's leader ([`Route::Node`], also when
+    /// it is the main connection's node), learned with a DescribeTopics
+    /// when unknown; the main connection when no leader is known, or when
+    /// the leader cannot be reached (its leaderships are then forgotten).
     pub fn route(&mut self, topic: &str, partition: u32) -> Route {
+        if self.follows_leaders() {
+            return self.route_to_leader(topic, partition);
+        }
         if !self.direct_enabled {
             return Route::Bootstrap;
         }
@@ -166,6 +428,56 @@ impl Client {
         }
     }
 
+    fn route_to_leader(&mut self, topic: &str, partition: u32) -> Route {
+        if self
+            .cluster
+            .should_describe(topic, partition, Instant::now())
+        {
+            // An error leaves the leader unknown: the main connection's
+            // node then answers for it (and refuses if it does not lead).
+            let _ = self.describe_topic(topic);
+        }
+        let Some(leader) = self.cluster.leader(topic, partition) else {
+            return Route::Bootstrap;
+        };
+        if leader == self.node_id() {
+            // Named by node, not as "the main connection": if the main
+            // connection moves to another node, requests in flight here
+            // are still found on this one (kept among the node
+            // connections).
+            return Route::Node(leader);
+        }
+        if self.open_node(leader) {
+            Route::Node(leader)
+        } else {
+            self.cluster.forget_node(leader);
+            Route::Bootstrap
+        }
+    }
+
+    /// Cluster mode: whether the connection to node `id` is up (opened or
+    /// re-made now if needed, one attempt).
+    fn open_node(&mut self, id: u64) -> bool {
+        if let Some(c) = self.nodes.get_mut(&id) {
+            return c.is_connected() || c.reconnect().is_ok();
+        }
+        if self.nodes.len() >= cluster::NODES_MAX {
+            return false;
+        }
+        let Some(addr) = self.cluster.node_addr(id).map(str::to_owned) else {
+            return false;
+        };
+        match Connection::connect(&addr, self.node_config()) {
+            Ok(c) if c.server_info().node_id == id => {
+                let nodes = c.server_info().nodes.clone();
+                self.cluster.learn_nodes(id, &addr, &nodes);
+                self.nodes.insert(id, c);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The route of `parts` when they all have the same one (they live on
     /// one shard), else the bootstrap connection, whose shard fans the
     /// request out. Bootstrap for no parts.
@@ -185,22 +497,37 @@ impl Client {
     /// The connection of `route` (the bootstrap one when that shard's
     /// direct connection is not open).
     pub fn connection_on(&mut self, route: Route) -> &mut Connection {
-        if let Route::Shard(s) = route {
-            if let Some(Direct::Open(c)) = self.direct.get_mut(usize::from(s)) {
-                return c;
+        match route {
+            Route::Shard(s) => {
+                if let Some(Direct::Open(c)) = self.direct.get_mut(usize::from(s)) {
+                    return c;
+                }
             }
+            Route::Node(id) if id != self.conn.server_info().node_id => {
+                if let Some(c) = self.nodes.get_mut(&id) {
+                    return c;
+                }
+            }
+            Route::Node(_) | Route::Bootstrap => {}
         }
         &mut self.conn
     }
 
-    /// Forgets the direct connections and partition owners after a
-    /// connection error on `route`: the server may have restarted with
-    /// other shard ports, so the next [`Client::route`] learns them again
-    /// (through the bootstrap connection, which re-makes itself).
+    /// After a connection error on `route`. Single node: forgets the
+    /// direct connections and partition owners (the server may have
+    /// restarted with other shard ports, so the next [`Client::route`]
+    /// learns them again through the bootstrap connection, which re-makes
+    /// itself). Cluster mode: forgets every leadership of that node, so the
+    /// next [`Client::route`] asks who leads now.
     pub fn route_failed(&mut self, route: Route) {
-        if let Route::Shard(_) = route {
-            self.owners.clear();
-            self.direct.clear();
+        match route {
+            Route::Shard(_) => {
+                self.owners.clear();
+                self.direct.clear();
+            }
+            Route::Node(id) => self.cluster.forget_node(id),
+            Route::Bootstrap if self.is_cluster() => self.cluster.forget_node(self.node_id()),
+            Route::Bootstrap => {}
         }
     }
 
@@ -213,20 +540,76 @@ impl Client {
         &mut self.conn
     }
 
-    /// Sends a request and waits for its answer (see [`Connection::call`]).
+    /// Sends a request on the main connection and waits for its answer
+    /// (see [`Connection::call`]). In cluster mode, an idempotent request
+    /// whose node cannot be reached is sent again to another node; any
+    /// other request is sent only once the main connection is up.
     pub fn call(&mut self, body: &RequestBody) -> Result<Response> {
-        self.conn.call(body, &[], 0)
+        self.call_waiting(body, 0)
+    }
+
+    fn call_waiting(&mut self, body: &RequestBody, extra_wait_ms: u64) -> Result<Response> {
+        if !self.follows_leaders() {
+            return self.conn.call(body, &[], extra_wait_ms);
+        }
+        self.ensure_main()?;
+        match self.conn.call(body, &[], extra_wait_ms) {
+            Err(e) if e.is_connection_error() && is_idempotent(body) => {
+                self.cluster.forget_node(self.node_id());
+                self.move_main()?;
+                self.conn.call(body, &[], extra_wait_ms)
+            }
+            other => other,
+        }
+    }
+
+    /// A topic change on the main connection; in cluster mode refusals
+    /// with `NotController` move it to the next node and try again, until
+    /// one accepts or the request timeout has passed (see the module docs).
+    fn admin_call(&mut self, body: &RequestBody) -> Result<Vec<TopicResult>> {
+        let deadline =
+            Instant::now() + Duration::from_millis(self.conn.config().request_timeout_ms);
+        let mut backoff_ms = 0;
+        let mut refusals = 0usize;
+        loop {
+            let results = match self.call(body)?.body {
+                ResponseBody::CreateTopics(r)
+                | ResponseBody::DeleteTopics(r)
+                | ResponseBody::CreatePartitions(r) => r.results,
+                other => return Err(unexpected("topic change", &other)),
+            };
+            let refused =
+                !results.is_empty() && results.iter().all(|r| r.error == ErrorCode::NotController);
+            if !refused || !self.follows_leaders() || Instant::now() >= deadline {
+                return Ok(results);
+            }
+            refusals += 1;
+            // A full round of refusals: an election; wait a little.
+            if refusals.is_multiple_of(self.cluster.node_ids().len().max(1)) {
+                backoff_ms = cluster::next_backoff(backoff_ms);
+                std::thread::sleep(Duration::from_millis(backoff_ms));
+            }
+            self.move_main()?;
+        }
     }
 
     /// Forgets cached metadata for `topic` (after an `UnknownTopic`).
     pub fn invalidate(&mut self, topic: &str) {
         self.partitions.remove(topic);
         self.owners.remove(topic);
+        self.cluster.forget_topic(topic);
     }
 
-    pub(crate) fn note_error(&mut self, topic: &str, code: ErrorCode) {
-        if code == ErrorCode::UnknownTopic || code == ErrorCode::UnknownPartition {
-            self.invalidate(topic);
+    /// Updates the caches after `code` came back for `topic`/`partition`:
+    /// an unknown topic or partition drops the topic's metadata; in cluster
+    /// mode a leader error forgets the partition's leader.
+    pub fn note_error(&mut self, topic: &str, partition: u32, code: ErrorCode) {
+        match code {
+            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => self.invalidate(topic),
+            ErrorCode::NotLeader
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::PartitionUnavailable => self.cluster.forget_leader(topic, partition),
+            _ => {}
         }
     }
 
@@ -281,10 +664,7 @@ impl Client {
                 configs: configs.to_vec(),
             }],
         });
-        match self.call(&body)?.body {
-            ResponseBody::CreateTopics(r) => topic_results_ok(r.results)?,
-            other => return Err(unexpected("create_topics", &other)),
-        }
+        topic_results_ok(self.admin_call(&body)?)?;
         self.partitions.insert(name.to_owned(), partitions);
         Ok(())
     }
@@ -294,10 +674,7 @@ impl Client {
         let body = RequestBody::DeleteTopics(DeleteTopicsRequest {
             names: vec![name.to_owned()],
         });
-        match self.call(&body)?.body {
-            ResponseBody::DeleteTopics(r) => topic_results_ok(r.results),
-            other => Err(unexpected("delete_topics", &other)),
-        }
+        topic_results_ok(self.admin_call(&body)?)
     }
 
     /// Every topic with its partition count (refreshes the cache).
@@ -334,9 +711,12 @@ impl Client {
                             }
                         }
                         self.owners.insert(t.name.clone(), owners);
+                        if self.is_cluster() {
+                            self.cluster
+                                .learn_leaders(&t.name, &t.partitions, Instant::now());
+                        }
                     } else {
-                        self.partitions.remove(&t.name);
-                        self.owners.remove(&t.name);
+                        self.invalidate(&t.name);
                     }
                 }
                 Ok(r.topics)
@@ -358,6 +738,60 @@ impl Client {
         Ok(d)
     }
 
+    /// Describes one topic as its partitions' leaders see it: in cluster
+    /// mode, each partition's offsets come from its leader (a follower's
+    /// may lag, or be 0 while its replica opens), its leader and epoch from
+    /// the node that knows the latest epoch. A single node: the same as
+    /// [`Client::describe_topic`].
+    pub fn describe_topic_at_leaders(&mut self, name: &str) -> Result<TopicDescription> {
+        let mut d = self.describe_topic(name)?;
+        if !self.follows_leaders() {
+            return Ok(d);
+        }
+        let leaders: Vec<u64> = {
+            let mut l: Vec<u64> = d
+                .partitions
+                .iter()
+                .filter_map(|p| self.cluster.leader(name, p.partition))
+                .filter(|&n| n != self.node_id())
+                .collect();
+            l.sort_unstable();
+            l.dedup();
+            l
+        };
+        let body = RequestBody::DescribeTopics(DescribeTopicsRequest {
+            names: vec![name.to_owned()],
+        });
+        for node in leaders {
+            if !self.open_node(node) {
+                continue;
+            }
+            let Some(conn) = self.nodes.get_mut(&node) else {
+                continue;
+            };
+            let Ok(Response {
+                body: ResponseBody::DescribeTopics(r),
+                ..
+            }) = conn.call(&body, &[], 0)
+            else {
+                continue;
+            };
+            let Some(theirs) = r.topics.into_iter().find(|t| t.name == name) else {
+                continue;
+            };
+            for p in theirs.partitions {
+                let Some(mine) = d.partitions.iter_mut().find(|x| x.partition == p.partition)
+                else {
+                    continue;
+                };
+                if p.leader_node == node && p.leader_epoch >= mine.leader_epoch {
+                    *mine = p;
+                }
+            }
+        }
+        Ok(d)
+    }
+
     /// Raises the partition count of `name` to `total`.
     pub fn create_partitions(&mut self, name: &str, total: u32) -> Result<()> {
         self.invalidate(name);
@@ -367,10 +801,7 @@ impl Client {
                 total,
             }],
         });
-        match self.call(&body)?.body {
-            ResponseBody::CreatePartitions(r) => topic_results_ok(r.results),
-            other => Err(unexpected("create_partitions", &other)),
-        }
+        topic_results_ok(self.admin_call(&body)?)
     }
 
     // ----------------------------------------------------------- offsets
@@ -394,10 +825,59 @@ impl Client {
     }
 
     /// ListOffsets for many (topic, partition, timestamp) at once; `None`
-    /// where no record is at or after the timestamp.
+    /// where no record is at or after the timestamp. In cluster mode each
+    /// partition is asked of its leader, and leader errors
+    /// ([`is_leader_error`]) are retried with back-off until the request
+    /// timeout has passed.
     pub fn list_offsets(&mut self, parts: &[(String, u32, i64)]) -> Result<Vec<Option<u64>>> {
-        // Parts that all live on one shard are asked there directly.
-        let route = self.common_route(parts.iter().map(|(t, p, _)| (t.as_str(), *p)));
+        if !self.follows_leaders() {
+            // Parts that all live on one shard are asked there directly.
+            let route = self.common_route(parts.iter().map(|(t, p, _)| (t.as_str(), *p)));
+            return self.list_offsets_on(route, parts);
+        }
+        let deadline =
+            Instant::now() + Duration::from_millis(self.conn.config().request_timeout_ms);
+        let mut backoff_ms = 0;
+        loop {
+            match self.list_offsets_at_leaders(parts) {
+                Err(e) if is_leader_error(&e) && Instant::now() < deadline => {
+                    backoff_ms = cluster::next_backoff(backoff_ms);
+                    std::thread::sleep(Duration::from_millis(backoff_ms));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One ListOffsets per leader (cluster mode), results in `parts` order.
+    fn list_offsets_at_leaders(
+        &mut self,
+        parts: &[(String, u32, i64)],
+    ) -> Result<Vec<Option<u64>>> {
+        let mut by_route: Vec<(Route, Vec<usize>)> = Vec::new();
+        for (i, (topic, partition, _)) in parts.iter().enumerate() {
+            let route = self.route(topic, *partition);
+            match by_route.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, v)) => v.push(i),
+                None => by_route.push((route, vec![i])),
+            }
+        }
+        let mut out = vec![None; parts.len()];
+        for (route, idx) in by_route {
+            let asked: Vec<(String, u32, i64)> = idx.iter().map(|&i| parts[i].clone()).collect();
+            let got = self.list_offsets_on(route, &asked)?;
+            for (i, o) in idx.into_iter().zip(got) {
+                out[i] = o;
+            }
+        }
+        Ok(out)
+    }
+
+    fn list_offsets_on(
+        &mut self,
+        route: Route,
+        parts: &[(String, u32, i64)],
+    ) -> Result<Vec<Option<u64>>> {
         let body = RequestBody::ListOffsets(ListOffsetsRequest {
             partitions: parts
                 .iter()
@@ -408,9 +888,18 @@ impl Client {
                 })
                 .collect(),
         });
-        let results = match self.connection_on(route).call(&body, &[], 0)?.body {
-            ResponseBody::ListOffsets(r) => r.results,
-            other => return Err(unexpected("list_offsets", &other)),
+        let answer = self.connection_on(route).call(&body, &[], 0);
+        let results = match answer {
+            Ok(r) => match r.body {
+                ResponseBody::ListOffsets(r) => r.results,
+                other => return Err(unexpected("list_offsets", &other)),
+            },
+            Err(e) => {
+                if e.is_connection_error() {
+                    self.route_failed(route);
+                }
+                return Err(e);
+            }
         };
         if results.len() != parts.len() {
             return Err(Error::UnexpectedResponse {
@@ -421,7 +910,7 @@ impl Client {
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             if r.error != ErrorCode::None {
-                self.note_error(&r.topic, r.error);
+                self.note_error(&r.topic, r.partition, r.error);
             }
             check(r.error, &r.message, || {
                 format!("{}/{}", r.topic, r.partition)
@@ -526,7 +1015,7 @@ impl Client {
         extra_wait_ms: u64,
     ) -> Result<JoinGroupResponse> {
         let body = RequestBody::JoinGroup(request);
-        match self.conn.call(&body, &[], extra_wait_ms)?.body {
+        match self.call_waiting(&body, extra_wait_ms)?.body {
             ResponseBody::JoinGroup(r) => Ok(r),
             other => Err(unexpected("join_group", &other)),
         }
@@ -541,7 +1030,7 @@ impl Client {
         extra_wait_ms: u64,
     ) -> Result<SyncGroupResponse> {
         let body = RequestBody::SyncGroup(request);
-        match self.conn.call(&body, &[], extra_wait_ms)?.body {
+        match self.call_waiting(&body, extra_wait_ms)?.body {
             ResponseBody::SyncGroup(r) => Ok(r),
             other => Err(unexpected("sync_group", &other)),
         }

@@ -8,6 +8,11 @@
 //! - Correlation ids are unique per [`Connection`] for its whole life (they
 //!   are not reset by a reconnect), so a response can never be matched to
 //!   the wrong request.
+//! - A [`Connection::generation`] is unique among every connection of the
+//!   process (one counter for all), so a request tracked as (connection
+//!   route, correlation id, generation) can never be waited for on another
+//!   connection that a client has since put in its place: the generations
+//!   differ, and the request counts as lost.
 //! - Responses that arrive for another id than the one awaited are stashed
 //!   (at most [`ConnectionConfig::stashed_responses_max`]) and handed out when
 //!   asked for; pipelined requests may be answered in any order.
@@ -23,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use strom_flatbuffers::protocol::{
     decode_response, encode_request, peek_message, ApiVersionsRequest, ApiVersionsResponse,
@@ -32,6 +38,9 @@ use strom_flatbuffers::protocol::{
 
 /// Bytes read from the socket at a time when no larger message is announced.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// The last generation handed out, by any connection of the process.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Timeouts, retry bounds and limits of a [`Connection`].
 #[derive(Debug, Clone)]
@@ -118,7 +127,9 @@ pub fn resolve(addr: &str) -> Result<SocketAddr> {
         })
 }
 
-fn is_idempotent(body: &RequestBody) -> bool {
+/// Whether sending `body` twice does no harm (everything but produce and
+/// topic or partition creation and deletion).
+pub(crate) fn is_idempotent(body: &RequestBody) -> bool {
     !matches!(
         body,
         RequestBody::Produce(_)
@@ -168,10 +179,17 @@ impl Connection {
         &self.server
     }
 
-    /// Incremented by every (re)connect: a request sent under an older
-    /// generation will never be answered.
+    /// Changed by every (re)connect, and unique among all connections of
+    /// the process: a request sent under another generation will never be
+    /// answered on this connection.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Sets how many times a failed (re)connect is tried again (a cluster
+    /// client tries another node instead of waiting for this one).
+    pub fn set_reconnect_attempts_max(&mut self, attempts: u32) {
+        self.config.reconnect_attempts_max = attempts;
     }
 
     pub fn is_connected(&self) -> bool {
@@ -220,7 +238,7 @@ impl Connection {
             )))
             .map_err(|source| self.io_error("set_write_timeout", source))?;
         self.stream = Some(stream);
-        self.generation += 1;
+        self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
         let body = RequestBody::ApiVersions(ApiVersionsRequest {
             client_name: self.config.client_name.clone(),
             min_version: PROTOCOL_VERSION_MIN,

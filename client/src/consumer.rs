@@ -14,15 +14,25 @@
 //! - A per-partition error (e.g. `OffsetOutOfRange`) fails the whole poll
 //!   without moving any position, so nothing is skipped; the caller decides
 //!   (seek, or give up).
+//! - Cluster mode ([`Client`]'s module docs): each partition is fetched
+//!   from its leader, one request per leader node, all sent before any
+//!   answer is awaited. A leader error ([`crate::client::is_leader_error`]:
+//!   `NotLeader`, `LeaderNotAvailable`, `PartitionUnavailable`, a lost
+//!   connection) does not fail the poll: that partition's position stays,
+//!   its leader is looked up again, and the poll tries again after a
+//!   back-off until its timeout. Only when partitions have had nothing but
+//!   leader errors for [`ConsumerConfig::leader_wait_ms`] does a poll fail
+//!   with the last one.
 
-use crate::client::{Client, OffsetSpec};
-use crate::connection::{Connection, ConnectionConfig};
+use crate::client::{is_leader_error, Client, OffsetSpec, Route};
+use crate::cluster;
+use crate::connection::{ConnectionConfig, Response};
 use crate::error::{check, Error, Result};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strom_flatbuffers::protocol::{
-    frames, FetchPartition, FetchRequest, RequestBody, ResponseBody,
+    frames, ErrorCode, FetchPartition, FetchRequest, RequestBody, ResponseBody,
 };
 use strom_flatbuffers::{records, verify_stored, FrameHeader, RecordView};
 
@@ -38,6 +48,9 @@ pub struct ConsumerConfig {
     /// Most bytes one partition contributes to a fetch response (a frame
     /// larger than this is still returned whole when it is the first).
     pub partition_max_bytes: u32,
+    /// Cluster mode: how long fetches may meet nothing but leader errors
+    /// (an election, a dead leader) before a poll reports the last one.
+    pub leader_wait_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -47,6 +60,7 @@ impl Default for ConsumerConfig {
             min_bytes: 1,
             max_bytes: 16 << 20,
             partition_max_bytes: 2 << 20,
+            leader_wait_ms: 30_000,
         }
     }
 }
@@ -94,12 +108,24 @@ pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     assignments: Vec<Assignment>,
+    /// Cluster mode: since when fetches met only leader errors, and the
+    /// last of them (None after a fetch without one).
+    leader_trouble: Option<(Instant, Error)>,
+}
+
+/// What one fetch response did for the assignments it covered.
+struct Taken {
+    /// (assignment index, new position, high watermark).
+    moves: Vec<(usize, u64, u64)>,
+    /// A leader error, where one came back (cluster mode).
+    leader_error: Option<Error>,
 }
 
 impl Consumer {
-    pub fn connect(addr: &str, config: ConsumerConfig) -> Result<Consumer> {
-        let conn = Connection::connect(addr, ConnectionConfig::default())?;
-        Ok(Consumer::new(Client::new(conn), config))
+    /// Connects to `addrs` (one or more `host:port`, comma separated).
+    pub fn connect(addrs: &str, config: ConsumerConfig) -> Result<Consumer> {
+        let client = Client::connect_with(addrs, ConnectionConfig::default())?;
+        Ok(Consumer::new(client, config))
     }
 
     pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
@@ -107,6 +133,7 @@ impl Consumer {
             client,
             config,
             assignments: Vec::new(),
+            leader_trouble: None,
         }
     }
 
@@ -193,6 +220,7 @@ impl Consumer {
             ));
         }
         let deadline = Instant::now() + timeout;
+        let mut backoff_ms = 0;
         loop {
             let left_ms = deadline
                 .saturating_duration_since(Instant::now())
@@ -201,6 +229,17 @@ impl Consumer {
             if !out.is_empty() || Instant::now() >= deadline {
                 return Ok(out);
             }
+            let Some((since, _)) = &self.leader_trouble else {
+                continue;
+            };
+            if since.elapsed() >= Duration::from_millis(self.config.leader_wait_ms) {
+                let (_, e) = self.leader_trouble.take().expect("checked");
+                return Err(e);
+            }
+            backoff_ms = cluster::next_backoff(backoff_ms);
+            let pause = Duration::from_millis(backoff_ms)
+                .min(deadline.saturating_duration_since(Instant::now()));
+            std::thread::sleep(pause);
         }
     }
 
@@ -211,24 +250,14 @@ impl Consumer {
         };
         let max_wait_ms =
             (wait_ms.min(u64::from(self.config.max_wait_ms)) as u32).min(server_wait_max);
-        let body = RequestBody::Fetch(FetchRequest {
-            max_wait_ms,
-            min_bytes: self.config.min_bytes,
-            max_bytes: self.config.max_bytes,
-            partitions: self
-                .assignments
-                .iter()
-                .map(|a| FetchPartition {
-                    topic: a.topic.to_string(),
-                    partition: a.partition,
-                    offset: a.position,
-                    partition_max_bytes: self.config.partition_max_bytes,
-                })
-                .collect(),
-        });
+        if self.client.follows_leaders() {
+            return self.fetch_at_leaders(max_wait_ms);
+        }
         // When every assigned partition lives on one shard, read them from
         // that shard directly; otherwise one request through the bootstrap
         // connection, whose shard fans it out (one long poll for all).
+        let all: Vec<usize> = (0..self.assignments.len()).collect();
+        let body = self.fetch_request(&all, max_wait_ms);
         let parts: Vec<(Arc<str>, u32)> = self
             .assignments
             .iter()
@@ -241,6 +270,124 @@ impl Consumer {
             .client
             .connection_on(route)
             .call(&body, &[], u64::from(max_wait_ms))?;
+        let mut out = Vec::new();
+        let taken = self.take(&all, response, false, &mut out)?;
+        self.apply(taken.moves);
+        Ok(out)
+    }
+
+    fn fetch_request(&self, idx: &[usize], max_wait_ms: u32) -> RequestBody {
+        RequestBody::Fetch(FetchRequest {
+            max_wait_ms,
+            min_bytes: self.config.min_bytes,
+            max_bytes: self.config.max_bytes,
+            partitions: idx
+                .iter()
+                .map(|&i| {
+                    let a = &self.assignments[i];
+                    FetchPartition {
+                        topic: a.topic.to_string(),
+                        partition: a.partition,
+                        offset: a.position,
+                        partition_max_bytes: self.config.partition_max_bytes,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// Cluster mode: one fetch per leader, all sent before any answer is
+    /// awaited; leader errors are noted, not returned (module docs).
+    fn fetch_at_leaders(&mut self, max_wait_ms: u32) -> Result<Vec<FetchedFrame>> {
+        let mut by_route: Vec<(Route, Vec<usize>)> = Vec::new();
+        for i in 0..self.assignments.len() {
+            let (topic, partition) = {
+                let a = &self.assignments[i];
+                (a.topic.clone(), a.partition)
+            };
+            let route = self.client.route(&topic, partition);
+            match by_route.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, v)) => v.push(i),
+                None => by_route.push((route, vec![i])),
+            }
+        }
+        let mut sent = Vec::with_capacity(by_route.len());
+        for (route, idx) in by_route {
+            let body = self.fetch_request(&idx, max_wait_ms);
+            let conn = self.client.connection_on(route);
+            let id = conn.send(&body, &[]).map(|id| (id, conn.generation()));
+            sent.push((route, idx, id));
+        }
+        let mut out = Vec::new();
+        let mut moves = Vec::new();
+        let mut leader_error: Option<Error> = None;
+        // Every answer is awaited even after a failure, so that none is
+        // left to pile up on its connection.
+        let mut failed: Option<Error> = None;
+        for (route, idx, id) in sent {
+            let answer = id.and_then(|(id, generation)| {
+                let conn = self.client.connection_on(route);
+                if conn.generation() != generation {
+                    return Err(Error::Closed { addr: conn.addr() });
+                }
+                let response = conn.recv(id, u64::from(max_wait_ms))?;
+                if let ResponseBody::Error(e) = &response.body {
+                    return Err(Error::server(e.error, &e.message, "fetch"));
+                }
+                Ok(response)
+            });
+            match answer {
+                Ok(_) if failed.is_some() => {}
+                Ok(response) => match self.take(&idx, response, true, &mut out) {
+                    Ok(taken) => {
+                        moves.extend(taken.moves);
+                        if taken.leader_error.is_some() {
+                            leader_error = taken.leader_error;
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                },
+                Err(e) if is_leader_error(&e) => {
+                    if e.is_connection_error() {
+                        self.client.route_failed(route);
+                    }
+                    leader_error = Some(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.apply(moves);
+        match leader_error {
+            None => self.leader_trouble = None,
+            Some(e) => {
+                let since = self
+                    .leader_trouble
+                    .take()
+                    .map_or_else(Instant::now, |(t, _)| t);
+                // Progress elsewhere is not progress here: the clock runs
+                // until a fetch meets no leader error at all.
+                self.leader_trouble = Some((since, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks one fetch response covering the assignments `idx` and takes
+    /// its new frames into `out`; nothing moves until [`Consumer::apply`].
+    /// With `leader_errors`, a partition's leader error is noted in the
+    /// result instead of failing it.
+    fn take(
+        &mut self,
+        idx: &[usize],
+        response: Response,
+        leader_errors: bool,
+        out: &mut Vec<FetchedFrame>,
+    ) -> Result<Taken> {
         let fetch = match response.body {
             ResponseBody::Fetch(f) => f,
             other => {
@@ -250,13 +397,13 @@ impl Consumer {
                 })
             }
         };
-        if fetch.results.len() != self.assignments.len() {
+        if fetch.results.len() != idx.len() {
             return Err(Error::UnexpectedResponse {
                 request: "fetch",
                 got: format!(
                     "{} results for {} partitions",
                     fetch.results.len(),
-                    self.assignments.len()
+                    idx.len()
                 ),
             });
         }
@@ -268,9 +415,12 @@ impl Consumer {
                     got: "trailer does not match the declared lengths".into(),
                 })?;
         // Check everything before moving any position.
-        let mut out = Vec::new();
-        let mut moves = Vec::with_capacity(self.assignments.len());
-        for ((a, r), blob) in self.assignments.iter().zip(&fetch.results).zip(pieces) {
+        let mut taken = Taken {
+            moves: Vec::with_capacity(idx.len()),
+            leader_error: None,
+        };
+        for ((&i, r), blob) in idx.iter().zip(&fetch.results).zip(pieces) {
+            let a = &self.assignments[i];
             if r.topic != *a.topic || r.partition != a.partition {
                 return Err(Error::UnexpectedResponse {
                     request: "fetch",
@@ -280,50 +430,65 @@ impl Consumer {
                     ),
                 });
             }
-            if r.error != strom_flatbuffers::protocol::ErrorCode::None {
-                self.client.note_error(&r.topic, r.error);
+            let (topic, partition, position) = (a.topic.clone(), a.partition, a.position);
+            if r.error != ErrorCode::None {
+                self.client.note_error(&r.topic, r.partition, r.error);
             }
-            check(r.error, &r.message, || {
-                format!("fetch {}/{} at offset {}", a.topic, a.partition, a.position)
-            })?;
-            let mut position = a.position;
+            let checked = check(r.error, &r.message, || {
+                format!("fetch {topic}/{partition} at offset {position}")
+            });
+            match checked {
+                Err(e) if leader_errors && is_leader_error(&e) => {
+                    taken.leader_error = Some(e);
+                    continue;
+                }
+                other => other?,
+            }
+            let mut next_position = position;
             for frame in frames(&blob) {
                 let frame = frame.map_err(|source| Error::Frame {
-                    topic: a.topic.to_string(),
-                    partition: a.partition,
+                    topic: topic.to_string(),
+                    partition,
                     source,
                 })?;
                 let header = verify_stored(frame).map_err(|source| Error::Frame {
-                    topic: a.topic.to_string(),
-                    partition: a.partition,
+                    topic: topic.to_string(),
+                    partition,
                     source,
                 })?;
                 let next = header.next_offset();
                 // The FlatBuffers verifier, so FetchedFrame::records cannot fail.
                 records(frame).map(drop).map_err(|source| Error::Frame {
-                    topic: a.topic.to_string(),
-                    partition: a.partition,
+                    topic: topic.to_string(),
+                    partition,
                     source,
                 })?;
-                if next <= position {
+                if next <= next_position {
                     continue;
                 }
                 let start = frame.as_ptr() as usize - blob.as_ptr() as usize;
                 out.push(FetchedFrame {
-                    topic: a.topic.clone(),
-                    partition: a.partition,
+                    topic: topic.clone(),
+                    partition,
                     frame: blob.slice(start..start + frame.len()),
-                    skip_before: position,
+                    skip_before: next_position,
                 });
-                position = next;
+                next_position = next;
             }
-            moves.push((position, r.high_watermark));
+            taken.moves.push((i, next_position, r.high_watermark));
         }
-        for (a, (position, hw)) in self.assignments.iter_mut().zip(moves) {
-            a.position = position;
-            a.high_watermark = hw;
+        Ok(taken)
+    }
+
+    /// Moves the positions a fetch established.
+    fn apply(&mut self, moves: Vec<(usize, u64, u64)>) {
+        for (i, position, hw) in moves {
+            if let Some(a) = self.assignments.get_mut(i) {
+                debug_assert!(position >= a.position, "positions only move forward");
+                a.position = position;
+                a.high_watermark = hw;
+            }
         }
-        Ok(out)
     }
 
     /// Commits every assigned partition's position under `group`.

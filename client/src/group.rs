@@ -38,7 +38,7 @@
 //!   timeout, retries of a join by [`JOIN_ATTEMPTS_MAX`].
 
 use crate::client::{Client, OffsetSpec};
-use crate::connection::{Connection, ConnectionConfig};
+use crate::connection::ConnectionConfig;
 use crate::consumer::{Assignment, Consumer, ConsumerConfig, FetchedFrame};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -231,7 +231,8 @@ impl std::fmt::Debug for GroupConsumer {
 }
 
 impl GroupConsumer {
-    /// Connects to `addr`; the member joins the group at the first poll
+    /// Connects to `addr` (one or more `host:port`, comma separated; the
+    /// first that answers); the member joins the group at the first poll
     /// after [`subscribe`](Self::subscribe).
     pub fn connect(addr: &str, config: GroupConfig) -> Result<GroupConsumer> {
         if config.group.is_empty() {
@@ -240,8 +241,8 @@ impl GroupConsumer {
         if config.session_timeout_ms == 0 {
             return Err(Error::InvalidArgument("session timeout of 0 ms".into()));
         }
-        let conn = Connection::connect(addr, config.connection.clone())?;
-        let inner = Consumer::new(Client::new(conn), config.consumer.clone());
+        let client = Client::connect_with(addr, config.connection.clone())?;
+        let inner = Consumer::new(client, config.consumer.clone());
         let shared = Arc::new(Shared::default());
         let heartbeat = {
             let shared = shared.clone();

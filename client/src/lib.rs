@@ -19,6 +19,7 @@
 //! `strom_flatbuffers::{protocol, frame}`.
 
 pub mod client;
+pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod error;

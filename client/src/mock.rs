@@ -7,9 +7,17 @@
 //! partition in flight), and can lose answers (append, then close the
 //! connection: a crash after the write), refuse batches with given codes,
 //! and forget its producers (a restart).
+//!
+//! [`MockCluster`]: several listeners (nodes 1..=n) over one shared state,
+//! playing a cluster: the handshake names the node and every node's
+//! address, DescribeTopics names [`State::leader`], produce, fetch and
+//! list-offsets off the leader are refused (`NotLeader` naming it, or
+//! `LeaderNotAvailable` while it is 0), topic changes off
+//! [`State::controller`] get `NotController`, and a node in
+//! [`State::down`] closes every connection (a dead process).
 
 use bytes::BytesMut;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -40,6 +48,15 @@ pub struct State {
     pub produce_requests: usize,
     /// Set by a lost answer: the serving thread closes the connection.
     close_now: bool,
+    /// Cluster mode: every node and its address (empty: a single node).
+    pub cluster_nodes: Vec<(u64, String)>,
+    /// Cluster mode: the leader of every partition (0: an election), its
+    /// epoch, and the controller.
+    pub leader: u64,
+    pub epoch: u64,
+    pub controller: u64,
+    /// Cluster mode: nodes that are "dead" (close every connection).
+    pub down: HashSet<u64>,
 }
 
 pub struct Mock {
@@ -55,16 +72,82 @@ impl Mock {
             reverse_batch,
             ..Default::default()
         }));
-        let s = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let s = s.clone();
-                std::thread::spawn(move || serve(stream, s));
-            }
-        });
+        listen(listener, state.clone(), 0);
         Mock { addr, state }
     }
+}
+
+/// Accepts connections for node `node` (0: a single node) until the
+/// process ends.
+fn listen(listener: TcpListener, state: Arc<Mutex<State>>, node: u64) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            if state.lock().expect("lock").down.contains(&node) {
+                continue; // dropped: closed at once
+            }
+            let s = state.clone();
+            std::thread::spawn(move || serve(stream, s, node));
+        }
+    });
+}
+
+/// Nodes 1..=n of a pretend cluster over one state (see the module docs).
+pub struct MockCluster {
+    /// Index i: node i + 1's address.
+    pub addrs: Vec<String>,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl MockCluster {
+    /// `n` nodes; node `leader` leads every partition and is the controller.
+    pub fn start(n: u64, leader: u64) -> MockCluster {
+        let listeners: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("addr").to_string())
+            .collect();
+        let state = Arc::new(Mutex::new(State {
+            cluster_nodes: (1..=n).zip(addrs.iter().cloned()).collect(),
+            leader,
+            epoch: 1,
+            controller: leader,
+            ..Default::default()
+        }));
+        for (i, l) in listeners.into_iter().enumerate() {
+            listen(l, state.clone(), i as u64 + 1);
+        }
+        MockCluster { addrs, state }
+    }
+
+    /// Every node's address, comma separated.
+    pub fn bootstrap(&self) -> String {
+        self.addrs.join(",")
+    }
+
+    /// Moves leadership (0: an election) to a later epoch.
+    pub fn set_leader(&self, leader: u64) {
+        let mut st = self.state.lock().expect("lock");
+        st.leader = leader;
+        st.epoch += 1;
+    }
+}
+
+/// Cluster mode: the refusal of a partition request on `node`, if it does
+/// not lead.
+fn not_leader(st: &State, node: u64) -> Option<(ErrorCode, String)> {
+    if st.cluster_nodes.is_empty() || node == st.leader {
+        return None;
+    }
+    Some(match st.leader {
+        0 => (ErrorCode::LeaderNotAvailable, "an election".to_owned()),
+        l => (
+            ErrorCode::NotLeader,
+            format!("this node is not the leader; node {l} is"),
+        ),
+    })
 }
 
 fn hw(parts: &[Vec<u8>]) -> u64 {
@@ -78,8 +161,10 @@ fn handle(
     state: &Mutex<State>,
     req: &DecodedRequest,
     message: &[u8],
+    node: u64,
 ) -> Option<(ResponseBody, Vec<u8>)> {
     let mut st = state.lock().expect("lock");
+    let cluster = !st.cluster_nodes.is_empty();
     let body = match &req.body {
         RequestBody::ApiVersions(_) => ResponseBody::ApiVersions(ApiVersionsResponse {
             min_version: 1,
@@ -87,12 +172,23 @@ fn handle(
             frame_bytes_max: 1 << 20,
             fetch_wait_max_ms: 1_000,
             shard_count: 1,
+            node_id: node,
+            nodes: st
+                .cluster_nodes
+                .iter()
+                .map(|(id, a)| NodeAddress {
+                    id: *id,
+                    native_addr: a.clone(),
+                })
+                .collect(),
             ..Default::default()
         }),
         RequestBody::CreateTopics(c) => {
             let mut results = Vec::new();
             for t in &c.topics {
-                let error = if st.topics.contains_key(&t.name) {
+                let error = if cluster && node != st.controller {
+                    ErrorCode::NotController
+                } else if st.topics.contains_key(&t.name) {
                     ErrorCode::TopicAlreadyExists
                 } else {
                     st.topics
@@ -120,6 +216,8 @@ fn handle(
                             .map(|(i, p)| PartitionDescription {
                                 partition: i as u32,
                                 high_watermark: hw(p),
+                                leader_node: if cluster { st.leader } else { 0 },
+                                leader_epoch: if cluster { st.epoch } else { 0 },
                                 ..Default::default()
                             })
                             .collect(),
@@ -159,7 +257,10 @@ fn handle(
                     partition: b.partition,
                     ..Default::default()
                 };
-                if let Some(code) = st.refuse.pop_front() {
+                if let Some((code, message)) = not_leader(&st, node) {
+                    r.error = code;
+                    r.message = message;
+                } else if let Some(code) = st.refuse.pop_front() {
                     r.error = code;
                     r.message = "refused by the mock".into();
                 } else {
@@ -186,6 +287,12 @@ fn handle(
                     partition: fp.partition,
                     ..Default::default()
                 };
+                if let Some((code, message)) = not_leader(&st, node) {
+                    r.error = code;
+                    r.message = message;
+                    results.push(r);
+                    continue;
+                }
                 match st
                     .topics
                     .get(&fp.topic)
@@ -217,6 +324,15 @@ fn handle(
                 .partitions
                 .iter()
                 .map(|p| {
+                    if let Some((error, message)) = not_leader(&st, node) {
+                        return ListOffsetsResult {
+                            topic: p.topic.clone(),
+                            partition: p.partition,
+                            error,
+                            message,
+                            ..Default::default()
+                        };
+                    }
                     let part = &st.topics[&p.topic][p.partition as usize];
                     ListOffsetsResult {
                         topic: p.topic.clone(),
@@ -327,7 +443,7 @@ fn append(st: &mut State, b: &ProduceBatch, mut frame: Vec<u8>, r: &mut ProduceR
     }
 }
 
-fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, node: u64) {
     let mut buf = BytesMut::new();
     let mut chunk = vec![0u8; 64 << 10];
     let mut held: Vec<Vec<u8>> = Vec::new();
@@ -342,7 +458,10 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             let Ok(req) = decode_request(&message) else {
                 return;
             };
-            let answer = handle(&state, &req, &message);
+            if state.lock().expect("lock").down.contains(&node) {
+                return; // a dead node answers nothing
+            }
+            let answer = handle(&state, &req, &message, node);
             {
                 let mut st = state.lock().expect("lock");
                 if st.close_now {

@@ -92,7 +92,7 @@
 //!   (request timeouts, `delivery_timeout_ms`).
 
 use crate::client::{Client, Route};
-use crate::connection::{Connection, ConnectionConfig};
+use crate::connection::ConnectionConfig;
 use crate::error::{Error, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -500,10 +500,11 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to `addr` with default connection settings.
-    pub fn connect(addr: &str, config: ProducerConfig) -> Result<Producer> {
-        let conn = Connection::connect(addr, ConnectionConfig::default())?;
-        Ok(Producer::new(Client::new(conn), config))
+    /// Connects to `addrs` (one or more `host:port`, comma separated) with
+    /// default connection settings.
+    pub fn connect(addrs: &str, config: ProducerConfig) -> Result<Producer> {
+        let client = Client::connect_with(addrs, ConnectionConfig::default())?;
+        Ok(Producer::new(client, config))
     }
 
     pub fn new(client: Client, mut config: ProducerConfig) -> Producer {
@@ -1188,7 +1189,7 @@ impl Producer {
     /// One batch's answer.
     fn settle(&mut self, b: Batch, r: ProduceResult) {
         if r.error != ErrorCode::None {
-            self.client.note_error(&b.topic, r.error);
+            self.client.note_error(&b.topic, b.partition, r.error);
             self.refused(b, r.error, &r.message);
             return;
         }

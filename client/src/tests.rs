@@ -1,7 +1,7 @@
 //! Client unit tests against the in-process mock server (real sockets, real
 //! codec; no strom-server needed). End-to-end tests live in `tests/`.
 
-use crate::mock::Mock;
+use crate::mock::{Mock, MockCluster};
 use crate::*;
 use std::time::Duration;
 use strom_flatbuffers::protocol::{
@@ -483,4 +483,238 @@ fn idempotence_needs_an_acknowledgement() {
         .send(&ProducerRecord::new("t", b"x"))
         .expect_err("acks=none");
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+}
+
+// ---------------------------------------------------------- cluster mode
+
+/// Values stored on partition 0 of `t` in a mock cluster, in offset order.
+fn cluster_values(c: &MockCluster) -> Vec<String> {
+    let st = c.state.lock().expect("lock");
+    let mut out = Vec::new();
+    for f in &st.topics["t"][0] {
+        for r in strom_flatbuffers::records(f).expect("records") {
+            out.push(String::from_utf8_lossy(r.value.unwrap_or(b"")).into_owned());
+        }
+    }
+    out
+}
+
+/// Every value of partition 0 of `t`, read with a consumer given `addrs`.
+fn consume_all(addrs: &str, expected: usize) -> Vec<String> {
+    let client = Client::connect_with(addrs, quick()).expect("connect consumer");
+    let mut c = Consumer::new(client, ConsumerConfig::default());
+    c.assign("t", 0, OffsetSpec::Earliest).expect("assign");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        for f in c.poll(Duration::from_millis(200)).expect("poll") {
+            for r in f.records() {
+                out.push(String::from_utf8_lossy(r.value.unwrap_or(b"")).into_owned());
+            }
+        }
+    }
+    out
+}
+
+fn tags(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-{i}")).collect()
+}
+
+/// Given only a follower, the client learns the nodes from the handshake,
+/// creates the topic on the controller (after `NotController`), and sends
+/// produce, list-offsets and fetch to the leader.
+#[test]
+fn a_client_given_a_follower_finds_the_controller_and_the_leader() {
+    let cluster = MockCluster::start(3, 2);
+    let client = Client::connect_with(&cluster.addrs[0], quick()).expect("connect");
+    assert!(client.follows_leaders());
+    assert_eq!(client.node_id(), 1);
+    assert_eq!(client.cluster_view().node_ids(), vec![1, 2, 3]);
+    let mut p = Producer::new(
+        client,
+        ProducerConfig {
+            linger_ms: 60_000,
+            ..Default::default()
+        },
+    );
+    p.client()
+        .create_topic("t", 1, &[])
+        .expect("create on the controller");
+    assert_eq!(p.client().node_id(), 2, "the main connection moved there");
+    assert_eq!(offsets(&send_flush(&mut p, "a", 5)), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        p.client()
+            .list_offset("t", 0, OffsetSpec::Latest)
+            .expect("latest"),
+        Some(5)
+    );
+    assert_eq!(consume_all(&cluster.addrs[2], 5), tags("a", 5));
+    let d = p.client().describe_topic_at_leaders("t").expect("describe");
+    assert_eq!(
+        (d.partitions[0].leader_node, d.partitions[0].high_watermark),
+        (2, 5)
+    );
+}
+
+/// The leader moves, then dies: an idempotent producer resends each
+/// refused or lost batch to the new leader; every record stored once, in
+/// order.
+#[test]
+fn an_idempotent_producer_follows_the_leader_through_a_move_and_a_death() {
+    let cluster = MockCluster::start(3, 1);
+    let client = Client::connect_with(&cluster.bootstrap(), quick()).expect("connect");
+    let mut p = Producer::new(client, idempotent(false));
+    p.client().create_topic("t", 1, &[]).expect("create");
+    assert_eq!(offsets(&send_flush(&mut p, "a", 5)), vec![0, 1, 2, 3, 4]);
+    cluster.set_leader(3);
+    assert_eq!(offsets(&send_flush(&mut p, "b", 5)), vec![5, 6, 7, 8, 9]);
+    assert!(p.stats().resends >= 1, "refused by node 1: {:?}", p.stats());
+    // Node 3 dies with the next batch's answer lost; node 2 takes over.
+    {
+        let mut st = cluster.state.lock().expect("lock");
+        st.lose_answers = 1;
+    }
+    let stopper = {
+        let state = cluster.state.clone();
+        std::thread::spawn(move || {
+            // Once the lost answer is lost, the node is gone and, a moment
+            // later, node 2 leads.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while state.lock().expect("lock").lose_answers > 0 {
+                assert!(std::time::Instant::now() < deadline, "no produce came");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut st = state.lock().expect("lock");
+            st.down.insert(3);
+            st.leader = 0;
+            st.epoch += 1;
+            drop(st);
+            std::thread::sleep(Duration::from_millis(100));
+            let mut st = state.lock().expect("lock");
+            st.leader = 2;
+            st.epoch += 1;
+        })
+    };
+    assert_eq!(
+        offsets(&send_flush(&mut p, "c", 5)),
+        vec![10, 11, 12, 13, 14],
+        "the original offsets of the batch node 3 stored"
+    );
+    stopper.join().expect("stopper");
+    assert!(p.stats().resends_found_stored >= 1, "{:?}", p.stats());
+    assert_eq!(offsets(&send_flush(&mut p, "d", 2)), vec![15, 16]);
+    let mut want = tags("a", 5);
+    want.extend(tags("b", 5));
+    want.extend(tags("c", 5));
+    want.extend(tags("d", 2));
+    assert_eq!(cluster_values(&cluster), want, "each record once, in order");
+    assert_eq!(consume_all(&cluster.bootstrap(), want.len()), want);
+}
+
+/// Without resends a refused batch fails (nothing stored, not sent
+/// again), and the producer's next batch goes to the new leader.
+#[test]
+fn a_plain_producer_reports_not_leader_once_and_then_follows() {
+    let cluster = MockCluster::start(3, 1);
+    let client = Client::connect_with(&cluster.bootstrap(), quick()).expect("connect");
+    let mut p = Producer::new(
+        client,
+        ProducerConfig {
+            linger_ms: 60_000,
+            ..Default::default()
+        },
+    );
+    p.client().create_topic("t", 1, &[]).expect("create");
+    assert_eq!(offsets(&send_flush(&mut p, "a", 2)), vec![0, 1]);
+    cluster.set_leader(2);
+    for r in send_flush(&mut p, "b", 2) {
+        let e = r.expect_err("refused");
+        assert_eq!(e.code(), Some(ErrorCode::NotLeader), "{e}");
+    }
+    assert_eq!(offsets(&send_flush(&mut p, "c", 2)), vec![2, 3]);
+    assert_eq!(p.stats().resends, 0);
+    let mut want = tags("a", 2);
+    want.extend(tags("c", 2));
+    assert_eq!(cluster_values(&cluster), want);
+}
+
+/// A fetch and a list-offsets during an election wait for the new leader
+/// instead of failing; a poll with no leader for `leader_wait_ms` fails.
+#[test]
+fn fetch_and_list_offsets_wait_out_an_election() {
+    let cluster = MockCluster::start(3, 1);
+    let client = Client::connect_with(&cluster.bootstrap(), quick()).expect("connect");
+    let mut p = Producer::new(client, ProducerConfig::default());
+    p.client().create_topic("t", 1, &[]).expect("create");
+    assert_eq!(offsets(&send_flush(&mut p, "a", 3)), vec![0, 1, 2]);
+    let mut c = Consumer::new(
+        Client::connect_with(&cluster.bootstrap(), quick()).expect("connect"),
+        ConsumerConfig {
+            leader_wait_ms: 300,
+            ..Default::default()
+        },
+    );
+    c.assign("t", 0, OffsetSpec::Earliest).expect("assign");
+    cluster.set_leader(0);
+    let state = cluster.state.clone();
+    let elect = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        let mut st = state.lock().expect("lock");
+        st.leader = 3;
+        st.epoch += 1;
+    });
+    let frames = c
+        .poll(Duration::from_secs(2))
+        .expect("poll through the election");
+    elect.join().expect("elect");
+    let got: usize = frames.iter().map(|f| f.records().count()).sum();
+    assert_eq!(got, 3);
+    assert_eq!(
+        c.client()
+            .list_offset("t", 0, OffsetSpec::Latest)
+            .expect("latest"),
+        Some(3)
+    );
+    // No leader at all: a poll reports it once leader_wait_ms has passed.
+    cluster.set_leader(0);
+    let started = std::time::Instant::now();
+    let mut failed = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        match c.poll(Duration::from_millis(100)) {
+            Ok(f) => assert!(f.is_empty()),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("an error after leader_wait_ms");
+    assert_eq!(e.code(), Some(ErrorCode::LeaderNotAvailable), "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// The main connection's node dies: metadata calls move to another node.
+#[test]
+fn metadata_calls_move_to_a_live_node() {
+    let cluster = MockCluster::start(3, 2);
+    let mut client = Client::connect_with(&cluster.bootstrap(), quick()).expect("connect");
+    assert_eq!(client.node_id(), 1);
+    client.create_topic("t", 1, &[]).expect("create");
+    cluster.state.lock().expect("lock").down.insert(2);
+    cluster.state.lock().expect("lock").down.insert(1);
+    let d = client.describe_topic("t").expect("described by node 3");
+    assert_eq!(d.partitions.len(), 1);
+    assert_eq!(client.node_id(), 3);
+    // Pinned to one node, a client does not move.
+    let mut pinned = Client::connect_with(&cluster.addrs[2], quick()).expect("connect");
+    pinned.set_follow_leaders(false);
+    let e = pinned
+        .create_topic("u", 1, &[])
+        .expect_err("node 3 is no controller");
+    assert_eq!(e.code(), Some(ErrorCode::NotController), "{e}");
+    assert!(Client::connect_with(
+        &format!("{},{}", cluster.addrs[0], cluster.addrs[1]),
+        quick()
+    )
+    .is_err());
 }

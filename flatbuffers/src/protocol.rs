@@ -261,6 +261,19 @@ pub struct ApiVersionsResponse {
     /// Index = shard id: the port where that shard alone accepts
     /// connections (empty: no direct ports).
     pub shard_ports: Vec<u16>,
+    /// Cluster mode: the node serving this connection (0: a single node).
+    pub node_id: u64,
+    /// Cluster mode: every node and where native clients reach it (empty on
+    /// a single node).
+    pub nodes: Vec<NodeAddress>,
+}
+
+/// Where native clients reach one node of a cluster (`native_addr` empty:
+/// not known to the answering node).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeAddress {
+    pub id: u64,
+    pub native_addr: String,
 }
 
 /// Per-topic outcome of create, delete and create-partitions.
@@ -1131,6 +1144,21 @@ fn encode_response_body(
             let message = Some(fbb.create_string(&r.message));
             let server_version = Some(fbb.create_string(&r.server_version));
             let shard_ports = Some(fbb.create_vector(&r.shard_ports));
+            let nodes: Vec<_> = r
+                .nodes
+                .iter()
+                .map(|n| {
+                    let native_addr = Some(fbb.create_string(&n.native_addr));
+                    fb::NodeAddress::create(
+                        fbb,
+                        &fb::NodeAddressArgs {
+                            id: n.id,
+                            native_addr,
+                        },
+                    )
+                })
+                .collect();
+            let nodes = Some(fbb.create_vector(&nodes));
             let o = fb::ApiVersionsResponse::create(
                 fbb,
                 &fb::ApiVersionsResponseArgs {
@@ -1147,6 +1175,8 @@ fn encode_response_body(
                     shard_count: r.shard_count,
                     shard_id: r.shard_id,
                     shard_ports,
+                    node_id: r.node_id,
+                    nodes,
                 },
             );
             (T::ApiVersionsResponse, o.as_union_value())
@@ -1677,6 +1707,18 @@ fn response_body(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
                 shard_ports: b
                     .shard_ports()
                     .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
+                node_id: b.node_id(),
+                nodes: b
+                    .nodes()
+                    .map(|v| {
+                        v.iter()
+                            .map(|n| NodeAddress {
+                                id: n.id(),
+                                native_addr: s(n.native_addr()),
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         }
@@ -2723,6 +2765,17 @@ mod tests {
                 shard_count: 2,
                 shard_id: 1,
                 shard_ports: vec![40001, 40002],
+                node_id: 2,
+                nodes: vec![
+                    NodeAddress {
+                        id: 1,
+                        native_addr: "127.0.0.1:9401".into(),
+                    },
+                    NodeAddress {
+                        id: 2,
+                        native_addr: String::new(),
+                    },
+                ],
                 ..Default::default()
             }),
             ResponseBody::CreateTopics(tr.clone()),

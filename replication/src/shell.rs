@@ -537,6 +537,11 @@ pub struct Committed {
 pub struct GroupView {
     pub leader: Option<u64>,
     pub is_leader: bool,
+    /// This node leads and has applied an entry of its own term (its
+    /// first, a no-op): every entry of earlier terms that survives is then
+    /// committed and applied here, so state built by the apply callback is
+    /// complete. A new leader is not ready until then.
+    pub leader_ready: bool,
     /// The current term (Kafka's leader epoch).
     pub term: u64,
     pub committed: Committed,
@@ -873,10 +878,20 @@ impl Node {
     pub fn view(&self, group: u64) -> Option<GroupView> {
         let groups = self.inner.groups.borrow();
         let g = groups.get(&group)?;
+        let is_leader = g.core.is_leader() && g.failed.is_none();
+        let term = g.core.term();
+        let applied = g.core.applied_index();
+        let store = g.core.store();
+        let applied_term = match store.slot(applied) {
+            Some(slot) => slot.term,
+            None if store.snapshot_point().index == applied => store.snapshot_point().term,
+            None => 0,
+        };
         Some(GroupView {
             leader: g.core.leader(),
-            is_leader: g.core.is_leader() && g.failed.is_none(),
-            term: g.core.term(),
+            is_leader,
+            leader_ready: is_leader && applied_term == term,
+            term,
             committed: g.announced,
         })
     }

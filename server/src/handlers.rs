@@ -64,8 +64,36 @@ pub fn api_versions(shard: &Shard, r: &ApiVersionsRequest) -> (bool, ApiVersions
         shard_count: shard.shards as u16,
         shard_id: shard.id as u16,
         shard_ports: shard.shared.shard_ports.get().cloned().unwrap_or_default(),
+        node_id: shard.shared.cluster.as_ref().map_or(0, |c| c.node_id),
+        nodes: cluster_nodes(&shard.shared),
     };
     (ok, resp)
+}
+
+/// Cluster mode: every node and its native address, this node first (its
+/// own listener's address unless that is a wildcard), then the peers as
+/// `--peer ...,native=` names them (empty where not given). Empty on a
+/// single node.
+fn cluster_nodes(shared: &crate::shard::Shared) -> Vec<NodeAddress> {
+    let Some(cluster) = &shared.cluster else {
+        return Vec::new();
+    };
+    let own = shared
+        .native_addr
+        .get()
+        .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let mut nodes = Vec::with_capacity(cluster.peers.len() + 1);
+    nodes.push(NodeAddress {
+        id: cluster.node_id,
+        native_addr: own,
+    });
+    nodes.extend(cluster.peers.iter().map(|p| NodeAddress {
+        id: p.id,
+        native_addr: p.native.map(|a| a.to_string()).unwrap_or_default(),
+    }));
+    nodes
 }
 
 /// The first error an answer carries, at the top or in any of its parts

@@ -215,6 +215,7 @@ pub fn run(args: Args) -> Result<(), ServerError> {
             }
         }
     }
+    let _ = shared.native_addr.set(listen);
     // Every shard has a direct port, or none has (`--shard-ports off`).
     if direct_ports.len() == cfg.shards {
         let _ = shared.shard_ports.set(direct_ports);
@@ -310,6 +311,7 @@ fn shared_for(
         ),
         produce_fault: crate::config::ProduceFault::from_env(),
         shard_ports: std::sync::OnceLock::new(),
+        native_addr: std::sync::OnceLock::new(),
         storage,
         cluster: cfg.cluster.clone().map(Arc::new),
         meta_leader: std::sync::atomic::AtomicU64::new(0),

@@ -72,6 +72,9 @@ pub struct Shared {
     /// Index = shard id: the shard's direct native port (set once every
     /// shard has bound; unset with `--shard-ports off`).
     pub shard_ports: std::sync::OnceLock<Vec<u16>>,
+    /// The native listener's bound address (set once shard 0 has bound;
+    /// unset in-process), told to cluster clients in the handshake.
+    pub native_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Where partitions live: O_DIRECT files, or each shard's own in-memory
     /// file system (in-process tests; see `node::InProcess`).
     pub storage: StorageKind,

@@ -638,8 +638,10 @@ impl Cluster {
         );
     }
 
-    /// A client of node `id` whose requests wait at most `request_wait_ms`,
-    /// or `None` if it cannot connect (and complete the handshake).
+    /// A client of node `id` alone (leader following off: it asks only
+    /// that node, which refuses what it cannot serve) whose requests wait
+    /// at most `request_wait_ms`, or `None` if it cannot connect (and
+    /// complete the handshake).
     pub fn client_with(&self, id: u64, request_wait_ms: u64) -> Option<Client> {
         let cfg = ConnectionConfig {
             connect_timeout_ms: CONNECT_WAIT_MS,
@@ -647,7 +649,19 @@ impl Cluster {
             reconnect_attempts_max: 0,
             ..ConnectionConfig::default()
         };
-        Client::connect_with(&self.native(id), cfg).ok()
+        let mut c = Client::connect_with(&self.native(id), cfg).ok()?;
+        c.set_follow_leaders(false);
+        Some(c)
+    }
+
+    /// Every node's native address, comma separated (a bootstrap list for
+    /// strom-client and the CLI).
+    pub fn native_bootstrap(&self) -> String {
+        self.addrs
+            .iter()
+            .map(|a| a.native.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// [`Cluster::client_with`] [`REQUEST_WAIT_MS`].
@@ -888,6 +902,8 @@ impl Recorder {
         };
         let mut client = Client::connect_with(&cluster.native(id), cfg)
             .map_err(|e| format!("node {id}: connect: {e}"))?;
+        // This producer asks node `id` alone (module docs: the node asked).
+        client.set_follow_leaders(false);
         client
             .partition_count(&self.topic)
             .map_err(|e| format!("node {id}: partition count of {}: {e}", self.topic))?;

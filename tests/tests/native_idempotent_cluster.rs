@@ -3,7 +3,9 @@
 //! producer id goes the way a Kafka idempotent batch goes there (proposed
 //! under the partition's producer lane, recorded by the apply hook on
 //! every replica), so a resend to a new leader after the old one was
-//! SIGKILLed is answered with the original offsets and stored once.
+//! SIGKILLed is answered with the original offsets and stored once; and a
+//! leader that loses office with batches of one producer queued behind an
+//! unfinished one refuses them as not leader, never as out of order.
 
 use std::time::{Duration, Instant};
 use strom_client::{Acks, Consumer, ConsumerConfig, ErrorCode, OffsetSpec};
@@ -11,7 +13,8 @@ use strom_flatbuffers::protocol::{
     ProduceBatch, ProduceRequest, ProduceResult, RequestBody, ResponseBody,
 };
 use strom_flatbuffers::{stamp_producer, BatchBuilder, RecordIn};
-use strom_tests::cluster::Cluster;
+use strom_tests::cluster::{links_from, links_to, Cluster};
+use strom_tests::faultproxy::Fault;
 
 const TOPIC: &str = "idem";
 const BUDGET: Duration = Duration::from_secs(90);
@@ -148,4 +151,91 @@ fn a_resend_to_a_new_leader_gets_the_original_offsets() {
     }
     assert_eq!(values, ["a-0", "a-1", "a-2", "b-0", "b-1", "c-0"]);
     cluster.assert_no_panic("native idempotent cluster");
+}
+
+/// The story (`cluster_clients.rs`, librdkafka with its debug log): a
+/// leader lost office with three batches of one idempotent producer in
+/// flight. The first was answered `NotLeader` "outcome unknown" (its entry
+/// was later committed by the next leader); the two queued behind it in
+/// the producer's lane were then checked against state without it and
+/// refused `OutOfOrderSequence`. librdkafka took that for a gap, bumped its
+/// epoch and resent the first batch under the new epoch: stored twice. Now
+/// a batch's leadership is checked again when its turn comes, so a deposed
+/// leader refuses the queued ones as not leader (nothing written), which
+/// librdkafka resends under the same epoch.
+#[test]
+fn a_deposed_leader_refuses_queued_batches_as_not_leader_not_out_of_order() {
+    let cluster = Cluster::start_proxied();
+    let deadline = Instant::now() + BUDGET;
+    cluster.create_topic(TOPIC, 1, deadline);
+    let all = cluster.running();
+    let (leader, _) = cluster
+        .wait_leader(&all, TOPIC, 0, deadline)
+        .expect("a leader");
+    let mut client = cluster.client_with(leader, 30_000).expect("connect");
+    let (id, epoch) = client.init_producer_id(None).expect("a producer id");
+    // Known to the leader (the first batch of an unknown producer is
+    // accepted whatever its sequence).
+    ok(&produce(
+        &cluster,
+        &all,
+        &frame("a", 1, id, epoch, 0),
+        deadline,
+    ));
+    // The leader is cut off: its proposals cannot commit, and it steps
+    // down once it has not heard from a majority for an election timeout.
+    let proxy = cluster.proxy();
+    let links: Vec<String> = links_from(leader)
+        .into_iter()
+        .chain(links_to(leader))
+        .collect();
+    proxy.set_many(&links, Fault::Blackhole).expect("links");
+    let conn = client.connection();
+    let mut sent = Vec::new();
+    for (i, tag) in ["b", "c", "d"].into_iter().enumerate() {
+        let f = frame(tag, 1, id, epoch, 1 + i as i32);
+        let body = RequestBody::Produce(ProduceRequest {
+            acks: Acks::Durable,
+            timeout_ms: 20_000,
+            batches: vec![ProduceBatch {
+                topic: TOPIC.into(),
+                partition: 0,
+                batch_len: f.len() as u32,
+            }],
+        });
+        sent.push(conn.send(&body, &[&f]).expect("send"));
+        if i == 0 {
+            // "b" holds the lane (proposed, waiting) before the others come.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let answers: Vec<ProduceResult> = sent
+        .into_iter()
+        .map(
+            |cid| match conn.recv(cid, 20_000).expect("an answer").body {
+                ResponseBody::Produce(mut p) => p.results.remove(0),
+                other => panic!("unexpected {other:?}"),
+            },
+        )
+        .collect();
+    proxy.heal_all();
+    let first = &answers[0];
+    assert!(
+        matches!(first.error, ErrorCode::NotLeader | ErrorCode::Timeout),
+        "the batch in flight: {:?} {}",
+        first.error,
+        first.message
+    );
+    for (tag, r) in ["c", "d"].into_iter().zip(&answers[1..]) {
+        assert!(
+            matches!(
+                r.error,
+                ErrorCode::NotLeader | ErrorCode::LeaderNotAvailable
+            ),
+            "{tag}, queued behind b on a leader that lost office: {:?} {}",
+            r.error,
+            r.message
+        );
+    }
+    cluster.assert_no_panic("deposed leader");
 }

@@ -27,13 +27,16 @@ const LINE_BYTES_MAX: usize = 16 << 20;
     about = "Command-line client for the Strom streaming platform"
 )]
 struct Cli {
-    /// Server address (native protocol); the default comes from the
-    /// STROM_SERVER environment variable, else 127.0.0.1:9400.
+    /// Server address (native protocol): one HOST:PORT, or several comma
+    /// separated (the nodes of a cluster: the first that answers is used,
+    /// and requests follow partition leaders and the controller from
+    /// there). The default comes from the STROM_SERVER environment
+    /// variable, else 127.0.0.1:9400.
     #[arg(
         long,
         global = true,
         default_value_t = default_server(),
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT[,HOST:PORT...]"
     )]
     server: String,
     /// Longest wait for the server to answer one request (ms).
@@ -153,7 +156,10 @@ struct ProduceArgs {
     /// Idempotent producing: a producer id and per-partition sequences, and
     /// batches whose answer is lost are resent without being stored twice
     /// (while the server remembers the producer). Needs --acks leader or
-    /// durable.
+    /// durable. In a cluster this is what carries a produce through a
+    /// leader change: batches refused by a deposed leader or lost with it
+    /// are resent to the new one (without it they fail, and only later
+    /// lines go to the new leader).
     #[arg(long)]
     idempotent: bool,
 }
@@ -304,7 +310,8 @@ fn topic(mut client: Client, cmd: TopicCommand) -> Result<(), CliError> {
             }
         }
         TopicCommand::Describe { name } => {
-            let d = client.describe_topic(&name)?;
+            // In a cluster each partition's offsets as its leader has them.
+            let d = client.describe_topic_at_leaders(&name)?;
             let configs: Vec<String> = d.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(
                 out,

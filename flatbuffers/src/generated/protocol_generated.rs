@@ -1042,6 +1042,8 @@ impl<'a> ApiVersionsResponse<'a> {
   pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 24;
   pub const VT_SHARD_ID: ::flatbuffers::VOffsetT = 26;
   pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 28;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 30;
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 32;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1053,6 +1055,8 @@ impl<'a> ApiVersionsResponse<'a> {
     args: &'args ApiVersionsResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ApiVersionsResponse<'bldr>> {
     let mut builder = ApiVersionsResponseBuilder::new(_fbb);
+    builder.add_node_id(args.node_id);
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
     if let Some(x) = args.shard_ports { builder.add_shard_ports(x); }
     if let Some(x) = args.server_version { builder.add_server_version(x); }
     builder.add_fetch_wait_max_ms(args.fetch_wait_max_ms);
@@ -1172,6 +1176,27 @@ impl<'a> ApiVersionsResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(ApiVersionsResponse::VT_SHARD_PORTS, None)}
   }
+  /// Cluster mode: the id of the node serving this connection (0: a single
+  /// node, not part of a cluster).
+  #[inline]
+  pub fn node_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ApiVersionsResponse::VT_NODE_ID, Some(0)).unwrap()}
+  }
+  /// Cluster mode: every node of the cluster, this one included, with the
+  /// address native clients reach it at (from `--peer ...,native=` and this
+  /// node's own `--listen`). Clients send a partition's requests to its
+  /// leader (`PartitionDescription.leader_node`) at this address. Empty on
+  /// a single node.
+  #[inline]
+  pub fn nodes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress>>>>(ApiVersionsResponse::VT_NODES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ApiVersionsResponse<'_> {
@@ -1193,6 +1218,8 @@ impl ::flatbuffers::Verifiable for ApiVersionsResponse<'_> {
      .visit_field::<u16>("shard_count", Self::VT_SHARD_COUNT, false)?
      .visit_field::<u16>("shard_id", Self::VT_SHARD_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("shard_ports", Self::VT_SHARD_PORTS, false)?
+     .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeAddress>>>>("nodes", Self::VT_NODES, false)?
      .finish();
     Ok(())
   }
@@ -1211,6 +1238,8 @@ pub struct ApiVersionsResponseArgs<'a> {
     pub shard_count: u16,
     pub shard_id: u16,
     pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub node_id: u64,
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeAddress<'a>>>>>,
 }
 impl<'a> Default for ApiVersionsResponseArgs<'a> {
   #[inline]
@@ -1229,6 +1258,8 @@ impl<'a> Default for ApiVersionsResponseArgs<'a> {
       shard_count: 0,
       shard_id: 0,
       shard_ports: None,
+      node_id: 0,
+      nodes: None,
     }
   }
 }
@@ -1291,6 +1322,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ApiVersionsResponseBuilder<'a
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ApiVersionsResponse::VT_SHARD_PORTS, shard_ports);
   }
   #[inline]
+  pub fn add_node_id(&mut self, node_id: u64) {
+    self.fbb_.push_slot::<u64>(ApiVersionsResponse::VT_NODE_ID, node_id, 0);
+  }
+  #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<NodeAddress<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ApiVersionsResponse::VT_NODES, nodes);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ApiVersionsResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ApiVersionsResponseBuilder {
@@ -1321,6 +1360,125 @@ impl ::core::fmt::Debug for ApiVersionsResponse<'_> {
       ds.field("shard_count", &self.shard_count());
       ds.field("shard_id", &self.shard_id());
       ds.field("shard_ports", &self.shard_ports());
+      ds.field("node_id", &self.node_id());
+      ds.field("nodes", &self.nodes());
+      ds.finish()
+  }
+}
+pub enum NodeAddressOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Where native clients reach one node of a cluster.
+pub struct NodeAddress<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for NodeAddress<'a> {
+  type Inner = NodeAddress<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> NodeAddress<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NATIVE_ADDR: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    NodeAddress { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NodeAddressArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<NodeAddress<'bldr>> {
+    let mut builder = NodeAddressBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.native_addr { builder.add_native_addr(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeAddress::VT_ID, Some(0)).unwrap()}
+  }
+  /// `host:port`; empty when the answering node does not know it (a peer
+  /// configured without `native=`, or this node listening on a wildcard
+  /// address: then it is the address this connection was made to).
+  #[inline]
+  pub fn native_addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeAddress::VT_NATIVE_ADDR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for NodeAddress<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("native_addr", Self::VT_NATIVE_ADDR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NodeAddressArgs<'a> {
+    pub id: u64,
+    pub native_addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for NodeAddressArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NodeAddressArgs {
+      id: 0,
+      native_addr: None,
+    }
+  }
+}
+
+pub struct NodeAddressBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeAddressBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(NodeAddress::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_native_addr(&mut self, native_addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeAddress::VT_NATIVE_ADDR, native_addr);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeAddressBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NodeAddressBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeAddress<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for NodeAddress<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("NodeAddress");
+      ds.field("id", &self.id());
+      ds.field("native_addr", &self.native_addr());
       ds.finish()
   }
 }

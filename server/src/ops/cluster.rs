@@ -196,6 +196,28 @@ async fn produce_one(
             "the partition's producer lane is closed",
         )));
     };
+    // Checked again under the lane, and the producer state must be
+    // complete. The story (cluster_clients.rs, librdkafka): a leader lost
+    // office with three batches of one producer in flight; the first was
+    // answered "outcome unknown" (its entry was later committed by the
+    // next leader), and the two behind it in the lane were then checked
+    // against state without it and refused OutOfOrderSequence. librdkafka
+    // took that for a gap, bumped its epoch and resent the first batch
+    // under the new epoch: stored twice. A deposed leader now refuses them
+    // as not leader (nothing written); a new leader refuses idempotent
+    // batches until it has applied an entry of its own term, since before
+    // that its predecessor's last batches may be in its log but not yet in
+    // its producer state (a retry of one would be appended again).
+    let v = leader_view(shard, topic, p, group).map_err(ProduceError::Wire)?;
+    if !v.leader_ready {
+        return Err(ProduceError::Wire(WireError::new(
+            ErrorCode::LeaderNotAvailable,
+            format!(
+                "{topic}/{p}: this node was just elected and has not yet applied its \
+                 predecessor's entries; retry"
+            ),
+        )));
+    }
     match shard.producers.check(key, &b) {
         Check::Reject(r) => Err(ProduceError::Refused(r)),
         Check::Duplicate {

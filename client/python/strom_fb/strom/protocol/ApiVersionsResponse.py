@@ -146,8 +146,47 @@ class ApiVersionsResponse(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(28))
         return o == 0
 
+    # Cluster mode: the id of the node serving this connection (0: a single
+    # node, not part of a cluster).
+    # ApiVersionsResponse
+    def NodeId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(30))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # Cluster mode: every node of the cluster, this one included, with the
+    # address native clients reach it at (from `--peer ...,native=` and this
+    # node's own `--listen`). Clients send a partition's requests to its
+    # leader (`PartitionDescription.leader_node`) at this address. Empty on
+    # a single node.
+    # ApiVersionsResponse
+    def Nodes(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(32))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            from strom.protocol.NodeAddress import NodeAddress
+            obj = NodeAddress()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # ApiVersionsResponse
+    def NodesLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(32))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # ApiVersionsResponse
+    def NodesIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(32))
+        return o == 0
+
 def ApiVersionsResponseStart(builder):
-    builder.StartObject(13)
+    builder.StartObject(15)
 
 def Start(builder):
     ApiVersionsResponseStart(builder)
@@ -235,6 +274,24 @@ def ApiVersionsResponseStartShardPortsVector(builder, numElems):
 
 def StartShardPortsVector(builder, numElems):
     return ApiVersionsResponseStartShardPortsVector(builder, numElems)
+
+def ApiVersionsResponseAddNodeId(builder, nodeId):
+    builder.PrependUint64Slot(13, nodeId, 0)
+
+def AddNodeId(builder, nodeId):
+    ApiVersionsResponseAddNodeId(builder, nodeId)
+
+def ApiVersionsResponseAddNodes(builder, nodes):
+    builder.PrependUOffsetTRelativeSlot(14, flatbuffers.number_types.UOffsetTFlags.py_type(nodes), 0)
+
+def AddNodes(builder, nodes):
+    ApiVersionsResponseAddNodes(builder, nodes)
+
+def ApiVersionsResponseStartNodesVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
+def StartNodesVector(builder, numElems):
+    return ApiVersionsResponseStartNodesVector(builder, numElems)
 
 def ApiVersionsResponseEnd(builder):
     return builder.EndObject()
