@@ -1024,14 +1024,8 @@ impl<S: Storage> Log<S> {
                 return Err(e);
             }
             if self.prealloc_in_flight.is_none() {
-                // A segment's first step is this log's staggered one, so
-                // partitions filling at one rate do not all step at once.
-                let target = if self.preallocated_len == 0 {
-                    self.first_step(step).max(need)
-                } else {
-                    align_up(need.div_ceil(step) * step)
-                }
-                .min(align_up(self.config.segment_bytes).max(need));
+                let target = align_up(need.div_ceil(step) * step)
+                    .min(align_up(self.config.segment_bytes).max(need));
                 self.last_prealloc_ms = now_ms;
                 self.start_prealloc(target, true, false);
             }
@@ -1103,20 +1097,6 @@ impl<S: Storage> Log<S> {
 
     /// Starts a fallocate of the active segment to `target` (after checking
     /// the disk reserve) as a job.
-    /// The first preallocation step of each of this log's segments: between
-    /// half and all of `step`, fixed per log by its directory. Later steps
-    /// are whole `step`s from there, so logs that fill at the same rate (the
-    /// partitions of one topic under an even load) reserve, and zero, their
-    /// steps at different moments instead of all together (the 10
-    /// partitions of the 100-producer scenario wrote 320 MiB of zeros in
-    /// one burst every 6.4 s).
-    fn first_step(&self, step: u64) -> u64 {
-        let phase = u64::from(crc32c::crc32c(self.dir.as_os_str().as_encoded_bytes()) % 1024);
-        let first = align_up(step / 2 + step / 2 * phase / 1024).max(BLOCK_BYTES as u64);
-        debug_assert!(first <= align_up(step));
-        first
-    }
-
     fn start_prealloc(&mut self, target: u64, foreground: bool, zeros: bool) {
         debug_assert!(self.prealloc_in_flight.is_none());
         let more = target.saturating_sub(self.preallocated_len);
@@ -1186,12 +1166,11 @@ impl<S: Storage> Log<S> {
         let storage = self.storage.clone();
         let dir = self.dir.clone();
         let reserve = self.config.disk_reserve_bytes;
-        let step = self.first_step(
-            self.config
-                .preallocate_bytes
-                .max(BLOCK_BYTES as u64)
-                .min(align_up(self.config.segment_bytes)),
-        );
+        let step = self
+            .config
+            .preallocate_bytes
+            .max(BLOCK_BYTES as u64)
+            .min(align_up(self.config.segment_bytes));
         self.jobs.push(Job {
             id: JobId::PrepareSegment,
             fut: Box::pin(async move {
@@ -3004,7 +2983,7 @@ mod tests {
     fn open() -> Log<FaultyStorage> {
         let storage = FaultyStorage::new(7);
         let (mut log, _) = block_on(Log::open(storage, Path::new("/t"), cfg(), 0)).expect("open");
-        // Preallocate the first step (staggered: see `first_step`).
+        // Preallocate the whole segment, so appends start no fallocate job.
         match log.try_append(frame(10), 0).expect("append") {
             AppendStep::Blocked(f, Blocked::Space) => {
                 block_on(log.drive_jobs()).expect("fallocate");
@@ -3085,20 +3064,6 @@ mod tests {
         block_on(log.check_indexes_against_scan()).expect("on disk as appended");
     }
 
-    /// The log's write jobs; every other job (a background preallocation
-    /// step, whose moment depends on the log's staggered first step) is
-    /// run to completion first.
-    fn write_jobs_only(log: &mut Log<FaultyStorage>) -> Vec<Job> {
-        let (writes, others): (Vec<Job>, Vec<Job>) = log
-            .take_jobs()
-            .into_iter()
-            .partition(|j| matches!(j.id, JobId::Write(_)));
-        for job in others {
-            run(log, job);
-        }
-        writes
-    }
-
     /// Full buffers are written concurrently and may complete in any order;
     /// the written offset only moves over the contiguous written prefix.
     #[test]
@@ -3110,7 +3075,7 @@ mod tests {
         for _ in 0..3 {
             ends.push(append(&mut log, 60 << 10));
         }
-        let mut jobs = write_jobs_only(&mut log);
+        let mut jobs = log.take_jobs();
         assert_eq!(jobs.len(), 2, "{jobs:?}");
         let second = jobs.pop().expect("second");
         let first = jobs.pop().expect("first");
@@ -3136,7 +3101,7 @@ mod tests {
             append(&mut log, 60 << 10);
         }
         let before = log.offsets().written_offset;
-        let mut jobs = write_jobs_only(&mut log);
+        let mut jobs = log.take_jobs();
         let second = jobs.pop().expect("second");
         let first = jobs.pop().expect("first");
         run(&mut log, second);
