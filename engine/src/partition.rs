@@ -654,6 +654,13 @@ impl<S: Storage> Partition<S> {
             .await
     }
 
+    /// How many tail truncations this instance has begun: a value taken
+    /// before some work and compared after tells whether the log's tail
+    /// may have been replaced in between.
+    pub fn truncations(&self) -> u64 {
+        self.inner.truncations.get()
+    }
+
     pub async fn truncate_to(&self, offset: u64) -> Result<u64, EngineError> {
         self.inner.truncations.set(self.inner.truncations.get() + 1);
         self.run_exclusive(async |log| log.truncate_to(offset).await)

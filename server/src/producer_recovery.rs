@@ -33,6 +33,7 @@ use crate::limits::{
 };
 use crate::producers::{PartitionKey, ProducerStates, Producers, Rebuild};
 use std::path::PathBuf;
+use strom_engine::producer_snapshot::ProducerSnapshot;
 use strom_engine::Partition;
 use strom_flatbuffers::FrameHeader;
 
@@ -128,22 +129,74 @@ pub async fn rebuild<S: Storage>(
 
 /// Partition `key`'s producers as a snapshot at its high watermark, taken
 /// under its lane (released before this returns), then written once that
-/// offset is durable. Returns the snapshot's offset.
+/// offset is durable (forcing an fdatasync if it is not: for the clean
+/// close, where the log is synced anyway). Returns the snapshot's offset.
 pub async fn write_snapshot<S: Storage>(
     producers: &Producers,
     key: PartitionKey,
     part: &Partition<S>,
 ) -> Result<u64, EngineError> {
+    let pending = take_snapshot(producers, key, part).await?;
+    part.sync_to(pending.snapshot.offset).await?;
+    write_pending(part, &pending).await
+}
+
+/// A snapshot taken in memory and not yet written: the running upkeep
+/// writes it only once the log is durable past its offset by itself (a
+/// roll, a durable produce, the flush policy), so that a snapshot never
+/// forces an fdatasync that acks=leader traffic would not pay otherwise.
+#[derive(Debug, Clone)]
+pub struct PendingSnapshot {
+    pub snapshot: ProducerSnapshot,
+    /// The log's `truncations()` when it was taken: a truncation since
+    /// makes it void (the tail it describes may have been replaced).
+    pub truncations: u64,
+    /// The log's `LogStats::appended_bytes` and `segments_rolled` then.
+    pub appended_bytes: u64,
+    pub segments_rolled: u64,
+}
+
+impl PendingSnapshot {
+    /// Whether it can be written now without forcing a sync.
+    pub fn writable(&self, durable_offset: u64) -> bool {
+        durable_offset >= self.snapshot.offset
+    }
+}
+
+/// Partition `key`'s producers as a snapshot at its high watermark, taken
+/// under its lane (released before this returns; no I/O).
+pub async fn take_snapshot<S: Storage>(
+    producers: &Producers,
+    key: PartitionKey,
+    part: &Partition<S>,
+) -> Result<PendingSnapshot, EngineError> {
     let lane = producers.lane(key);
-    let snapshot = {
-        let Ok(_permit) = lane.acquire_permit(1).await else {
-            return Err(EngineError::Closed);
-        };
-        producers.snapshot(key, part.offsets().high_watermark)
+    let Ok(_permit) = lane.acquire_permit(1).await else {
+        return Err(EngineError::Closed);
     };
-    part.sync_to(snapshot.offset).await?;
-    part.write_producer_snapshot(&snapshot).await?;
-    Ok(snapshot.offset)
+    let st = part.stats();
+    Ok(PendingSnapshot {
+        snapshot: producers.snapshot(key, part.offsets().high_watermark),
+        truncations: part.truncations(),
+        appended_bytes: st.appended_bytes,
+        segments_rolled: st.segments_rolled,
+    })
+}
+
+/// Writes `pending` (whose offset must be durable). Returns its offset.
+pub async fn write_pending<S: Storage>(
+    part: &Partition<S>,
+    pending: &PendingSnapshot,
+) -> Result<u64, EngineError> {
+    let offset = pending.snapshot.offset;
+    if part.truncations() != pending.truncations {
+        return Err(EngineError::Truncated {
+            offset,
+            high_watermark: part.offsets().high_watermark,
+        });
+    }
+    part.write_producer_snapshot(&pending.snapshot).await?;
+    Ok(offset)
 }
 
 /// Where a partition instance stands with its snapshots: what decides

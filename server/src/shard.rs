@@ -122,6 +122,9 @@ pub struct PartitionSlot {
     pub reopening: bool,
     /// Where this instance stands with producer-state snapshots.
     pub snapshots: SnapshotMark,
+    /// A snapshot taken and waiting for the log to become durable past it
+    /// (see [`crate::producer_recovery::PendingSnapshot`]).
+    pub pending_snapshot: Option<Rc<crate::producer_recovery::PendingSnapshot>>,
     /// Which opening of the partition `partition` is (shard-wide counter):
     /// a snapshot job's result is recorded only for the instance it ran on.
     pub instance: u64,
@@ -500,6 +503,7 @@ impl Shard {
                 slot.partition = part.clone();
                 slot.reopening = false;
                 slot.snapshots = SnapshotMark::opened(report.snapshot_offset, report.bytes);
+                slot.pending_snapshot = None;
                 slot.instance = instance;
                 true
             }
@@ -617,54 +621,109 @@ impl Shard {
         }
     }
 
-    /// One round of [`Shard::producer_upkeep`]'s snapshots.
+    /// One round of [`Shard::producer_upkeep`]'s snapshots. A snapshot
+    /// that is due is taken in memory at the high watermark; it is written
+    /// once the log is durable past it by itself (a roll syncs the closed
+    /// segment; durable produces and the flush policy sync too), so the
+    /// upkeep never forces an fdatasync onto acks=leader traffic. Until
+    /// then no newer one is taken (a newer one would always be ahead of
+    /// the durable offset under steady acks=leader load).
     async fn write_due_snapshots(self: &Rc<Self>) {
+        use crate::producer_recovery::{take_snapshot, write_pending};
         let now_ms = crate::engine::partition::now_ms();
-        let due: Vec<((String, u32), u64, u64, Partition)> = self
+        /// (topic, partition), topic id, instance, log, pending snapshot.
+        type Due = (
+            (String, u32),
+            u64,
+            u64,
+            Partition,
+            Option<Rc<crate::producer_recovery::PendingSnapshot>>,
+        );
+        let due: Vec<Due> = self
             .partitions
             .borrow()
             .iter()
             .filter(|(_, s)| {
                 let st = s.partition.stats();
+                let o = s.partition.offsets();
                 !s.reopening
                     && now_ms >= s.snapshots.not_before_ms
-                    && s.snapshots.due(
-                        s.partition.offsets().high_watermark,
-                        st.appended_bytes,
-                        st.segments_rolled,
-                    )
+                    && match &s.pending_snapshot {
+                        Some(p) => p.writable(o.durable_offset),
+                        None => {
+                            s.snapshots
+                                .due(o.high_watermark, st.appended_bytes, st.segments_rolled)
+                        }
+                    }
             })
-            .map(|(k, s)| (k.clone(), s.topic_id, s.instance, s.partition.clone()))
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    s.topic_id,
+                    s.instance,
+                    s.partition.clone(),
+                    s.pending_snapshot.clone(),
+                )
+            })
             .collect();
-        for ((topic, p), topic_id, instance, part) in due {
+        for ((topic, p), topic_id, instance, part, pending) in due {
             if self.shutdown.is_fired() {
                 return;
             }
-            let st = part.stats();
             let key = PartitionKey {
                 topic_id,
                 partition: p,
             };
-            let r = crate::producer_recovery::write_snapshot(&self.producers, key, &part).await;
+            let pending = match pending {
+                Some(pending) => pending,
+                None => match take_snapshot(&self.producers, key, &part).await {
+                    Ok(taken) => {
+                        let taken = Rc::new(taken);
+                        if !taken.writable(part.offsets().durable_offset) {
+                            let mut parts = self.partitions.borrow_mut();
+                            if let Some(slot) = parts
+                                .get_mut(&(topic.clone(), p))
+                                .filter(|s| s.instance == instance)
+                            {
+                                slot.pending_snapshot = Some(taken);
+                            }
+                            continue;
+                        }
+                        taken
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let r = write_pending(&part, &pending).await;
             let mut parts = self.partitions.borrow_mut();
             let slot = parts
                 .get_mut(&(topic.clone(), p))
                 .filter(|s| s.instance == instance);
             match (r, slot) {
                 (Ok(offset), Some(slot)) => {
-                    slot.snapshots =
-                        SnapshotMark::written(offset, st.appended_bytes, st.segments_rolled);
+                    slot.pending_snapshot = None;
+                    slot.snapshots = SnapshotMark::written(
+                        offset,
+                        pending.appended_bytes,
+                        pending.segments_rolled,
+                    );
                 }
                 (Ok(_), None) => {}
                 (Err(e), slot) => {
                     if let Some(slot) = slot {
+                        // Taken again when next due, from fresh state.
+                        slot.pending_snapshot = None;
                         slot.snapshots.postpone(now_ms);
                     }
                     drop(parts);
                     if matches!(e, crate::engine::EngineError::Failed { .. }) {
                         // The log failed: reopen it, as a produce would.
                         let _ = self.engine_error(&topic, p, &e);
-                    } else if !matches!(e, crate::engine::EngineError::Closed) {
+                    } else if !matches!(
+                        e,
+                        crate::engine::EngineError::Closed
+                            | crate::engine::EngineError::Truncated { .. }
+                    ) {
                         self.metrics().count_background_error("producer_snapshot");
                         tracing::warn!(shard = self.id, %topic, partition = p, error = %e, "producer-state snapshot failed; retried later");
                     }
@@ -843,6 +902,7 @@ impl Shard {
                                             report.snapshot_offset,
                                             report.bytes,
                                         ),
+                                        pending_snapshot: None,
                                         instance: self.next_instance(),
                                     },
                                 );

@@ -305,3 +305,116 @@ fn native_and_kafka_producers_share_one_partition_and_one_set_of_rules() {
         "5 + 4 + 5 + 4 + 4 records, once each: {all:?}"
     );
 }
+
+/// Like [`frame`], with records stamped now (a producer whose last batch
+/// is a day old expires at the next rebuild, as in Kafka).
+fn fresh_frame(tag: &str, n: usize, id: i64, epoch: i16, seq: i32) -> Vec<u8> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let mut b = strom_flatbuffers::BatchBuilder::new();
+    for i in 0..n {
+        let (k, v) = (format!("k{i}"), format!("{tag}-{i}"));
+        b.push(&strom_flatbuffers::RecordIn {
+            timestamp_ms: now_ms,
+            key: Some(k.as_bytes()),
+            value: Some(v.as_bytes()),
+            headers: &[("h", b"1")],
+        });
+    }
+    let mut f = b.finish();
+    stamp_producer(&mut f, id, epoch, seq);
+    f
+}
+
+/// Offsets of the producer-state snapshot files of `topic`'s partition 0.
+fn snapshot_offsets(server: &KafkaServer, topic: &str) -> Vec<u64> {
+    let dir = server.data_dir.join("topics").join(topic).join("0");
+    let mut out: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".snapshot")?.parse().ok()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Polls (bounded) until `topic` has a snapshot file, or gives up.
+fn wait_for_snapshot(server: &KafkaServer, topic: &str, within: std::time::Duration) -> Vec<u64> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = snapshot_offsets(server, topic);
+        if !got.is_empty() || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Under acks=leader load the running server never forces an fdatasync to
+/// write a producer-state snapshot (one per snapshot put the disk's flush
+/// into acks=leader tails): a snapshot that falls due is taken in memory
+/// and written once a roll has made the log durable past it. It then
+/// bounds the replay of an unclean restart, after which a resent batch is
+/// still answered with its original offsets.
+#[test]
+fn acks_leader_snapshots_wait_for_a_roll_and_survive_a_kill() {
+    let mut server = KafkaServer::start(1, temp_dir("nidem-snap"));
+    let mut c = native(&server);
+    let topic = "snaps";
+    match c.call(RequestBody::CreateTopics(CreateTopicsRequest {
+        topics: vec![CreateTopic {
+            name: topic.into(),
+            partitions: 1,
+            configs: vec![("segment.bytes".into(), (64u32 << 10).to_string())],
+        }],
+    })) {
+        ResponseBody::CreateTopics(r) => assert_eq!(r.results[0].error, ErrorCode::None),
+        other => panic!("unexpected {other:?}"),
+    }
+    let p = init(&mut c, -1, -1);
+    let (id, epoch) = (p.producer_id, p.producer_epoch);
+    const RECORDS: usize = 200;
+    let mut seq = 0;
+    let mut last: (Vec<u8>, (u64, u64)) = (Vec::new(), (0, 0));
+    // 200 records of about 80 bytes: a frame is over a fifth of a segment,
+    // so at most four fit in one and ten roll the 64 KiB segment twice.
+    let produce = |c: &mut Client, seq: &mut i32, last: &mut (Vec<u8>, (u64, u64))| {
+        for _ in 0..10 {
+            let f = fresh_frame("s", RECORDS, id, epoch, *seq);
+            assert!(f.len() > 13_200, "frame of {} bytes", f.len());
+            let offsets = ok(&produce_one(c, topic, Acks::Leader, f.clone()));
+            *last = (f, offsets);
+            *seq += RECORDS as i32;
+        }
+    };
+    // The rolls make a snapshot due; it is taken at the high watermark
+    // (the end of these batches), which nothing has made durable: none may
+    // be written.
+    produce(&mut c, &mut seq, &mut last);
+    let taken_at = last.1 .1 + 1;
+    let early = wait_for_snapshot(&server, topic, std::time::Duration::from_millis(2_500));
+    assert!(early.is_empty(), "a snapshot was forced durable: {early:?}");
+    // The next rolls sync closed segments past it: now it is written.
+    produce(&mut c, &mut seq, &mut last);
+    let written = wait_for_snapshot(&server, topic, std::time::Duration::from_secs(10));
+    assert_eq!(
+        written,
+        vec![taken_at],
+        "the snapshot taken after the first batches, once rolls made it durable"
+    );
+    // An unclean restart: the resent last batch is still a duplicate.
+    let (frame_again, offsets) = last.clone();
+    server.kill_and_restart();
+    let mut c = native(&server);
+    let again = produce_one(&mut c, topic, Acks::Durable, frame_again);
+    assert_eq!(ok(&again), offsets, "the resent batch after kill -9");
+    let next = fresh_frame("t", 1, id, epoch, seq);
+    assert_eq!(
+        ok(&produce_one(&mut c, topic, Acks::Durable, next)).0,
+        offsets.1 + 1
+    );
+}

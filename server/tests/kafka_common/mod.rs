@@ -71,6 +71,20 @@ impl KafkaServer {
         self.kafka = kafka;
     }
 
+    /// SIGKILL (no clean close: nothing is synced or snapshotted), then
+    /// start again on the same directory and Kafka port.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (child, native, kafka) =
+            spawn(self.cores, &self.data_dir, &self.extra, Some(self.kafka));
+        self.child = Some(child);
+        self.native = native;
+        self.kafka = kafka;
+    }
+
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
