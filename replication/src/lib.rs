@@ -16,6 +16,8 @@
 //! - [`wire`]: the bounded, checksummed encoding of batches of Raft
 //!   messages between nodes (raft-rs's protobuf decoder never sees bytes
 //!   from the network).
+//! - [`epochs`]: where each leader epoch (Raft term) ended, for Kafka's
+//!   OffsetForLeaderEpoch (I/O-free).
 //! - [`limits`], [`error`]: every limit, and one error enum per operation.
 //!
 //! `core`, `storage`, `sim` and `wire` do no I/O. `engine_store` does, only
@@ -27,6 +29,7 @@
 
 pub mod core;
 pub mod engine_store;
+pub mod epochs;
 pub mod error;
 pub mod limits;
 pub mod rng;

@@ -967,6 +967,57 @@ impl Node {
         Ok(CommittedRead { frames, committed })
     }
 
+    /// Where leader epoch `requested` ended in `group`'s committed log
+    /// (Kafka's OffsetForLeaderEpoch; see [`crate::epochs`]), with the
+    /// group's current term. Only committed entries count, and the latest
+    /// epoch ends at the high watermark: nothing a consumer can have read
+    /// lies past either. Synchronous: no borrow outlives the call.
+    pub fn epoch_end(
+        &self,
+        group: u64,
+        requested: u64,
+    ) -> Result<(u64, crate::epochs::EpochEnd), ReadError> {
+        struct Held<'a> {
+            store: &'a Store,
+            last: u64,
+        }
+        impl crate::epochs::EpochLog for Held<'_> {
+            fn first_index(&self) -> u64 {
+                self.store.first_index()
+            }
+            fn last_index(&self) -> u64 {
+                self.last
+            }
+            fn entry(&self, index: u64) -> (u64, u64) {
+                let s = self
+                    .store
+                    .slot(index)
+                    .expect("an index within first..=last is held");
+                (s.term, s.base_offset)
+            }
+            fn start_term(&self) -> u64 {
+                self.store.snapshot_point().term
+            }
+            fn start_offset(&self) -> u64 {
+                self.store.snapshot_point().offset
+            }
+        }
+        let groups = self.inner.groups.borrow();
+        let g = groups
+            .get(&group)
+            .ok_or(ReadError::UnknownGroup { group })?;
+        let store = g.core.store();
+        let first = store.first_index();
+        let last = g.core.commit_index().min(store.last_index());
+        let held = Held {
+            store,
+            // `first - 1` when nothing committed is held (an empty range).
+            last: last.max(first.saturating_sub(1)),
+        };
+        let end = crate::epochs::end_offset_for_epoch(&held, requested, g.announced.high_watermark);
+        Ok((g.core.term(), end))
+    }
+
     /// Resolves once `group`'s committed records reach past `offset`
     /// (`data_end_offset > offset`), or the group leaves this node, or the
     /// node stops. Holds no borrow while it waits.

@@ -137,6 +137,42 @@ pub enum Op {
     },
     /// A snapshot of the shard's metrics (for a `/metrics` scrape).
     Metrics,
+    /// Where leader epochs ended (Kafka's OffsetForLeaderEpoch).
+    EpochEnds {
+        items: Vec<(usize, EpochQuery)>,
+    },
+}
+
+/// One partition of Kafka's OffsetForLeaderEpoch: where `leader_epoch`
+/// ended, asked by a client that believes the leader is in
+/// `current_leader_epoch` (-1: no check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochQuery {
+    pub topic: String,
+    pub partition: u32,
+    pub current_leader_epoch: i32,
+    pub leader_epoch: i32,
+}
+
+/// The answer to one [`EpochQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EpochAnswer {
+    /// The epoch at or below the one asked that the log holds, and where it
+    /// ended; (-1, -1) when the asked one is later than any held (Kafka's
+    /// UNDEFINED_EPOCH / UNDEFINED_EPOCH_OFFSET).
+    Ended {
+        leader_epoch: i32,
+        end_offset: i64,
+    },
+    /// `current_leader_epoch` is older than the leader's (FENCED_LEADER_EPOCH).
+    Fenced {
+        leader_epoch: u64,
+    },
+    /// `current_leader_epoch` is newer than the leader's (UNKNOWN_LEADER_EPOCH).
+    UnknownEpoch {
+        leader_epoch: u64,
+    },
+    Failed(WireError),
 }
 
 pub enum Reply {
@@ -152,6 +188,7 @@ pub enum Reply {
     DeleteRecords(Vec<(usize, Result<u64, WireError>)>),
     Group(crate::group::service::GroupReply),
     Metrics(Box<crate::metrics::ShardSnapshot>),
+    EpochEnds(Vec<(usize, EpochAnswer)>),
     Failed(WireError),
 }
 

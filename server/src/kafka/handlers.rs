@@ -32,6 +32,9 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -115,6 +118,11 @@ fn first_error(resp: &ResponseKind) -> i16 {
             ),
         ),
         ResponseKind::ListOffsets(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
+        ResponseKind::OffsetForLeaderEpoch(r) => first(
             r.topics
                 .iter()
                 .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
@@ -210,6 +218,9 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<Vec<Bytes>>, i16) {
             kind
         }
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(ctx, r).await),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch(ctx, r).await)
+        }
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(ctx, v, r).await),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(ctx, r).await),
         RequestKind::CreatePartitions(r) => {
@@ -767,6 +778,84 @@ async fn list_offsets(ctx: &Ctx, r: ListOffsetsRequest) -> ListOffsetsResponse {
         }
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// OffsetForLeaderEpoch (KIP-101, KIP-320): where each asked leader epoch
+/// ended, from the partition's owner (`ops::owner::epoch_ends`), so that a
+/// consumer whose position came from an older leader can tell whether the
+/// log it read was truncated since. `replica_id` (v3+) is ignored: only
+/// clients ask here (replicas follow through Raft).
+async fn offset_for_leader_epoch(
+    ctx: &Ctx,
+    r: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    use crate::router::{EpochAnswer, EpochQuery};
+    let shard = &ctx.shard;
+    let mut topics: Vec<OffsetForLeaderTopicResult> = Vec::new();
+    let mut at: Vec<(usize, usize)> = Vec::new();
+    let mut per_shard: BTreeMap<usize, Vec<(usize, EpochQuery)>> = BTreeMap::new();
+    for t in r.topics {
+        let name = t.topic.0.as_str().to_owned();
+        let ti = topics.len();
+        let mut resp = OffsetForLeaderTopicResult::default().with_topic(t.topic.clone());
+        for p in t.partitions {
+            let pi = resp.partitions.len();
+            resp.partitions.push(
+                EpochEndOffset::default()
+                    .with_partition(p.partition)
+                    .with_leader_epoch(-1)
+                    .with_end_offset(-1),
+            );
+            let slot = at.len();
+            at.push((ti, pi));
+            let owner = if p.partition < 0 {
+                Err(WireError::unknown_partition(&name, 0))
+            } else {
+                shard.owner(&name, p.partition as u32)
+            };
+            match owner {
+                Err(e) => resp.partitions[pi].error_code = codec::wire_to_kafka(e.code),
+                Ok(s) => per_shard.entry(s).or_default().push((
+                    slot,
+                    EpochQuery {
+                        topic: name.clone(),
+                        partition: p.partition as u32,
+                        current_leader_epoch: p.current_leader_epoch,
+                        leader_epoch: p.leader_epoch,
+                    },
+                )),
+            }
+        }
+        topics.push(resp);
+    }
+    let ops: Vec<(usize, Op)> = per_shard
+        .into_iter()
+        .map(|(s, items)| (s, Op::EpochEnds { items }))
+        .collect();
+    let n = ops.len();
+    let rx = fan_out(shard, ops);
+    for (_, reply) in collect(&rx, n, None).await {
+        let Reply::EpochEnds(rs) = reply else {
+            continue;
+        };
+        for (slot, answer) in rs {
+            let (ti, pi) = at[slot];
+            let p = &mut topics[ti].partitions[pi];
+            match answer {
+                EpochAnswer::Ended {
+                    leader_epoch,
+                    end_offset,
+                } => {
+                    p.leader_epoch = leader_epoch;
+                    p.end_offset = end_offset;
+                }
+                EpochAnswer::Fenced { .. } => p.error_code = codec::FENCED_LEADER_EPOCH,
+                EpochAnswer::UnknownEpoch { .. } => p.error_code = codec::UNKNOWN_LEADER_EPOCH,
+                EpochAnswer::Failed(e) => p.error_code = codec::wire_to_kafka(e.code),
+            }
+        }
+    }
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
 async fn create_topics(ctx: &Ctx, version: i16, r: CreateTopicsRequest) -> CreateTopicsResponse {

@@ -314,6 +314,37 @@ pub fn offsets(shard: &Shard, topic: &str, p: u32) -> Result<(u64, u64), WireErr
     Ok((v.committed.log_start_offset, v.committed.data_end_offset))
 }
 
+/// Kafka's OffsetForLeaderEpoch on a replicated partition: answered by its
+/// leader from the committed log it holds (`Node::epoch_end`).
+pub fn epoch_end(shard: &Shard, q: &crate::router::EpochQuery) -> crate::router::EpochAnswer {
+    use crate::router::EpochAnswer;
+    let (_, group) = match group_of(shard, &q.topic, q.partition) {
+        Ok(g) => g,
+        Err(e) => return EpochAnswer::Failed(e),
+    };
+    let v = match leader_view(shard, &q.topic, q.partition, group) {
+        Ok(v) => v,
+        Err(e) => return EpochAnswer::Failed(e),
+    };
+    let mut failed = None;
+    let answer = crate::ops::owner::epoch_answer(v.term, q, |requested| {
+        match node(shard).epoch_end(group, requested) {
+            Ok((_, end)) => end,
+            Err(e) => {
+                failed = Some(WireError::new(
+                    ErrorCode::PartitionUnavailable,
+                    format!("{}/{}: {e}", q.topic, q.partition),
+                ));
+                strom_replication::epochs::EpochEnd::Undefined
+            }
+        }
+    });
+    match failed {
+        Some(e) => EpochAnswer::Failed(e),
+        None => answer,
+    }
+}
+
 /// The first committed offset whose record timestamp is at or after
 /// `ts_ms` (Kafka's ListOffsets by time), from the frames held in memory.
 pub fn offset_for_timestamp(

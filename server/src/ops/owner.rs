@@ -62,6 +62,75 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
             Reply::DeleteRecords(Box::pin(delete_records(shard, items)).await)
         }
         Op::Metrics => Reply::Metrics(Box::new(shard.metrics_snapshot())),
+        Op::EpochEnds { items } => Reply::EpochEnds(epoch_ends(shard, items)),
+    }
+}
+
+/// Kafka's OffsetForLeaderEpoch for partitions this shard owns. A single
+/// node's partitions have one leader epoch, 0, for their whole life (what
+/// Metadata says); a replicated one's epochs are its Raft terms.
+fn epoch_ends(
+    shard: &Rc<Shard>,
+    items: Vec<(usize, crate::router::EpochQuery)>,
+) -> Vec<(usize, crate::router::EpochAnswer)> {
+    use crate::router::EpochAnswer;
+    items
+        .into_iter()
+        .map(|(i, q)| {
+            let answer = if shard.replication.is_some() {
+                crate::ops::cluster::epoch_end(shard, &q)
+            } else {
+                match shard.partition(&q.topic, q.partition) {
+                    Err(e) => EpochAnswer::Failed(e),
+                    Ok(part) => epoch_answer(0, &q, |requested| {
+                        use strom_replication::epochs::EpochEnd;
+                        if requested == 0 {
+                            EpochEnd::Known {
+                                epoch: 0,
+                                end_offset: part.offsets().high_watermark,
+                            }
+                        } else {
+                            EpochEnd::Undefined
+                        }
+                    }),
+                }
+            };
+            (i, answer)
+        })
+        .collect()
+}
+
+/// The answer of a leader in epoch `leader_epoch` to `q`: the client's
+/// idea of the current epoch is checked first (Kafka's fencing), then
+/// `end` says where the asked epoch ended.
+pub fn epoch_answer(
+    leader_epoch: u64,
+    q: &crate::router::EpochQuery,
+    end: impl FnOnce(u64) -> strom_replication::epochs::EpochEnd,
+) -> crate::router::EpochAnswer {
+    use crate::router::EpochAnswer;
+    use strom_replication::epochs::EpochEnd;
+    if let Ok(current) = u64::try_from(q.current_leader_epoch) {
+        if current < leader_epoch {
+            return EpochAnswer::Fenced { leader_epoch };
+        }
+        if current > leader_epoch {
+            return EpochAnswer::UnknownEpoch { leader_epoch };
+        }
+    }
+    let undefined = EpochAnswer::Ended {
+        leader_epoch: -1,
+        end_offset: -1,
+    };
+    let Ok(requested) = u64::try_from(q.leader_epoch) else {
+        return undefined;
+    };
+    match end(requested) {
+        EpochEnd::Known { epoch, end_offset } => EpochAnswer::Ended {
+            leader_epoch: i32::try_from(epoch).unwrap_or(i32::MAX),
+            end_offset: i64::try_from(end_offset).unwrap_or(i64::MAX),
+        },
+        EpochEnd::Undefined => undefined,
     }
 }
 
