@@ -229,6 +229,8 @@ class AsyncClient:
         main = await self.ensure_main()
         try:
             t = await self.topic(topic)
+        except ProtocolError:
+            raise
         except StromError:
             return main
         if partition >= len(t.partitions):
@@ -713,7 +715,11 @@ class AsyncConsumer:
         async def one(conn: AsyncConnection, tps: List[TopicPartition]) -> Tuple[List[TopicPartition], List[wire.FetchResult]]:
             parts = [(t, p, self._positions[(t, p)], self.partition_max_bytes) for t, p in tps]
             msg = await conn.call(wire.fetch(wait_ms, 1, self.fetch_max_bytes, parts), timeout_ms=self.client.request_timeout_ms + wait_ms)
-            return tps, wire.read_fetch(msg, len(tps))
+            try:
+                return tps, wire.read_fetch(msg, len(tps))
+            except ProtocolError:
+                conn.close()
+                raise
 
         out: List[ConsumerRecord] = []
         for res in await asyncio.gather(*(one(c, tps) for c, tps in by_conn.items()), return_exceptions=True):
@@ -734,7 +740,11 @@ class AsyncConsumer:
                 if r.error:
                     raise StromError(r.error, r.message, topic=tp[0], partition=tp[1])
                 pos = self._positions[tp]
-                _, nxt = decode_frames(r.frames, tp[0], tp[1], pos, out)
+                try:
+                    _, nxt = decode_frames(r.frames, tp[0], tp[1], pos, out)
+                except ProtocolError:
+                    (await self.client.connection_for(tp[0], tp[1])).close()
+                    raise
                 if nxt > pos:
                     self._positions[tp] = nxt
         return out

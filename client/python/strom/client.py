@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from strom import wire
 from strom.connection import REQUEST_TIMEOUT_MS, Connection, check_all, split_addr
-from strom.errors import ConnectionClosed, ErrorCode, StromError
+from strom.errors import ConnectionClosed, ErrorCode, ProtocolError, StromError
 from strom.frames import ConsumerRecord, decode_frames, encode_frame
 from strom.protocol.ResponseBody import ResponseBody
 
@@ -116,6 +116,8 @@ class Client:
             return None
         try:
             t = self.topic(topic)
+        except ProtocolError:
+            raise
         except (StromError, OSError):
             return None
         if partition >= len(t.partitions):
@@ -216,7 +218,11 @@ class Client:
         if acks == wire.ACKS_NONE:
             conn.send(req, [frame], expect_response=False)
             return None
-        (r,) = wire.read_produce(conn.call(req, [frame]), 1)
+        try:
+            (r,) = wire.read_produce(conn.call(req, [frame]), 1)
+        except ProtocolError:
+            conn.close()
+            raise
         if r.error:
             e = StromError(r.error, r.message, topic=topic, partition=partition)
             self._partition_error(e)
@@ -237,12 +243,16 @@ class Client:
             wire.fetch(max_wait_ms, 1, max_bytes, [(topic, partition, offset, max_bytes)]),
             timeout_ms=self.request_timeout_ms + max_wait_ms,
         )
-        (r,) = wire.read_fetch(msg, 1)
-        if r.error:
-            e = StromError(r.error, r.message, topic=topic, partition=partition)
-            self._partition_error(e)
-            raise e
-        records, _ = decode_frames(r.frames, topic, partition, offset)
+        try:
+            (r,) = wire.read_fetch(msg, 1)
+            if r.error:
+                e = StromError(r.error, r.message, topic=topic, partition=partition)
+                self._partition_error(e)
+                raise e
+            records, _ = decode_frames(r.frames, topic, partition, offset)
+        except ProtocolError:
+            conn.close()  # bytes that break the protocol: this connection is not trusted again
+            raise
         return records, r.high_watermark
 
     # ------------------------------------------------------------ groups

@@ -310,9 +310,10 @@ class Consumer:
             try:
                 msg = conn.wait(cid, self.request_timeout_ms + wait_ms)
                 results = wire.read_fetch(msg, len(tps))
-            except (ConnectionClosed, ProtocolError) as e:
-                if isinstance(e, ProtocolError):
-                    raise
+            except ProtocolError:
+                conn.close()  # never trusted again
+                raise
+            except ConnectionClosed:
                 continue  # the connection is made again on the next round
             for tp, r in zip(tps, results):
                 if tp not in self._positions:
@@ -326,7 +327,11 @@ class Consumer:
                 if r.error:
                     raise StromError(r.error, r.message, topic=tp[0], partition=tp[1])
                 pos = self._positions[tp]
-                _, next_offset = decode_frames(r.frames, tp[0], tp[1], pos, out)
+                try:
+                    _, next_offset = decode_frames(r.frames, tp[0], tp[1], pos, out)
+                except ProtocolError:
+                    conn.close()
+                    raise
                 if next_offset > pos:
                     self._positions[tp] = next_offset
         return out
@@ -343,7 +348,13 @@ class Consumer:
             return
         with self._hb_lock:
             member, generation = (self._member_id, self._generation) if self._topics else ("", -1)
-        self.client.commit(self.group_id, offsets, member, generation)
+        try:
+            self.client.commit(self.group_id, offsets, member, generation)
+        except StromError as e:
+            if e.code in _REJOIN and self._topics:
+                with self._hb_lock:
+                    self._need_join = True  # fenced: the next poll rejoins
+            raise
         self._committed_positions.update(offsets)
         self._last_commit = time.monotonic()
 
@@ -354,10 +365,7 @@ class Consumer:
             try:
                 self.commit(changed)
             except StromError as e:
-                if e.code in _REJOIN:
-                    with self._hb_lock:
-                        self._need_join = True
-                else:
+                if e.code not in _REJOIN:
                     raise
 
     def committed(self, partitions: Optional[Sequence[TopicPartition]] = None) -> Dict[TopicPartition, int]:

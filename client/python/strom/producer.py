@@ -512,9 +512,13 @@ class Producer:
             _, chunk = reqs.pop(msg.correlation_id)
             try:
                 results = wire.read_produce(msg, len(chunk))
-            except StromError as e:  # an ErrorResponse for the whole request, or a malformed answer
+            except ProtocolError:  # a malformed answer: the connection is not trusted again
+                reqs[msg.correlation_id] = (0.0, chunk)
+                self._connection_lost(conn, inflight, sel)
+                return
+            except StromError as e:  # an ErrorResponse for the whole request
                 for b in chunk:
-                    self._attempt_failed(b, e, may_store=isinstance(e, ProtocolError))
+                    self._attempt_failed(b, e, may_store=False)
                 continue
             for b, r in zip(chunk, results):
                 if r.error == 0:
