@@ -280,19 +280,7 @@ def decode_frames(
 
 _i32 = struct.Struct("<i").unpack_from
 _HH = struct.Struct("<HH").unpack_from
-_H5 = struct.Struct("<5H").unpack_from
 _q = struct.Struct("<q").unpack_from
-
-
-def _vec(buf: bytes, field_at: int, size: int) -> Tuple[int, int]:
-    """(start, count) of the vector the uoffset at ``field_at`` points to, checked to fit."""
-    t = field_at + _unpack_u32(buf, field_at)[0]
-    if t + 4 > len(buf):
-        raise ProtocolError("vector offset outside the payload")
-    count = _unpack_u32(buf, t)[0]
-    if t + 4 + count * size > len(buf):
-        raise ProtocolError("vector of %d elements overruns the payload" % count)
-    return t + 4, count
 
 
 def _read_records(
@@ -307,8 +295,10 @@ def _read_records(
 ) -> None:
     """Reads ``count`` records of a checked frame's payload, every offset bound-checked.
 
-    The hot loop of a consumer, so it reads each record's vtable and fields
-    with ``struct`` directly instead of through ``Table`` (same checks).
+    The hot loop of a consumer, so it reads fields with ``struct`` directly
+    instead of through ``Table`` (same checks), reads the records' offsets
+    with one call, and checks each distinct vtable once (records of a batch
+    share a few vtables).
     """
     size = len(buf)
     if size < 8:
@@ -317,45 +307,75 @@ def _read_records(
     start, n = batch._vector(0, 4)
     if n != count:
         raise ProtocolError("frame says %d records, payload holds %d" % (count, n))
+    offs = struct.unpack_from("<%dI" % n, buf, start) if n else ()
     append = out.append
     u32 = _unpack_u32
+    i32 = _i32
+    q64 = _q
+    new = tuple.__new__
+    cls = ConsumerRecord
+    vtables: dict = {}
     first = max(0, min_offset - base)
     for i in range(first, n):
-        p = start + 4 * i
-        t = p + u32(buf, p)[0]
+        t = start + 4 * i + offs[i]
         if t + 4 > size:
             raise ProtocolError("record %d outside the payload" % i)
-        vt = t - _i32(buf, t)[0]
-        if vt < 0 or vt + 4 > size:
-            raise ProtocolError("record %d vtable outside the payload" % i)
-        vlen, tlen = _HH(buf, vt)
-        if vlen < 4 or vt + vlen > size or t + tlen > size:
-            raise ProtocolError("record %d vtable or table size out of bounds" % i)
-        if vlen >= 14:
-            f0, f1, f2, f3, f4 = _H5(buf, vt + 4)
-        else:
-            fs = struct.unpack_from("<%dH" % ((vlen - 4) >> 1), buf, vt + 4) + (0, 0, 0, 0, 0)
-            f0, f1, f2, f3, f4 = fs[:5]
-        if f0 + 4 > tlen or f1 + 8 > tlen or f2 + 4 > tlen or f3 + 4 > tlen or f4 + 4 > tlen:
-            raise ProtocolError("record %d field past the end of its table" % i)
+        vt = t - i32(buf, t)[0]
+        v = vtables.get(vt)
+        if v is None:
+            v = vtables[vt] = _record_vtable(buf, vt, size)
+        tlen, f0, f1, f2, f3, f4 = v
+        if t + tlen > size:
+            raise ProtocolError("record %d table out of bounds" % i)
         if (u32(buf, t + f0)[0] if f0 else 0) != i:
             raise ProtocolError("record %d has a wrong offset delta" % i)
-        ts = first_ts + (_q(buf, t + f1)[0] if f1 else 0)
         key = value = None
         if f2:
-            ks, kl = _vec(buf, t + f2, 1)
-            key = buf[ks : ks + kl]
+            p = t + f2
+            p += u32(buf, p)[0]
+            if p + 4 > size:
+                raise ProtocolError("record %d key outside the payload" % i)
+            e = p + 4 + u32(buf, p)[0]
+            if e > size:
+                raise ProtocolError("record %d key overruns the payload" % i)
+            key = buf[p + 4 : e]
         if f3:
-            vs, vl = _vec(buf, t + f3, 1)
-            value = buf[vs : vs + vl]
+            p = t + f3
+            p += u32(buf, p)[0]
+            if p + 4 > size:
+                raise ProtocolError("record %d value outside the payload" % i)
+            e = p + 4 + u32(buf, p)[0]
+            if e > size:
+                raise ProtocolError("record %d value overruns the payload" % i)
+            value = buf[p + 4 : e]
         headers: List[Header] = []
         if f4:
-            hs, hn = _vec(buf, t + f4, 4)
+            p = t + f4
+            p += u32(buf, p)[0]
+            if p + 4 > size:
+                raise ProtocolError("record %d headers outside the payload" % i)
+            hn = u32(buf, p)[0]
+            if p + 4 + 4 * hn > size:
+                raise ProtocolError("record %d headers overrun the payload" % i)
             for j in range(hn):
-                hp = hs + 4 * j
+                hp = p + 4 + 4 * j
                 h = Table(buf, hp + u32(buf, hp)[0])
                 headers.append((h.string(0), h.bytes(1) or b""))
-        append(ConsumerRecord(topic, partition, base + i, ts, key, value, headers))
+        append(new(cls, (topic, partition, base + i, first_ts + (q64(buf, t + f1)[0] if f1 else 0), key, value, headers)))
+
+
+def _record_vtable(buf: bytes, vt: int, size: int) -> Tuple[int, int, int, int, int, int]:
+    """(table size, field offsets of slots 0..4) of a Record vtable, checked."""
+    if vt < 0 or vt + 4 > size:
+        raise ProtocolError("record vtable outside the payload")
+    vlen, tlen = _HH(buf, vt)
+    if vlen < 4 or vlen & 1 or vt + vlen > size or tlen < 4:
+        raise ProtocolError("record vtable size out of bounds")
+    fs = struct.unpack_from("<%dH" % ((vlen - 4) >> 1), buf, vt + 4) + (0, 0, 0, 0, 0)
+    f0, f1, f2, f3, f4 = fs[:5]
+    if f0 + 4 > tlen or f1 + 8 > tlen or f2 + 4 > tlen or f3 + 4 > tlen or f4 + 4 > tlen:
+        raise ProtocolError("record field past the end of its table")
+    return tlen, f0, f1, f2, f3, f4
 
 
 # -------------------------------------------------------------- partitioning
@@ -390,5 +410,7 @@ def partition_for_key(key: bytes, partitions: int) -> int:
     """``(murmur2(key) & 0x7fffffff) % partitions``: the partition Kafka's and strom-client's producers pick."""
     if partitions <= 0:
         raise ValueError("a topic has at least one partition")
+    if partitions == 1:
+        return 0
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 

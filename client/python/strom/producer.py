@@ -55,6 +55,9 @@ from strom.frames import FRAME_RECORDS_MAX, Header, encode_frame, partition_for_
 
 __all__ = ["Producer", "RecordMetadata", "DeliveryCallback", "ACKS"]
 
+_time_ns = time.time_ns
+_monotonic = time.monotonic
+
 ACKS: Dict[Union[str, int], int] = {
     "none": wire.ACKS_NONE,
     "leader": wire.ACKS_LEADER,
@@ -154,7 +157,8 @@ class Producer:
         self._meta_lock = threading.Lock()
         self._counts: Dict[str, int] = {}
         self._rr: Dict[str, int] = {}
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._open: Dict[Tuple[str, int], _Batch] = {}
         self._ready: Deque[_Batch] = collections.deque()
         self._buffered = 0
@@ -228,7 +232,9 @@ class Producer:
             raise RuntimeError("producer is closed")
         if partition is None:
             n = self._counts.get(topic) or self.partition_count(topic)
-            if key is not None:
+            if n == 1:
+                partition = 0
+            elif key is not None:
                 partition = partition_for_key(key, n)
             else:
                 partition = self._rr.get(topic, 0) % n
@@ -239,19 +245,16 @@ class Producer:
         if headers:
             size += sum(len(k) + len(v) + 24 for k, v in headers)
         if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)
+            timestamp_ms = _time_ns() // 1_000_000
         k = (topic, partition)
-        with self._cond:
+        lock = self._lock
+        lock.acquire()  # the hot path: the plain lock, not the Condition's Python-level wrapper
+        try:
             if self._buffered + size > self.buffer_bytes_max:
-                deadline = time.monotonic() + self.max_block_s
-                while self._buffered + size > self.buffer_bytes_max and self._buffered:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise BufferError("producer buffer full (%d bytes) for %d ms" % (self._buffered, self.max_block_s * 1000))
-                    self._cond.wait(left)
+                self._wait_for_space(size)
             b = self._open.get(k)
             if b is None:
-                b = self._open[k] = _Batch(topic, partition, time.monotonic())
+                b = self._open[k] = _Batch(topic, partition, _monotonic())
             b.records.append((key, value, headers, timestamp_ms))
             b.sinks.append(sink)
             b.bytes += size
@@ -260,6 +263,17 @@ class Producer:
             if b.bytes >= self.batch_bytes or len(b.records) >= FRAME_RECORDS_MAX:
                 self._seal(b)
                 self._wake()
+        finally:
+            lock.release()
+
+    def _wait_for_space(self, size: int) -> None:
+        """Blocks (lock held, released while waiting) until ``size`` bytes fit, up to ``max_block_ms``."""
+        deadline = time.monotonic() + self.max_block_s
+        while self._buffered + size > self.buffer_bytes_max and self._buffered:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BufferError("producer buffer full (%d bytes) for %d ms" % (self._buffered, self.max_block_s * 1000))
+            self._cond.wait(left)
 
     def _seal(self, b: _Batch) -> None:
         """Moves an open batch to the ready queue (lock held)."""
