@@ -13,7 +13,8 @@ Invariants and limits:
   ``message_bytes_max``, table at most 4 MiB) before its body is read, and
   the body is read through the bounds-checked reader;
 - a response is kept only for a correlation id this connection sent and
-  still waits for, so at most ``inflight`` responses are ever held;
+  still waits for, so at most ``inflight`` responses are ever held (one
+  whose request was ``discard``-ed is dropped when it arrives);
 - anything that breaks these rules, and any socket error, closes the
   connection: it is never used again (``closed`` is set), and the error
   raised says so (``ProtocolError`` or ``ConnectionClosed``).
@@ -65,6 +66,7 @@ class Connection:
         self._next_cid = 1
         self._waiting: Set[int] = set()
         self._ready: Dict[int, wire.Message] = {}
+        self._discard: Set[int] = set()
         self._rbuf = bytearray()
         self._chunk = bytearray(RECV_CHUNK_BYTES)
         self._message_bytes_max = wire.RESPONSE_BYTES_MAX
@@ -149,6 +151,10 @@ class Connection:
             except ProtocolError as e:
                 self.close()
                 raise ProtocolError("from %s: %s (connection closed)" % (self.addr, e.message)) from None
+            if msg.correlation_id in self._discard:
+                self._discard.discard(msg.correlation_id)
+                self._waiting.discard(msg.correlation_id)
+                continue
             if msg.correlation_id not in self._waiting:
                 self.close()
                 raise ProtocolError(
@@ -168,6 +174,11 @@ class Connection:
                 raise self._broken("no response to request %d in time" % cid)
             self._read_some(left)
         return self._ready.pop(cid)
+
+    def discard(self, cid: int) -> None:
+        """The response to ``cid`` is not wanted: dropped (now, or when it arrives)."""
+        if self._ready.pop(cid, None) is None and cid in self._waiting:
+            self._discard.add(cid)
 
     def poll(self) -> List[wire.Message]:
         """Responses that have arrived (reads what the socket holds, never blocks)."""

@@ -22,6 +22,13 @@ Invariants (the eager protocol, as strom-client):
 - ``close`` stops the heartbeat, commits (auto-commit), revokes and leaves
   the group, so the others rebalance at once.
 
+Prefetch: when a fetch returned records, the next one (from the offsets
+after its frames) is sent before those records are checked and decoded;
+it is used only if the positions are still exactly those offsets (a seek
+or a rebalance discards it). A caught-up consumer therefore has one
+long-poll fetch waiting on the server, so ``poll`` can wait up to
+``fetch_max_wait_ms`` even with a shorter timeout.
+
 Limits: a join is retried at most ``JOIN_ATTEMPTS_MAX`` times; each fetch
 asks for at most ``fetch_max_bytes`` (``partition_max_bytes`` per
 partition); every wait is bounded by a timeout.
@@ -37,7 +44,7 @@ from strom import wire
 from strom.client import EARLIEST, LATEST, Client
 from strom.connection import Connection
 from strom.errors import ConnectionClosed, ErrorCode, ProtocolError, StromError
-from strom.frames import ConsumerRecord, decode_frames
+from strom.frames import ConsumerRecord, decode_frames, next_offset_of
 from strom.protocol.ResponseBody import ResponseBody
 
 __all__ = ["Consumer", "TopicPartition", "JOIN_ATTEMPTS_MAX"]
@@ -108,6 +115,8 @@ class Consumer:
         self._hb_thread: Optional[threading.Thread] = None
         self._hb_error: Optional[Exception] = None
         self._closed = False
+        # Per connection: the fetch sent ahead (its id, partitions, offsets).
+        self._prefetch: Dict[Connection, Tuple[int, Tuple[TopicPartition, ...], Tuple[int, ...]]] = {}
 
     # ------------------------------------------------------- assignment
 
@@ -293,13 +302,27 @@ class Consumer:
             yield from self.poll(self.fetch_max_wait_ms)
 
     def _fetch_round(self, wait_ms: int) -> List[ConsumerRecord]:
+        """One fetch per connection (or the prefetched one, when it asked for exactly
+        the current positions), then, when records came, the next fetch is sent
+        before these are checked and decoded, so the server works while Python does."""
         by_conn: Dict[Connection, List[TopicPartition]] = {}
         for tp in self._positions:
             by_conn.setdefault(self.client.connection_for(tp[0], tp[1]), []).append(tp)
+        for conn in list(self._prefetch):
+            if conn not in by_conn:
+                conn.discard(self._prefetch.pop(conn)[0])
         sent = []
         budget = self.fetch_max_bytes
         for conn, tps in by_conn.items():
-            parts = [(t, p, self._positions[(t, p)], self.partition_max_bytes) for t, p in tps]
+            offsets = tuple(self._positions[tp] for tp in tps)
+            pre = self._prefetch.pop(conn, None)
+            if pre is not None:
+                cid, ptps, poffs = pre
+                if ptps == tuple(tps) and poffs == offsets and not conn.closed:
+                    sent.append((conn, cid, tps))
+                    continue
+                conn.discard(cid)
+            parts = [(t, p, o, self.partition_max_bytes) for (t, p), o in zip(tps, offsets)]
             try:
                 cid = conn.send(wire.fetch(wait_ms, 1, budget, parts))
             except ConnectionClosed:
@@ -308,13 +331,21 @@ class Consumer:
         out: List[ConsumerRecord] = []
         for conn, cid, tps in sent:
             try:
-                msg = conn.wait(cid, self.request_timeout_ms + wait_ms)
+                msg = conn.wait(cid, self.request_timeout_ms + max(wait_ms, self.fetch_max_wait_ms))
                 results = wire.read_fetch(msg, len(tps))
+                nexts = [next_offset_of(r.frames, self._positions.get(tp, 0)) if not r.error else -1 for tp, r in zip(tps, results)]
             except ProtocolError:
                 conn.close()  # never trusted again
                 raise
             except ConnectionClosed:
                 continue  # the connection is made again on the next round
+            if any(len(r.frames) for r in results) and all(n >= 0 for n in nexts):
+                parts = [(t, p, n, self.partition_max_bytes) for (t, p), n in zip(tps, nexts)]
+                try:
+                    pcid = conn.send(wire.fetch(self.fetch_max_wait_ms, 1, budget, parts))
+                    self._prefetch[conn] = (pcid, tuple(tps), tuple(nexts))
+                except ConnectionClosed:
+                    pass
             for tp, r in zip(tps, results):
                 if tp not in self._positions:
                     continue

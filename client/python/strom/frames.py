@@ -364,6 +364,24 @@ def _read_records(
         append(new(cls, (topic, partition, base + i, first_ts + (q64(buf, t + f1)[0] if f1 else 0), key, value, headers)))
 
 
+def next_offset_of(blob: bytes | memoryview, default: int) -> int:
+    """The offset after the last frame of ``blob``, read from the frame headers only.
+
+    A cheap look (lengths bounds-checked, nothing else) so a consumer can ask
+    for the next data before it checks and reads these frames in full
+    (``decode_frames`` does, and refuses what this let through).
+    """
+    pos, total, nxt = 0, len(blob), default
+    while pos + FRAME_HEADER_BYTES <= total:
+        frame_len, _, base, count = struct.unpack_from("<IIQI", blob, pos + 8)
+        if frame_len < FRAME_HEADER_BYTES or pos + frame_len > total:
+            raise ProtocolError("frame length %d out of bounds at byte %d" % (frame_len, pos))
+        if base + count > nxt:
+            nxt = base + count
+        pos += frame_len
+    return nxt
+
+
 def _record_vtable(buf: bytes, vt: int, size: int) -> Tuple[int, int, int, int, int, int]:
     """(table size, field offsets of slots 0..4) of a Record vtable, checked."""
     if vt < 0 or vt + 4 > size:

@@ -136,9 +136,11 @@ def test_consumer_seek_long_poll_and_position(server):
     c.seek("seek", 0, 7)
     assert [r.offset for r in c.poll(2000)] == [7, 8, 9]
     # Long poll: a record produced while the fetch waits comes back in that poll.
-    threading.Timer(0.3, lambda: admin.produce("seek", 0, [(b"k", b"late", None, None)])).start()
+    timer = threading.Timer(0.3, lambda: admin.produce("seek", 0, [(b"k", b"late", None, None)]))
+    timer.start()
     t = time.monotonic()
     got = c.poll(5000)
+    timer.join(30)
     assert [r.value for r in got] == [b"late"] and time.monotonic() - t < 4
     c.seek_to_beginning()
     assert c.position("seek", 0) == 0
