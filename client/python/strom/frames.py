@@ -280,7 +280,6 @@ def decode_frames(
 
 _i32 = struct.Struct("<i").unpack_from
 _HH = struct.Struct("<HH").unpack_from
-_q = struct.Struct("<q").unpack_from
 
 
 def _read_records(
@@ -295,10 +294,11 @@ def _read_records(
 ) -> None:
     """Reads ``count`` records of a checked frame's payload, every offset bound-checked.
 
-    The hot loop of a consumer, so it reads fields with ``struct`` directly
-    instead of through ``Table`` (same checks), reads the records' offsets
-    with one call, and checks each distinct vtable once (records of a batch
-    share a few vtables).
+    The hot loop of a consumer. Records of a batch share a few vtables, so
+    each distinct vtable is checked once and turned into a plan: one
+    ``struct`` that reads all of a record's fields in one call. Every read
+    is bounds-checked by ``struct`` itself (``struct.error`` past the end,
+    turned into ``ProtocolError``) or explicitly (slices, which would not).
     """
     size = len(buf)
     if size < 8:
@@ -311,57 +311,74 @@ def _read_records(
     append = out.append
     u32 = _unpack_u32
     i32 = _i32
-    q64 = _q
     new = tuple.__new__
     cls = ConsumerRecord
-    vtables: dict = {}
-    first = max(0, min_offset - base)
-    for i in range(first, n):
-        t = start + 4 * i + offs[i]
-        if t + 4 > size:
-            raise ProtocolError("record %d outside the payload" % i)
-        vt = t - i32(buf, t)[0]
-        v = vtables.get(vt)
-        if v is None:
-            v = vtables[vt] = _record_vtable(buf, vt, size)
-        tlen, f0, f1, f2, f3, f4 = v
-        if t + tlen > size:
-            raise ProtocolError("record %d table out of bounds" % i)
-        if (u32(buf, t + f0)[0] if f0 else 0) != i:
-            raise ProtocolError("record %d has a wrong offset delta" % i)
-        key = value = None
-        if f2:
-            p = t + f2
-            p += u32(buf, p)[0]
-            if p + 4 > size:
-                raise ProtocolError("record %d key outside the payload" % i)
-            e = p + 4 + u32(buf, p)[0]
-            if e > size:
-                raise ProtocolError("record %d key overruns the payload" % i)
-            key = buf[p + 4 : e]
-        if f3:
-            p = t + f3
-            p += u32(buf, p)[0]
-            if p + 4 > size:
-                raise ProtocolError("record %d value outside the payload" % i)
-            e = p + 4 + u32(buf, p)[0]
-            if e > size:
-                raise ProtocolError("record %d value overruns the payload" % i)
-            value = buf[p + 4 : e]
-        headers: List[Header] = []
-        if f4:
-            p = t + f4
-            p += u32(buf, p)[0]
-            if p + 4 > size:
-                raise ProtocolError("record %d headers outside the payload" % i)
-            hn = u32(buf, p)[0]
-            if p + 4 + 4 * hn > size:
-                raise ProtocolError("record %d headers overrun the payload" % i)
-            for j in range(hn):
-                hp = p + 4 + 4 * j
-                h = Table(buf, hp + u32(buf, hp)[0])
-                headers.append((h.string(0), h.bytes(1) or b""))
-        append(new(cls, (topic, partition, base + i, first_ts + (q64(buf, t + f1)[0] if f1 else 0), key, value, headers)))
+    plans: dict = {}
+    i = max(0, min_offset - base)
+    try:
+        for i in range(i, n):
+            t = start + 4 * i + offs[i]
+            vt = t - i32(buf, t)[0]
+            plan = plans.get(vt)
+            if plan is None:
+                plan = plans[vt] = _record_plan(buf, vt, size)
+            tlen, read, io, its, ik, iv, ih, fk, fv, fh = plan
+            if t + tlen > size:
+                raise ProtocolError("record %d table out of bounds" % i)
+            vals = read(buf, t)
+            if (vals[io] if io >= 0 else 0) != i:
+                raise ProtocolError("record %d has a wrong offset delta" % i)
+            key = value = None
+            if ik >= 0:
+                p = t + fk + vals[ik]
+                e = p + 4 + u32(buf, p)[0]
+                if e > size:
+                    raise ProtocolError("record %d key overruns the payload" % i)
+                key = buf[p + 4 : e]
+            if iv >= 0:
+                p = t + fv + vals[iv]
+                e = p + 4 + u32(buf, p)[0]
+                if e > size:
+                    raise ProtocolError("record %d value overruns the payload" % i)
+                value = buf[p + 4 : e]
+            headers: List[Header] = []
+            if ih >= 0:
+                p = t + fh + vals[ih]
+                hn = u32(buf, p)[0]
+                if p + 4 + 4 * hn > size:
+                    raise ProtocolError("record %d headers overrun the payload" % i)
+                for j in range(hn):
+                    hp = p + 4 + 4 * j
+                    h = Table(buf, hp + u32(buf, hp)[0])
+                    headers.append((h.string(0), h.bytes(1) or b""))
+            append(new(cls, (topic, partition, base + i, first_ts + (vals[its] if its >= 0 else 0), key, value, headers)))
+    except struct.error as e:
+        raise ProtocolError("record %d reads past the payload: %s" % (i, e)) from None
+
+
+_SLOT_TYPES = ("I", "q", "I", "I", "I")  # offset_delta, timestamp_delta_ms, key, value, headers
+
+
+def _record_plan(buf: bytes, vt: int, size: int) -> tuple:
+    """A checked Record vtable as a read plan: (table size, unpack function,
+    index of each slot's value in its result or -1, field offsets of key,
+    value and headers)."""
+    if vt < 0 or vt + 4 > size:
+        raise ProtocolError("record vtable outside the payload")
+    vlen, tlen = _HH(buf, vt)
+    if vlen < 4 or vlen & 1 or vt + vlen > size or tlen < 4:
+        raise ProtocolError("record vtable size out of bounds")
+    f = (struct.unpack_from("<%dH" % ((vlen - 4) >> 1), buf, vt + 4) + (0, 0, 0, 0, 0))[:5]
+    fields = sorted((f[s], s) for s in range(5) if f[s])
+    fmt, pos, index = "<", 0, [-1] * 5
+    for k, (off, slot) in enumerate(fields):
+        width = 8 if slot == 1 else 4
+        if off < pos or off + width > tlen:
+            raise ProtocolError("record fields overlap or pass the end of their table")
+        fmt += "%dx%s" % (off - pos, _SLOT_TYPES[slot]) if off > pos else _SLOT_TYPES[slot]
+        pos = off + width
+        index[slot] = k
+    return (tlen, struct.Struct(fmt).unpack_from, *index, f[2], f[3], f[4])
 
 
 def next_offset_of(blob: bytes | memoryview, default: int) -> int:
