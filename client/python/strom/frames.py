@@ -104,7 +104,7 @@ def _headers_block(pos: int, headers: Sequence[Header], parts: List[bytes]) -> i
     """Appends the headers vector at absolute ``pos`` (4-aligned); returns its size."""
     n = len(headers)
     tables_at = pos + 4 + 4 * n
-    offs = []
+    offs: List[int] = []
     body: List[bytes] = []
     p = tables_at
     for name, value in headers:
@@ -136,7 +136,7 @@ def encode_payload(
     assert 0 < n <= FRAME_RECORDS_MAX
     vec_end = _RECORDS_VEC + 4 + 4 * n
     pos = (vec_end + 7) & ~7
-    offs = []
+    offs: List[int] = []
     blocks: List[bytes] = []
     append = blocks.append
     rec_pack = _REC.pack

@@ -611,7 +611,7 @@ class Producer:
         """Everything in flight answered: new epoch, sequences from 0 (sender thread)."""
         self._producer_id, self._epoch = self._client.init_producer_id(self._producer_id, self._epoch)
         self._next_seq.clear()
-        undetermined = []
+        undetermined: List[_Batch] = []
         with self._cond:
             self._epoch_bump = False
             keep: Deque[_Batch] = collections.deque()

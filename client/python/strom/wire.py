@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import flatbuffers
+from flatbuffers.builder import Builder
 
 from strom._fb import Table, root
 from strom.errors import ErrorCode, ProtocolError, StromError
@@ -67,7 +67,7 @@ ENVELOPE = struct.Struct("<II")
 ACKS_NONE, ACKS_LEADER, ACKS_DURABLE = 0, 1, -1
 LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST = -2, -1
 
-Builder = flatbuffers.Builder
+
 BodyFn = Callable[[Builder], int]
 
 
