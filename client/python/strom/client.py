@@ -15,6 +15,7 @@ is refreshed when a request meets ``NotLeader``, ``LeaderNotAvailable``,
 
 from __future__ import annotations
 
+import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from strom import wire
@@ -134,23 +135,63 @@ class Client:
         return "%s:%d" % (self._host, ports[p.owner_shard])
 
     def connection_for(self, topic: str, partition: int) -> Connection:
-        """The connection that reaches the partition's owner (or leader) directly."""
+        """The connection that reaches the partition's owner (or leader) directly.
+
+        A connection that cannot be made is not remembered (the next call
+        tries again) and the request goes to the main connection, which
+        refuses it unless its node leads (then the topic is described again).
+        """
         addr = self._route_addr(topic, partition)
         if addr is None:
             return self.ensure_main()
         c = self._routed.get(addr)
-        if c is not None and c.closed:
-            c = None
-            del self._routed[addr]
-        if addr not in self._routed:
-            if len(self._routed) >= CONNECTIONS_MAX:
-                return self.ensure_main()
+        if c is not None and not c.closed:
+            return c
+        self._routed.pop(addr, None)
+        if len(self._routed) >= CONNECTIONS_MAX:
+            return self.ensure_main()
+        try:
+            c = self._connect(addr)
+        except (ConnectionClosed, OSError):
+            self.forget(topic)
+            return self.ensure_main()
+        self._routed[addr] = c
+        return c
+
+    def _next_main(self) -> None:
+        """Moves the main connection to the next node (cluster mode, by id, wrapping)."""
+        nodes = sorted(self.info.nodes.items())
+        if not nodes:
+            return
+        ids = [i for i, _ in nodes]
+        start = ids.index(self.info.node_id) + 1 if self.info.node_id in ids else 0
+        host = split_addr(self.main.addr)[0]
+        for k in range(len(ids)):
+            node_id, addr = nodes[(start + k) % len(ids)]
+            if node_id == self.info.node_id:
+                continue
             try:
-                c = self._connect(addr)
+                c = self._connect(addr or "%s:%d" % (host, split_addr(self.main.addr)[1]))
             except (ConnectionClosed, OSError):
-                c = None
-            self._routed[addr] = c
-        return self._routed[addr] or self.ensure_main()
+                continue
+            self.main.close()
+            self.main, self.info = c, c.info
+            return
+
+    def _topic_change(self, req: Tuple[int, wire.BodyFn], body_type: int) -> None:
+        """Sends a topic change to the controller: ``NotController`` moves the main
+        connection to the next node and sends it again, until the request timeout."""
+        deadline = time.monotonic() + self.request_timeout_ms / 1000
+        backoff = 0.02
+        while True:
+            results = wire.read_topic_results(self.ensure_main().call(req), body_type)
+            refused = [e for e in results.values() if e is not None and e.code == ErrorCode.NotController]
+            if not refused or not self.cluster or time.monotonic() >= deadline:
+                check_all(results)
+                return
+            self._next_main()
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)
 
     # ------------------------------------------------------------ topics
 
@@ -158,17 +199,16 @@ class Client:
         self.create_topics([(name, partitions, dict(configs or {}))])
 
     def create_topics(self, topics: Sequence[Tuple[str, int, Mapping[str, str]]]) -> None:
-        check_all(wire.read_topic_results(self.ensure_main().call(wire.create_topics(topics)), ResponseBody.CreateTopicsResponse))
+        self._topic_change(wire.create_topics(topics), ResponseBody.CreateTopicsResponse)
 
     def delete_topics(self, names: Sequence[str]) -> None:
         for n in names:
             self.forget(n)
-        check_all(wire.read_topic_results(self.ensure_main().call(wire.delete_topics(names)), ResponseBody.DeleteTopicsResponse))
+        self._topic_change(wire.delete_topics(names), ResponseBody.DeleteTopicsResponse)
 
     def create_partitions(self, name: str, total: int) -> None:
         self.forget(name)
-        msg = self.ensure_main().call(wire.create_partitions([(name, total)]))
-        check_all(wire.read_topic_results(msg, ResponseBody.CreatePartitionsResponse))
+        self._topic_change(wire.create_partitions([(name, total)]), ResponseBody.CreatePartitionsResponse)
 
     def list_topics(self) -> Dict[str, int]:
         """Topic name -> partition count."""

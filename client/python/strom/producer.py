@@ -571,6 +571,7 @@ class Producer:
         reqs = inflight.pop(conn, {})
         for _, chunk in reqs.values():
             for b in chunk:
+                self._client.forget(b.topic)  # its leader may have moved: describe it again
                 self._attempt_failed(b, ConnectionClosed("connection to %s broke with the batch in flight" % conn.addr), may_store=True)
 
     def _refused(self, b: _Batch, e: StromError) -> None:
