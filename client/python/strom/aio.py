@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import time
-from typing import Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from strom import wire
 from strom.client import EARLIEST, LATEST
@@ -36,6 +37,9 @@ from strom.producer import _EPOCH_BUMP, _MAYBE_STORED, ACKS, RECORD_OVERHEAD_BYT
 from strom.protocol.ResponseBody import ResponseBody
 
 __all__ = ["AsyncConnection", "AsyncClient", "AsyncProducer", "AsyncConsumer"]
+
+#: An assignment callback of the asyncio consumer: a function or a coroutine function.
+AsyncAssignCallback = Callable[[List[Tuple[str, int]]], Union[None, Awaitable[Any]]]
 
 
 class AsyncConnection:
@@ -580,6 +584,8 @@ class AsyncConsumer:
         self._need_join = False
         self._last_commit = time.monotonic()
         self._hb_task: Optional["asyncio.Task[None]"] = None
+        self._on_assign: Optional[AsyncAssignCallback] = None
+        self._on_revoke: Optional[AsyncAssignCallback] = None
         self._closed = False
 
     @classmethod
@@ -594,11 +600,27 @@ class AsyncConsumer:
     async def assign(self, partitions: Sequence[TopicPartition]) -> None:
         self._positions = {tp: await self._reset_offset(tp) for tp in partitions}
 
-    def subscribe(self, topics: Sequence[str]) -> None:
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assign: Optional[AsyncAssignCallback] = None,
+        on_revoke: Optional[AsyncAssignCallback] = None,
+    ) -> None:
+        """Joins ``group_id`` for ``topics``; the callbacks (plain functions or
+        coroutine functions) run inside ``poll``."""
         if self.group_id is None:
             raise ValueError("subscribe() needs a group_id")
+        if not topics:
+            raise ValueError("subscribe() needs at least one topic")
         self._topics = list(topics)
+        self._on_assign, self._on_revoke = on_assign, on_revoke
         self._need_join = True
+
+    async def _callback(self, cb: Optional[AsyncAssignCallback], parts: List[TopicPartition]) -> None:
+        if cb is not None:
+            result = cb(parts)
+            if inspect.isawaitable(result):
+                await result
 
     def assignment(self) -> List[TopicPartition]:
         return sorted(self._positions)
@@ -616,12 +638,15 @@ class AsyncConsumer:
 
     async def _join(self) -> None:
         assert self.group_id is not None
-        if self._positions and self.enable_auto_commit:
-            try:
-                await self.commit()
-            except StromError:
-                pass
-        self._positions = {}
+        if self._positions:
+            revoked = self.assignment()
+            if self.enable_auto_commit:
+                try:
+                    await self.commit()
+                except StromError:
+                    pass  # fenced: the commit cannot count anyway
+            self._positions = {}
+            await self._callback(self._on_revoke, revoked)
         self._generation = -1
         wait = self.rebalance_timeout_ms + self.client.request_timeout_ms
         for _ in range(JOIN_ATTEMPTS_MAX):
@@ -658,6 +683,7 @@ class AsyncConsumer:
             self._need_join = False
             if self._hb_task is None:
                 self._hb_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+            await self._callback(self._on_assign, sorted(parts))
             return
         raise StromError(ErrorCode.RebalanceInProgress, "no stable group after %d joins" % JOIN_ATTEMPTS_MAX)
 
@@ -780,6 +806,8 @@ class AsyncConsumer:
                         await self.commit()
                     except StromError:
                         pass
+                if self._positions:
+                    await self._callback(self._on_revoke, self.assignment())
                 if self._member_id:
                     try:
                         await self.client.main.call(wire.leave_group(self.group_id, self._member_id))

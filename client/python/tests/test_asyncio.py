@@ -52,7 +52,12 @@ def test_asyncio_group_members_share_and_commit(server):
                     await p.send("ag", b"%d" % i, key=b"%d" % i)
             a = await AsyncConsumer.connect(server.addr, group_id="ag", session_timeout_ms=6000)
             b = await AsyncConsumer.connect(server.addr, group_id="ag", session_timeout_ms=6000)
-            a.subscribe(["ag"])
+            events = []
+
+            async def on_assign(parts):
+                events.append(("a assign", parts))
+
+            a.subscribe(["ag"], on_assign=on_assign, on_revoke=lambda parts: events.append(("a revoke", parts)))
             b.subscribe(["ag"])
             values = []
             for _ in range(60):
@@ -62,6 +67,7 @@ def test_asyncio_group_members_share_and_commit(server):
                     break
             assert sorted(set(a.assignment()) | set(b.assignment())) == [("ag", p) for p in range(4)]
             assert sorted(set(values)) == list(range(100))
+            assert events[-1] == ("a assign", a.assignment())
             await a.commit()
             await b.commit()
             await a.close()
