@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import selectors
 import socket
 import threading
@@ -55,6 +56,7 @@ from strom.frames import FRAME_RECORDS_MAX, Header, encode_frame, partition_for_
 
 __all__ = ["Producer", "RecordMetadata", "DeliveryCallback", "ACKS"]
 
+_log = logging.getLogger("strom")
 _time_ns = time.time_ns
 _monotonic = time.monotonic
 
@@ -346,9 +348,7 @@ class Producer:
                 try:
                     sink(error, md)
                 except Exception:  # noqa: BLE001 - a user callback must not kill the sender
-                    import logging
-
-                    logging.getLogger("strom").exception("delivery callback raised")
+                    _log.exception("delivery callback raised")
         with self._cond:
             self._buffered -= b.bytes
             self._unfinished -= len(b.records)
