@@ -20,7 +20,6 @@ import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
-sys.path.insert(0, os.path.join(ROOT, "client", "python", "strom_fb"))
 
 
 def start_server(data_dir, cores):
@@ -74,22 +73,20 @@ def kafka_produce(bootstrap, n, value_bytes, acks, compression):
 
 
 def native_produce(native, n, value_bytes, acks):
-    import strom_client as sc
-    c = sc.StromClient(native)
+    from strom import Client, wire
+    from strom.frames import encode_frame
+    c = Client(native)
     c.create_topic("nbench", 1)
     per = 1000
-    rec = sc.Record(key=None, value=b"x" * value_bytes)
-    frame = sc.build_frame([rec] * per)
-    orig = sc.build_frame
-    sc.build_frame = lambda records: frame
-    try:
-        batches = max(1, n // per)
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            c.produce("nbench", 0, [rec], acks=sc.ACKS_LEADER if acks == 1 else sc.ACKS_DURABLE)
-        dt = time.perf_counter() - t0
-    finally:
-        sc.build_frame = orig
+    frame = encode_frame([(None, b"x" * value_bytes, None, None)] * per)
+    conn = c.connection_for("nbench", 0)
+    req = wire.produce(wire.ACKS_LEADER if acks == 1 else wire.ACKS_DURABLE, 30_000, [("nbench", 0, len(frame))])
+    batches = max(1, n // per)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        (r,) = wire.read_produce(conn.call(req, [frame]), 1)
+        assert r.error == 0, r
+    dt = time.perf_counter() - t0
     c.close()
     return batches * per * value_bytes / dt, batches * per / dt
 

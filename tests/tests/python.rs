@@ -1,7 +1,10 @@
-//! The Python client (client/python/strom_client.py) against a real server,
-//! and interoperating with the Rust CLI in both directions. Skipped, with a
-//! printed reason, when python3 or the `flatbuffers` package is missing
-//! (`pip install flatbuffers==25.12.19`).
+//! The Python client package (client/python, package `strom`) against real
+//! servers: its pytest suite (client/python/tests, which starts its own
+//! `strom-server --cores 1` processes from the binary this harness built),
+//! the `strom_client.py` command line cross-checked with the Rust CLI in
+//! both directions, and shard routing. A test that cannot run for a missing
+//! python3, `flatbuffers` or `pytest` records itself with `skip_test` (a
+//! failure under CI=true); scripts/install-test-deps installs them.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,22 +12,47 @@ use strom_tests::{run_with_timeout, skip_test, strom_bin, workspace_root, TestSe
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn python_ready() -> Result<(), String> {
+fn python_ready(modules: &str) -> Result<(), String> {
     let dir = workspace_root().join("client/python");
     // Run from client/python: the repository root has a `flatbuffers/`
     // directory that would shadow the package as a namespace package.
     let out = Command::new("python3")
         .current_dir(&dir)
-        .args(["-c", "import flatbuffers; flatbuffers.Builder"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .map_err(|e| format!("python3 not runnable: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "python3 cannot import flatbuffers (pip install flatbuffers==25.12.19): {}",
+            "python3 cannot import {modules} (scripts/install-test-deps installs them): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(())
+}
+
+/// Longest run of the whole pytest suite (it takes about a minute).
+const PYTEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[test]
+fn python_package_pytest_suite() {
+    if let Err(reason) = python_ready("flatbuffers, pytest") {
+        skip_test("python_package_pytest_suite", &reason);
+        return;
+    }
+    let dir = workspace_root().join("client/python");
+    let mut cmd = Command::new("python3");
+    cmd.current_dir(&dir)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .env("STROM_SERVER_BIN", strom_tests::server_bin());
+    let (code, out, err) = run_with_timeout(&mut cmd, b"", PYTEST_TIMEOUT);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "pytest failed:\n{out}\n{err}");
+    let summary = out.lines().last().unwrap_or("");
+    // Under CI=true a test that cannot run fails inside pytest (conftest.py).
+    assert!(
+        summary.contains(" passed") && !summary.contains("failed") && !summary.contains("error"),
+        "pytest: {summary}"
+    );
 }
 
 fn py(addr: &str, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
@@ -44,7 +72,7 @@ fn strom(addr: &str, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
 
 #[test]
 fn python_client_creates_produces_and_consumes() {
-    if let Err(reason) = python_ready() {
+    if let Err(reason) = python_ready("flatbuffers") {
         skip_test("python_client_creates_produces_and_consumes", &reason);
         return;
     }
@@ -142,12 +170,12 @@ fn python_client_creates_produces_and_consumes() {
     assert!(err.contains("TopicAlreadyExists"), "{err}");
 }
 
-/// The Python client sends each partition's produce, fetch and offset
+/// The Python package sends each partition's produce, fetch and offset
 /// look-ups to the shard that owns it, over that shard's own port (the
 /// handshake tells the ports, DescribeTopics the owners).
 #[test]
 fn python_client_routes_each_partition_to_its_owning_shard() {
-    if let Err(reason) = python_ready() {
+    if let Err(reason) = python_ready("flatbuffers") {
         skip_test(
             "python_client_routes_each_partition_to_its_owning_shard",
             &reason,
@@ -157,17 +185,17 @@ fn python_client_routes_each_partition_to_its_owning_shard() {
     let server = TestServer::start(2);
     let script = r#"
 import sys
-from strom_client import StromClient, Record
-c = StromClient(sys.argv[1])
-assert len(c.shard_ports) == 2, c.shard_ports
+import strom
+c = strom.Client(sys.argv[1])
+assert len(c.info.shard_ports) == 2, c.info.shard_ports
 c.create_topic("pyd", 4)
 assert c.partition_count("pyd") == 4
-owners = c._owners["pyd"]
+owners = [p.owner_shard for p in c.topic("pyd").partitions]
 assert sorted(set(owners)) == [0, 1], owners
 for p in range(4):
-    conn = c._conn_for("pyd", p)
-    assert conn.shard_id == owners[p], (p, conn.shard_id, owners)
-    base = c.produce("pyd", p, [Record(b"k", b"v%d" % p)])
+    conn = c.connection_for("pyd", p)
+    assert conn.info.shard_id == owners[p], (p, conn.info.shard_id, owners)
+    base = c.produce("pyd", p, [(b"k", b"v%d" % p, None, None)])
     assert base == 0, base
     assert c.list_offset("pyd", p, -2) == 0 and c.list_offset("pyd", p, -1) == 1
     recs, hw = c.fetch("pyd", p, 0, max_wait_ms=0)
