@@ -11,12 +11,13 @@ Modes:
       restart fences and aborts its predecessor's transaction), INPUT's
       partitions assigned from GROUP's committed offsets (read after
       init_transactions, so an aborted transaction's offsets are never
-      used); per transaction up to 50 input records become output records
+      used); per transaction up to BATCH (10) input records become output records
       (value v -> 7 * v + 3, key "<partition>:<offset>" of the input) and
       the input positions are committed with send_offsets_to_transaction.
       Exits 0 once INPUT is consumed to its end (prints done=1).
   read BOOTSTRAP OUTPUT
-      prints the read_committed values of OUTPUT (values=..., keys=...).
+      prints the read_committed values of OUTPUT (values=..., keys=...)
+      and how many data records read_uncommitted sees (uncommitted=N).
 """
 import sys
 import time
@@ -25,6 +26,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 2
+# Input records per transaction: small, so that a run spans many
+# transactions and a kill lands inside one.
+BATCH = 10
 mode, bootstrap = sys.argv[1], sys.argv[2]
 
 
@@ -38,12 +42,12 @@ def wait_topics(admin, names):
     raise SystemExit("topics not visible")
 
 
-def read_committed(topic, settle_s=2.0, bound_s=60.0):
+def read_committed(topic, settle_s=2.0, bound_s=60.0, isolation="read_committed"):
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": "eos-reader-%f" % time.time(),
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 100,
         }
@@ -108,7 +112,7 @@ elif mode == "process":
     ends = {p: consumer.get_watermark_offsets(TopicPartition(inp, p), timeout=10)[1] for p in range(PARTITIONS)}
     pos = {tp.partition: tp.offset for tp in start}
     while any(pos[p] < ends[p] for p in range(PARTITIONS)):
-        msgs = consumer.consume(50, 1.0)
+        msgs = consumer.consume(BATCH, 1.0)
         msgs = [m for m in msgs if m.error() is None]
         if not msgs:
             continue
@@ -127,6 +131,9 @@ elif mode == "read":
     outp = sys.argv[3]
     got = read_committed(outp)
     print("values=" + ",".join(v for (_, v) in got))
-    print("keys=" + ",".join(k for (k, _) in got), flush=True)
+    print("keys=" + ",".join(k for (k, _) in got))
+    # Data records in the log, aborted ones included: more than the inputs
+    # when a kill landed inside a transaction that had produced.
+    print("uncommitted=%d" % len(read_committed(outp, isolation="read_uncommitted")), flush=True)
 else:
     raise SystemExit("unknown mode " + mode)

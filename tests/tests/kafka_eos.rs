@@ -15,12 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use strom_tests::{run_with_timeout, skip_test, workspace_root, TempDir, TestServer};
 
 /// Input records.
-const RECORDS: u64 = 3_000;
+const RECORDS: u64 = 5_000;
 /// Processor SIGKILLs per run.
 const KILLS: u32 = 4;
 /// Delay before each kill (the processor needs about a second to start).
-const RUN_MS_MIN: u64 = 1_500;
-const RUN_MS_MAX: u64 = 4_000;
+const RUN_MS_MIN: u64 = 1_000;
+const RUN_MS_MAX: u64 = 3_000;
 /// Bound on the last run of the processor, to the end of the input.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -106,6 +106,7 @@ fn consume_transform_produce_is_exactly_once_across_processor_sigkills() {
         Duration::from_secs(120),
     );
     let log = work.path().join("processor.err");
+    let mut killed = 0;
     for kill in 1..=KILLS {
         let mut p = spawn_processor(&bootstrap, &log);
         let delay = RUN_MS_MIN + rng.next() % (RUN_MS_MAX - RUN_MS_MIN + 1);
@@ -121,10 +122,15 @@ fn consume_transform_produce_is_exactly_once_across_processor_sigkills() {
                 // SIGKILL: no abort, no close.
                 let _ = p.kill();
                 let _ = p.wait();
+                killed += 1;
                 println!("{TEST}: processor killed after {delay} ms");
             }
         }
     }
+    assert!(
+        killed >= 2,
+        "only {killed} kills landed before the processor finished: the run proves little"
+    );
     // The last run to the end of the input.
     let mut p = spawn_processor(&bootstrap, &log);
     let deadline = Instant::now() + FINISH_TIMEOUT;
@@ -157,7 +163,17 @@ fn consume_transform_produce_is_exactly_once_across_processor_sigkills() {
             .map(str::to_owned)
             .collect()
     };
-    let values = line("values=");
+    let progress = line("values=");
+    let uncommitted: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("uncommitted="))
+        .and_then(|n| n.parse().ok())
+        .expect("uncommitted count");
+    println!(
+        "{TEST}: {killed} kills, {} outputs read committed, {uncommitted} data records in the log",
+        progress.len()
+    );
+    let values = progress;
     let keys = line("keys=");
     assert_eq!(values.len(), keys.len());
     // The reference: input i went to partition i % 2 at offset i / 2 (the
