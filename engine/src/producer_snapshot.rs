@@ -655,7 +655,8 @@ mod tests {
     /// a valid checksum.
     #[test]
     fn bad_transaction_entries_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ProducerSnapshot)>)> = vec![
+        type Damage = Box<dyn Fn(&mut ProducerSnapshot)>;
+        let cases: Vec<(&str, Damage)> = vec![
             ("past offset", Box::new(|s| s.txns[0].last_offset = 1_000)),
             ("repeated", Box::new(|s| s.txns[1].producer_id = 7)),
             (

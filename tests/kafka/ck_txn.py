@@ -11,6 +11,9 @@ Modes (BOOTSTRAP TOPIC are the first two arguments of every mode):
             only once the coordinator aborted the open transaction.
   prepare   commits txn A, leaves txn B open (flushed), prints
             {"ready": true} and sleeps (the test SIGKILLs the server).
+  commit-crash  commits a transaction while the server aborts after the
+            prepare record (STROM_TEST_TXN_FAULT); prints the commit's outcome.
+  read      reads back both ways.
   check     after the restart: a new producer with the same id (its init
             aborts B), commits C; reads back both ways.
 
@@ -184,6 +187,23 @@ elif mode == "prepare":
     send(p, ["B-%d" % i for i in range(10)])
     summary(ready=True)
     time.sleep(120)
+elif mode == "commit-crash":
+    # The server aborts after making the commit durable (PrepareCommit)
+    # and before any marker: the commit call fails or times out here.
+    create_topic()
+    p = producer("prepare-txn")
+    p.begin_transaction()
+    send(p, ["P-%d" % i for i in range(10)])
+    outcome = "committed"
+    try:
+        p.commit_transaction(5)
+    except KafkaException as e:
+        outcome = e.args[0].name()
+    summary(outcome=outcome)
+elif mode == "read":
+    committed, _ = read_all("read_committed")
+    uncommitted, _ = read_all("read_uncommitted")
+    summary(committed=sorted(committed), uncommitted=sorted(uncommitted))
 elif mode == "check":
     p = producer("crash-txn", 5000)
     p.begin_transaction()

@@ -51,6 +51,13 @@ use std::time::Duration;
 use strom_flatbuffers::frame::{ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL};
 use strom_flatbuffers::{BatchBuilder, RecordIn};
 
+/// Test-only fault: with this variable set to `abort-after-prepare`, the
+/// process aborts (SIGABRT, nothing flushed) right after a PrepareCommit
+/// or PrepareAbort of EndTxn is durable and before any marker is written,
+/// so that a test can prove a restarted coordinator finishes the markers
+/// (`tests/tests/kafka_txn_prepare_crash.rs`).
+pub const TXN_FAULT_ENV: &str = "STROM_TEST_TXN_FAULT";
+
 /// Bytes read per step of the replay.
 const REPLAY_READ_BYTES: usize = 4 << 20;
 
@@ -568,7 +575,13 @@ impl TxnShard {
                     // Prepare state); a failure leaves the Prepare state
                     // for the tick to finish, and the retry of EndTxn gets
                     // CONCURRENT_TRANSACTIONS until it has.
-                    Ok(true) => TxnReply::Done(self.complete(shard, &txn_id).await),
+                    Ok(true) => {
+                        if std::env::var(TXN_FAULT_ENV).as_deref() == Ok("abort-after-prepare") {
+                            tracing::error!("{TXN_FAULT_ENV}: aborting after the prepare record");
+                            std::process::abort();
+                        }
+                        TxnReply::Done(self.complete(shard, &txn_id).await)
+                    }
                 }
             }
         }
