@@ -5,7 +5,10 @@
 //! (`send_offsets_to_transaction`). The test SIGKILLs the processor at
 //! [`KILLS`] seeded random points and starts it again (its init fences and
 //! aborts the killed one's transaction; it resumes from the committed
-//! offsets), then reads the output with read_committed and compares it
+//! offsets); after every second processor kill the server is SIGKILLed
+//! and restarted too (transactions open or being committed in it: the
+//! coordinator's log and the partitions' transaction state are rebuilt
+//! from disk). Then it reads the output with read_committed and compares it
 //! with a reference computed here: every input exactly once, no duplicate,
 //! no gap. `STROM_OPS_SEED=<n>` replays a run.
 
@@ -17,7 +20,7 @@ use strom_tests::{run_with_timeout, skip_test, workspace_root, TempDir, TestServ
 /// Input records.
 const RECORDS: u64 = 5_000;
 /// Processor SIGKILLs per run.
-const KILLS: u32 = 4;
+const KILLS: u32 = 6;
 /// Delay before each kill (the processor needs about a second to start).
 const RUN_MS_MIN: u64 = 1_000;
 const RUN_MS_MAX: u64 = 3_000;
@@ -93,7 +96,8 @@ fn consume_transform_produce_is_exactly_once_across_processor_sigkills() {
     let values_file = work.path().join("values");
     let text: String = inputs.iter().map(|v| format!("{v}\n")).collect();
     std::fs::write(&values_file, text).expect("values file");
-    let server = TestServer::start(1);
+    let mut server = TestServer::start(1);
+    server.keep_kafka_port();
     let bootstrap = server.kafka_addr().expect("kafka").to_owned();
     run(
         &[
@@ -124,6 +128,12 @@ fn consume_transform_produce_is_exactly_once_across_processor_sigkills() {
                 let _ = p.wait();
                 killed += 1;
                 println!("{TEST}: processor killed after {delay} ms");
+                if kill % 2 == 0 {
+                    server.kill();
+                    server.start_again();
+                    assert_eq!(server.kafka_addr(), Some(bootstrap.as_str()));
+                    println!("{TEST}: server killed and restarted");
+                }
             }
         }
     }
