@@ -688,7 +688,7 @@ impl ProducerStates {
                 })
                 .unwrap_or_default()
         };
-        strip(self) == strip(other)
+        strip(self) == strip(other) && self.txns.get(&key) == other.txns.get(&key)
     }
 }
 
@@ -979,6 +979,17 @@ mod tests {
         FrameHeader::ref_from(f).expect("a frame")
     }
 
+    /// `frame` with transaction attribute `bits` (header checksum resealed).
+    fn with_txn_bits(mut f: Vec<u8>, bits: u16) -> Vec<u8> {
+        // Attributes at bytes 6..8, the header checksum at 68..72
+        // (`docs/format.md`).
+        let attrs = u16::from_le_bytes([f[6], f[7]]) | bits;
+        f[6..8].copy_from_slice(&attrs.to_le_bytes());
+        let crc = header(&f).compute_header_crc();
+        f[68..72].copy_from_slice(&crc.to_le_bytes());
+        f
+    }
+
     /// Replays `frames` (from `log_start`) into a table for K alone.
     fn replay(frames: &[Vec<u8>], log_start: u64) -> ProducerStates {
         let mut r = Rebuild::new(K, log_start, KAFKA_PRODUCER_STATES_PER_SHARD_MAX);
@@ -1085,6 +1096,22 @@ mod tests {
                         next_offset += u64::from(n);
                         continue;
                     }
+                    // A transaction marker of a transactional producer
+                    // (ids below 104), commit or abort, at its epoch.
+                    3 if pid < 104 => {
+                        use strom_flatbuffers::frame::{
+                            ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL,
+                        };
+                        let commit = if rng.below(2) == 0 { ATTR_COMMIT } else { 0 };
+                        let f = with_txn_bits(
+                            stored(pid, epoch, -1, 1, next_offset, ts),
+                            ATTR_TRANSACTIONAL | ATTR_CONTROL | commit,
+                        );
+                        live.observe_txn(K, header(&f));
+                        log.push(f);
+                        next_offset += 1;
+                        continue;
+                    }
                     _ => (epoch, seq),
                 };
                 let b = ProducerBatch {
@@ -1096,7 +1123,12 @@ mod tests {
                 if live.check(K, &b) == Check::Append {
                     let last = next_offset + u64::from(n) - 1;
                     live.record(K, &b, next_offset, last, ts);
-                    log.push(stored(pid, epoch, first, n, next_offset, ts));
+                    let mut f = stored(pid, epoch, first, n, next_offset, ts);
+                    if pid < 104 {
+                        f = with_txn_bits(f, strom_flatbuffers::frame::ATTR_TRANSACTIONAL);
+                        live.observe_txn(K, header(&f));
+                    }
+                    log.push(f);
                     next_offset = last + 1;
                     clients.insert(pid, (epoch, first + n as i32));
                 }
