@@ -14,6 +14,7 @@ Modes (BOOTSTRAP TOPIC are the first two arguments of every mode):
   commit-crash  commits a transaction while the server aborts after the
             prepare record (STROM_TEST_TXN_FAULT); prints the commit's outcome.
   read      reads back both ways.
+  refused   cluster mode: metadata answers, init_transactions fails.
   check     after the restart: a new producer with the same id (its init
             aborts B), commits C; reads back both ways.
 
@@ -200,6 +201,16 @@ elif mode == "commit-crash":
     except KafkaException as e:
         outcome = e.args[0].name()
     summary(outcome=outcome)
+elif mode == "refused":
+    # Cluster mode: the brokers answer, transactions are refused.
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    brokers = len(admin.list_topics(timeout=20).brokers)
+    outcome = "initialized"
+    try:
+        Producer({"bootstrap.servers": bootstrap, "transactional.id": "refused"}).init_transactions(8)
+    except KafkaException as e:
+        outcome = e.args[0].name()
+    summary(brokers=brokers, outcome=outcome)
 elif mode == "read":
     committed, _ = read_all("read_committed")
     uncommitted, _ = read_all("read_uncommitted")

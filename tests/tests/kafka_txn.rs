@@ -11,6 +11,8 @@
 //! 4. SIGKILL of the server with one transaction committed and one open:
 //!    after the restart the committed one is visible to read_committed and
 //!    the open one never is (its producer's successor aborts it).
+//! 5. cluster mode refuses transactions (COORDINATOR_NOT_AVAILABLE: the
+//!    markers and the coordinator's log are not replicated).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -211,5 +213,24 @@ fn after_a_sigkill_committed_data_stays_visible_and_open_data_never_is() {
         set(&kv, "uncommitted"),
         all,
         "B's data is in the log, aborted"
+    );
+}
+
+#[test]
+fn cluster_mode_refuses_transactions() {
+    if skip_without_client("kafka_txn_cluster") {
+        return;
+    }
+    let cluster = strom_tests::cluster::Cluster::start();
+    let kv = run("refused", &cluster.bootstrap(), "unused", &[]);
+    assert_eq!(get(&kv, "brokers"), "3", "the cluster answers metadata");
+    let outcome = get(&kv, "outcome");
+    assert_ne!(
+        outcome, "\"initialized\"",
+        "a transactional producer started"
+    );
+    assert!(
+        outcome.contains("COORDINATOR_NOT_AVAILABLE") || outcome.contains("TIMED_OUT"),
+        "{outcome}"
     );
 }
