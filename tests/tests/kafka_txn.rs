@@ -108,6 +108,19 @@ fn read_committed_sees_exactly_the_committed_values() {
     let all: BTreeSet<String> = committed.union(&aborted).cloned().collect();
     assert_eq!(set(&kv, "uncommitted"), all, "read_uncommitted");
     assert_eq!(count(&kv, "uncommitted"), 30, "no marker read as data");
+    // A native consumer (strom-client, through the CLI) reads every data
+    // record and no marker: it stops after the 30 values for lack of a
+    // 31st.
+    let mut cmd = Command::new(strom_tests::strom_bin());
+    cmd.args(["consume", "txn-basic", "--from-beginning", "--count", "31"])
+        .args(["--idle-timeout-ms", "3000", "--server", server.addr()]);
+    let (code, out, err) = run_with_timeout(&mut cmd, b"", SCRIPT_TIMEOUT);
+    let out = String::from_utf8_lossy(&out);
+    let native: BTreeSet<String> = out.lines().map(str::to_owned).collect();
+    assert_ne!(code, 0, "a 31st record was printed:\n{out}");
+    assert!(err.contains("after 30 records"), "{err}");
+    assert_eq!(out.lines().count(), 30, "{out}");
+    assert_eq!(native, all, "native consumer");
 }
 
 #[test]
