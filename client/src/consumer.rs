@@ -466,6 +466,13 @@ impl Consumer {
                 if next <= next_position {
                     continue;
                 }
+                // A transaction marker (a Kafka producer's transaction,
+                // `docs/format.md`, control frames) is not data: the
+                // position moves past it, nothing is handed out.
+                if header.is_control() {
+                    next_position = next;
+                    continue;
+                }
                 let start = frame.as_ptr() as usize - blob.as_ptr() as usize;
                 out.push(FetchedFrame {
                     topic: topic.clone(),

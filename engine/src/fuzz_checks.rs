@@ -360,15 +360,34 @@ fn check_producer_snapshot(data: &[u8]) {
                     assert!(b.base_offset <= b.last_offset && b.last_offset < s.offset);
                 }
             }
-            // Canonical: the same bytes again (the time is not read back).
-            let written_ms = le64(24).expect("a decoded file has a header") as i64;
-            assert_eq!(s.encode(written_ms), data);
+            assert!(s.txns.len() <= crate::limits::TXN_SNAPSHOT_PRODUCERS_MAX);
+            assert!(s.aborted.len() <= crate::limits::TXN_SNAPSHOT_ABORTED_MAX);
+            for t in &s.txns {
+                assert!(t.producer_id >= 0 && t.last_offset < s.offset);
+                assert!(t.ongoing_first_offset.is_none_or(|f| f <= t.last_offset));
+            }
+            for w in s.aborted.windows(2) {
+                assert!(w[0].last_offset < w[1].last_offset);
+            }
+            let version = data
+                .get(4..8)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4")));
+            if version == Some(PRODUCER_SNAPSHOT_VERSION) {
+                // Canonical: the same bytes again (the time is not read back).
+                let written_ms = le64(24).expect("a decoded file has a header") as i64;
+                assert_eq!(s.encode(written_ms), data);
+            } else {
+                // Version 1: no transactions, and what it says is kept.
+                assert_eq!(version, Some(PRODUCER_SNAPSHOT_VERSION_1));
+                assert!(s.txns.is_empty() && s.aborted.is_empty());
+            }
             // The same bytes under another name are refused.
             assert!(ProducerSnapshot::decode(data, named.wrapping_add(1)).is_err());
         }
         Err(ProducerSnapshotError::UnsupportedVersion { found }) => {
             assert_eq!(magic, Some(PRODUCER_SNAPSHOT_MAGIC));
             assert_ne!(found, PRODUCER_SNAPSHOT_VERSION);
+            assert_ne!(found, PRODUCER_SNAPSHOT_VERSION_1);
         }
         Err(_) => {}
     }

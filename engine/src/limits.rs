@@ -93,6 +93,13 @@ pub const OPEN_SEGMENTS_MAX: usize = 4096;
 /// Producers one producer-state snapshot file may hold (the server keeps
 /// at most as many per shard, so one partition's always fit).
 pub const PRODUCER_SNAPSHOT_PRODUCERS_MAX: usize = 100_000;
+/// Transactional producers one partition remembers (marker epochs and
+/// ongoing transactions), and so one snapshot holds; past it the one with
+/// the oldest last offset and no ongoing transaction is forgotten.
+pub const TXN_SNAPSHOT_PRODUCERS_MAX: usize = 10_000;
+/// Aborted transactions one partition remembers (Kafka's `.txnindex`), and
+/// so one snapshot holds; past it the oldest is forgotten (logged).
+pub const TXN_SNAPSHOT_ABORTED_MAX: usize = 50_000;
 /// Batches remembered per producer in a snapshot (Kafka's five in flight).
 pub const PRODUCER_SNAPSHOT_BATCHES_MAX: usize = 5;
 /// Producer-state snapshots kept per partition: the newest, and older ones

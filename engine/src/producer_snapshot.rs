@@ -19,12 +19,33 @@
 //! - The offset inside the file equals the one in its name.
 //! - A snapshot is a cache of what the log says: a damaged, newer or
 //!   missing one costs a longer replay, never a refusal to open.
+//! - Version 2 (written by this build) adds the partition's transactional
+//!   producers (the epoch of their last transaction marker and the first
+//!   offset of their ongoing transaction, if any) and its aborted
+//!   transactions (producer id, first and last offset), all below
+//!   `offset`, at most [`TXN_SNAPSHOT_PRODUCERS_MAX`] and
+//!   [`TXN_SNAPSHOT_ABORTED_MAX`]. Version 1 files still load (no
+//!   transactions).
 
-use crate::limits::{PRODUCER_SNAPSHOT_BATCHES_MAX, PRODUCER_SNAPSHOT_PRODUCERS_MAX};
+use crate::limits::{
+    PRODUCER_SNAPSHOT_BATCHES_MAX, PRODUCER_SNAPSHOT_PRODUCERS_MAX, TXN_SNAPSHOT_ABORTED_MAX,
+    TXN_SNAPSHOT_PRODUCERS_MAX,
+};
 
 pub const PRODUCER_SNAPSHOT_SUFFIX: &str = ".snapshot";
 pub const PRODUCER_SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"SPSN");
-pub const PRODUCER_SNAPSHOT_VERSION: u32 = 1;
+/// The version this build writes; it reads this one and version 1.
+pub const PRODUCER_SNAPSHOT_VERSION: u32 = 2;
+/// The first layout (no transactions), still read.
+pub const PRODUCER_SNAPSHOT_VERSION_1: u32 = 1;
+/// Version 2: the transaction and aborted-transaction counts after the
+/// producer entries.
+pub const TXN_SNAPSHOT_COUNTS_BYTES: usize = 8;
+/// Version 2: one transactional producer: id, marker epoch, ongoing flag,
+/// reserved, first offset of the ongoing transaction, last marker offset.
+pub const TXN_SNAPSHOT_ENTRY_BYTES: usize = 32;
+/// Version 2: one aborted transaction: producer id, first and last offset.
+pub const TXN_SNAPSHOT_ABORTED_BYTES: usize = 24;
 /// Fixed header: magic, version, offset, producer count, batch slots, time.
 pub const PRODUCER_SNAPSHOT_HEADER_BYTES: usize = 32;
 /// One batch slot: first and last sequence, base and last offset.
@@ -37,6 +58,9 @@ pub const PRODUCER_SNAPSHOT_CRC_BYTES: usize = 4;
 /// The largest snapshot file (what `read_all` may read).
 pub const PRODUCER_SNAPSHOT_BYTES_MAX: usize = PRODUCER_SNAPSHOT_HEADER_BYTES
     + PRODUCER_SNAPSHOT_PRODUCERS_MAX * PRODUCER_SNAPSHOT_ENTRY_BYTES
+    + TXN_SNAPSHOT_COUNTS_BYTES
+    + TXN_SNAPSHOT_PRODUCERS_MAX * TXN_SNAPSHOT_ENTRY_BYTES
+    + TXN_SNAPSHOT_ABORTED_MAX * TXN_SNAPSHOT_ABORTED_BYTES
     + PRODUCER_SNAPSHOT_CRC_BYTES;
 const _: () = assert!(PRODUCER_SNAPSHOT_ENTRY_BYTES == 144);
 const _: () = assert!(PRODUCER_SNAPSHOT_BYTES_MAX <= crate::storage::ATOMIC_FILE_BYTES_MAX);
@@ -61,6 +85,28 @@ pub struct SnapshotProducer {
     pub batches: Vec<SnapshotBatch>,
 }
 
+/// One transactional producer of the partition (version 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotTxn {
+    pub producer_id: i64,
+    /// The epoch of its last transaction marker here (-1: none yet):
+    /// batches of an older epoch are fenced.
+    pub marker_epoch: i16,
+    /// The first offset of its ongoing transaction, if one is open.
+    pub ongoing_first_offset: Option<u64>,
+    /// The offset of its last transactional batch or marker here.
+    pub last_offset: u64,
+}
+
+/// One aborted transaction (version 2): Kafka's `.txnindex` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotAborted {
+    pub producer_id: i64,
+    pub first_offset: u64,
+    /// The offset of its abort marker.
+    pub last_offset: u64,
+}
+
 /// A partition's producers as of `offset`: the state every frame below
 /// `offset` left, and none at or above it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -68,6 +114,10 @@ pub struct ProducerSnapshot {
     pub offset: u64,
     /// Least recently appended-to first.
     pub producers: Vec<SnapshotProducer>,
+    /// Transactional producers (version 2; none from a version 1 file).
+    pub txns: Vec<SnapshotTxn>,
+    /// Aborted transactions, in increasing `last_offset` order.
+    pub aborted: Vec<SnapshotAborted>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +142,8 @@ pub enum ProducerSnapshotError {
     OffsetMismatch { named: u64, inside: u64 },
     #[error("producer snapshot entry {index}: {reason}")]
     Entry { index: usize, reason: &'static str },
+    #[error("producer snapshot transaction entry {index}: {reason}")]
+    Txn { index: usize, reason: &'static str },
 }
 
 /// `<offset as 20 digits>.snapshot`.
@@ -172,8 +224,18 @@ impl ProducerSnapshot {
             "{} producers in one snapshot",
             self.producers.len()
         );
+        assert!(
+            self.txns.len() <= TXN_SNAPSHOT_PRODUCERS_MAX
+                && self.aborted.len() <= TXN_SNAPSHOT_ABORTED_MAX,
+            "{} transactional producers and {} aborted transactions in one snapshot",
+            self.txns.len(),
+            self.aborted.len()
+        );
         let len = PRODUCER_SNAPSHOT_HEADER_BYTES
             + self.producers.len() * PRODUCER_SNAPSHOT_ENTRY_BYTES
+            + TXN_SNAPSHOT_COUNTS_BYTES
+            + self.txns.len() * TXN_SNAPSHOT_ENTRY_BYTES
+            + self.aborted.len() * TXN_SNAPSHOT_ABORTED_BYTES
             + PRODUCER_SNAPSHOT_CRC_BYTES;
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&PRODUCER_SNAPSHOT_MAGIC.to_le_bytes());
@@ -201,6 +263,24 @@ impl ProducerSnapshot {
             }
             out.resize(start + PRODUCER_SNAPSHOT_ENTRY_BYTES, 0);
         }
+        out.extend_from_slice(&(self.txns.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.aborted.len() as u32).to_le_bytes());
+        if let Err((index, reason)) = check_txns(&self.txns, &self.aborted, self.offset) {
+            panic!("transaction entry {index} in a snapshot: {reason}");
+        }
+        for t in &self.txns {
+            out.extend_from_slice(&t.producer_id.to_le_bytes());
+            out.extend_from_slice(&t.marker_epoch.to_le_bytes());
+            out.extend_from_slice(&u16::from(t.ongoing_first_offset.is_some()).to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(&t.ongoing_first_offset.unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&t.last_offset.to_le_bytes());
+        }
+        for a in &self.aborted {
+            out.extend_from_slice(&a.producer_id.to_le_bytes());
+            out.extend_from_slice(&a.first_offset.to_le_bytes());
+            out.extend_from_slice(&a.last_offset.to_le_bytes());
+        }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(out.len(), len);
@@ -217,7 +297,7 @@ impl ProducerSnapshot {
                 return Err(ProducerSnapshotError::BadMagic);
             }
             let version = le_u32(buf, 4);
-            if version != PRODUCER_SNAPSHOT_VERSION {
+            if version != PRODUCER_SNAPSHOT_VERSION && version != PRODUCER_SNAPSHOT_VERSION_1 {
                 return Err(ProducerSnapshotError::UnsupportedVersion { found: version });
             }
         }
@@ -249,7 +329,39 @@ impl ProducerSnapshot {
                 reason: "batch slots per entry differ from this version's layout",
             });
         }
-        let expected = min + count as usize * PRODUCER_SNAPSHOT_ENTRY_BYTES;
+        let v2 = le_u32(buf, 4) == PRODUCER_SNAPSHOT_VERSION;
+        let entries_end =
+            PRODUCER_SNAPSHOT_HEADER_BYTES + count as usize * PRODUCER_SNAPSHOT_ENTRY_BYTES;
+        let (txn_count, aborted_count) = if v2 {
+            if body < entries_end + TXN_SNAPSHOT_COUNTS_BYTES {
+                return Err(ProducerSnapshotError::Length {
+                    len_bytes: buf.len(),
+                    expected_bytes: entries_end
+                        + TXN_SNAPSHOT_COUNTS_BYTES
+                        + PRODUCER_SNAPSHOT_CRC_BYTES,
+                });
+            }
+            let t = le_u32(buf, entries_end) as usize;
+            let a = le_u32(buf, entries_end + 4) as usize;
+            if t > TXN_SNAPSHOT_PRODUCERS_MAX || a > TXN_SNAPSHOT_ABORTED_MAX {
+                return Err(ProducerSnapshotError::Txn {
+                    index: 0,
+                    reason: "more transactional producers or aborted transactions than allowed",
+                });
+            }
+            (t, a)
+        } else {
+            (0, 0)
+        };
+        let expected = min
+            + count as usize * PRODUCER_SNAPSHOT_ENTRY_BYTES
+            + if v2 {
+                TXN_SNAPSHOT_COUNTS_BYTES
+                    + txn_count * TXN_SNAPSHOT_ENTRY_BYTES
+                    + aborted_count * TXN_SNAPSHOT_ABORTED_BYTES
+            } else {
+                0
+            };
         if buf.len() != expected {
             return Err(ProducerSnapshotError::Length {
                 len_bytes: buf.len(),
@@ -296,8 +408,85 @@ impl ProducerSnapshot {
             }
             producers.push(p);
         }
-        Ok(ProducerSnapshot { offset, producers })
+        let mut txns = Vec::with_capacity(txn_count);
+        let mut aborted = Vec::with_capacity(aborted_count);
+        let txns_at = entries_end + TXN_SNAPSHOT_COUNTS_BYTES;
+        for index in 0..txn_count {
+            let e = &buf[txns_at + index * TXN_SNAPSHOT_ENTRY_BYTES..][..TXN_SNAPSHOT_ENTRY_BYTES];
+            let bad = |reason| ProducerSnapshotError::Txn { index, reason };
+            let ongoing = le_u16(e, 10);
+            if ongoing > 1 || le_u32(e, 12) != 0 {
+                return Err(bad("flags or reserved bytes are not valid"));
+            }
+            if ongoing == 0 && le_u64(e, 16) != 0 {
+                return Err(bad("a first offset without an ongoing transaction"));
+            }
+            txns.push(SnapshotTxn {
+                producer_id: le_u64(e, 0) as i64,
+                marker_epoch: le_u16(e, 8) as i16,
+                ongoing_first_offset: (ongoing == 1).then(|| le_u64(e, 16)),
+                last_offset: le_u64(e, 24),
+            });
+        }
+        let aborted_at = txns_at + txn_count * TXN_SNAPSHOT_ENTRY_BYTES;
+        for index in 0..aborted_count {
+            let e = &buf[aborted_at + index * TXN_SNAPSHOT_ABORTED_BYTES..]
+                [..TXN_SNAPSHOT_ABORTED_BYTES];
+            aborted.push(SnapshotAborted {
+                producer_id: le_u64(e, 0) as i64,
+                first_offset: le_u64(e, 8),
+                last_offset: le_u64(e, 16),
+            });
+        }
+        check_txns(&txns, &aborted, offset)
+            .map_err(|(index, reason)| ProducerSnapshotError::Txn { index, reason })?;
+        Ok(ProducerSnapshot {
+            offset,
+            producers,
+            txns,
+            aborted,
+        })
     }
+}
+
+/// The transaction invariants of the module header: ids non-negative and
+/// unique, every offset below the snapshot's, an ongoing transaction
+/// starting at or before its producer's last offset, aborted transactions
+/// well-formed and in increasing `last_offset` order.
+fn check_txns(
+    txns: &[SnapshotTxn],
+    aborted: &[SnapshotAborted],
+    offset: u64,
+) -> Result<(), (usize, &'static str)> {
+    let mut seen = std::collections::HashSet::with_capacity(txns.len());
+    for (i, t) in txns.iter().enumerate() {
+        if t.producer_id < 0 {
+            return Err((i, "negative producer id"));
+        }
+        if t.marker_epoch < -1 {
+            return Err((i, "marker epoch below -1"));
+        }
+        if t.last_offset >= offset {
+            return Err((i, "an offset at or past the snapshot's offset"));
+        }
+        if t.ongoing_first_offset.is_some_and(|f| f > t.last_offset) {
+            return Err((i, "an ongoing transaction starts after its last offset"));
+        }
+        if !seen.insert(t.producer_id) {
+            return Err((i, "producer id repeated"));
+        }
+    }
+    let mut after: Option<u64> = None;
+    for (i, a) in aborted.iter().enumerate() {
+        if a.producer_id < 0 || a.first_offset > a.last_offset || a.last_offset >= offset {
+            return Err((txns.len() + i, "an aborted transaction out of range"));
+        }
+        if after.is_some_and(|l| a.last_offset <= l) {
+            return Err((txns.len() + i, "aborted transactions not in marker order"));
+        }
+        after = Some(a.last_offset);
+    }
+    Ok(())
 }
 
 /// The per-producer invariants of the module header.
@@ -365,6 +554,32 @@ mod tests {
                         .collect(),
                 },
             ],
+            txns: vec![
+                SnapshotTxn {
+                    producer_id: 7,
+                    marker_epoch: 2,
+                    ongoing_first_offset: Some(500),
+                    last_offset: 500,
+                },
+                SnapshotTxn {
+                    producer_id: 11,
+                    marker_epoch: -1,
+                    ongoing_first_offset: None,
+                    last_offset: 300,
+                },
+            ],
+            aborted: vec![
+                SnapshotAborted {
+                    producer_id: 11,
+                    first_offset: 200,
+                    last_offset: 210,
+                },
+                SnapshotAborted {
+                    producer_id: 7,
+                    first_offset: 50,
+                    last_offset: 300,
+                },
+            ],
         }
     }
 
@@ -374,7 +589,12 @@ mod tests {
         let b = s.encode(42);
         assert_eq!(
             b.len(),
-            PRODUCER_SNAPSHOT_HEADER_BYTES + 2 * PRODUCER_SNAPSHOT_ENTRY_BYTES + 4
+            PRODUCER_SNAPSHOT_HEADER_BYTES
+                + 2 * PRODUCER_SNAPSHOT_ENTRY_BYTES
+                + TXN_SNAPSHOT_COUNTS_BYTES
+                + 2 * TXN_SNAPSHOT_ENTRY_BYTES
+                + 2 * TXN_SNAPSHOT_ABORTED_BYTES
+                + 4
         );
         assert_eq!(ProducerSnapshot::decode(&b, 1_000), Ok(s.clone()));
         for i in 0..b.len() {
@@ -400,7 +620,7 @@ mod tests {
         // An empty snapshot is a valid one.
         let empty = ProducerSnapshot {
             offset: 0,
-            producers: vec![],
+            ..Default::default()
         };
         assert_eq!(ProducerSnapshot::decode(&empty.encode(0), 0), Ok(empty));
     }
@@ -408,11 +628,72 @@ mod tests {
     #[test]
     fn a_newer_version_is_reported_as_newer_not_as_damage() {
         let mut b = sample().encode(0);
-        b[4] = 2;
+        b[4] = 3;
         assert_eq!(
             ProducerSnapshot::decode(&b, 1_000),
-            Err(ProducerSnapshotError::UnsupportedVersion { found: 2 })
+            Err(ProducerSnapshotError::UnsupportedVersion { found: 3 })
         );
+    }
+
+    /// A version 1 file (the layout before transactions: no counts after
+    /// the producer entries) still loads, with no transactions.
+    #[test]
+    fn a_version_1_file_still_loads() {
+        let mut s = sample();
+        s.txns.clear();
+        s.aborted.clear();
+        let v2 = s.encode(0);
+        let entries_end = v2.len() - 4 - TXN_SNAPSHOT_COUNTS_BYTES;
+        let mut v1 = v2[..entries_end].to_vec();
+        v1[4..8].copy_from_slice(&PRODUCER_SNAPSHOT_VERSION_1.to_le_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(ProducerSnapshot::decode(&v1, 1_000), Ok(s));
+    }
+
+    /// Transaction entries that break an invariant are refused even with
+    /// a valid checksum.
+    #[test]
+    fn bad_transaction_entries_are_refused() {
+        type Damage = Box<dyn Fn(&mut ProducerSnapshot)>;
+        let cases: Vec<(&str, Damage)> = vec![
+            ("past offset", Box::new(|s| s.txns[0].last_offset = 1_000)),
+            ("repeated", Box::new(|s| s.txns[1].producer_id = 7)),
+            (
+                "ongoing after last",
+                Box::new(|s| s.txns[0].ongoing_first_offset = Some(501)),
+            ),
+            ("abort order", Box::new(|s| s.aborted.swap(0, 1))),
+            ("abort range", Box::new(|s| s.aborted[0].first_offset = 211)),
+        ];
+        let good = sample().encode(0);
+        let txns_at = PRODUCER_SNAPSHOT_HEADER_BYTES
+            + 2 * PRODUCER_SNAPSHOT_ENTRY_BYTES
+            + TXN_SNAPSHOT_COUNTS_BYTES;
+        for (what, damage) in cases {
+            let mut s = sample();
+            damage(&mut s);
+            // Encode the damaged values by hand (encode asserts).
+            let mut b = good.clone();
+            for (i, t) in s.txns.iter().enumerate() {
+                let e = txns_at + i * TXN_SNAPSHOT_ENTRY_BYTES;
+                b[e..e + 8].copy_from_slice(&t.producer_id.to_le_bytes());
+                b[e + 16..e + 24]
+                    .copy_from_slice(&t.ongoing_first_offset.unwrap_or(0).to_le_bytes());
+                b[e + 24..e + 32].copy_from_slice(&t.last_offset.to_le_bytes());
+            }
+            let ab = txns_at + 2 * TXN_SNAPSHOT_ENTRY_BYTES;
+            for (i, a) in s.aborted.iter().enumerate() {
+                let e = ab + i * TXN_SNAPSHOT_ABORTED_BYTES;
+                b[e..e + 8].copy_from_slice(&a.producer_id.to_le_bytes());
+                b[e + 8..e + 16].copy_from_slice(&a.first_offset.to_le_bytes());
+                b[e + 16..e + 24].copy_from_slice(&a.last_offset.to_le_bytes());
+            }
+            let body = b.len() - 4;
+            let crc = crc32c::crc32c(&b[..body]);
+            b[body..].copy_from_slice(&crc.to_le_bytes());
+            assert!(ProducerSnapshot::decode(&b, 1_000).is_err(), "{what}");
+        }
     }
 
     /// Well-formed bytes (a valid checksum) that break an invariant are

@@ -243,6 +243,17 @@ fn write_seed_corpus() {
                     .collect(),
             })
             .collect(),
+        txns: vec![strom_engine::producer_snapshot::SnapshotTxn {
+            producer_id: 1_001,
+            marker_epoch: 1,
+            ongoing_first_offset: Some(400),
+            last_offset: 450,
+        }],
+        aborted: vec![strom_engine::producer_snapshot::SnapshotAborted {
+            producer_id: 1_002,
+            first_offset: 10,
+            last_offset: 20,
+        }],
     };
     write(
         "producer_snapshot_decode",
@@ -251,11 +262,11 @@ fn write_seed_corpus() {
     );
     let empty = ProducerSnapshot {
         offset: 0,
-        producers: Vec::new(),
+        ..Default::default()
     };
     write("producer_snapshot_decode", "seed-empty", &empty.encode(0));
     let mut newer = snap.encode(0);
-    newer[4] = 2;
+    newer[4] = 3;
     write("producer_snapshot_decode", "seed-newer-version", &newer);
 
     // log_open: hand-made three-segment directory, then real logs

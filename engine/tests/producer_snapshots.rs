@@ -58,6 +58,7 @@ fn snapshot(offset: u64) -> ProducerSnapshot {
                 last_offset: offset - 1,
             }],
         }],
+        ..Default::default()
     }
 }
 

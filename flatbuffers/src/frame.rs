@@ -49,8 +49,20 @@ pub enum Compression {
     Zstd = 4,
 }
 
+/// Attribute bit 4: a batch of a transaction (Kafka's `isTransactional`,
+/// the same bit). Only with a producer id.
+pub const ATTR_TRANSACTIONAL: u16 = 1 << 4;
+/// Attribute bit 5: a control batch holding one transaction marker
+/// (Kafka's `isControl`, the same bit). Only with bit 4 and a producer id;
+/// written by the server, never accepted from a producer's edge.
+pub const ATTR_CONTROL: u16 = 1 << 5;
+/// Attribute bit 6, only with bit 5: the marker commits (else it aborts).
+/// The control record's key says the same in Kafka's layout; this bit lets
+/// a replay read the marker's kind from the header alone.
+pub const ATTR_COMMIT: u16 = 1 << 6;
+
 /// Mask of the attribute bits that format version 1 defines.
-const ATTRIBUTES_KNOWN_MASK: u16 = 0b0000_0000_0000_0111;
+const ATTRIBUTES_KNOWN_MASK: u16 = 0b0000_0000_0111_0111;
 
 /// The fixed header of every frame, little-endian and unaligned so it can be
 /// read in place from any byte position of a network or disk buffer.
@@ -107,6 +119,21 @@ impl FrameHeader {
     /// The offset after the last record in the frame.
     pub fn next_offset(&self) -> u64 {
         self.last_offset().saturating_add(1)
+    }
+
+    /// A batch of a transaction (attribute bit 4).
+    pub fn is_transactional(&self) -> bool {
+        self.attributes.get() & ATTR_TRANSACTIONAL != 0
+    }
+
+    /// A control batch: a transaction marker (attribute bit 5).
+    pub fn is_control(&self) -> bool {
+        self.attributes.get() & ATTR_CONTROL != 0
+    }
+
+    /// A commit marker (bits 5 and 6); an abort marker has bit 5 alone.
+    pub fn is_commit_marker(&self) -> bool {
+        self.is_control() && self.attributes.get() & ATTR_COMMIT != 0
     }
 
     pub fn compression(&self) -> Option<Compression> {
@@ -319,6 +346,14 @@ pub fn validate_incoming(buf: &[u8], limits: &FrameLimits) -> Result<FrameSummar
     if attributes & !ATTRIBUTES_KNOWN_MASK != 0 || header.compression() != Some(Compression::None) {
         return Err(FrameError::UnsupportedAttributes { attributes });
     }
+    // Transaction bits: control needs transactional, commit needs control,
+    // and both need a producer id.
+    let txn = attributes & ATTR_TRANSACTIONAL != 0;
+    let control = attributes & ATTR_CONTROL != 0;
+    let commit = attributes & ATTR_COMMIT != 0;
+    if (control && !txn) || (commit && !control) || (txn && header.producer_id.get() < 0) {
+        return Err(FrameError::UnsupportedAttributes { attributes });
+    }
     let payload = &buf[FRAME_HEADER_BYTES..];
     let opts = verifier_options(buf.len());
     let batch = fb::root_as_record_batch_with_opts(&opts, payload).map_err(|e| {
@@ -431,6 +466,7 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    attributes: u16,
 }
 
 impl Default for BatchBuilder {
@@ -449,7 +485,19 @@ impl BatchBuilder {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            attributes: Compression::None as u16,
         }
+    }
+
+    /// Transaction bits for the frames built from now on: `ATTR_TRANSACTIONAL`,
+    /// `ATTR_CONTROL`, `ATTR_COMMIT` or 0 (the default). Panics on other bits.
+    pub fn set_txn_attributes(&mut self, bits: u16) {
+        assert_eq!(
+            bits & !(ATTR_TRANSACTIONAL | ATTR_CONTROL | ATTR_COMMIT),
+            0,
+            "only transaction bits"
+        );
+        self.attributes = Compression::None as u16 | bits;
     }
 
     /// Idempotence fields; the Kafka edge copies a batch's producer id,
@@ -535,7 +583,7 @@ impl BatchBuilder {
             magic: U32::new(FRAME_MAGIC),
             version: FRAME_VERSION,
             reserved0: 0,
-            attributes: U16::new(Compression::None as u16),
+            attributes: U16::new(self.attributes),
             frame_len: U32::new(frame_len as u32),
             payload_crc: U32::new(crc32c::crc32c(payload)),
             base_offset: U64::new(0),

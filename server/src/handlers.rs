@@ -275,6 +275,14 @@ fn frame_producer(frame: &[u8]) -> Result<Option<ProducerBatch>, WireError> {
     let Ok(h) = strom_flatbuffers::verify_header(frame) else {
         return Ok(None);
     };
+    // Transactions exist on the Kafka edge only: a native producer may not
+    // write transactional batches, and no client may write markers.
+    if h.is_transactional() || h.is_control() {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "transactional and control frames are not accepted from native producers",
+        ));
+    }
     ProducerBatch::from_fields(
         h.producer_id.get(),
         h.producer_epoch.get(),
@@ -551,6 +559,7 @@ async fn fetch(
                     0 => max_bytes,
                     n => n.min(max_bytes),
                 },
+                read_committed: false,
             })
             .collect(),
         max_bytes,
@@ -615,7 +624,15 @@ async fn list_offsets(
     }
     let ops: Vec<(usize, Op)> = per_shard
         .into_iter()
-        .map(|(s, items)| (s, Op::ListOffsets { items }))
+        .map(|(s, items)| {
+            (
+                s,
+                Op::ListOffsets {
+                    items,
+                    read_committed: false,
+                },
+            )
+        })
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);

@@ -5,14 +5,16 @@
 //! 1. foundations: `limits`, `error`, `config`, `metadata`, `metrics`,
 //!    `shutdown`, `waits`, `alloc`, `gather` (gathered sends), `readbuf`
 //!    (where socket reads land), `producers`
-//!    (idempotent-producer rules), `producer_recovery` (their rebuild at
-//!    open and snapshots),
+//!    (idempotent-producer rules), `txn_index` (a partition's open and
+//!    aborted transactions and last stable offset), `producer_recovery`
+//!    (their rebuild at open and snapshots),
 //!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
 //!    they mean);
 //! 3. `shard`: one shard's state (partitions, metadata, router);
 //! 4. `ops`: the protocol-neutral operations (produce, fetch and long poll,
 //!    offsets, groups, admin), run on the shard that owns their partition;
+//!    `txn`: the transaction coordinator (on shard 0) and its log;
 //! 5. edges: `native` (the FlatBuffers protocol) and `kafka` (the Kafka wire
 //!    protocol), and `http` (metrics, health): each decodes, translates into
 //!    `ops`, and encodes;
@@ -42,6 +44,8 @@ pub mod router;
 pub mod serve;
 pub mod shard;
 pub mod shutdown;
+pub mod txn;
+pub mod txn_index;
 pub mod waits;
 
 /// The storage engine API the server codes against.

@@ -132,3 +132,27 @@ const _: () = assert!(
     PARTITION_REOPEN_BACKOFF_MIN_MS >= 1
         && PARTITION_REOPEN_BACKOFF_MIN_MS <= PARTITION_REOPEN_BACKOFF_MAX_MS
 );
+
+/// Transactions (`crate::txn`): transactional ids the coordinator holds.
+pub const TXN_IDS_MAX: usize = 100_000;
+/// Bytes of one transactional id.
+pub const TXN_ID_BYTES_MAX: usize = 4_096;
+/// Partitions in one transaction.
+pub const TXN_PARTITIONS_MAX: usize = 10_000;
+/// Consumer groups in one transaction.
+pub const TXN_GROUPS_MAX: usize = 64;
+/// Pending offsets in one transaction.
+pub const TXN_OFFSETS_MAX: usize = 10_000;
+/// Bytes of one transaction log record (a larger state is refused).
+pub const TXN_RECORD_BYTES_MAX: usize = 4 << 20;
+/// Kafka's `transaction.max.timeout.ms` default: 15 minutes.
+pub const TXN_MAX_TIMEOUT_MS: u32 = 900_000;
+/// Kafka's `transactional.id.expiration.ms` default: 7 days.
+pub const TXN_ID_EXPIRATION_MS: u64 = 7 * 24 * 3_600_000;
+/// How often the coordinator looks for timed-out transactions, expired
+/// ids and unfinished markers.
+pub const TXN_TICK_MS: u64 = 500;
+/// Compact the transaction log when it holds this many times more
+/// records than live ids, and at least `TXN_LOG_COMPACT_RECORDS_MIN`.
+pub const TXN_LOG_COMPACT_FACTOR: u64 = 4;
+pub const TXN_LOG_COMPACT_RECORDS_MIN: u64 = 10_000;

@@ -49,6 +49,7 @@ use crate::engine::producer_snapshot::{ProducerSnapshot, SnapshotBatch, Snapshot
 use crate::limits::{
     KAFKA_PRODUCER_BATCHES_MAX, KAFKA_PRODUCER_STATES_PER_SHARD_MAX, PRODUCER_ID_EXPIRATION_MS,
 };
+use crate::txn_index::PartitionTxns;
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -281,6 +282,9 @@ pub struct ProducerStates {
     len: usize,
     clock: u64,
     capacity: usize,
+    /// Each partition's transactions (`crate::txn_index`), derived from
+    /// the same frames; not bounded by `capacity` (bounded per partition).
+    txns: HashMap<PartitionKey, PartitionTxns>,
 }
 
 impl Default for ProducerStates {
@@ -298,7 +302,31 @@ impl ProducerStates {
             len: 0,
             clock: 0,
             capacity,
+            txns: HashMap::new(),
         }
+    }
+
+    /// Folds one appended (or replayed) frame into its partition's
+    /// transactions.
+    pub fn observe_txn(&mut self, key: PartitionKey, h: &FrameHeader) {
+        if h.producer_id.get() < 0 || !(h.is_transactional() || h.is_control()) {
+            return;
+        }
+        let t = self.txns.entry(key).or_default();
+        let forgotten = t.aborted_forgotten;
+        t.observe(h);
+        if t.aborted_forgotten != forgotten {
+            tracing::warn!(
+                topic_id = key.topic_id,
+                partition = key.partition,
+                "aborted-transaction index full: the oldest entry was forgotten"
+            );
+        }
+    }
+
+    /// Partition `key`'s transactions, if any.
+    pub fn txns(&self, key: PartitionKey) -> Option<&PartitionTxns> {
+        self.txns.get(&key)
     }
 
     /// (producer, partition) states held.
@@ -331,6 +359,19 @@ impl ProducerStates {
     }
 
     pub fn check(&self, key: PartitionKey, b: &ProducerBatch) -> Check {
+        if let Some(m) = self
+            .txns
+            .get(&key)
+            .and_then(|t| t.fenced(b.producer_id, b.epoch))
+        {
+            return Check::Reject(Refusal {
+                kind: RefusalKind::InvalidProducerEpoch,
+                message: format!(
+                    "producer {} epoch {} is older than epoch {m} of its last transaction marker",
+                    b.producer_id, b.epoch
+                ),
+            });
+        }
         let Some(p) = self
             .partitions
             .get(&key)
@@ -495,6 +536,7 @@ impl ProducerStates {
     /// topics); returns how many states went.
     pub fn retain_topics(&mut self, live: impl Fn(u64) -> bool) -> usize {
         let before = self.len;
+        self.txns.retain(|k, _| live(k.topic_id));
         self.partitions.retain(|k, _| live(k.topic_id));
         self.by_recency.retain(|_, (k, _)| live(k.topic_id));
         self.len = self.partitions.values().map(HashMap::len).sum();
@@ -515,6 +557,12 @@ impl ProducerStates {
         expiration_ms: i64,
         log_start: impl Fn(PartitionKey) -> Option<u64>,
     ) -> usize {
+        for (key, t) in self.txns.iter_mut() {
+            if let Some(s) = log_start(*key) {
+                t.prune(s);
+            }
+        }
+        self.txns.retain(|_, t| !t.is_empty());
         let mut gone: Vec<(StateKey, u64)> = Vec::new();
         for (key, m) in &self.partitions {
             let start = log_start(*key);
@@ -574,13 +622,31 @@ impl ProducerStates {
                 }
             })
             .collect();
-        ProducerSnapshot { offset, producers }
+        let (txns, aborted) = self
+            .txns
+            .get(&key)
+            .map(|t| t.snapshot_parts(offset))
+            .unwrap_or_default();
+        ProducerSnapshot {
+            offset,
+            producers,
+            txns,
+            aborted,
+        }
     }
 
     /// Replaces partition `key`'s state with `rebuilt`'s (a table
     /// [`Rebuild`] filled for that partition alone), keeping its recency
     /// order; the most recent ones win if the table fills up.
-    pub fn install(&mut self, key: PartitionKey, rebuilt: ProducerStates) {
+    pub fn install(&mut self, key: PartitionKey, mut rebuilt: ProducerStates) {
+        match rebuilt.txns.remove(&key) {
+            Some(t) => {
+                self.txns.insert(key, t);
+            }
+            None => {
+                self.txns.remove(&key);
+            }
+        }
         if let Some(m) = self.partitions.remove(&key) {
             self.len -= m.len();
             self.by_recency.retain(|_, (k, _)| *k != key);
@@ -622,7 +688,7 @@ impl ProducerStates {
                 })
                 .unwrap_or_default()
         };
-        strip(self) == strip(other)
+        strip(self) == strip(other) && self.txns.get(&key) == other.txns.get(&key)
     }
 }
 
@@ -672,6 +738,10 @@ impl Rebuild {
     ) -> Rebuild {
         let mut r = Rebuild::new(key, log_start, capacity);
         r.next_offset = snapshot.offset.max(log_start);
+        let txns = PartitionTxns::from_snapshot(snapshot, log_start);
+        if !txns.is_empty() {
+            r.states.txns.insert(key, txns);
+        }
         for sp in &snapshot.producers {
             let Some(last) = sp.batches.last() else {
                 continue;
@@ -720,6 +790,7 @@ impl Rebuild {
         }
         self.frames += 1;
         self.next_offset = next;
+        self.states.observe_txn(self.key, h);
         if let Some((b, base, last)) = ProducerBatch::of_frame(h) {
             self.producer_frames += 1;
             self.states
@@ -772,6 +843,42 @@ impl Producers {
 
     pub fn record(&self, key: PartitionKey, b: &ProducerBatch, base: u64, last: u64, ts_ms: i64) {
         self.states.borrow_mut().record(key, b, base, last, ts_ms);
+    }
+
+    /// Folds an appended frame into its partition's transactions (call
+    /// under the partition's lane, right after the append).
+    pub fn observe_txn(&self, key: PartitionKey, h: &FrameHeader) {
+        self.states.borrow_mut().observe_txn(key, h);
+    }
+
+    /// The epoch of `pid`'s last marker on `key` when newer than `epoch`.
+    pub fn txn_fenced(&self, key: PartitionKey, pid: i64, epoch: i16) -> Option<i16> {
+        self.states
+            .borrow()
+            .txns(key)
+            .and_then(|t| t.fenced(pid, epoch))
+    }
+
+    /// Whether a transactional batch of `pid` can be taken on `key`.
+    pub fn txn_admits(&self, key: PartitionKey, pid: i64) -> bool {
+        self.states.borrow().txns(key).is_none_or(|t| t.admits(pid))
+    }
+
+    /// Partition `key`'s last stable offset given its high watermark.
+    pub fn last_stable_offset(&self, key: PartitionKey, high_watermark: u64) -> u64 {
+        self.states
+            .borrow()
+            .txns(key)
+            .map_or(high_watermark, |t| t.last_stable_offset(high_watermark))
+    }
+
+    /// The aborted transactions a fetch of `[from, to)` on `key` reports.
+    pub fn aborted_in(&self, key: PartitionKey, from: u64, to: u64) -> Vec<(i64, u64)> {
+        self.states
+            .borrow()
+            .txns(key)
+            .map(|t| t.aborted_in(from, to))
+            .unwrap_or_default()
     }
 
     /// Partition `key`'s producers as a snapshot at `offset` (call under
@@ -870,6 +977,17 @@ mod tests {
 
     fn header(f: &[u8]) -> &FrameHeader {
         FrameHeader::ref_from(f).expect("a frame")
+    }
+
+    /// `frame` with transaction attribute `bits` (header checksum resealed).
+    fn with_txn_bits(mut f: Vec<u8>, bits: u16) -> Vec<u8> {
+        // Attributes at bytes 6..8, the header checksum at 68..72
+        // (`docs/format.md`).
+        let attrs = u16::from_le_bytes([f[6], f[7]]) | bits;
+        f[6..8].copy_from_slice(&attrs.to_le_bytes());
+        let crc = header(&f).compute_header_crc();
+        f[68..72].copy_from_slice(&crc.to_le_bytes());
+        f
     }
 
     /// Replays `frames` (from `log_start`) into a table for K alone.
@@ -978,6 +1096,22 @@ mod tests {
                         next_offset += u64::from(n);
                         continue;
                     }
+                    // A transaction marker of a transactional producer
+                    // (ids below 104), commit or abort, at its epoch.
+                    3 if pid < 104 => {
+                        use strom_flatbuffers::frame::{
+                            ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL,
+                        };
+                        let commit = if rng.below(2) == 0 { ATTR_COMMIT } else { 0 };
+                        let f = with_txn_bits(
+                            stored(pid, epoch, -1, 1, next_offset, ts),
+                            ATTR_TRANSACTIONAL | ATTR_CONTROL | commit,
+                        );
+                        live.observe_txn(K, header(&f));
+                        log.push(f);
+                        next_offset += 1;
+                        continue;
+                    }
                     _ => (epoch, seq),
                 };
                 let b = ProducerBatch {
@@ -989,7 +1123,12 @@ mod tests {
                 if live.check(K, &b) == Check::Append {
                     let last = next_offset + u64::from(n) - 1;
                     live.record(K, &b, next_offset, last, ts);
-                    log.push(stored(pid, epoch, first, n, next_offset, ts));
+                    let mut f = stored(pid, epoch, first, n, next_offset, ts);
+                    if pid < 104 {
+                        f = with_txn_bits(f, strom_flatbuffers::frame::ATTR_TRANSACTIONAL);
+                        live.observe_txn(K, header(&f));
+                    }
+                    log.push(f);
                     next_offset = last + 1;
                     clients.insert(pid, (epoch, first + n as i32));
                 }

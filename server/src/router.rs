@@ -78,15 +78,33 @@ pub struct FetchItem {
     pub partition: u32,
     pub offset: u64,
     pub max_bytes: usize,
+    /// Kafka's isolation level 1: only frames below the last stable offset.
+    pub read_committed: bool,
 }
 
 /// One partition's fetch outcome; `frames` are the stored frames, whole.
+#[derive(Default)]
 pub struct FetchOut {
     pub index: usize,
     pub error: Option<WireError>,
     pub high_watermark: u64,
+    /// The last stable offset (the high watermark with no open transaction).
+    pub last_stable_offset: u64,
     pub log_start_offset: u64,
     pub frames: Vec<Bytes>,
+    /// read_committed: the aborted transactions in the range read, as
+    /// (producer id, first offset).
+    pub aborted: Vec<(i64, u64)>,
+}
+
+/// One transaction marker for one partition (`Op::TxnMarkers`).
+#[derive(Debug, Clone)]
+pub struct TxnMarker {
+    pub topic: String,
+    pub partition: u32,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
 }
 
 /// Metadata changes; executed on shard 0 only.
@@ -119,7 +137,16 @@ pub enum Op {
     },
     ListOffsets {
         items: Vec<(usize, ListOffsetsPartition)>,
+        /// Latest means the last stable offset (Kafka's isolation level 1).
+        read_committed: bool,
     },
+    /// Writes transaction markers (control batches) into partitions this
+    /// shard owns, durably; one result per marker, in order.
+    TxnMarkers {
+        items: Vec<TxnMarker>,
+    },
+    /// A transaction coordinator operation, on shard 0.
+    Txn(crate::txn::TxnOp),
     Describe {
         items: Vec<(String, u32)>,
     },
@@ -189,6 +216,8 @@ pub enum Reply {
     Group(crate::group::service::GroupReply),
     Metrics(Box<crate::metrics::ShardSnapshot>),
     EpochEnds(Vec<(usize, EpochAnswer)>),
+    TxnMarkers(Vec<Result<(), WireError>>),
+    Txn(crate::txn::TxnReply),
     Failed(WireError),
 }
 

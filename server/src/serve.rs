@@ -201,6 +201,7 @@ pub async fn run(start: ShardStart) {
             shared.group_config.clone(),
             shared.placement,
         ),
+        txn: crate::txn::TxnShard::new(),
         shared: shared.clone(),
         admin_lock: Semaphore::new(1),
         apply_lock: Semaphore::new(1),
@@ -245,6 +246,7 @@ pub async fn run(start: ShardStart) {
         glommio::spawn_local(crate::ops::cluster::publish_controller(shard.clone())).detach();
     }
     shard.groups.load(&shard).await;
+    shard.txn.load(&shard).await;
     tracing::debug!(
         shard = id,
         partitions = shard.partitions.borrow().len(),
@@ -304,6 +306,7 @@ async fn drain_and_close(shard: &Rc<Shard>) {
     }
     shard.close_all().await;
     shard.groups.close().await;
+    shard.txn.close().await;
 }
 
 /// An in-process shard after start-up: opens its partitions, runs the body
@@ -318,6 +321,7 @@ async fn run_in_process(
     shard.apply(shared.initial_metadata.clone()).await;
     start_producer_upkeep(&shard);
     shard.groups.load(&shard).await;
+    shard.txn.load(&shard).await;
     shared.ready.fetch_add(1, Ordering::SeqCst);
     let _ = ready.send(Ok(shard.id));
     while shared.ready.load(Ordering::SeqCst) < shared.shards {

@@ -139,6 +139,8 @@ pub struct Shard {
     pub router: Router,
     /// The consumer groups this shard coordinates.
     pub groups: crate::group::service::GroupShard,
+    /// The transaction coordinator (loaded and used on shard 0 only).
+    pub txn: crate::txn::TxnShard,
     pub shared: Arc<Shared>,
     /// Serializes metadata changes (shard 0) and their application (all).
     pub admin_lock: Semaphore,
@@ -170,6 +172,11 @@ impl Shard {
     /// Which shard owns what (topic and offsets partitions).
     pub fn placement(&self) -> Placement {
         self.shared.placement
+    }
+
+    /// The id of topic `topic` in this shard's metadata.
+    pub fn topic_id(&self, topic: &str) -> Option<u64> {
+        self.metadata.borrow().topics.get(topic).map(|t| t.id)
     }
 
     /// Counts records and stored bytes appended to an owned partition.

@@ -139,6 +139,7 @@ fn produce_and_fetch_across_two_in_process_shards_touch_no_disk() {
                     partition: p,
                     offset: 0,
                     max_bytes: 1 << 20,
+                    read_committed: false,
                 })
                 .collect(),
             max_bytes: 4 << 20,
@@ -168,6 +169,7 @@ fn produce_and_fetch_across_two_in_process_shards_touch_no_disk() {
                 partition: 3,
                 offset: 4,
                 max_bytes: 1 << 20,
+                read_committed: false,
             }],
             ..spec.clone()
         };
@@ -207,6 +209,7 @@ fn a_long_poll_on_another_shard_ends_when_a_record_arrives() {
                 partition: p,
                 offset: 0,
                 max_bytes: 1 << 20,
+                read_committed: false,
             }],
             max_bytes: 1 << 20,
             min_bytes: 1,

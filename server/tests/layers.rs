@@ -15,10 +15,10 @@ fn layer(module: &str) -> Option<u8> {
     let l = match module {
         "alloc" | "cluster" | "config" | "error" | "limits" | "metadata" | "metrics"
         | "shutdown" | "waits" | "producers" | "producer_recovery" | "gather" | "readbuf"
-        | "engine" => 0,
+        | "txn_index" | "engine" => 0,
         "router" => 1,
         "shard" => 2,
-        "ops" | "group" => 3,
+        "ops" | "group" | "txn" => 3,
         "handlers" | "connection" | "kafka" | "http" | "group/native" => 4,
         "serve" | "node" | "main" | "lib" => 5,
         _ => return None,
@@ -42,6 +42,16 @@ const KNOWN_DEBTS: &[(&str, &str, &str)] = &[
         "router",
         "group",
         "the mesh's Op enum names the group service's operations",
+    ),
+    (
+        "router",
+        "txn",
+        "the mesh's Op enum names the transaction coordinator's operations",
+    ),
+    (
+        "shard",
+        "txn",
+        "a shard holds the transaction coordinator (shard 0's is used)",
     ),
     (
         "shard",

@@ -969,6 +969,23 @@ impl Coordinator {
             .collect()
     }
 
+    /// Offsets of a committed transaction (Kafka's transactional offset
+    /// commit reaching the group at the commit marker): no member or
+    /// generation check (the transaction coordinator fenced the producer);
+    /// a group not known yet is created Empty.
+    pub fn txn_offsets(
+        &mut self,
+        now_ms: u64,
+        group: &str,
+        offsets: &[OffsetCommit],
+    ) -> Result<Vec<Result<Record, GroupError>>, GroupError> {
+        validate_group_id(group)?;
+        if !self.groups.contains_key(group) {
+            self.groups.insert(group.to_owned(), Group::new(now_ms));
+        }
+        Ok(self.offset_records(now_ms, group, offsets))
+    }
+
     /// Offsets set by an administrator: only while the group is Empty.
     pub fn reset_offsets(
         &mut self,

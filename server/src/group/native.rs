@@ -169,7 +169,15 @@ async fn offsets_at(
     }
     let ops: Vec<(usize, Op)> = per_shard
         .into_iter()
-        .map(|(s, items)| (s, Op::ListOffsets { items }))
+        .map(|(s, items)| {
+            (
+                s,
+                Op::ListOffsets {
+                    items,
+                    read_committed: false,
+                },
+            )
+        })
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);

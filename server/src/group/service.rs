@@ -68,6 +68,11 @@ pub enum GroupOp {
         group: String,
         offsets: Vec<OffsetCommit>,
     },
+    /// A committed transaction's offsets (from the transaction coordinator).
+    TxnCommit {
+        group: String,
+        offsets: Vec<OffsetCommit>,
+    },
 }
 
 pub enum GroupReply {
@@ -381,7 +386,8 @@ impl GroupShard {
             GroupOp::Heartbeat { group, .. }
             | GroupOp::Leave { group, .. }
             | GroupOp::Fetch { group, .. }
-            | GroupOp::Reset { group, .. } => group.clone(),
+            | GroupOp::Reset { group, .. }
+            | GroupOp::TxnCommit { group, .. } => group.clone(),
             GroupOp::Commit(a) => a.group.clone(),
             GroupOp::List | GroupOp::Describe(_) => String::new(),
         };
@@ -394,7 +400,7 @@ impl GroupShard {
                 GroupOp::Sync(_) => GroupReply::Sync(Err(unavailable())),
                 GroupOp::Heartbeat { .. } => GroupReply::Heartbeat(Err(unavailable())),
                 GroupOp::Leave { .. } => GroupReply::Leave(Err(unavailable())),
-                GroupOp::Commit(_) | GroupOp::Reset { .. } => {
+                GroupOp::Commit(_) | GroupOp::Reset { .. } | GroupOp::TxnCommit { .. } => {
                     GroupReply::Commit(Err(unavailable()))
                 }
                 GroupOp::Fetch { .. } => GroupReply::Fetch(Err(unavailable())),
@@ -460,6 +466,19 @@ impl GroupShard {
                     .core
                     .borrow_mut()
                     .reset_offsets(now, &group, &offsets);
+                match r {
+                    Err(e) => GroupReply::Commit(Err(e)),
+                    Ok(results) => {
+                        GroupReply::Commit(Ok(self.commit_records(now, results, &group).await))
+                    }
+                }
+            }
+            GroupOp::TxnCommit { group, offsets } => {
+                let r = self
+                    .inner
+                    .core
+                    .borrow_mut()
+                    .txn_offsets(now, &group, &offsets);
                 match r {
                     Err(e) => GroupReply::Commit(Err(e)),
                     Ok(results) => {
@@ -593,6 +612,23 @@ pub async fn reset_offsets(
     offsets: Vec<OffsetCommit>,
 ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
     let op = GroupOp::Reset {
+        group: group.to_owned(),
+        offsets,
+    };
+    match route(shard, group, op).await? {
+        GroupReply::Commit(r) => r,
+        _ => Err(mismatch(group)),
+    }
+}
+
+/// The offsets of a committed transaction, durably, without member or
+/// generation checks (the transaction coordinator's commit).
+pub async fn txn_commit(
+    shard: &Rc<Shard>,
+    group: &str,
+    offsets: Vec<OffsetCommit>,
+) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+    let op = GroupOp::TxnCommit {
         group: group.to_owned(),
         offsets,
     };

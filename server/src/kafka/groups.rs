@@ -38,7 +38,8 @@ pub fn find_coordinator(
     version: i16,
     r: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let supported = r.key_type != KEY_TYPE_TRANSACTION;
+    // Transactions: this node's coordinator, except in cluster mode.
+    let supported = r.key_type != KEY_TYPE_TRANSACTION || ctx.shard.shared.cluster.is_none();
     let (code, node, port) = if supported {
         (codec::NONE, ctx.node_id(), ctx.port)
     } else {

@@ -25,7 +25,9 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -138,6 +140,20 @@ fn first_error(resp: &ResponseKind) -> i16 {
             first(std::iter::once(r.error_code).chain(r.coordinators.iter().map(|c| c.error_code)))
         }
         ResponseKind::InitProducerId(r) => r.error_code,
+        ResponseKind::AddOffsetsToTxn(r) => r.error_code,
+        ResponseKind::EndTxn(r) => r.error_code,
+        ResponseKind::AddPartitionsToTxn(r) => {
+            first(r.results_by_topic_v3_and_below.iter().flat_map(|t| {
+                t.results_by_partition
+                    .iter()
+                    .map(|p| p.partition_error_code)
+            }))
+        }
+        ResponseKind::TxnOffsetCommit(r) => first(
+            r.topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+        ),
         ResponseKind::OffsetCommit(r) => first(
             r.topics
                 .iter()
@@ -227,7 +243,19 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<Vec<Bytes>>, i16) {
             ResponseKind::CreatePartitions(create_partitions(ctx, r).await)
         }
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(describe_configs(ctx, r)),
-        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(init_producer_id(ctx, r)),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(init_producer_id(ctx, v, r).await)
+        }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(super::txn::add_partitions(ctx, v, r).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(super::txn::add_offsets(ctx, v, r).await)
+        }
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(super::txn::txn_offset_commit(ctx, v, r).await)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(super::txn::end_txn(ctx, v, r).await),
         RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(delete_records(ctx, r).await),
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(super::groups::find_coordinator(ctx, v, r))
@@ -494,14 +522,6 @@ async fn produce(ctx: &Ctx, r: ProduceRequest) -> Option<ProduceResponse> {
                 );
                 continue;
             }
-            if r.transactional_id.is_some() {
-                refuse(
-                    &mut fan,
-                    codec::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                    "transactions are not supported".into(),
-                );
-                continue;
-            }
             if pd.index < 0 {
                 refuse(
                     &mut fan,
@@ -594,6 +614,7 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> (FetchResponse, Splicer) {
         n if n <= 0 => FETCH_BYTES_MAX,
         n => (n as usize).min(FETCH_BYTES_MAX),
     };
+    let read_committed = r.isolation_level == 1;
     // (topic, Kafka partition index, what to read or why not), in order.
     let mut wants: Vec<(String, i32, Result<ops::FetchPart, WireError>)> = Vec::new();
     for t in &r.topics {
@@ -618,6 +639,7 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> (FetchResponse, Splicer) {
                         n if n <= 0 => max_bytes,
                         n => (n as usize).min(max_bytes),
                     },
+                    read_committed,
                 })
             };
             wants.push((topic, p.partition, part));
@@ -647,16 +669,12 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> (FetchResponse, Splicer) {
             Ok(_) => read.next().unwrap_or_else(|| FetchOut {
                 index: i,
                 error: Some(WireError::new(native::ErrorCode::Internal, "no answer")),
-                high_watermark: 0,
-                log_start_offset: 0,
-                frames: Vec::new(),
+                ..Default::default()
             }),
             Err(e) => FetchOut {
                 index: i,
                 error: Some(e.clone()),
-                high_watermark: 0,
-                log_start_offset: 0,
-                frames: Vec::new(),
+                ..Default::default()
             },
         })
         .collect();
@@ -681,13 +699,22 @@ async fn fetch(ctx: &Ctx, r: FetchRequest) -> (FetchResponse, Splicer) {
             error_code = codec::CORRUPT_MESSAGE;
         }
         let hw = o.high_watermark as i64;
+        let aborted = o
+            .aborted
+            .iter()
+            .map(|&(pid, first)| {
+                AbortedTransaction::default()
+                    .with_producer_id(ProducerId(pid))
+                    .with_first_offset(first as i64)
+            })
+            .collect();
         let pd = PartitionData::default()
             .with_partition_index(*partition)
             .with_error_code(error_code)
             .with_high_watermark(hw)
-            .with_last_stable_offset(hw)
+            .with_last_stable_offset(o.last_stable_offset as i64)
             .with_log_start_offset(o.log_start_offset as i64)
-            .with_aborted_transactions(Some(Vec::new()))
+            .with_aborted_transactions(Some(aborted))
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(splicer.stand_in(records.freeze())));
         match topics.last_mut() {
@@ -719,6 +746,7 @@ fn unsplice(resp: &mut FetchResponse, splicer: &Splicer) {
 
 async fn list_offsets(ctx: &Ctx, r: ListOffsetsRequest) -> ListOffsetsResponse {
     let shard = &ctx.shard;
+    let read_committed = r.isolation_level == 1;
     // (topic index, partition index) per request position.
     let mut topics: Vec<ListOffsetsTopicResponse> = Vec::new();
     let mut at: Vec<(usize, usize)> = Vec::new();
@@ -763,7 +791,15 @@ async fn list_offsets(ctx: &Ctx, r: ListOffsetsRequest) -> ListOffsetsResponse {
     }
     let ops: Vec<(usize, Op)> = per_shard
         .into_iter()
-        .map(|(s, items)| (s, Op::ListOffsets { items }))
+        .map(|(s, items)| {
+            (
+                s,
+                Op::ListOffsets {
+                    items,
+                    read_committed,
+                },
+            )
+        })
         .collect();
     let n = ops.len();
     let rx = fan_out(shard, ops);
@@ -1089,8 +1125,17 @@ fn describe_configs(ctx: &Ctx, r: DescribeConfigsRequest) -> DescribeConfigsResp
 }
 
 /// Kafka's InitProducerId through the operation every protocol shares
-/// (`ops::init_producer_id`).
-fn init_producer_id(ctx: &Ctx, r: InitProducerIdRequest) -> InitProducerIdResponse {
+/// (`ops::init_producer_id`); with a transactional id, through the
+/// transaction coordinator (`kafka/txn.rs`).
+async fn init_producer_id(
+    ctx: &Ctx,
+    version: i16,
+    r: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    if let Some(t) = r.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
+        let t = t.0.as_str().to_owned();
+        return super::txn::init_producer_id(ctx, version, &r, &t).await;
+    }
     let request = ops::InitProducer {
         transactional_id: r.transactional_id.as_ref().map(|t| t.0.as_str()),
         producer_id: r.producer_id.0,

@@ -14,6 +14,8 @@
 //! - `decompress.rs`: codecs with a bound on the expanded size (a batch
 //!   that would expand past it is refused, not inflated). I/O-free.
 //! - `groups.rs`: the group APIs, translated onto the shared coordinator.
+//! - `txn.rs`: the transactional APIs, translated onto the transaction
+//!   coordinator (`crate::txn`).
 //! - `splice.rs`: fetched records leave as buffers of their own instead of
 //!   being copied into the encoded response. I/O-free.
 //! - `connection.rs`: one client connection; answers in request order.
@@ -35,6 +37,7 @@ pub mod groups;
 pub mod handlers;
 pub mod splice;
 pub mod translate;
+pub mod txn;
 
 use crate::producers::RefusalKind;
 use crate::router::{ProduceError, Produced};

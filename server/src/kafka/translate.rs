@@ -74,10 +74,10 @@ pub fn kafka_to_frames(
         let Some(first) = set.records.first() else {
             return Err(refused(codec::INVALID_RECORD, "empty record batch"));
         };
-        if first.transactional || first.control {
+        if first.control {
             return Err(refused(
-                codec::UNSUPPORTED_FOR_MESSAGE_FORMAT,
-                "transactional and control batches are not supported",
+                codec::INVALID_RECORD,
+                "control batches are written by the transaction coordinator only",
             ));
         }
         if set.records.len() > FRAME_RECORDS_MAX as usize {
@@ -98,8 +98,19 @@ pub fn kafka_to_frames(
         .map_err(|m| refused(codec::INVALID_RECORD, m))?;
         match producer {
             Some(p) => builder.set_producer(p.producer_id, p.epoch, p.first_seq),
+            None if first.transactional => {
+                return Err(refused(
+                    codec::INVALID_RECORD,
+                    "a transactional batch without a producer id",
+                ))
+            }
             None => builder.set_producer(-1, -1, -1),
         }
+        builder.set_txn_attributes(if first.transactional {
+            strom_flatbuffers::frame::ATTR_TRANSACTIONAL
+        } else {
+            0
+        });
         let mut headers: Vec<(&str, &[u8])> = Vec::new();
         for r in &set.records {
             headers.clear();
@@ -231,7 +242,13 @@ fn encode_frame<'a>(
     out.put_i8(2); // magic
     out.put_u32(0); // crc, below
     let crc_from = out.len();
-    out.put_i16(0); // attributes: no compression, creation time
+    // Attributes: no compression, creation time; Kafka's transactional
+    // (bit 4) and control (bit 5) bits are the frame's own.
+    out.put_i16(
+        (header.attributes.get()
+            & (strom_flatbuffers::frame::ATTR_TRANSACTIONAL
+                | strom_flatbuffers::frame::ATTR_CONTROL)) as i16,
+    );
     out.put_i32(last_delta);
     out.put_i64(min_ts);
     out.put_i64(max_ts);
@@ -513,5 +530,44 @@ mod tests {
         bad[n - 3] ^= 0xff;
         assert!(kafka_to_frames(Bytes::from(bad), 1 << 20).is_err());
         assert!(kafka_to_frames(Bytes::from_static(&[0u8; 10]), 1 << 20).is_err());
+    }
+
+    /// A transactional batch keeps its bit through the frame and back; a
+    /// marker frame reads as a Kafka control batch with Kafka's control
+    /// record; a client's control batch is refused.
+    #[test]
+    fn transactional_batches_and_markers_keep_their_bits() {
+        let mut kb = kafka_batch(Compression::None, 42, 0).to_vec();
+        // Attributes are bytes 21..23 of a batch: set bit 4 (transactional)
+        // and reseal the crc (over bytes 21..).
+        kb[22] |= 0x10;
+        let crc = crc32c::crc32c(&kb[21..]);
+        kb[17..21].copy_from_slice(&crc.to_be_bytes());
+        let t = kafka_to_frames(Bytes::from(kb.clone()), 1 << 20).expect("translate");
+        let h = FrameHeader::ref_from(&t[0].frame).expect("header");
+        assert!(h.is_transactional() && !h.is_control());
+        let mut out = BytesMut::new();
+        frames_to_kafka(&[t[0].frame.clone().freeze()], &mut out).expect("encode");
+        let back = RecordBatchDecoder::decode(&mut out.freeze()).expect("decode");
+        assert!(back.records.iter().all(|r| r.transactional && !r.control));
+
+        let mut marker = crate::txn::marker_frame(42, 3, true);
+        strom_flatbuffers::frame::validate_incoming(&marker, &Default::default())
+            .expect("a valid frame");
+        strom_flatbuffers::frame::stamp_base_offset(&mut marker, 77);
+        let mut out = BytesMut::new();
+        frames_to_kafka(&[marker.freeze()], &mut out).expect("encode");
+        let back = RecordBatchDecoder::decode(&mut out.freeze()).expect("decode");
+        assert_eq!(back.records.len(), 1);
+        let r = &back.records[0];
+        assert!(r.control && r.transactional);
+        assert_eq!((r.offset, r.producer_id, r.producer_epoch), (77, 42, 3));
+        assert_eq!(r.key.as_deref(), Some(&[0u8, 0, 0, 1][..]), "commit");
+
+        // A producer's control batch.
+        kb[22] |= 0x20;
+        let crc = crc32c::crc32c(&kb[21..]);
+        kb[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(kafka_to_frames(Bytes::from(kb), 1 << 20).is_err());
     }
 }

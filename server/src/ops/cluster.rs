@@ -249,10 +249,7 @@ pub fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
         .map(|it| {
             let mut o = FetchOut {
                 index: it.index,
-                error: None,
-                high_watermark: 0,
-                log_start_offset: 0,
-                frames: Vec::new(),
+                ..Default::default()
             };
             let r = group_of(shard, &it.topic, it.partition)
                 .and_then(|(_, g)| leader_view(shard, &it.topic, it.partition, g).map(|v| (g, v)));
@@ -292,6 +289,8 @@ pub fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
                     }
                 }
             }
+            // No transactions in cluster mode: everything is stable.
+            o.last_stable_offset = o.high_watermark;
             o
         })
         .collect()

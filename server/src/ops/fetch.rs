@@ -28,6 +28,9 @@ pub struct FetchPart {
     pub partition: u32,
     pub offset: u64,
     pub max_bytes: usize,
+    /// Kafka's isolation level 1 (read_committed): only below the last
+    /// stable offset, with the aborted transactions of the range.
+    pub read_committed: bool,
 }
 
 /// A whole fetch: its partitions and its budget.
@@ -103,9 +106,7 @@ fn out_of_reach(index: usize, e: WireError) -> FetchOut {
     FetchOut {
         index,
         error: Some(e),
-        high_watermark: 0,
-        log_start_offset: 0,
-        frames: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -122,6 +123,7 @@ async fn read_all(shard: &Rc<Shard>, parts: &[FetchPart]) -> Vec<FetchOut> {
                 partition: p.partition,
                 offset: p.offset,
                 max_bytes: p.max_bytes,
+                read_committed: p.read_committed,
             }),
             Err(e) => outs[index] = Some(out_of_reach(index, e)),
         }
@@ -168,11 +170,8 @@ mod tests {
 
     fn out(lens: &[usize]) -> FetchOut {
         FetchOut {
-            index: 0,
-            error: None,
-            high_watermark: 0,
-            log_start_offset: 0,
             frames: lens.iter().map(|&n| Bytes::from(vec![0u8; n])).collect(),
+            ..Default::default()
         }
     }
 

@@ -11,6 +11,7 @@ use crate::ops::fan_out;
 use crate::producers::{Check, PartitionKey, ProducerBatch};
 use crate::router::{
     AdminOp, Appended, FetchItem, FetchOut, Op, ProduceError, ProduceItem, Produced, Reply,
+    TxnMarker,
 };
 use crate::shard::Shard;
 use crate::shutdown::first_of;
@@ -38,7 +39,20 @@ pub async fn execute(shard: &Rc<Shard>, op: Op) -> Reply {
             shard.router.waits.cancel(id);
             Reply::Done
         }
-        Op::ListOffsets { items } => Reply::ListOffsets(Box::pin(list_offsets(shard, items)).await),
+        Op::ListOffsets {
+            items,
+            read_committed,
+        } => Reply::ListOffsets(Box::pin(list_offsets(shard, items, read_committed)).await),
+        Op::TxnMarkers { items } => Reply::TxnMarkers(Box::pin(txn_markers(shard, items)).await),
+        Op::Txn(op) => {
+            if shard.id != 0 {
+                return Reply::Failed(WireError::new(
+                    ErrorCode::Internal,
+                    "transaction op off shard 0",
+                ));
+            }
+            Reply::Txn(Box::pin(shard.txn.execute(shard, op)).await)
+        }
         Op::Describe { items } => Reply::Describe(describe(shard, items)),
         Op::OffsetCommit(r) => Reply::OffsetCommit(Box::pin(offset_commit(shard, r)).await),
         Op::OffsetFetch(r) => match Box::pin(offset_fetch(shard, r)).await {
@@ -266,6 +280,13 @@ async fn produce_one(
     // (the frame header's, so that a replay of the log records the same).
     let max_timestamp_ms = strom_flatbuffers::FrameHeader::ref_from(&frame)
         .map_or(i64::MIN, |h| h.max_timestamp_ms.get());
+    // A transactional batch (attribute bit 4; the edge set it): its
+    // header is kept to fold into the partition's transactions once the
+    // append has given it an offset.
+    let mut txn_header: Option<strom_flatbuffers::FrameHeader> =
+        strom_flatbuffers::FrameHeader::ref_from(&frame)
+            .filter(|h| h.is_transactional())
+            .copied();
     let lane = shard.producers.lane(key);
     let (base, last, append_time_ms) = {
         let Ok(_permit) = lane.acquire_permit(1).await else {
@@ -293,10 +314,23 @@ async fn produce_one(
                 (base_offset, last_offset, -1)
             }
             Check::Append => {
+                if txn_header.is_some() && !shard.producers.txn_admits(key, b.producer_id) {
+                    return Err(ProduceError::Wire(WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "{topic}/{p}: {} transactional producers are open here already",
+                            crate::engine::limits::TXN_SNAPSHOT_PRODUCERS_MAX
+                        ),
+                    )));
+                }
                 let info = part
                     .append(frame, Durability::Buffered)
                     .await
                     .map_err(fail)?;
+                if let Some(h) = txn_header.as_mut() {
+                    h.base_offset = info.base_offset.into();
+                    shard.producers.observe_txn(key, h);
+                }
                 let records = info.last_offset + 1 - info.base_offset;
                 shard.count_in(topic, p, records, bytes);
                 shard.producers.record(
@@ -323,6 +357,67 @@ async fn produce_one(
         append_time_ms,
         log_start_offset: part.offsets().log_start_offset,
     })
+}
+
+/// Writes each transaction marker (a control frame, `docs/format.md`) into
+/// its partition under the partition's producer lane, folds it into the
+/// partition's transactions, then waits until it is durable. A marker for
+/// a partition whose topic is gone is done (nothing is left to decide); a
+/// marker older than the producer's last marker there is refused.
+async fn txn_markers(shard: &Rc<Shard>, items: Vec<TxnMarker>) -> Vec<Result<(), WireError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for m in items {
+        out.push(write_marker(shard, &m).await);
+    }
+    out
+}
+
+async fn write_marker(shard: &Rc<Shard>, m: &TxnMarker) -> Result<(), WireError> {
+    if shard.replication.is_some() {
+        return Err(WireError::new(
+            ErrorCode::CoordinatorNotAvailable,
+            "transactions are not available in cluster mode",
+        ));
+    }
+    if !shard.metadata.borrow().topics.contains_key(&m.topic) {
+        return Ok(());
+    }
+    let (key, part) = open_partition(shard, &m.topic, m.partition)?;
+    let mut frame = crate::txn::marker_frame(m.producer_id, m.producer_epoch, m.commit);
+    let mut header = *strom_flatbuffers::FrameHeader::ref_from(&frame).expect("a built frame");
+    let lane = shard.producers.lane(key);
+    let last = {
+        let Ok(_permit) = lane.acquire_permit(1).await else {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                "the partition's producer lane is closed",
+            ));
+        };
+        let fenced = shard
+            .producers
+            .txn_fenced(key, m.producer_id, m.producer_epoch);
+        if let Some(newer) = fenced {
+            return Err(WireError::new(
+                ErrorCode::InvalidProducerEpoch,
+                format!(
+                    "{}/{}: marker of producer {} epoch {} is older than epoch {newer}",
+                    m.topic, m.partition, m.producer_id, m.producer_epoch
+                ),
+            ));
+        }
+        let bytes = frame.len() as u64;
+        let info = part
+            .append(std::mem::take(&mut frame), Durability::Buffered)
+            .await
+            .map_err(|e| shard.engine_error(&m.topic, m.partition, &e))?;
+        shard.count_in(&m.topic, m.partition, 1, bytes);
+        header.base_offset = info.base_offset.into();
+        shard.producers.observe_txn(key, &header);
+        info.last_offset
+    };
+    part.sync_to(last + 1)
+        .await
+        .map_err(|e| shard.engine_error(&m.topic, m.partition, &e))
 }
 
 /// Kafka's DeleteRecords on this shard's partitions: each log start moves
@@ -378,24 +473,42 @@ async fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
     for it in items {
         let mut o = FetchOut {
             index: it.index,
-            error: None,
-            high_watermark: 0,
-            log_start_offset: 0,
-            frames: Vec::new(),
+            ..Default::default()
         };
         match shard.partition(&it.topic, it.partition) {
             Err(e) => o.error = Some(e),
             Ok(part) => match part.read(it.offset, it.max_bytes).await {
                 Ok(b) => {
-                    let (records, bytes) = frames_size(&b.frames);
-                    shard.count_out(&it.topic, it.partition, records, bytes);
                     o.high_watermark = b.high_watermark;
                     o.log_start_offset = b.log_start_offset;
                     o.frames = b.frames;
+                    // The transactions as of now, after the read: a frame
+                    // below this LSO belongs to a decided transaction
+                    // whose abort (if it aborted) is already indexed.
+                    let key = shard.topic_id(&it.topic).map(|topic_id| PartitionKey {
+                        topic_id,
+                        partition: it.partition,
+                    });
+                    let lso = key.map_or(b.high_watermark, |k| {
+                        shard.producers.last_stable_offset(k, b.high_watermark)
+                    });
+                    o.last_stable_offset = lso;
+                    if it.read_committed {
+                        o.frames.retain(|f| {
+                            strom_flatbuffers::FrameHeader::ref_from(f)
+                                .is_some_and(|h| h.base_offset() < lso)
+                        });
+                        if let Some(k) = key {
+                            o.aborted = shard.producers.aborted_in(k, it.offset, lso);
+                        }
+                    }
+                    let (records, bytes) = frames_size(&o.frames);
+                    shard.count_out(&it.topic, it.partition, records, bytes);
                 }
                 Err(e) => {
                     let off = part.offsets();
                     o.high_watermark = off.high_watermark;
+                    o.last_stable_offset = off.high_watermark;
                     o.log_start_offset = off.log_start_offset;
                     if let EngineError::OffsetOutOfRange { .. } = e {
                         o.error = Some(WireError::new(
@@ -469,6 +582,7 @@ async fn wait(shard: &Rc<Shard>, id: WaitId, items: Vec<(String, u32, u64)>, wai
 async fn list_offsets(
     shard: &Rc<Shard>,
     items: Vec<(usize, ListOffsetsPartition)>,
+    read_committed: bool,
 ) -> Vec<(usize, ListOffsetsResult)> {
     let mut out = Vec::with_capacity(items.len());
     for (i, p) in items {
@@ -497,7 +611,19 @@ async fn list_offsets(
                 Err(e) => Err(e),
                 Ok(part) => match p.timestamp {
                     LIST_OFFSETS_EARLIEST => Ok(part.offsets().log_start_offset as i64),
-                    LIST_OFFSETS_LATEST => Ok(part.offsets().high_watermark as i64),
+                    LIST_OFFSETS_LATEST => {
+                        let hw = part.offsets().high_watermark;
+                        let key = shard.topic_id(&p.topic).map(|topic_id| PartitionKey {
+                            topic_id,
+                            partition: p.partition,
+                        });
+                        Ok(match key {
+                            Some(k) if read_committed => {
+                                shard.producers.last_stable_offset(k, hw) as i64
+                            }
+                            _ => hw as i64,
+                        })
+                    }
                     ts if ts < 0 => Err(WireError::new(
                         ErrorCode::InvalidRequest,
                         format!("timestamp {ts}: use -2 (earliest), -1 (latest) or a time in ms"),
