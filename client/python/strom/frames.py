@@ -49,6 +49,15 @@ FRAME_HEADER_BYTES = 72
 assert FRAME_HEADER.size == FRAME_HEADER_BYTES
 FRAME_MAGIC = 0x4D525453  # b"STRM"
 FRAME_VERSION = 1
+
+# Frame attribute bits (docs/format.md, "Attributes"): bits 0..=2 are the
+# compression (format 1 accepts none); 4 marks a batch of a Kafka
+# transaction, 5 a transaction marker (a control frame), 6 a commit marker.
+ATTR_TRANSACTIONAL = 0x10
+ATTR_CONTROL = 0x20
+ATTR_COMMIT = 0x40
+ATTRS_KNOWN = ATTR_TRANSACTIONAL | ATTR_CONTROL | ATTR_COMMIT
+
 #: Hard cap on a frame, whatever a topic allows.
 FRAME_BYTES_MAX = 64 << 20
 #: Most records one frame may hold.
@@ -268,11 +277,13 @@ def decode_frames(
         payload = bytes(blob[pos + FRAME_HEADER_BYTES : pos + frame_len])
         if crc32c(payload) != payload_crc:
             raise ProtocolError("frame payload checksum mismatch at offset %d" % base)
-        if attrs:
+        if attrs & ~ATTRS_KNOWN:
             raise ProtocolError("frame attributes 0x%x: compression is not part of format 1" % attrs)
         if base + count > next_offset:
             next_offset = base + count
-        if base + count > min_offset:
+        # A transaction marker (Kafka's control batch) takes an offset but
+        # is not a record: consumers skip it.
+        if base + count > min_offset and not attrs & ATTR_CONTROL:
             _read_records(payload, topic, partition, base, first_ts, count, min_offset, out)
         pos += frame_len
     return out, next_offset

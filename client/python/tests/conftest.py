@@ -70,6 +70,7 @@ class Server:
         env.setdefault("STROM_LOG", "warn")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL, env=env)
         self.addr = ""
+        self.kafka = ""
         deadline = time.monotonic() + START_TIMEOUT_S
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), True)
@@ -79,6 +80,8 @@ class Server:
                 break
             if line.startswith("listening native="):
                 self.addr = line.split("=", 1)[1].strip()
+            if line.startswith("listening kafka="):
+                self.kafka = line.split("=", 1)[1].strip()
             if line.startswith("ready") and self.addr:
                 return
         self.stop()
