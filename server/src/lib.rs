@@ -6,7 +6,8 @@
 //!    `shutdown`, `waits`, `alloc`, `gather` (gathered sends), `readbuf`
 //!    (where socket reads land), `producers`
 //!    (idempotent-producer rules), `producer_recovery` (their rebuild at
-//!    open and snapshots),
+//!    open and snapshots), `tls` (listener TLS and the connection stream), `auth`
+//!    (credentials and SASL),
 //!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
 //!    they mean);
@@ -21,6 +22,7 @@
 //! `tests/layers.rs` checks the imports against this order.
 
 pub mod alloc;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod connection;
@@ -42,6 +44,7 @@ pub mod router;
 pub mod serve;
 pub mod shard;
 pub mod shutdown;
+pub mod tls;
 pub mod waits;
 
 /// The storage engine API the server codes against.

@@ -50,6 +50,9 @@ pub const CLUSTER_ID: &str = "strom";
 const TOPIC_UUID_HIGH: u64 = 0x5354_524f_4d00_0000;
 
 /// What a request handler needs of its connection.
+/// The principal of a connection that proved nothing.
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
 pub struct Ctx {
     pub shard: Rc<Shard>,
     /// Host and port told to clients.
@@ -57,6 +60,9 @@ pub struct Ctx {
     pub port: i32,
     /// The client's address, for DescribeGroups.
     pub peer: String,
+    /// Who the client is: `User:NAME` after SASL, `User:<subject>` of a
+    /// client certificate, else `User:ANONYMOUS`.
+    pub principal: std::cell::RefCell<String>,
 }
 
 impl Ctx {
@@ -85,6 +91,7 @@ impl Ctx {
             host,
             port,
             peer,
+            principal: std::cell::RefCell::new(ANONYMOUS.to_owned()),
         }
     }
 }

@@ -16,6 +16,8 @@
 //! - `groups.rs`: the group APIs, translated onto the shared coordinator.
 //! - `splice.rs`: fetched records leave as buffers of their own instead of
 //!   being copied into the encoded response. I/O-free.
+//! - `sasl.rs`: SaslHandshake and SaslAuthenticate, and the gate that
+//!   answers nothing else before authentication.
 //! - `connection.rs`: one client connection; answers in request order.
 //! - `handlers.rs`: one function per API: decode, translate into the
 //!   operations layer's ops (`crate::ops`: the same produce, with the same
@@ -33,6 +35,7 @@ pub mod decompress;
 pub mod fanout;
 pub mod groups;
 pub mod handlers;
+pub mod sasl;
 pub mod splice;
 pub mod translate;
 
@@ -118,6 +121,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         &shard,
         listener,
         crate::metrics::Protocol::Kafka,
+        shard.shared.tls.kafka.clone(),
         connection::serve,
     )
     .await;
