@@ -468,6 +468,12 @@ impl SessionCallback for Callback {
         // Acting as someone else (an authorization id that differs) is not
         // supported: refused.
         let authz_ok = authz.is_none_or(|a| a.is_empty() || Some(a) == user.as_deref());
+        tracing::debug!(
+            mechanism = mech,
+            user = user.as_deref().unwrap_or("-"),
+            authz = authz.unwrap_or("-"),
+            "SASL validation"
+        );
         let principal = match (mech, user) {
             (_, None) => None,
             (_, Some(_)) if !authz_ok => None,
@@ -673,11 +679,20 @@ impl Exchange {
             Ok(State::Running) => Step::Continue(out),
             Ok(State::Finished(_)) => match self.session.validation().flatten() {
                 Some(principal) => Step::Done { principal, out },
-                None => Step::Failed("Authentication failed: invalid credentials".into()),
+                None => {
+                    tracing::debug!(
+                        server_final = %String::from_utf8_lossy(&out),
+                        "SASL exchange ended unauthenticated"
+                    );
+                    Step::Failed("Authentication failed: invalid credentials".into())
+                }
             },
-            // rsasl's errors name the step that failed, never a secret;
-            // still, the client is told only that it failed.
-            Err(_) => Step::Failed("Authentication failed: invalid credentials".into()),
+            // rsasl's errors name the step that failed, never a secret
+            // (logged at debug); the client is told only that it failed.
+            Err(e) => {
+                tracing::debug!(error = %e, "SASL exchange failed");
+                Step::Failed("Authentication failed: invalid credentials".into())
+            }
         }
     }
 }
