@@ -422,12 +422,36 @@ pub struct Exchange {
 
 struct Callback {
     body: Arc<Mutex<SecurityBody>>,
+    /// Random per process: an unknown user gets a made-up credential
+    /// derived from it, so a SCRAM exchange for them runs to the proof and
+    /// fails there like a wrong password (RFC 5802 section 9: the server
+    /// does not reveal which users exist).
+    unknown_user_secret: [u8; 32],
 }
 
 impl Callback {
     fn credential(&self, user: &str, m: ScramMechanism) -> Option<ScramCredential> {
         let body = self.body.lock().unwrap_or_else(|e| e.into_inner());
         body.users.get(user).and_then(|c| c.get(&m)).cloned()
+    }
+}
+
+impl Callback {
+    fn made_up(&self, user: &str, m: ScramMechanism) -> ScramCredential {
+        let mut h = sha2::Sha512::new();
+        h.update(self.unknown_user_secret);
+        h.update(user.as_bytes());
+        let d = h.finalize();
+        let n = match m {
+            ScramMechanism::Sha256 => 32,
+            ScramMechanism::Sha512 => 64,
+        };
+        ScramCredential {
+            salt: d[..24].to_vec(),
+            iterations: SCRAM_ITERATIONS_DEFAULT,
+            stored_key: d[..n].iter().rev().copied().collect(),
+            server_key: d[64 - n..].to_vec(),
+        }
     }
 }
 
@@ -443,7 +467,10 @@ impl SessionCallback for Callback {
         };
         if request.is::<ScramStoredPassword>() {
             if let Some(user) = context.get_ref::<AuthId>() {
-                if let Some(c) = self.credential(user, m) {
+                let c = self
+                    .credential(user, m)
+                    .unwrap_or_else(|| self.made_up(user, m));
+                {
                     request.satisfy::<ScramStoredPassword>(&ScramStoredPassword::new(
                         c.iterations,
                         &c.salt,
@@ -526,7 +553,15 @@ impl Store {
         let body = Arc::new(Mutex::new(body));
         let sasl = SASLConfig::builder()
             .with_defaults()
-            .with_callback(Callback { body: body.clone() })
+            .with_callback(Callback {
+                body: body.clone(),
+                unknown_user_secret: {
+                    let mut k = [0u8; 32];
+                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                        .map_err(|_| "no randomness for the SASL callback".to_string())?;
+                    k
+                },
+            })
             .map_err(|e| format!("SASL configuration: {e}"))?;
         Ok(Store {
             path,

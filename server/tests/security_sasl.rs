@@ -327,3 +327,50 @@ fn stored_credentials_are_salted_and_survive_a_restart() {
     assert_eq!(code, 0);
     metadata_ok(&mut s, 3);
 }
+
+#[test]
+fn scram_credentials_altered_through_the_admin_client_log_in_and_survive_a_restart() {
+    if !python_has("confluent_kafka") {
+        skip("sasl_admin_confluent_kafka", "confluent-kafka");
+        return;
+    }
+    let mut setup = start("sasl-admin");
+    let ca = setup.certs.ca_pem.to_str().expect("utf-8").to_owned();
+    let admin = |setup: &Setup, user: &str, pw: &str, extra: &[&str]| {
+        let b = setup.server.bootstrap();
+        let mut args = vec![b.as_str(), ca.as_str(), user, pw, "bob", "bob-secret"];
+        args.extend_from_slice(extra);
+        json(&python("sec_admin.py", &args, LIMIT))
+    };
+    // alice is no super user: refused.
+    let r = admin(&setup, "alice", "alice-secret", &[]);
+    assert_eq!(r["altered"], false, "{r}");
+    assert!(
+        r["alter_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("CLUSTER_AUTHORIZATION_FAILED"),
+        "{r}"
+    );
+    // admin (a super user) creates bob, who then logs in with both.
+    let r = admin(&setup, "admin", "admin-secret", &[]);
+    assert_eq!(r["altered"], true, "{r}");
+    assert_eq!(
+        r["described"],
+        serde_json::json!(["SCRAM_SHA_256/4096", "SCRAM_SHA_512/4096"]),
+        "{r}"
+    );
+    assert_eq!(r["logins"]["SCRAM-SHA-256"], true, "{r}");
+    assert_eq!(r["logins"]["SCRAM-SHA-512"], true, "{r}");
+    let text = std::fs::read_to_string(setup.server.data_dir.join("security.json"))
+        .expect("security.json");
+    assert!(!text.contains("bob-secret"));
+    // Durable: after a restart bob still logs in.
+    setup.server.restart();
+    let r = admin(&setup, "admin", "admin-secret", &["describe-only"]);
+    assert_eq!(r["logins"]["SCRAM-SHA-256"], true, "{r}");
+    assert_eq!(r["logins"]["SCRAM-SHA-512"], true, "{r}");
+    let (mut s, code) = plain_login(&setup, "bob", "bob-secret");
+    assert_eq!(code, 0, "PLAIN checks against the SCRAM credential");
+    metadata_ok(&mut s, 9);
+}

@@ -99,6 +99,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // librdkafka refuses SASL unless v0 is in range; it then uses v1.
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The supported version range of `key`, if it is served at all.

@@ -18,6 +18,7 @@
 //!   being copied into the encoded response. I/O-free.
 //! - `sasl.rs`: SaslHandshake and SaslAuthenticate, and the gate that
 //!   answers nothing else before authentication.
+//! - `scram_admin.rs`: Describe/AlterUserScramCredentials on the store.
 //! - `connection.rs`: one client connection; answers in request order.
 //! - `handlers.rs`: one function per API: decode, translate into the
 //!   operations layer's ops (`crate::ops`: the same produce, with the same
@@ -36,6 +37,7 @@ pub mod fanout;
 pub mod groups;
 pub mod handlers;
 pub mod sasl;
+pub mod scram_admin;
 pub mod splice;
 pub mod translate;
 
