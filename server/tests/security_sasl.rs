@@ -119,10 +119,11 @@ fn kcat_produces_and_consumes_over_sasl_ssl_with_plain() {
     let input: String = (0..300).map(|i| format!("sasl record {i}\n")).collect();
     let path = setup.certs.dir.join("in.txt");
     std::fs::write(&path, &input).expect("write input");
-    // PLAIN only: the kcat here links librdkafka 2.0.2, whose SCRAM proof
-    // the server refuses (e=invalid-proof) while librdkafka 2.16
-    // (confluent-kafka) and kafka-python pass with both SCRAM mechanisms;
-    // the cause is not found yet (a known gap, see the README).
+    // PLAIN only: the kcat here links librdkafka 2.0.2, whose SCRAM
+    // client-final message repeats the client nonce (`r=<c><c><s>`, seen on
+    // the wire) against RFC 5802, and is refused (e=invalid-proof);
+    // librdkafka 2.16 (confluent-kafka) and kafka-python pass with both
+    // SCRAM mechanisms (the test above).
     #[allow(clippy::single_element_loop)]
     for mech in ["PLAIN"] {
         let topic = format!("kcat-{}", mech.to_lowercase());
