@@ -168,7 +168,8 @@ fn tls_listeners_serve_trusted_clients_and_refuse_the_rest_without_disturbing_ot
 
     // A client that connects and sends nothing holds no shard hostage: the
     // others go on (the handshake timeout closes it later).
-    let _silent = TcpStream::connect(server.kafka).expect("connect");
+    let mut silent = TcpStream::connect(server.kafka).expect("connect");
+    let silent_since = Instant::now();
 
     // The steady client saw none of it.
     kafka_api_versions(&mut steady, 4);
@@ -204,6 +205,15 @@ fn tls_listeners_serve_trusted_clients_and_refuse_the_rest_without_disturbing_ot
     assert!(closed_within(&mut plain, Duration::from_secs(5)));
     native_api_versions(&mut native);
     kafka_api_versions(&mut steady, 6);
+
+    // The silent connection is closed by the handshake timeout (10 s).
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(15)),
+        "a connection that never handshakes is closed"
+    );
+    let waited = silent_since.elapsed();
+    assert!(waited >= Duration::from_secs(9), "closed after {waited:?}");
+    kafka_api_versions(&mut steady, 7);
 }
 
 fn native_api_versions(s: &mut Tls) {
