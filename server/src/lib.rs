@@ -7,7 +7,7 @@
 //!    (where socket reads land), `producers`
 //!    (idempotent-producer rules), `producer_recovery` (their rebuild at
 //!    open and snapshots), `tls` (listener TLS and the connection stream), `auth`
-//!    (credentials and SASL),
+//!    (credentials and SASL), `acl` (the authorizer's decision, not wired yet),
 //!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
 //!    they mean);
@@ -21,6 +21,7 @@
 //!
 //! `tests/layers.rs` checks the imports against this order.
 
+pub mod acl;
 pub mod alloc;
 pub mod auth;
 pub mod cluster;

@@ -15,7 +15,7 @@ fn layer(module: &str) -> Option<u8> {
     let l = match module {
         "alloc" | "cluster" | "config" | "error" | "limits" | "metadata" | "metrics"
         | "shutdown" | "waits" | "producers" | "producer_recovery" | "gather" | "readbuf"
-        | "tls" | "auth" | "engine" => 0,
+        | "tls" | "auth" | "acl" | "engine" => 0,
         "router" => 1,
         "shard" => 2,
         "ops" | "group" => 3,
