@@ -38,7 +38,9 @@ pub struct Args {
     /// offsets_retention_ms, group_initial_rebalance_delay_ms,
     /// group_min_session_timeout_ms, group_max_session_timeout_ms,
     /// kafka_listen, kafka_advertise, kafka_auto_create, kafka_partitions,
-    /// and an [engine] table (engine defaults; see tuning/autotune).
+    /// an [engine] table (engine defaults; see tuning/autotune), and
+    /// [tls.kafka] / [tls.native] tables (cert_file, key_file,
+    /// client_ca_file, client_auth = none|requested|required).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for topics and metadata [default: ./data]
@@ -180,6 +182,10 @@ pub struct FileConfig {
     pub engine: Option<EngineDefaults>,
     /// `[cluster]` table: see [`ClusterFile`].
     pub cluster: Option<ClusterFile>,
+    /// `[tls.kafka]` / `[tls.native]` tables: see [`crate::tls::TlsFile`].
+    pub tls: Option<crate::tls::TlsTables>,
+    /// `[sasl]` table: see [`crate::auth::SaslFile`].
+    pub sasl: Option<crate::auth::SaslFile>,
 }
 
 /// The resolved configuration.
@@ -194,6 +200,10 @@ pub struct ServerConfig {
     pub kafka: crate::kafka::KafkaConfig,
     /// Cluster mode (`--node-id` and `--peer`), or None for a single node.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Each listener's TLS (PEM files read at start-up).
+    pub tls: crate::tls::ListenerTls,
+    /// The credential store and SASL settings (opened at start-up).
+    pub auth: std::sync::Arc<crate::auth::Store>,
 }
 
 /// The cluster settings from the flags over the `[cluster]` table.
@@ -373,6 +383,19 @@ impl ServerConfig {
             .validate()
             .map_err(|e| ServerError::Argument(format!("[engine] in the config file: {e}")))?;
         let _ = ENGINE_DEFAULTS.set(engine);
+        let tls = file
+            .tls
+            .unwrap_or_default()
+            .load()
+            .map_err(|e| ServerError::Argument(format!("[tls] in the config file: {e}")))?;
+        let sasl = file
+            .sasl
+            .unwrap_or_default()
+            .resolve()
+            .map_err(ServerError::Argument)?;
+        let auth = std::sync::Arc::new(
+            crate::auth::Store::open(&data_dir, sasl).map_err(ServerError::Argument)?,
+        );
         Ok(ServerConfig {
             groups,
             data_dir,
@@ -395,6 +418,8 @@ impl ServerConfig {
                 default_partitions: kafka_partitions,
             },
             cluster,
+            tls,
+            auth,
         })
     }
 }

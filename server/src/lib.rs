@@ -7,7 +7,9 @@
 //!    (where socket reads land), `producers`
 //!    (idempotent-producer rules), `txn_index` (a partition's open and
 //!    aborted transactions and last stable offset), `producer_recovery`
-//!    (their rebuild at open and snapshots),
+//!    (their rebuild at open and snapshots), `tls` (listener TLS and the
+//!    connection stream), `auth` (credentials and SASL), `acl` (the
+//!    authorizer's decision, not wired yet),
 //!    `engine` (the storage engine's API);
 //! 2. `mesh`: moving owned messages between shards (no knowledge of what
 //!    they mean);
@@ -22,7 +24,9 @@
 //!
 //! `tests/layers.rs` checks the imports against this order.
 
+pub mod acl;
 pub mod alloc;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod connection;
@@ -46,6 +50,7 @@ pub mod shard;
 pub mod shutdown;
 pub mod txn;
 pub mod txn_index;
+pub mod tls;
 pub mod waits;
 
 /// The storage engine API the server codes against.

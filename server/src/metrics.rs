@@ -66,6 +66,10 @@ pub fn kafka_api_name(key: kafka_protocol::messages::ApiKey) -> &'static str {
         K::InitProducerId => "init_producer_id",
         K::DescribeConfigs => "describe_configs",
         K::CreatePartitions => "create_partitions",
+        K::SaslHandshake => "sasl_handshake",
+        K::SaslAuthenticate => "sasl_authenticate",
+        K::DescribeUserScramCredentials => "describe_user_scram_credentials",
+        K::AlterUserScramCredentials => "alter_user_scram_credentials",
         _ => "other",
     }
 }

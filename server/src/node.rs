@@ -315,6 +315,8 @@ fn shared_for(
         storage,
         cluster: cfg.cluster.clone().map(Arc::new),
         meta_leader: std::sync::atomic::AtomicU64::new(0),
+        tls: cfg.tls.clone(),
+        auth: cfg.auth.clone(),
     })
 }
 

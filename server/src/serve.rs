@@ -380,6 +380,7 @@ async fn accept_loop(shard: &Rc<Shard>, listener: TcpListener) {
         shard,
         listener,
         crate::metrics::Protocol::Native,
+        shard.shared.tls.native.clone(),
         connection::serve,
     )
     .await;

@@ -83,6 +83,10 @@ pub struct Shared {
     /// Cluster mode: the metadata group's leader as shard 0 last saw it
     /// (0: none known), for Kafka's controller id on every shard.
     pub meta_leader: std::sync::atomic::AtomicU64,
+    /// Each listener's TLS server side (`None`: plaintext).
+    pub tls: crate::tls::ListenerTls,
+    /// Credentials, SASL settings and failed-login counts (`crate::auth`).
+    pub auth: Arc<crate::auth::Store>,
 }
 
 impl Shared {
@@ -1094,9 +1098,10 @@ pub async fn accept_until_shutdown<F, Fut>(
     shard: &Rc<Shard>,
     listener: glommio::net::TcpListener,
     protocol: crate::metrics::Protocol,
+    tls: Option<crate::tls::TlsServer>,
     serve: F,
 ) where
-    F: Fn(Rc<Shard>, glommio::net::TcpStream) -> Fut,
+    F: Fn(Rc<Shard>, crate::tls::Stream) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     use crate::limits::CONNECTIONS_PER_SHARD_MAX;
@@ -1129,7 +1134,31 @@ pub async fn accept_until_shutdown<F, Fut>(
             drop(stream);
             continue;
         }
-        glommio::spawn_local(serve(shard.clone(), stream)).detach();
+        let Some(tls) = &tls else {
+            glommio::spawn_local(serve(shard.clone(), crate::tls::Stream::plain(stream))).detach();
+            continue;
+        };
+        // The handshake runs in the connection's own task, bounded in time
+        // and in number per shard (`crate::tls`); a failure closes this
+        // connection only.
+        let (tls, shard, serve) = (tls.clone(), shard.clone(), serve.clone());
+        glommio::spawn_local(async move {
+            let peer = stream.peer_addr().ok();
+            match crate::tls::accept(&tls, stream).await {
+                Ok(s) => serve(shard, s).await,
+                Err(e) => {
+                    ShardMetrics::add(&shard.metrics().connections_refused, 1);
+                    shard.metrics().client_error(
+                        shard.id,
+                        protocol,
+                        "tls",
+                        "TlsHandshake",
+                        &format!("{e} (peer {peer:?})"),
+                    );
+                }
+            }
+        })
+        .detach();
     }
 }
 

@@ -15,7 +15,7 @@ fn layer(module: &str) -> Option<u8> {
     let l = match module {
         "alloc" | "cluster" | "config" | "error" | "limits" | "metadata" | "metrics"
         | "shutdown" | "waits" | "producers" | "producer_recovery" | "gather" | "readbuf"
-        | "txn_index" | "engine" => 0,
+        | "txn_index" | "tls" | "auth" | "acl" | "engine" => 0,
         "router" => 1,
         "shard" => 2,
         "ops" | "group" | "txn" => 3,

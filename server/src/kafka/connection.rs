@@ -16,14 +16,15 @@
 
 use super::codec::{self, Incoming};
 use super::handlers::{self, Ctx};
+use super::sasl::{self, Gate, SaslState};
 use crate::limits::*;
 use crate::metrics::{Protocol, ShardMetrics};
 use crate::readbuf::{Read, ReadBuf};
 use crate::shard::Shard;
+use crate::tls::Stream as TcpStream;
 use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver};
-use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -52,8 +53,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         rx,
         inflight.clone(),
     ));
+    let cert_principal = stream.borrow().cert_principal.clone();
     let ctx = Rc::new(Ctx::new(shard.clone(), local, peer));
-    read_loop(&ctx, &stream, &tx, &inflight).await;
+    if let Some(p) = cert_principal {
+        *ctx.principal.borrow_mut() = p;
+    }
+    read_loop(&ctx, &stream, &tx, &inflight, peer.map(|p| p.ip())).await;
     drop(tx);
     let drain = async {
         writer.await;
@@ -69,8 +74,11 @@ async fn read_loop(
     stream: &Rc<RefCell<TcpStream>>,
     tx: &local_channel::LocalSender<Pending>,
     inflight: &Cell<usize>,
+    peer_ip: Option<std::net::IpAddr>,
 ) {
     let shard = &ctx.shard;
+    let store = shard.shared.auth.clone();
+    let mut sasl = SaslState::default();
     let mut rb = ReadBuf::default();
     let mut reader = ReadHalf(stream.clone());
     loop {
@@ -81,6 +89,22 @@ async fn read_loop(
                 Ok(Some(total)) => {
                     let mut msg = buf.split_to(total);
                     let body = msg.split_off(4).freeze();
+                    if let Some(head) = codec::peek_head(&body) {
+                        if !sasl::admit_head(&store, &sasl, &head) {
+                            shard.metrics().client_error(
+                                shard.id,
+                                Protocol::Kafka,
+                                crate::metrics::kafka_api_name(
+                                    kafka_protocol::messages::ApiKey::try_from(head.api_key)
+                                        .unwrap_or(kafka_protocol::messages::ApiKey::ApiVersions),
+                                ),
+                                "SaslAuthenticationRequired",
+                                "request before SASL authentication, closing",
+                            );
+                            return;
+                        }
+                    }
+                    let mut close_after = false;
                     let pending = match codec::decode_request(body) {
                         Incoming::Close => {
                             let m = shard.metrics();
@@ -111,19 +135,49 @@ async fn read_loop(
                             );
                             Pending::Ready(vec![b.freeze()])
                         }
-                        Incoming::Request(d) => {
-                            let ctx = ctx.clone();
-                            let started = std::time::Instant::now();
-                            Pending::Task(
-                                glommio::spawn_local(async move {
-                                    handlers::handle(&ctx, *d, started).await
-                                })
-                                .detach(),
-                            )
-                        }
+                        Incoming::Request(d) => match sasl::gate(&store, &mut sasl, peer_ip, &d) {
+                            Gate::Close => return,
+                            Gate::Answer { bytes, close } => {
+                                if let Some(p) = &sasl.principal {
+                                    *ctx.principal.borrow_mut() = p.clone();
+                                }
+                                let m = shard.metrics();
+                                m.request(
+                                    Protocol::Kafka,
+                                    crate::metrics::kafka_api_name(d.key),
+                                    if close {
+                                        "SaslAuthenticationFailed"
+                                    } else {
+                                        "None"
+                                    },
+                                    Duration::ZERO,
+                                );
+                                if close {
+                                    m.client_error(
+                                        shard.id,
+                                        Protocol::Kafka,
+                                        crate::metrics::kafka_api_name(d.key),
+                                        "SaslAuthenticationFailed",
+                                        &format!("SASL refused for {peer_ip:?}, closing"),
+                                    );
+                                }
+                                close_after = close;
+                                Pending::Ready(vec![bytes])
+                            }
+                            Gate::Pass => {
+                                let ctx = ctx.clone();
+                                let started = std::time::Instant::now();
+                                Pending::Task(
+                                    glommio::spawn_local(async move {
+                                        handlers::handle(&ctx, *d, started).await
+                                    })
+                                    .detach(),
+                                )
+                            }
+                        },
                     };
                     inflight.set(inflight.get() + 1);
-                    if tx.send(pending).await.is_err() {
+                    if tx.send(pending).await.is_err() || close_after {
                         return;
                     }
                 }

@@ -55,6 +55,9 @@ pub const CLUSTER_ID: &str = "strom";
 const TOPIC_UUID_HIGH: u64 = 0x5354_524f_4d00_0000;
 
 /// What a request handler needs of its connection.
+/// The principal of a connection that proved nothing.
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
 pub struct Ctx {
     pub shard: Rc<Shard>,
     /// Host and port told to clients.
@@ -62,6 +65,9 @@ pub struct Ctx {
     pub port: i32,
     /// The client's address, for DescribeGroups.
     pub peer: String,
+    /// Who the client is: `User:NAME` after SASL, `User:<subject>` of a
+    /// client certificate, else `User:ANONYMOUS`.
+    pub principal: std::cell::RefCell<String>,
 }
 
 impl Ctx {
@@ -90,6 +96,7 @@ impl Ctx {
             host,
             port,
             peer,
+            principal: std::cell::RefCell::new(ANONYMOUS.to_owned()),
         }
     }
 }
@@ -257,6 +264,12 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<Vec<Bytes>>, i16) {
         }
         RequestKind::EndTxn(r) => ResponseKind::EndTxn(super::txn::end_txn(ctx, v, r).await),
         RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(delete_records(ctx, r).await),
+        RequestKind::DescribeUserScramCredentials(r) => {
+            ResponseKind::DescribeUserScramCredentials(super::scram_admin::describe(ctx, r))
+        }
+        RequestKind::AlterUserScramCredentials(r) => {
+            ResponseKind::AlterUserScramCredentials(super::scram_admin::alter(ctx, r).await)
+        }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(super::groups::find_coordinator(ctx, v, r))
         }

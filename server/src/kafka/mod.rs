@@ -18,6 +18,9 @@
 //!   coordinator (`crate::txn`).
 //! - `splice.rs`: fetched records leave as buffers of their own instead of
 //!   being copied into the encoded response. I/O-free.
+//! - `sasl.rs`: SaslHandshake and SaslAuthenticate, and the gate that
+//!   answers nothing else before authentication.
+//! - `scram_admin.rs`: Describe/AlterUserScramCredentials on the store.
 //! - `connection.rs`: one client connection; answers in request order.
 //! - `handlers.rs`: one function per API: decode, translate into the
 //!   operations layer's ops (`crate::ops`: the same produce, with the same
@@ -35,6 +38,8 @@ pub mod decompress;
 pub mod fanout;
 pub mod groups;
 pub mod handlers;
+pub mod sasl;
+pub mod scram_admin;
 pub mod splice;
 pub mod translate;
 pub mod txn;
@@ -121,6 +126,7 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
         &shard,
         listener,
         crate::metrics::Protocol::Kafka,
+        shard.shared.tls.kafka.clone(),
         connection::serve,
     )
     .await;
