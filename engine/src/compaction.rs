@@ -262,31 +262,6 @@ pub fn map_frame(map: &mut OffsetMap, frame: &[u8]) -> Result<bool, strom_flatbu
     Ok(true)
 }
 
-/// What the rewrite decided for one record.
-fn keep_record(
-    map: &OffsetMap,
-    map_end: u64,
-    offset: u64,
-    key: Option<&[u8]>,
-    is_tombstone: bool,
-    timestamp_ms: i64,
-    now_ms: i64,
-    delete_retention_ms: u64,
-) -> bool {
-    let Some(key) = key else {
-        // Records without a key (written before the topic was compacted)
-        // are never removed.
-        return true;
-    };
-    if offset >= map_end {
-        return true;
-    }
-    if map.get(key).is_some_and(|latest| latest > offset) {
-        return false;
-    }
-    !(is_tombstone && timestamp_ms.saturating_add(delete_retention_ms as i64) <= now_ms)
-}
-
 /// Output of a rewrite: frames in order.
 #[derive(Debug, Default)]
 pub struct RewriteStats {
@@ -353,22 +328,7 @@ impl<'m> SegmentRewriter<'m> {
             return Ok(());
         }
         let all: Vec<_> = records(frame)?.collect();
-        let kept: Vec<_> = all
-            .iter()
-            .copied()
-            .filter(|r| {
-                keep_record(
-                    self.map,
-                    self.map_end,
-                    r.offset,
-                    r.key,
-                    r.value.is_none(),
-                    r.timestamp_ms,
-                    self.now_ms,
-                    self.delete_retention_ms,
-                )
-            })
-            .collect();
+        let kept: Vec<_> = all.iter().copied().filter(|r| self.keep(r)).collect();
         self.stats.records_kept += kept.len() as u64;
         self.stats.records_removed += (all.len() - kept.len()) as u64;
         if !kept.is_empty() {
@@ -405,6 +365,27 @@ impl<'m> SegmentRewriter<'m> {
         }
         self.extend_gap(h.base_offset(), h.next_offset(), h.max_timestamp_ms.get());
         Ok(())
+    }
+
+    /// Whether a record stays: it has no key (written before the topic was
+    /// compacted: never removed), or lies past the map, or the map holds no
+    /// later offset for its key and it is not a tombstone older than
+    /// `delete.retention.ms`.
+    fn keep(&self, r: &strom_flatbuffers::RecordView<'_>) -> bool {
+        let Some(key) = r.key else {
+            return true;
+        };
+        if r.offset >= self.map_end {
+            return true;
+        }
+        if self.map.get(key).is_some_and(|latest| latest > r.offset) {
+            return false;
+        }
+        let expired = r
+            .timestamp_ms
+            .saturating_add(self.delete_retention_ms as i64)
+            <= self.now_ms;
+        !(r.value.is_none() && expired)
     }
 
     /// Emits whatever is held; call at the end of the segment.
@@ -903,6 +884,9 @@ mod tests {
     use super::*;
     use strom_flatbuffers::{stamp_base_offset, stamp_producer, BatchBuilder, RecordIn};
 
+    /// (base offset, next offset, records as (offset, value)) of a written frame.
+    type Rewritten = (u64, u64, Vec<(u64, Option<Vec<u8>>)>);
+
     fn frame(base: u64, recs: &[(Option<&str>, Option<&str>)], ts: i64) -> Vec<u8> {
         let mut b = BatchBuilder::new();
         for (k, v) in recs {
@@ -923,7 +907,7 @@ mod tests {
         map: &OffsetMap,
         map_end: u64,
         now: i64,
-    ) -> Vec<(u64, u64, Vec<(u64, Option<Vec<u8>>)>)> {
+    ) -> Vec<Rewritten> {
         let mut rw = SegmentRewriter::new(map, map_end, now, 1000);
         let mut out = Vec::new();
         for f in frames {

@@ -22,7 +22,7 @@
 //! - a failed pass either leaves the log usable or failed (never serving
 //!   a mix), and a reopen recovers it.
 //!
-//! `STROM_SIM_SCHEDULES` sets the number of schedules (default 200, about
+//! `STROM_COMPACTION_SIM_SCHEDULES` sets the number of schedules (default 200, about
 //! a minute on an idle machine; 300 ran 1,350 swapping passes, 991 of
 //! them failed by a fault);
 //! `STROM_SIM_SEED` replays one. A failure prints the seed.
@@ -395,7 +395,7 @@ fn compaction_simulation_schedules() {
         run_schedule(seed, 150);
         return;
     }
-    let schedules: u64 = std::env::var("STROM_SIM_SCHEDULES")
+    let schedules: u64 = std::env::var("STROM_COMPACTION_SIM_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
