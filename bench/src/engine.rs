@@ -14,6 +14,17 @@
 //!    on disk, prints "ready" and keeps appending; it is killed with SIGKILL
 //!    and `Partition::open` (the recovery) is timed in a fresh executor.
 //!
+//! 4. Cleaner (log compaction): a partition of keyed records (values 1 KiB,
+//!    `--cleaner-keys` keys, `--cleaner-bytes` of them in 64 MiB segments)
+//!    is compacted by one unthrottled pass (`Partition::compact`); its read
+//!    rate is the figure, as a ratio of raw O_DIRECT sequential read
+//!    measured in the same run. Then, on one executor, a paced producer
+//!    appends one 1 KiB record every millisecond (Durability::Written, as
+//!    acks=leader) to another partition, for `--cleaner-secs` without the
+//!    cleaner and again while the cleaner compacts a fresh copy of the data
+//!    at the server's pace (`CLEANER_IO_BYTES_PER_SEC`): the append p50/p99
+//!    with and without the cleaner, side by side.
+//!
 //! Every part runs in its own glommio executor pinned to one core, outside any
 //! other executor; the data directories are removed afterwards.
 
@@ -78,7 +89,19 @@ pub struct EngineArgs {
     /// segment is unflushed) and once with this value, unless it is 0.
     #[arg(long, default_value_t = 100)]
     pub crash_flush_ms: u64,
-    /// Parts to run (comma separated: append,durable,recovery) [default: all].
+    /// Bytes of keyed records the cleaner part compacts [default: 1 GiB, 128 MiB with --quick].
+    #[arg(long)]
+    pub cleaner_bytes: Option<u64>,
+    /// Distinct keys of the cleaner part's records.
+    #[arg(long, default_value_t = 10_000)]
+    pub cleaner_keys: u64,
+    /// Seconds of each paced-producer run of the cleaner part [default: 5, 2 with --quick].
+    #[arg(long)]
+    pub cleaner_secs: Option<f64>,
+    /// The cleaner's pace while the producer runs, bytes/s (the server's).
+    #[arg(long, default_value_t = strom_engine::compaction::DEFAULT_CLEANER_IO_BYTES_PER_SEC)]
+    pub cleaner_rate: u64,
+    /// Parts to run (comma separated: append,durable,recovery,cleaner) [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Core every executor is pinned to.
@@ -125,6 +148,11 @@ struct Plan {
     append: bool,
     durable: bool,
     recovery: bool,
+    cleaner: bool,
+    cleaner_bytes: u64,
+    cleaner_keys: u64,
+    cleaner_secs: f64,
+    cleaner_rate: u64,
 }
 
 impl Plan {
@@ -133,9 +161,9 @@ impl Plan {
             |v: Option<u64>, full: u64, quick: u64| v.unwrap_or(if a.quick { quick } else { full });
         let parts: Vec<String> = a.only.iter().map(|s| s.trim().to_lowercase()).collect();
         for p in &parts {
-            if !matches!(p.as_str(), "append" | "durable" | "recovery") {
+            if !matches!(p.as_str(), "append" | "durable" | "recovery" | "cleaner") {
                 return Err(BenchError::Config(format!(
-                    "--only {p}: expected append, durable or recovery"
+                    "--only {p}: expected append, durable, recovery or cleaner"
                 )));
             }
         }
@@ -159,6 +187,11 @@ impl Plan {
             append: on("append"),
             durable: on("durable"),
             recovery: on("recovery"),
+            cleaner: on("cleaner"),
+            cleaner_bytes: pick(a.cleaner_bytes, GIB, 128 << 20),
+            cleaner_keys: a.cleaner_keys.max(1),
+            cleaner_secs: a.cleaner_secs.unwrap_or(if a.quick { 2.0 } else { 5.0 }),
+            cleaner_rate: a.cleaner_rate.max(1),
         };
         if plan.append_bytes < MIB as u64 || plan.append_tasks == 0 || plan.appenders == 0 {
             return Err(BenchError::Config(
@@ -504,6 +537,168 @@ fn run_durable(plan: &Plan) -> Result<DurableRun, BenchError> {
                 fdatasyncs: after.fdatasyncs - before.fdatasyncs,
                 writes: after.writes - before.writes,
                 frame_bytes: frame.len(),
+            })
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 4. Cleaner
+
+struct CleanerRun {
+    read: Throughput,
+    bytes_written: u64,
+    records_removed: u64,
+    log_bytes_before: u64,
+    log_bytes_after: u64,
+    without: LatencySummary,
+    with: LatencySummary,
+    appends_without: u64,
+    appends_with: u64,
+    paced_bytes_read: u64,
+}
+
+/// A closed-segment log of keyed 1 KiB records, ~1 MiB frames.
+async fn fill_keyed(p: &Partition, bytes: u64, keys: u64, dir: &Path) -> Result<(), BenchError> {
+    let mut value = vec![0u8; 1024];
+    fill_random(&mut value, 7);
+    let ts = strom_engine::partition::now_ms();
+    let mut written = 0u64;
+    let mut k = 0u64;
+    while written < bytes {
+        let mut b = BatchBuilder::new();
+        for _ in 0..1000 {
+            let key = format!("key-{:08}", k % keys);
+            k = k
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 1;
+            b.push(&RecordIn {
+                timestamp_ms: ts,
+                key: Some(key.as_bytes()),
+                value: Some(&value),
+                headers: &[],
+            });
+        }
+        let f = b.finish();
+        written += f.len() as u64;
+        p.append(BytesMut::from(&f[..]), Durability::Buffered)
+            .await
+            .map_err(eng("append", dir))?;
+    }
+    p.flush().await.map_err(eng("flush", dir))?;
+    Ok(())
+}
+
+/// One record every millisecond with Durability::Written for `secs`;
+/// latency histogram (ns) and appends.
+async fn paced_appends(
+    p: &Partition,
+    secs: f64,
+    dir: &Path,
+) -> Result<(Histogram<u64>, u64), BenchError> {
+    let frame = build_frame(1, 1024, 1);
+    let mut hist = new_histogram()?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let due = start + Duration::from_millis(n);
+        let now = Instant::now();
+        if due > now {
+            glommio::timer::sleep(due - now).await;
+        }
+        let t0 = Instant::now();
+        p.append(BytesMut::from(&frame[..]), Durability::Written)
+            .await
+            .map_err(eng("paced append", dir))?;
+        hist.saturating_record((t0.elapsed().as_nanos() as u64).max(1));
+        n += 1;
+    }
+    Ok((hist, n))
+}
+
+fn run_cleaner(plan: &Plan) -> Result<CleanerRun, BenchError> {
+    let dir = plan.part_dir("cleaner");
+    let prod_dir = plan.part_dir("cleaner-producer");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&prod_dir);
+    let _guard = RemoveDirOnDrop(dir.clone());
+    let _guard2 = RemoveDirOnDrop(prod_dir.clone());
+    let config = LogConfig {
+        segment_bytes: 64 << 20,
+        flush: FlushPolicy::Never,
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let (bytes, keys, secs, rate) = (
+        plan.cleaner_bytes,
+        plan.cleaner_keys,
+        plan.cleaner_secs,
+        plan.cleaner_rate,
+    );
+    run_in_executor(
+        plan.core,
+        plan.io_memory,
+        "engine cleaner",
+        move || async move {
+            use strom_engine::compaction::{CompactionConfig, Unthrottled};
+            let ccfg = CompactionConfig {
+                min_cleanable_dirty_ratio: 0.0,
+                ..CompactionConfig::default()
+            };
+            // 1. One unthrottled pass over `bytes` of keyed records.
+            let p = Partition::open(&dir, config.clone())
+                .await
+                .map_err(eng("open partition", &dir))?;
+            fill_keyed(&p, bytes, keys, &dir).await?;
+            // Roll the last data segment closed: one small append to a new one.
+            let log_bytes_before = p.stats().log_bytes;
+            let t0 = Instant::now();
+            let run = p
+                .compact(&ccfg, &mut Unthrottled)
+                .await
+                .map_err(eng("compact", &dir))?
+                .ok_or_else(|| BenchError::Config("no compaction pass was due".into()))?;
+            let pass_secs = t0.elapsed().as_secs_f64();
+            let log_bytes_after = p.stats().log_bytes;
+            p.close().await.map_err(eng("close", &dir))?;
+            let _ = std::fs::remove_dir_all(&dir);
+            // 2. Paced appends alone, then beside a paced pass over a fresh log.
+            let producer = Partition::open(&prod_dir, config.clone())
+                .await
+                .map_err(eng("open producer partition", &prod_dir))?;
+            let (without, appends_without) = paced_appends(&producer, secs, &prod_dir).await?;
+            let p = Partition::open(&dir, config.clone())
+                .await
+                .map_err(eng("open partition", &dir))?;
+            fill_keyed(&p, bytes, keys, &dir).await?;
+            let cleaner = {
+                let (p, dir) = (p.clone(), dir.clone());
+                glommio::spawn_local(async move {
+                    let mut throttle = strom_engine::RateThrottle::new(rate);
+                    p.compact(&ccfg, &mut throttle)
+                        .await
+                        .map_err(eng("paced compact", &dir))
+                })
+            };
+            let (with, appends_with) = paced_appends(&producer, secs, &prod_dir).await?;
+            let paced = cleaner.await?;
+            producer.close().await.map_err(eng("close", &prod_dir))?;
+            p.close().await.map_err(eng("close", &dir))?;
+            Ok(CleanerRun {
+                read: Throughput {
+                    bytes: run.bytes_read,
+                    secs: pass_secs,
+                },
+                bytes_written: run.bytes_written,
+                records_removed: run.records_removed,
+                log_bytes_before,
+                log_bytes_after,
+                without: LatencySummary::from_histogram(&without, "ns").scaled(1e-3, "us"),
+                with: LatencySummary::from_histogram(&with, "ns").scaled(1e-3, "us"),
+                appends_without,
+                appends_with,
+                paced_bytes_read: paced.map_or(0, |r| r.bytes_read),
             })
         },
     )
@@ -877,6 +1072,64 @@ fn run(plan: &Plan) -> Result<Report, BenchError> {
             }));
         }
         extra.insert("recovery".into(), json!(runs));
+    }
+
+    if plan.cleaner {
+        let raw_opts =
+            plan.baseline_opts((plan.cleaner_bytes / MIB as u64 * MIB as u64).max(MIB as u64));
+        let (_, raw_read) = baseline::run_odirect_write_read(&raw_opts)?;
+        let c = run_cleaner(plan)?;
+        figures.push(Figure::new(names::ODIRECT_READ, gb(&raw_read), "GB/s"));
+        figures.push(
+            Figure::new("engine_cleaner_read_throughput", gb(&c.read), "GB/s")
+                .with_baseline(names::ODIRECT_READ, gb(&raw_read)),
+        );
+        figures.push(Figure::new(
+            "engine_cleaner_records_removed",
+            c.records_removed as f64,
+            "records",
+        ));
+        for (label, without, with) in [
+            ("p50", c.without.p50, c.with.p50),
+            ("p99", c.without.p99, c.with.p99),
+            ("p99.9", c.without.p99_9, c.with.p99_9),
+        ] {
+            figures.push(
+                Figure::new(
+                    format!("engine_append_latency_with_cleaner_{label}"),
+                    with,
+                    "us",
+                )
+                .with_baseline(
+                    format!("engine_append_latency_without_cleaner_{label}"),
+                    without,
+                ),
+            );
+        }
+        latencies.push((
+            "engine_append_latency_without_cleaner".into(),
+            c.without.clone(),
+        ));
+        latencies.push(("engine_append_latency_with_cleaner".into(), c.with.clone()));
+        extra.insert(
+            "cleaner".into(),
+            json!({
+                "bytes": plan.cleaner_bytes,
+                "keys": plan.cleaner_keys,
+                "log_bytes_before": c.log_bytes_before,
+                "log_bytes_after": c.log_bytes_after,
+                "pass_bytes_read": c.read.bytes,
+                "pass_secs": c.read.secs,
+                "pass_bytes_written": c.bytes_written,
+                "records_removed": c.records_removed,
+                "raw_odirect_read_gbps": gb(&raw_read),
+                "paced_rate_bytes_per_sec": plan.cleaner_rate,
+                "paced_secs": plan.cleaner_secs,
+                "paced_pass_bytes_read": c.paced_bytes_read,
+                "appends_without": c.appends_without,
+                "appends_with": c.appends_with,
+            }),
+        );
     }
 
     let mut params = plan.to_json();

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+pub mod compaction;
 pub mod config;
 pub mod error;
 #[doc(hidden)]
@@ -33,6 +34,7 @@ pub use config::{ConfigError, FlushPolicy, LogConfig};
 pub use error::EngineError;
 pub use log::{AppendInfo, Log, LogStats, Offsets, ReadBatch, RecoveryReport};
 pub use partition::{
-    remove_partition_dir, remove_partition_dir_on, Durability, Partition, SnapshotLoad, SyncStats,
+    remove_partition_dir, remove_partition_dir_on, CleanerStats, CompactionRun, Durability,
+    Partition, RateThrottle, SnapshotLoad, SyncStats,
 };
 pub use storage::AnyStorage;

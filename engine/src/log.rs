@@ -256,6 +256,8 @@ pub struct RecoveryReport {
     /// Producer-state snapshots past the recovered end of the log, removed
     /// (they name batches the log no longer holds).
     pub removed_producer_snapshots: usize,
+    /// Compaction swaps committed before a crash and finished at open.
+    pub finished_swaps: usize,
 }
 
 /// Counters for metrics.
@@ -274,6 +276,8 @@ pub struct LogStats {
     pub segments_rolled: u64,
     /// Segments removed by retention or DeleteRecords.
     pub segments_deleted: u64,
+    /// Cleaned segments swapped in by compaction.
+    pub segments_cleaned: u64,
 }
 
 struct Segment<F> {
@@ -459,13 +463,27 @@ impl<S: Storage> Log<S> {
         let names = storage.list(dir).await?;
         let mut bases: Vec<u64> = Vec::new();
         for name in &names {
-            if name.ends_with(crate::storage::TMP_SUFFIX) {
+            if name.ends_with(crate::storage::TMP_SUFFIX)
+                || name.ends_with(crate::compaction::CLEANED_SUFFIX)
+            {
+                // A cleaned segment not committed by its rename to `.swap`:
+                // the pass rolls back, the old segment stays.
                 storage.remove(&dir.join(name)).await?;
             } else if let Some(base) = parse_segment_file_name(name) {
+                bases.push(base);
+            } else if let Some(base) = crate::compaction::parse_swap_file_name(name) {
+                // A committed swap that crashed before its rename over the
+                // old segment: finish it (indexes of the old one first).
+                remove_index_files(&storage, dir, base).await?;
+                storage
+                    .rename(&dir.join(name), &dir.join(segment_file_name(base)))
+                    .await?;
+                report.finished_swaps += 1;
                 bases.push(base);
             }
         }
         bases.sort_unstable();
+        bases.dedup();
         // The next segment file a roll prepared: a roll that switched to it
         // may have crashed before renaming it (its first frame then follows
         // the last named segment; recovery checks that offsets continue).
@@ -927,6 +945,139 @@ impl<S: Storage> Log<S> {
 
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
+    }
+
+    /// The segments the cleaner may read and rewrite (I/O-free): closed,
+    /// synced and indexed ones, below the checkpoint's recovery segment and
+    /// never the active one, from the first segment on, in order.
+    pub fn compaction_segments(&self) -> Vec<crate::compaction::SegmentStat> {
+        let active = self.active().base_offset;
+        let limit = self.checkpoint.recovery_segment_base.min(active);
+        let mut out = Vec::new();
+        let mut iter = self.segments.range(..limit).peekable();
+        while let Some((&base, seg)) = iter.next() {
+            let end = match iter.peek() {
+                Some((&next, _)) => next,
+                None => match self.segments.range(base + 1..).next() {
+                    Some((&next, _)) => next,
+                    None => break,
+                },
+            };
+            out.push(crate::compaction::SegmentStat {
+                base_offset: base,
+                end_offset: end,
+                len_bytes: seg.len_bytes,
+                max_timestamp_ms: seg.index.as_ref().map(|ix| ix.max_timestamp_ms),
+            });
+        }
+        out
+    }
+
+    /// Swaps a cleaned segment in place of `<base>.log` (exclusive: the
+    /// caller holds the log with no job in flight). If the segment changed
+    /// since the pass planned it (retention, DeleteRecords), the cleaned
+    /// file is removed and `Ok(false)` returned. Steps: rename
+    /// `<base>.log.cleaned` to `<base>.log.swap` (the commit point: from
+    /// here recovery finishes the swap), remove the old indexes, rename
+    /// the swap file over `<base>.log`, write the new indexes. A failure
+    /// after the commit point fails the log (reopen finishes the swap).
+    pub async fn install_cleaned(
+        &mut self,
+        c: &crate::compaction::CleanedSegment,
+    ) -> Result<bool, EngineError> {
+        use crate::compaction::{cleaned_file_name, swap_file_name};
+        self.check_not_failed()?;
+        let base = c.base_offset;
+        let cleaned = self.dir.join(cleaned_file_name(base));
+        let current = self
+            .segments
+            .get(&base)
+            .is_some_and(|s| s.len_bytes == c.old_len_bytes)
+            && base < self.checkpoint.recovery_segment_base
+            && base != self.active().base_offset
+            && base >= self.segments.keys().next().copied().unwrap_or(u64::MAX);
+        if !current {
+            self.storage.remove(&cleaned).await?;
+            return Ok(false);
+        }
+        assert_eq!(
+            c.index.covered_bytes, c.new_len_bytes,
+            "the index covers the cleaned segment"
+        );
+        let swap = self.dir.join(swap_file_name(base));
+        self.storage.rename(&cleaned, &swap).await?;
+        match self.finish_swap(base, c).await {
+            Ok(()) => {
+                self.stats.segments_cleaned += 1;
+                Ok(true)
+            }
+            Err(e) => {
+                self.fail_unreadable(format!("compaction swap of segment {base} failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish_swap(
+        &mut self,
+        base: u64,
+        c: &crate::compaction::CleanedSegment,
+    ) -> Result<(), EngineError> {
+        // Readers in flight hold the old file; nothing they read is
+        // installed after this (read epoch).
+        self.read_epoch += 1;
+        if self
+            .read_ahead
+            .as_ref()
+            .is_some_and(|r| r.segment_base == base)
+        {
+            self.read_ahead = None;
+        }
+        {
+            let seg = self.segments.get_mut(&base).expect("checked");
+            seg.file = None;
+            seg.index = None;
+        }
+        remove_index_files(&self.storage, &self.dir, base).await?;
+        let path = self.dir.join(segment_file_name(base));
+        self.storage
+            .rename(
+                &self.dir.join(crate::compaction::swap_file_name(base)),
+                &path,
+            )
+            .await?;
+        let file = self
+            .storage
+            .open(&path)
+            .await?
+            .ok_or_else(|| EngineError::Corrupt {
+                path: path.clone(),
+                position: 0,
+                reason: "cleaned segment vanished after its swap".into(),
+            })?;
+        write_index_files(
+            &self.storage,
+            &self.dir,
+            base,
+            &c.index,
+            c.new_len_bytes,
+            u32::MAX,
+        )
+        .await?;
+        let end = self
+            .segments
+            .range(base + 1..)
+            .next()
+            .map(|(&b, _)| b)
+            .expect("a cleaned segment is never the last");
+        let seg = self.segments.get_mut(&base).expect("checked");
+        seg.file = Some(Rc::new(file));
+        seg.len_bytes = c.new_len_bytes;
+        seg.index = Some(c.index.clone());
+        // Cached frames of the old segment hold records the cleaner
+        // removed: readers of those offsets go to the new file.
+        self.cache.borrow_mut().trim_front(end);
+        Ok(())
     }
 
     /// Fails the log: it refuses appends, writes, syncs, truncation and
@@ -2922,6 +3073,18 @@ impl<S: Storage> Drop for Log<S> {
         // drop), even while a partition shell still holds the cache.
         self.cache.borrow_mut().trim_back(0);
     }
+}
+
+async fn remove_index_files<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base: u64,
+) -> Result<(), EngineError> {
+    storage.remove(&dir.join(index_file_name(base))).await?;
+    storage
+        .remove(&dir.join(time_index_file_name(base)))
+        .await?;
+    Ok(())
 }
 
 async fn remove_segment_files<S: Storage>(

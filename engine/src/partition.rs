@@ -175,6 +175,73 @@ struct Inner<S: Storage> {
     snapshot_lock: async_lock::Mutex<()>,
     /// Bumped by every truncation: a snapshot written across one is removed.
     truncations: Cell<u64>,
+    /// One compaction pass at a time (`compact`); appends never take it.
+    cleaner_lock: async_lock::Mutex<()>,
+    cleaner_stats: Cell<Option<CleanerStats>>,
+}
+
+/// The cleaner's counters of one partition since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CleanerStats {
+    /// Passes started (a plan was due).
+    pub runs: u64,
+    /// Passes that swapped everything and moved the checkpoint.
+    pub completed_runs: u64,
+    pub failed_runs: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub records_removed: u64,
+    pub segments_swapped: u64,
+    /// Time spent reading and writing (throttle sleeps included).
+    pub busy_us: u64,
+    /// Dirty bytes / closed bytes at the last check.
+    pub dirty_ratio: f64,
+}
+
+/// Paces the cleaner: `bytes_per_sec` of reads and writes together, and a
+/// yield to the other tasks of the shard after every chunk (glommio's
+/// scheduler only switches at awaits), so produce and fetch on the same
+/// shard keep their latency while a pass runs.
+pub struct RateThrottle {
+    bytes_per_sec: u64,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl RateThrottle {
+    pub fn new(bytes_per_sec: u64) -> Self {
+        assert!(bytes_per_sec > 0);
+        RateThrottle {
+            bytes_per_sec,
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+}
+
+impl crate::compaction::Throttle for RateThrottle {
+    async fn consumed(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            glommio::timer::sleep(due - elapsed).await;
+        } else {
+            glommio::yield_if_needed().await;
+        }
+    }
+}
+
+/// What one compaction pass did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionRun {
+    pub dirty_ratio: f64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub records_removed: u64,
+    pub segments_swapped: u64,
+    /// Every cleaned segment was swapped in and the checkpoint moved.
+    pub completed: bool,
 }
 
 /// One partition, owned by one shard.
@@ -256,6 +323,8 @@ impl<S: Storage> Partition<S> {
             storage,
             snapshot_lock: async_lock::Mutex::new(()),
             truncations: Cell::new(0),
+            cleaner_lock: async_lock::Mutex::new(()),
+            cleaner_stats: Cell::new(None),
         });
         if background {
             let weak = Rc::downgrade(&inner);
@@ -770,6 +839,119 @@ impl<S: Storage> Partition<S> {
         }
         self.run_exclusive(async |log| log.apply_retention(now_ms()).await)
             .await
+    }
+
+    /// Runs one compaction pass if one is due (`compaction::plan`). The
+    /// cleaner reads closed segments and writes their cleaned versions
+    /// holding nothing (closed segments do not change under it; the swap
+    /// checks that they did not), paced by `throttle`; then it swaps them
+    /// in one at a time, each in a short exclusive section, oldest first,
+    /// and moves the cleaner checkpoint once all are in. `Ok(None)`: nothing
+    /// was due.
+    pub async fn compact<T: crate::compaction::Throttle>(
+        &self,
+        cfg: &crate::compaction::CompactionConfig,
+        throttle: &mut T,
+    ) -> Result<Option<CompactionRun>, EngineError> {
+        use crate::compaction;
+        let _one_pass = self.inner.cleaner_lock.lock().await;
+        self.log_ready().await?;
+        let Some((segments, interval)) =
+            self.with_log(|log| (log.compaction_segments(), log.config().index_interval_bytes))
+        else {
+            return Ok(None);
+        };
+        let storage = &self.inner.storage;
+        let dir = &self.inner.dir;
+        let first_dirty = compaction::read_cleaner_checkpoint(storage, dir).await;
+        let now = now_ms();
+        let mut stats = self.inner.cleaner_stats.get().unwrap_or_default();
+        stats.dirty_ratio = compaction::dirty_ratio(&segments, first_dirty);
+        self.inner.cleaner_stats.set(Some(stats));
+        let Some(plan) = compaction::plan(&segments, first_dirty, now, cfg) else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        stats.runs += 1;
+        self.inner.cleaner_stats.set(Some(stats));
+        let outcome = compaction::clean(storage, dir, &plan, cfg, now, interval, throttle).await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                stats.failed_runs += 1;
+                self.inner.cleaner_stats.set(Some(stats));
+                return Err(e);
+            }
+        };
+        stats.bytes_read += outcome.bytes_read;
+        stats.bytes_written += outcome.bytes_written;
+        stats.records_removed += outcome.records_removed;
+        stats.busy_us += started.elapsed().as_micros() as u64;
+        self.inner.cleaner_stats.set(Some(stats));
+        let mut run = CompactionRun {
+            dirty_ratio: plan.dirty_ratio,
+            bytes_read: outcome.bytes_read,
+            bytes_written: outcome.bytes_written,
+            records_removed: outcome.records_removed,
+            segments_swapped: 0,
+            completed: false,
+        };
+        let mut cleaned = outcome.cleaned.iter();
+        let mut all_in = true;
+        for c in cleaned.by_ref() {
+            let installed = self
+                .run_exclusive(async |log| log.install_cleaned(c).await)
+                .await;
+            match installed {
+                Ok(true) => run.segments_swapped += 1,
+                Ok(false) => {
+                    all_in = false;
+                    break;
+                }
+                Err(e) => {
+                    for rest in cleaned.by_ref() {
+                        let name = compaction::cleaned_file_name(rest.base_offset);
+                        let _ = storage.remove(&dir.join(name)).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // A segment that changed under the pass stops it: the later ones
+        // are not swapped (older first keeps tombstones safe).
+        for rest in cleaned {
+            let name = compaction::cleaned_file_name(rest.base_offset);
+            storage.remove(&dir.join(name)).await?;
+        }
+        if all_in && outcome.map_end > plan.first_dirty {
+            compaction::write_cleaner_checkpoint(storage, dir, outcome.map_end).await?;
+            run.completed = true;
+        }
+        let mut stats = self.inner.cleaner_stats.get().unwrap_or_default();
+        stats.segments_swapped += run.segments_swapped;
+        if run.completed {
+            stats.completed_runs += 1;
+            let segments = self
+                .with_log(|log| log.compaction_segments())
+                .unwrap_or_default();
+            stats.dirty_ratio = compaction::dirty_ratio(&segments, outcome.map_end);
+        }
+        self.inner.cleaner_stats.set(Some(stats));
+        Ok(Some(run))
+    }
+
+    /// The cleaner's counters; `None` until the cleaner first looked at
+    /// this partition (a topic that is not compacted).
+    pub fn cleaner_stats(&self) -> Option<CleanerStats> {
+        self.inner.cleaner_stats.get()
+    }
+
+    /// The dirty ratio the cleaner would see now (for metrics).
+    pub async fn dirty_ratio(&self) -> Option<f64> {
+        let segments = self.with_log(|log| log.compaction_segments())?;
+        let first_dirty =
+            crate::compaction::read_cleaner_checkpoint(&self.inner.storage, &self.inner.dir).await;
+        Some(crate::compaction::dirty_ratio(&segments, first_dirty))
     }
 
     /// Applies a new configuration (validated first).

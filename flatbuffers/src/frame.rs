@@ -64,6 +64,18 @@ pub const ATTR_COMMIT: u16 = 1 << 6;
 /// Mask of the attribute bits that format version 1 defines.
 const ATTRIBUTES_KNOWN_MASK: u16 = 0b0000_0000_0111_0111;
 
+/// Attribute bit 3: a frame the log cleaner rewrote (`docs/format.md`,
+/// "Compacted frames"). Its records keep their original offsets, so they
+/// may be sparse: `record_count <= last_offset_delta + 1`, and a frame may
+/// hold no record at all (it then only covers the offsets of removed
+/// records, or keeps an idempotent producer's last batch header). Only the
+/// engine sets it; [`validate_incoming`] refuses it from producers.
+pub const ATTRIBUTE_COMPACTED: u16 = 1 << 3;
+
+/// [`ATTR_CONTROL`] under the name the log cleaner uses: it never removes
+/// such a frame.
+pub const ATTRIBUTE_CONTROL: u16 = ATTR_CONTROL;
+
 /// The fixed header of every frame, little-endian and unaligned so it can be
 /// read in place from any byte position of a network or disk buffer.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -119,6 +131,11 @@ impl FrameHeader {
     /// The offset after the last record in the frame.
     pub fn next_offset(&self) -> u64 {
         self.last_offset().saturating_add(1)
+    }
+
+    /// Rewritten by the log cleaner: records may be sparse or absent.
+    pub fn is_compacted(&self) -> bool {
+        self.attributes.get() & ATTRIBUTE_COMPACTED != 0
     }
 
     /// A batch of a transaction (attribute bit 4).
@@ -288,6 +305,22 @@ pub fn verify_header(buf: &[u8]) -> Result<&FrameHeader, FrameError> {
     // Header self-consistency: the offset span a reader trusts (base to
     // last offset) must be what the record count says, within the limits.
     let count = header.record_count.get();
+    if header.is_compacted() {
+        // A cleaned frame: at most one record per offset of its span.
+        if count > FRAME_RECORDS_MAX {
+            return Err(FrameError::TooManyRecords {
+                count: count as usize,
+                max: FRAME_RECORDS_MAX,
+            });
+        }
+        if u64::from(count) > u64::from(header.last_offset_delta.get()) + 1 {
+            return Err(FrameError::LastOffsetDeltaMismatch {
+                header: header.last_offset_delta.get(),
+                actual: count.saturating_sub(1),
+            });
+        }
+        return Ok(header);
+    }
     if count == 0 {
         return Err(FrameError::Empty);
     }
@@ -446,6 +479,136 @@ pub fn stamp_producer(buf: &mut [u8], producer_id: i64, producer_epoch: i16, bas
     header.base_sequence = I32::new(base_sequence);
     let crc = header.compute_header_crc();
     header.header_crc = U32::new(crc);
+}
+
+/// The header fields of a frame the log cleaner writes
+/// ([`build_compacted_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactedHeader {
+    pub base_offset: u64,
+    /// The span of the original batch (or of the removed batches a gap
+    /// frame covers), unchanged: `next_offset` stays what it was.
+    pub last_offset_delta: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub leader_epoch: u32,
+    /// Attributes of the original (compression bits, control bit); the
+    /// compacted bit is added.
+    pub attributes: u16,
+}
+
+impl CompactedHeader {
+    /// The fields of an existing frame, to rewrite it with fewer records.
+    pub fn of(h: &FrameHeader) -> CompactedHeader {
+        CompactedHeader {
+            base_offset: h.base_offset(),
+            last_offset_delta: h.last_offset_delta.get(),
+            first_timestamp_ms: h.first_timestamp_ms.get(),
+            max_timestamp_ms: h.max_timestamp_ms.get(),
+            producer_id: h.producer_id.get(),
+            producer_epoch: h.producer_epoch.get(),
+            base_sequence: h.base_sequence.get(),
+            leader_epoch: h.leader_epoch.get(),
+            attributes: h.attributes.get(),
+        }
+    }
+}
+
+/// Builds a compacted frame (attribute bit 3) holding `records` at their
+/// own offsets, appended to `out`; returns its length. Each record keeps
+/// its offset (`offset_delta = offset - base_offset`), timestamp, key,
+/// value and headers. Both checksums are computed, so the frame passes
+/// [`verify_stored`] like any stored frame.
+///
+/// Panics (programmer errors) if a record lies outside the span, records
+/// are not in increasing offset order, or there are more than
+/// [`FRAME_RECORDS_MAX`].
+pub fn build_compacted_frame(
+    h: &CompactedHeader,
+    records: &[RecordView<'_>],
+    out: &mut Vec<u8>,
+) -> usize {
+    assert!(records.len() <= FRAME_RECORDS_MAX as usize);
+    let mut fbb = flatbuffers::FlatBufferBuilder::with_capacity(256);
+    let mut recs = Vec::with_capacity(records.len());
+    let mut prev: Option<u64> = None;
+    for r in records {
+        assert!(r.offset >= h.base_offset, "record below the frame's base");
+        let delta = r.offset - h.base_offset;
+        assert!(
+            delta <= u64::from(h.last_offset_delta),
+            "record past the frame's span"
+        );
+        assert!(prev.is_none_or(|p| p < r.offset), "records out of order");
+        prev = Some(r.offset);
+        let key = r.key.map(|k| fbb.create_vector(k));
+        let value = r.value.map(|v| fbb.create_vector(v));
+        let hs: Vec<_> = r
+            .headers()
+            .map(|(k, v)| {
+                let key = fbb.create_string(k);
+                let value = fbb.create_vector(v);
+                fb::RecordHeader::create(
+                    &mut fbb,
+                    &fb::RecordHeaderArgs {
+                        key: Some(key),
+                        value: Some(value),
+                    },
+                )
+            })
+            .collect();
+        let headers = if hs.is_empty() {
+            None
+        } else {
+            Some(fbb.create_vector(&hs))
+        };
+        recs.push(fb::Record::create(
+            &mut fbb,
+            &fb::RecordArgs {
+                offset_delta: delta as u32,
+                timestamp_delta_ms: r.timestamp_ms.saturating_sub(h.first_timestamp_ms),
+                key,
+                value,
+                headers,
+            },
+        ));
+    }
+    let records_vec = fbb.create_vector(&recs);
+    let batch = fb::RecordBatch::create(
+        &mut fbb,
+        &fb::RecordBatchArgs {
+            records: Some(records_vec),
+        },
+    );
+    fbb.finish(batch, None);
+    let payload = fbb.finished_data();
+    let frame_len = FRAME_HEADER_BYTES + payload.len();
+    let mut header = FrameHeader {
+        magic: U32::new(FRAME_MAGIC),
+        version: FRAME_VERSION,
+        reserved0: 0,
+        attributes: U16::new(h.attributes | ATTRIBUTE_COMPACTED),
+        frame_len: U32::new(frame_len as u32),
+        payload_crc: U32::new(crc32c::crc32c(payload)),
+        base_offset: U64::new(h.base_offset),
+        record_count: U32::new(records.len() as u32),
+        last_offset_delta: U32::new(h.last_offset_delta),
+        first_timestamp_ms: I64::new(h.first_timestamp_ms),
+        max_timestamp_ms: I64::new(h.max_timestamp_ms),
+        producer_id: I64::new(h.producer_id),
+        base_sequence: I32::new(h.base_sequence),
+        producer_epoch: I16::new(h.producer_epoch),
+        reserved1: U16::new(0),
+        leader_epoch: U32::new(h.leader_epoch),
+        header_crc: U32::new(0),
+    };
+    header.header_crc = U32::new(header.compute_header_crc());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(payload);
+    frame_len
 }
 
 /// One record as a producer hands it to [`BatchBuilder`].
@@ -687,6 +850,59 @@ fn records_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cleaned frame keeps its span and its records' offsets, passes
+    /// `verify_stored`, and a producer cannot send one.
+    #[test]
+    fn compacted_frames_keep_offsets_and_verify() {
+        let mut f = sample(5);
+        stamp_base_offset(&mut f, 100);
+        let h = *FrameHeader::ref_from(&f).unwrap();
+        let kept: Vec<_> = records(&f).unwrap().filter(|r| r.offset % 2 == 1).collect();
+        let mut out = Vec::new();
+        let n = build_compacted_frame(&CompactedHeader::of(&h), &kept, &mut out);
+        assert_eq!(n, out.len());
+        let c = verify_stored(&out).unwrap();
+        assert!(c.is_compacted());
+        assert_eq!((c.base_offset(), c.next_offset()), (100, 105));
+        assert_eq!(c.record_count.get(), 2);
+        let got: Vec<_> = records(&out)
+            .unwrap()
+            .map(|r| (r.offset, r.key, r.value, r.timestamp_ms))
+            .collect();
+        let want: Vec<_> = kept
+            .iter()
+            .map(|r| (r.offset, r.key, r.value, r.timestamp_ms))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            records(&out)
+                .unwrap()
+                .next()
+                .unwrap()
+                .headers()
+                .collect::<Vec<_>>(),
+            vec![("h", &b"x"[..])]
+        );
+        // An empty one: covers offsets, holds nothing.
+        let mut gap = Vec::new();
+        build_compacted_frame(&CompactedHeader::of(&h), &[], &mut gap);
+        let g = verify_stored(&gap).unwrap();
+        assert_eq!((g.record_count.get(), g.next_offset()), (0, 105));
+        assert_eq!(records(&gap).unwrap().count(), 0);
+        assert!(matches!(
+            validate_incoming(&out, &FrameLimits::default()),
+            Err(FrameError::UnsupportedAttributes { .. })
+        ));
+        // More records than the span can hold is refused.
+        let mut bad = out.clone();
+        {
+            let (hh, _) = FrameHeader::mut_from_prefix(&mut bad[..]).unwrap();
+            hh.record_count = U32::new(6);
+            hh.header_crc = U32::new(hh.compute_header_crc());
+        }
+        assert!(verify_stored(&bad).is_err());
+    }
 
     fn sample(n: usize) -> Vec<u8> {
         let mut b = BatchBuilder::new();

@@ -32,7 +32,8 @@ pub mod generated {
 }
 
 pub use frame::{
-    peek_frame_len, records, stamp_base_offset, stamp_producer, validate_incoming, verify_header,
-    verify_stored, BatchBuilder, FrameError, FrameHeader, FrameLimits, FrameSummary, RecordIn,
-    RecordView, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    build_compacted_frame, peek_frame_len, records, stamp_base_offset, stamp_producer,
+    validate_incoming, verify_header, verify_stored, BatchBuilder, CompactedHeader, FrameError,
+    FrameHeader, FrameLimits, FrameSummary, RecordIn, RecordView, ATTRIBUTE_COMPACTED,
+    ATTRIBUTE_CONTROL, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
 };

@@ -299,6 +299,7 @@ fn refusal_code(kind: RefusalKind) -> ErrorCode {
         RefusalKind::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
         RefusalKind::DuplicateSequence => ErrorCode::DuplicateSequence,
         RefusalKind::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
+        RefusalKind::RecordWithoutKey => ErrorCode::InvalidRequest,
     }
 }
 

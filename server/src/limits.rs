@@ -109,6 +109,20 @@ pub const PRODUCER_ID_EXPIRATION_CHECK_MS: u64 = 600_000;
 pub const PRODUCER_SNAPSHOT_INTERVAL_BYTES: u64 = 64 << 20;
 /// How often each shard looks for partitions due a producer-state snapshot.
 pub const PRODUCER_SNAPSHOT_CHECK_MS: u64 = 1_000;
+/// Reads one fetch may chain over the empty frames compaction leaves
+/// (`ops::owner::read_past_gaps`) before it answers with what it has.
+pub const FETCH_GAP_READS_MAX: usize = 64;
+/// How often each shard's cleaner looks for compacted partitions with a
+/// pass due (`min.cleanable.dirty.ratio`, `max.compaction.lag.ms`).
+pub const CLEANER_CHECK_MS: u64 = 1_000;
+/// The cleaner's I/O budget per shard: bytes read plus written per second
+/// (passes run one at a time per shard). A pass also yields after every
+/// 1 MiB chunk, so produce and fetch on the shard interleave with it.
+pub const CLEANER_IO_BYTES_PER_SEC: u64 =
+    strom_engine::compaction::DEFAULT_CLEANER_IO_BYTES_PER_SEC;
+/// Memory of one pass's key -> offset map (passes run one at a time per
+/// shard, so this bounds the cleaner's memory per shard).
+pub const CLEANER_MAP_BYTES_MAX: usize = strom_engine::compaction::DEFAULT_OFFSET_MAP_BYTES_MAX;
 /// After a failed producer-state snapshot, the next try of that partition
 /// waits this long.
 pub const PRODUCER_SNAPSHOT_RETRY_MS: u64 = 10_000;

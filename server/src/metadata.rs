@@ -55,6 +55,97 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "flush.ms",
     "flush.bytes",
     "max.message.bytes",
+    "cleanup.policy",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+];
+
+/// A topic's `cleanup.policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupPolicy {
+    /// Retention deletes old segments (the default).
+    Delete,
+    /// The cleaner keeps the newest record of every key; retention off.
+    Compact,
+    /// Both.
+    CompactDelete,
+}
+
+/// The cleanup policy of a topic's configs (validated).
+pub fn cleanup_policy(configs: &BTreeMap<String, String>) -> Result<CleanupPolicy, WireError> {
+    let Some(v) = configs.get("cleanup.policy") else {
+        return Ok(CleanupPolicy::Delete);
+    };
+    let mut parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    match parts.as_slice() {
+        ["delete"] => Ok(CleanupPolicy::Delete),
+        ["compact"] => Ok(CleanupPolicy::Compact),
+        ["compact", "delete"] => Ok(CleanupPolicy::CompactDelete),
+        _ => Err(invalid(
+            "cleanup.policy",
+            v,
+            "expected delete, compact, or compact,delete",
+        )),
+    }
+}
+
+/// The cleaner's settings of a compacted topic, `None` for a topic that
+/// is not compacted. Kafka's defaults for what is not set.
+pub fn compaction_config(
+    configs: &BTreeMap<String, String>,
+) -> Result<Option<strom_engine::compaction::CompactionConfig>, WireError> {
+    let mut c = strom_engine::compaction::CompactionConfig::default();
+    for (key, value) in configs {
+        let value = value.as_str();
+        match key.as_str() {
+            "delete.retention.ms" => c.delete_retention_ms = parse_u64(key, value)?,
+            "min.compaction.lag.ms" => c.min_compaction_lag_ms = parse_u64(key, value)?,
+            "max.compaction.lag.ms" => {
+                let n = parse_u64(key, value)?;
+                if n == 0 {
+                    return Err(invalid(key, value, "must be positive"));
+                }
+                c.max_compaction_lag_ms = (n < i64::MAX as u64).then_some(n);
+            }
+            "min.cleanable.dirty.ratio" => {
+                let r: f64 = value
+                    .parse()
+                    .map_err(|_| invalid(key, value, "expected a number between 0 and 1"))?;
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(invalid(key, value, "expected a number between 0 and 1"));
+                }
+                c.min_cleanable_dirty_ratio = r;
+            }
+            _ => {}
+        }
+    }
+    if let Some(max) = c.max_compaction_lag_ms {
+        if max < c.min_compaction_lag_ms {
+            return Err(invalid(
+                "max.compaction.lag.ms",
+                &max.to_string(),
+                "smaller than min.compaction.lag.ms",
+            ));
+        }
+    }
+    Ok(match cleanup_policy(configs)? {
+        CleanupPolicy::Delete => None,
+        CleanupPolicy::Compact | CleanupPolicy::CompactDelete => Some(c),
+    })
+}
+
+/// Kafka's defaults of the cleaner configs, shown by DescribeConfigs for a
+/// topic that does not set them.
+pub const CLEANER_CONFIG_DEFAULTS: &[(&str, &str)] = &[
+    ("cleanup.policy", "delete"),
+    ("delete.retention.ms", "86400000"),
+    ("min.cleanable.dirty.ratio", "0.5"),
+    ("min.compaction.lag.ms", "0"),
+    ("max.compaction.lag.ms", "9223372036854775807"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +450,12 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, WireE
                 }
                 set_flush(key, value, FlushPolicy::Bytes(n))?;
             }
+            // Validated (and used) by `compaction_config` below.
+            "cleanup.policy"
+            | "delete.retention.ms"
+            | "min.cleanable.dirty.ratio"
+            | "min.compaction.lag.ms"
+            | "max.compaction.lag.ms" => {}
             "max.message.bytes" => {
                 let n = parse_u64(key, value)?;
                 if n < strom_flatbuffers::FRAME_HEADER_BYTES as u64 || n > FRAME_BYTES_LIMIT as u64
@@ -382,6 +479,13 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, WireE
     }
     if let Some(p) = flush {
         c.flush = p;
+    }
+    compaction_config(configs)?;
+    if cleanup_policy(configs)? == CleanupPolicy::Compact {
+        // Compacted only: retention never deletes (Kafka ignores
+        // retention.ms and retention.bytes then).
+        c.retention_ms = None;
+        c.retention_bytes = None;
     }
     if c.frame_bytes_max as u64 > c.segment_bytes && !configs.contains_key("max.message.bytes") {
         c.frame_bytes_max = c.segment_bytes as usize;
@@ -549,6 +653,59 @@ mod tests {
     }
 
     #[test]
+    fn cleanup_policies_and_cleaner_configs_are_validated() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(compaction_config(&m(&[])).unwrap(), None);
+        let c = compaction_config(&m(&[
+            ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "100"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("min.compaction.lag.ms", "5"),
+            ("max.compaction.lag.ms", "10"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.delete_retention_ms, 100);
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.01);
+        assert_eq!(
+            (c.min_compaction_lag_ms, c.max_compaction_lag_ms),
+            (5, Some(10))
+        );
+        // Compact only: retention never deletes.
+        let lc = log_config(&m(&[("cleanup.policy", "compact"), ("retention.ms", "5")])).unwrap();
+        assert_eq!((lc.retention_ms, lc.retention_bytes), (None, None));
+        let lc = log_config(&m(&[
+            ("cleanup.policy", "delete,compact"),
+            ("retention.ms", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(lc.retention_ms, Some(5));
+        for bad in [
+            &[("cleanup.policy", "shred")][..],
+            &[
+                ("cleanup.policy", "compact"),
+                ("min.cleanable.dirty.ratio", "1.5"),
+            ][..],
+            &[("delete.retention.ms", "-3")][..],
+            &[
+                ("max.compaction.lag.ms", "1"),
+                ("min.compaction.lag.ms", "2"),
+            ][..],
+        ] {
+            assert_eq!(
+                log_config(&m(bad)).unwrap_err().code,
+                ErrorCode::InvalidConfig,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn configs_parse_and_unknown_keys_are_refused() {
         let mut m = BTreeMap::new();
         m.insert("retention.ms".to_owned(), "-1".to_owned());
@@ -561,7 +718,7 @@ mod tests {
         m.insert("flush.bytes".to_owned(), "5".to_owned());
         assert_eq!(log_config(&m).unwrap_err().code, ErrorCode::InvalidConfig);
         let mut m = BTreeMap::new();
-        m.insert("cleanup.policy".to_owned(), "compact".to_owned());
+        m.insert("cleanup.policy".to_owned(), "compacted".to_owned());
         assert_eq!(log_config(&m).unwrap_err().code, ErrorCode::InvalidConfig);
     }
 

@@ -430,6 +430,8 @@ pub struct PartitionSnapshot {
     pub bytes_in: u64,
     pub records_out: u64,
     pub bytes_out: u64,
+    /// The log cleaner's counters, for a compacted partition.
+    pub cleaner: Option<strom_engine::CleanerStats>,
 }
 
 /// What one shard answers to a scrape.
@@ -625,6 +627,62 @@ fn partition_series(x: &mut Exposition, shard: &str, p: &PartitionSnapshot) {
         l,
         p.bytes_out,
     );
+    if let Some(c) = &p.cleaner {
+        x.counter(
+            "strom_cleaner_runs_total",
+            "Compaction passes started on the partition (a pass was due).",
+            l,
+            c.runs,
+        );
+        x.counter(
+            "strom_cleaner_completed_runs_total",
+            "Compaction passes that swapped every cleaned segment in and moved the cleaner checkpoint.",
+            l,
+            c.completed_runs,
+        );
+        x.counter(
+            "strom_cleaner_failed_runs_total",
+            "Compaction passes that failed (retried at the next check).",
+            l,
+            c.failed_runs,
+        );
+        x.counter(
+            "strom_cleaner_read_bytes_total",
+            "Segment bytes the cleaner read.",
+            l,
+            c.bytes_read,
+        );
+        x.counter(
+            "strom_cleaner_written_bytes_total",
+            "Cleaned segment bytes the cleaner wrote.",
+            l,
+            c.bytes_written,
+        );
+        x.counter(
+            "strom_cleaner_records_removed_total",
+            "Records the cleaner removed (superseded, or tombstones past delete.retention.ms).",
+            l,
+            c.records_removed,
+        );
+        x.counter(
+            "strom_cleaner_segments_swapped_total",
+            "Cleaned segments swapped in place of the originals.",
+            l,
+            c.segments_swapped,
+        );
+        x.counter(
+            "strom_cleaner_busy_microseconds_total",
+            "Time the cleaner spent in passes, throttle sleeps included.",
+            l,
+            c.busy_us,
+        );
+        x.gauge(
+            "strom_cleaner_dirty_ratio",
+            "Dirty bytes / closed segment bytes at the cleaner's last check.",
+            l,
+            format_float(c.dirty_ratio),
+        );
+    }
     x.gauge(
         "strom_partition_high_watermark",
         "The offset the next append gets.",

@@ -209,6 +209,9 @@ pub enum RefusalKind {
     DuplicateSequence,
     /// The producer's epoch is older than the current one (fenced).
     InvalidProducerEpoch,
+    /// A record without a key on a compacted topic (Kafka's
+    /// INVALID_RECORD; natively `InvalidRequest`). Nothing was written.
+    RecordWithoutKey,
 }
 
 /// A refused batch: why, and a message for the client.

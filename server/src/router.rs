@@ -112,6 +112,20 @@ pub enum AdminOp {
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
     CreatePartitions(CreatePartitionsRequest),
+    /// Kafka's AlterConfigs (`replace`: the topic's configs become exactly
+    /// these) and IncrementalAlterConfigs (set or delete each key).
+    AlterConfigs(Vec<AlterTopicConfigs>),
+}
+
+/// The config changes of one topic.
+#[derive(Debug, Clone)]
+pub struct AlterTopicConfigs {
+    pub topic: String,
+    pub replace: bool,
+    /// key -> new value, or `None`: back to the default.
+    pub changes: Vec<(String, Option<String>)>,
+    /// Validate only; change nothing.
+    pub validate_only: bool,
 }
 
 /// An operation executed by the shard that owns its partitions (or group,

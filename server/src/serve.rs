@@ -287,6 +287,8 @@ pub async fn run(start: ShardStart) {
 fn start_producer_upkeep(shard: &Rc<Shard>) {
     if shard.replication.is_none() {
         glommio::spawn_local(shard.clone().producer_upkeep()).detach();
+        // Compaction too: a replicated partition's log is its Raft log.
+        glommio::spawn_local(shard.clone().cleaner_upkeep()).detach();
     }
 }
 

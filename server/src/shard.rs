@@ -237,6 +237,7 @@ impl Shard {
                 bytes_in: slot.traffic.bytes_in.get(),
                 records_out: slot.traffic.records_out.get(),
                 bytes_out: slot.traffic.bytes_out.get(),
+                cleaner: slot.partition.cleaner_stats(),
             })
             .collect();
         parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
@@ -628,6 +629,76 @@ impl Shard {
             if since_expiry_ms >= PRODUCER_ID_EXPIRATION_CHECK_MS {
                 since_expiry_ms = 0;
                 self.expire_producers();
+            }
+        }
+    }
+
+    /// Single node: the log cleaner of this shard's compacted partitions
+    /// (`cleanup.policy` compact or compact,delete). Every
+    /// [`CLEANER_CHECK_MS`] it offers each such partition a pass
+    /// (`Partition::compact`: the engine's planner decides whether one is
+    /// due), one partition at a time, paced at [`CLEANER_IO_BYTES_PER_SEC`]
+    /// for the shard, until shutdown.
+    ///
+    /// [`CLEANER_CHECK_MS`]: crate::limits::CLEANER_CHECK_MS
+    /// [`CLEANER_IO_BYTES_PER_SEC`]: crate::limits::CLEANER_IO_BYTES_PER_SEC
+    pub async fn cleaner_upkeep(self: Rc<Self>) {
+        use crate::limits::{CLEANER_CHECK_MS, CLEANER_IO_BYTES_PER_SEC, CLEANER_MAP_BYTES_MAX};
+        loop {
+            let sleep = async {
+                glommio::timer::sleep(std::time::Duration::from_millis(CLEANER_CHECK_MS)).await;
+                false
+            };
+            let stop = async {
+                self.shutdown.wait().await;
+                true
+            };
+            if futures_lite::future::or(stop, sleep).await {
+                return;
+            }
+            let compacted: Vec<(
+                (String, u32),
+                Partition,
+                strom_engine::compaction::CompactionConfig,
+            )> = {
+                let meta = self.metadata.borrow();
+                self.partitions
+                    .borrow()
+                    .iter()
+                    .filter(|(_, s)| !s.reopening)
+                    .filter_map(|((topic, p), s)| {
+                        let t = meta.topics.get(topic).filter(|t| t.id == s.topic_id)?;
+                        let mut cfg = metadata::compaction_config(&t.configs).ok()??;
+                        cfg.map_bytes_max = CLEANER_MAP_BYTES_MAX;
+                        Some(((topic.clone(), *p), s.partition.clone(), cfg))
+                    })
+                    .collect()
+            };
+            for ((topic, p), part, cfg) in compacted {
+                if self.shutdown.is_fired() {
+                    return;
+                }
+                let mut throttle = crate::engine::RateThrottle::new(CLEANER_IO_BYTES_PER_SEC);
+                let stop = async {
+                    self.shutdown.wait().await;
+                    None
+                };
+                let pass = async { Some(part.compact(&cfg, &mut throttle).await) };
+                match futures_lite::future::or(stop, pass).await {
+                    None => return,
+                    Some(Ok(Some(run))) => {
+                        tracing::info!(shard = self.id, %topic, partition = p, bytes_read = run.bytes_read, bytes_written = run.bytes_written, records_removed = run.records_removed, segments = run.segments_swapped, completed = run.completed, dirty_ratio = run.dirty_ratio, "compaction pass");
+                    }
+                    Some(Ok(None)) => {}
+                    Some(Err(e)) => {
+                        if matches!(e, crate::engine::EngineError::Failed { .. }) {
+                            let _ = self.engine_error(&topic, p, &e);
+                        } else if !matches!(e, crate::engine::EngineError::Closed) {
+                            self.metrics().count_background_error("compaction");
+                            tracing::warn!(shard = self.id, %topic, partition = p, error = %e, "compaction pass failed; retried at the next check");
+                        }
+                    }
+                }
             }
         }
     }

@@ -250,6 +250,73 @@ async fn answer(ctx: &Ctx, d: Decoded) -> (Option<Vec<Bytes>>, i16) {
             ResponseKind::CreatePartitions(create_partitions(ctx, r).await)
         }
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(describe_configs(ctx, r)),
+        RequestKind::AlterConfigs(r) => {
+            let items = r
+                .resources
+                .iter()
+                .map(|res| {
+                    let changes = res
+                        .configs
+                        .iter()
+                        .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+                        .collect();
+                    (
+                        res.resource_type,
+                        res.resource_name.to_string(),
+                        Ok(changes),
+                    )
+                })
+                .collect();
+            let out = alter_configs(ctx, items, true, r.validate_only).await;
+            ResponseKind::AlterConfigs(
+                AlterConfigsResponse::default().with_responses(
+                    out.into_iter()
+                        .map(|(t, name, code, msg)| {
+                            alter_configs_response::AlterConfigsResourceResponse::default()
+                                .with_resource_type(t)
+                                .with_resource_name(sb(&name))
+                                .with_error_code(code)
+                                .with_error_message(msg.map(StrBytes::from_string))
+                        })
+                        .collect(),
+                ),
+            )
+        }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            let items = r
+                .resources
+                .iter()
+                .map(|res| {
+                    let changes: Result<Vec<_>, String> = res
+                        .configs
+                        .iter()
+                        .map(|c| match c.config_operation {
+                            0 => Ok((c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))),
+                            1 => Ok((c.name.to_string(), None)),
+                            op => Err(format!(
+                                "config {}: operation {op} (APPEND/SUBTRACT) is not supported; use SET or DELETE",
+                                c.name.as_str()
+                            )),
+                        })
+                        .collect();
+                    (res.resource_type, res.resource_name.to_string(), changes)
+                })
+                .collect();
+            let out = alter_configs(ctx, items, false, r.validate_only).await;
+            ResponseKind::IncrementalAlterConfigs(
+                IncrementalAlterConfigsResponse::default().with_responses(
+                    out.into_iter()
+                        .map(|(t, name, code, msg)| {
+                            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                                .with_resource_type(t)
+                                .with_resource_name(sb(&name))
+                                .with_error_code(code)
+                                .with_error_message(msg.map(StrBytes::from_string))
+                        })
+                        .collect(),
+                ),
+            )
+        }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(init_producer_id(ctx, v, r).await)
         }
@@ -1088,6 +1155,71 @@ async fn create_partitions(ctx: &Ctx, r: CreatePartitionsRequest) -> CreateParti
     CreatePartitionsResponse::default().with_results(results)
 }
 
+/// One resource of an AlterConfigs request: type, name, the changes (or
+/// why they cannot be applied).
+type AlterItem = (i8, String, Result<Vec<(String, Option<String>)>, String>);
+
+/// Kafka's AlterConfigs (`replace`) and IncrementalAlterConfigs on topics,
+/// through the shared admin operation (`AdminOp::AlterConfigs`); broker
+/// resources are refused. Answers (type, name, error code, message) per
+/// resource, in order.
+async fn alter_configs(
+    ctx: &Ctx,
+    items: Vec<AlterItem>,
+    replace: bool,
+    validate_only: bool,
+) -> Vec<(i8, String, i16, Option<String>)> {
+    let mut out: Vec<(i8, String, i16, Option<String>)> = Vec::new();
+    let mut wanted = Vec::new();
+    for (t, name, changes) in items {
+        match (t, changes) {
+            (2, Ok(changes)) => {
+                wanted.push(crate::router::AlterTopicConfigs {
+                    topic: name.clone(),
+                    replace,
+                    changes,
+                    validate_only,
+                });
+                out.push((t, name, codec::NONE, None));
+            }
+            (2, Err(msg)) => out.push((t, name, codec::INVALID_REQUEST, Some(msg))),
+            _ => out.push((
+                t,
+                name,
+                codec::INVALID_REQUEST,
+                Some("only topic configs can be altered".to_owned()),
+            )),
+        }
+    }
+    if !wanted.is_empty() {
+        let outcome = admin(ctx, AdminOp::AlterConfigs(wanted)).await;
+        let mut topics: Vec<(String, i16, Option<StrBytes>)> = out
+            .iter()
+            .filter(|o| o.0 == 2 && o.2 == codec::NONE)
+            .map(|o| (o.1.clone(), codec::NONE, None))
+            .collect();
+        apply_topic_results(
+            outcome,
+            &mut topics,
+            |r| r.0.as_str(),
+            |r, code, msg| {
+                r.1 = code;
+                r.2 = msg;
+            },
+        );
+        for (name, code, msg) in topics {
+            if let Some(o) = out
+                .iter_mut()
+                .find(|o| o.0 == 2 && o.1 == name && o.2 == codec::NONE)
+            {
+                o.2 = code;
+                o.3 = msg.map(|m| m.to_string());
+            }
+        }
+    }
+    out
+}
+
 fn describe_configs(ctx: &Ctx, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let meta = ctx.shard.metadata.borrow();
     let results = r
@@ -1122,6 +1254,20 @@ fn describe_configs(ctx: &Ctx, r: DescribeConfigsRequest) -> DescribeConfigsResp
                                     .with_config_source(1)
                             })
                             .collect();
+                        // The cleaner's settings in force where the topic
+                        // sets none (source 5: default).
+                        out.configs.extend(
+                            metadata::CLEANER_CONFIG_DEFAULTS
+                                .iter()
+                                .filter(|(k, _)| wanted(k) && !t.configs.contains_key(*k))
+                                .map(|(k, v)| {
+                                    DescribeConfigsResourceResult::default()
+                                        .with_name(sb(k))
+                                        .with_value(Some(sb(v)))
+                                        .with_config_source(5)
+                                        .with_is_default(true)
+                                }),
+                        );
                     }
                 },
                 // Broker: nothing configurable through Kafka.

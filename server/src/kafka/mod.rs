@@ -162,6 +162,7 @@ pub fn kafka_outcome(p: Produced) -> ProduceOutcome {
                         RefusalKind::OutOfOrderSequence => codec::OUT_OF_ORDER_SEQUENCE_NUMBER,
                         RefusalKind::DuplicateSequence => codec::DUPLICATE_SEQUENCE_NUMBER,
                         RefusalKind::InvalidProducerEpoch => codec::INVALID_PRODUCER_EPOCH,
+                        RefusalKind::RecordWithoutKey => codec::INVALID_RECORD,
                     },
                     r.message,
                 ),

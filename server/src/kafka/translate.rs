@@ -220,20 +220,41 @@ fn encode_frame<'a>(
     recs.clear();
     // Served by the engine: checksummed when read (not computed again here).
     recs.extend(records_served(frame).map_err(|e| e.to_string())?);
-    let (Some(min_offset), Some(max_offset)) = (
-        recs.iter().map(|r| r.offset).min(),
-        recs.iter().map(|r| r.offset).max(),
-    ) else {
-        return Err("a frame without records".to_owned());
+    let (min_offset, last_delta, min_ts, max_ts) = if header.is_compacted() {
+        // A frame the log cleaner rewrote: its records are sparse (or
+        // absent), and the batch keeps the frame's whole span, as Kafka's
+        // cleaned batches do, so a consumer's next offset is past it (an
+        // empty batch only moves the consumer on).
+        let last_delta =
+            i32::try_from(header.last_offset_delta.get()).map_err(|_| "offset span")?;
+        let min_ts = recs
+            .iter()
+            .map(|r| r.timestamp_ms)
+            .min()
+            .unwrap_or(header.first_timestamp_ms.get());
+        let max_ts = recs
+            .iter()
+            .map(|r| r.timestamp_ms)
+            .max()
+            .unwrap_or(header.max_timestamp_ms.get());
+        (base, last_delta, min_ts, max_ts)
+    } else {
+        let (Some(min_offset), Some(max_offset)) = (
+            recs.iter().map(|r| r.offset).min(),
+            recs.iter().map(|r| r.offset).max(),
+        ) else {
+            return Err("a frame without records".to_owned());
+        };
+        let min_ts = recs.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
+        let max_ts = recs.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
+        let last_delta = i32::try_from(max_offset - min_offset).map_err(|_| "offset span")?;
+        (min_offset, last_delta, min_ts, max_ts)
     };
-    let min_ts = recs.iter().map(|r| r.timestamp_ms).min().unwrap_or(0);
-    let max_ts = recs.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
     let base_sequence = header
         .base_sequence
         .get()
         .wrapping_add(min_offset.wrapping_sub(base) as i32);
     let count = i32::try_from(recs.len()).map_err(|_| "too many records")?;
-    let last_delta = i32::try_from(max_offset - min_offset).map_err(|_| "offset span")?;
 
     let batch_start = out.len();
     out.put_i64(min_offset as i64);

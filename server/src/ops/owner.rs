@@ -212,9 +212,22 @@ async fn produce_partition(
     }
     let mut out = Vec::with_capacity(items.len());
     let opened = open_partition(&shard, &topic, p);
+    let compacted = shard.metadata.borrow().topics.get(&topic).is_some_and(|t| {
+        crate::metadata::cleanup_policy(&t.configs)
+            .is_ok_and(|c| c != crate::metadata::CleanupPolicy::Delete)
+    });
     for it in items {
         let r = match &opened {
             Err(e) => Err(ProduceError::Wire(e.clone())),
+            Ok(_) if compacted && keyless_record(&it.frame).is_some() => {
+                let i = keyless_record(&it.frame).unwrap_or(0);
+                Err(ProduceError::Refused(crate::producers::Refusal {
+                    kind: crate::producers::RefusalKind::RecordWithoutKey,
+                    message: format!(
+                        "topic {topic:?} is compacted (cleanup.policy): record {i} of the batch has no key; every record of a compacted topic needs one"
+                    ),
+                }))
+            }
             Ok((key, part)) => {
                 produce_one(
                     &shard,
@@ -232,6 +245,16 @@ async fn produce_partition(
         out.push((it.index, r));
     }
     out
+}
+
+/// The index of the first record without a key in a produced frame, if
+/// any. A frame the FlatBuffers verifier refuses answers `None`: the
+/// append refuses it with the precise error.
+fn keyless_record(frame: &[u8]) -> Option<usize> {
+    let recs = strom_flatbuffers::frame::records_served(frame).ok()?;
+    recs.enumerate()
+        .find(|(_, r)| r.key.is_none())
+        .map(|(i, _)| i)
 }
 
 /// The open partition and the key of its topic incarnation; a partition
@@ -477,7 +500,7 @@ async fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
         };
         match shard.partition(&it.topic, it.partition) {
             Err(e) => o.error = Some(e),
-            Ok(part) => match part.read(it.offset, it.max_bytes).await {
+            Ok(part) => match read_past_gaps(&part, it.offset, it.max_bytes).await {
                 Ok(b) => {
                     o.high_watermark = b.high_watermark;
                     o.log_start_offset = b.log_start_offset;
@@ -533,11 +556,58 @@ async fn fetch(shard: &Rc<Shard>, items: Vec<FetchItem>) -> Vec<FetchOut> {
     out
 }
 
+/// A partition read that does not end in the offsets of removed records:
+/// while no frame read so far holds a record at or past `offset` (only
+/// compacted frames can: empty gap frames the log cleaner left, or cleaned
+/// frames whose remaining records lie below `offset`), the read goes on
+/// from the last one's end (up to
+/// [`FETCH_GAP_READS_MAX`] reads). A consumer answered with gap frames only
+/// could not tell them from "nothing yet": librdkafka asked again from
+/// the same offset with ever larger limits and gave up.
+async fn read_past_gaps(
+    part: &crate::engine::Partition,
+    offset: u64,
+    max_bytes: usize,
+) -> Result<crate::engine::ReadBatch, EngineError> {
+    let is_gap = |f: &bytes::Bytes| {
+        strom_flatbuffers::FrameHeader::ref_from(f).is_some_and(|h| {
+            h.is_compacted()
+                && strom_flatbuffers::frame::records_served(f)
+                    .is_ok_and(|mut rs| rs.all(|r| r.offset < offset))
+        })
+    };
+    let mut b = part.read(offset, max_bytes).await?;
+    for _ in 0..FETCH_GAP_READS_MAX {
+        let Some(last) = b.frames.last() else {
+            break;
+        };
+        if !b.frames.iter().all(is_gap) {
+            break;
+        }
+        let next =
+            strom_flatbuffers::FrameHeader::ref_from(last).map_or(u64::MAX, |h| h.next_offset());
+        if next >= b.high_watermark {
+            break;
+        }
+        let more = part.read(next, max_bytes).await?;
+        b.high_watermark = more.high_watermark;
+        b.frames.extend(more.frames);
+    }
+    Ok(b)
+}
+
 /// Records and bytes of stored frames (as read from a partition).
 pub fn frames_size(frames: &[bytes::Bytes]) -> (u64, u64) {
     frames.iter().fold((0, 0), |(r, b), f| {
         let n = strom_flatbuffers::FrameHeader::ref_from(f)
-            .map(|h| h.next_offset().saturating_sub(h.base_offset()))
+            .map(|h| {
+                if h.is_compacted() {
+                    // Cleaned: fewer records than offsets.
+                    u64::from(h.record_count.get())
+                } else {
+                    h.next_offset().saturating_sub(h.base_offset())
+                }
+            })
             .unwrap_or(0);
         (r + n, b + f.len() as u64)
     })
@@ -694,6 +764,7 @@ fn admin_names(op: &AdminOp) -> Vec<&str> {
         AdminOp::CreateTopics(r) => r.topics.iter().map(|t| t.name.as_str()).collect(),
         AdminOp::DeleteTopics(r) => r.names.iter().map(String::as_str).collect(),
         AdminOp::CreatePartitions(r) => r.topics.iter().map(|t| t.name.as_str()).collect(),
+        AdminOp::AlterConfigs(r) => r.iter().map(|t| t.topic.as_str()).collect(),
     }
 }
 
@@ -788,6 +859,33 @@ fn create_one(meta: &mut Metadata, t: CreateTopic) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Applies one topic's config changes to `meta` after validating the
+/// result as a whole (the same checks as at creation).
+fn alter_one(meta: &mut Metadata, a: &crate::router::AlterTopicConfigs) -> Result<(), WireError> {
+    let t = meta
+        .topics
+        .get_mut(&a.topic)
+        .ok_or_else(|| WireError::unknown_topic(&a.topic))?;
+    let mut configs = if a.replace {
+        BTreeMap::new()
+    } else {
+        t.configs.clone()
+    };
+    for (k, v) in &a.changes {
+        match v {
+            Some(v) => {
+                configs.insert(k.clone(), v.clone());
+            }
+            None => {
+                configs.remove(k);
+            }
+        }
+    }
+    metadata::log_config(&configs)?;
+    t.configs = configs;
+    Ok(())
+}
+
 /// Shard 0 only: validates, persists, then broadcasts a metadata change and
 /// answers once every shard has applied it.
 async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
@@ -859,6 +957,30 @@ async fn admin(shard: &Rc<Shard>, op: AdminOp) -> TopicResults {
                         .map(|()| t.partitions = inc.total),
                 };
                 results.push(result(&inc.name, res));
+            }
+        }
+        AdminOp::AlterConfigs(r) => {
+            if let Some(e) = too_many(r.len()) {
+                return TopicResults {
+                    results: vec![result("", Err(e))],
+                };
+            }
+            let mut validated_only = Vec::new();
+            for a in r {
+                let res = alter_one(&mut meta, &a);
+                if a.validate_only && res.is_ok() {
+                    validated_only.push(a.topic.clone());
+                }
+                results.push(result(&a.topic, res));
+            }
+            // Validated only: answered, not applied.
+            for name in validated_only {
+                if let (Some(t), Some(b)) = (meta.topics.get_mut(&name), before.topics.get(&name)) {
+                    t.configs = b.configs.clone();
+                }
+            }
+            if meta == before {
+                return TopicResults { results };
             }
         }
     }
