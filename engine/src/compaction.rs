@@ -26,7 +26,8 @@
 //!   leaves older segments cleaned and newer ones not, so a tombstone is
 //!   never gone while an older value of its key survives.
 //! - Only closed segments below the recovery point are cleaned, never the
-//!   active one; control frames are kept whole; an idempotent producer's
+//!   active one; control frames and the frames of transactions (attribute
+//!   bit 4) are kept whole and never enter the map; an idempotent producer's
 //!   emptied batch keeps its header (an empty frame) when it is the last of
 //!   a run of that producer's emptied batches, so producer state can be
 //!   rebuilt from the log.
@@ -245,10 +246,11 @@ impl OffsetMap {
 }
 
 /// Adds a frame's keyed records to the map, if the map has room for all of
-/// them; `false` (and nothing added) if not. Control frames add nothing.
+/// them; `false` (and nothing added) if not. Control frames and the frames
+/// of transactions add nothing (see [`SegmentRewriter::push`]).
 pub fn map_frame(map: &mut OffsetMap, frame: &[u8]) -> Result<bool, strom_flatbuffers::FrameError> {
     let h = FrameHeader::ref_from(frame).expect("a verified frame");
-    if h.is_control() {
+    if h.is_control() || h.is_transactional() {
         return Ok(true);
     }
     if !map.has_room(h.record_count.get() as usize) {
@@ -322,7 +324,14 @@ impl<'m> SegmentRewriter<'m> {
         }
         self.next_offset = Some(h.next_offset());
         self.stats.frames_in += 1;
-        if h.is_control() {
+        // Markers, and the batches of transactions, are kept whole and never
+        // shadow another record: the cleaner cannot tell an aborted batch
+        // from a committed one (that is the server's transaction index), and
+        // an aborted record that became a key's "latest" would remove the
+        // committed value before it from what read_committed consumers see.
+        // Kafka drops aborted records first; here transactional topics are
+        // compacted less, never wrongly.
+        if h.is_control() || h.is_transactional() {
             self.flush(out);
             self.emit_verbatim(frame, out);
             return Ok(());
@@ -902,12 +911,7 @@ mod tests {
         f
     }
 
-    fn rewrite(
-        frames: &[Vec<u8>],
-        map: &OffsetMap,
-        map_end: u64,
-        now: i64,
-    ) -> Vec<Rewritten> {
+    fn rewrite(frames: &[Vec<u8>], map: &OffsetMap, map_end: u64, now: i64) -> Vec<Rewritten> {
         let mut rw = SegmentRewriter::new(map, map_end, now, 1000);
         let mut out = Vec::new();
         for f in frames {
@@ -956,6 +960,48 @@ mod tests {
                     7,
                     vec![(5, Some(b"3".to_vec())), (6, Some(b"2".to_vec()))]
                 ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_records_of_transactions_neither_shadow_nor_go() {
+        // "a" committed by a plain producer, then written by a transaction
+        // (which may have been aborted: the cleaner cannot know), then a
+        // marker. The plain "a" must stay: were the transaction aborted, it
+        // would be the value read_committed consumers see.
+        let mut txn = BatchBuilder::new();
+        txn.set_txn_attributes(strom_flatbuffers::frame::ATTR_TRANSACTIONAL);
+        txn.set_producer(7, 0, 0);
+        txn.push(&RecordIn {
+            timestamp_ms: 10,
+            key: Some(b"a"),
+            value: Some(b"txn"),
+            headers: &[],
+        });
+        let mut txn = txn.finish();
+        stamp_base_offset(&mut txn, 1);
+        let frames = vec![
+            frame(0, &[(Some("a"), Some("1"))], 10),
+            txn,
+            frame(2, &[(Some("b"), Some("1")), (Some("b"), Some("2"))], 10),
+        ];
+        let mut map = OffsetMap::with_bytes(1 << 20);
+        for f in &frames {
+            assert!(map_frame(&mut map, f).unwrap());
+        }
+        assert_eq!(
+            map.get(b"a"),
+            Some(0),
+            "the transaction's record is not mapped"
+        );
+        let got = rewrite(&frames, &map, 4, 20);
+        assert_eq!(
+            got,
+            vec![
+                (0, 1, vec![(0, Some(b"1".to_vec()))]),
+                (1, 2, vec![(1, Some(b"txn".to_vec()))]),
+                (2, 4, vec![(3, Some(b"2".to_vec()))]),
             ]
         );
     }

@@ -48,9 +48,9 @@ pub mod router;
 pub mod serve;
 pub mod shard;
 pub mod shutdown;
+pub mod tls;
 pub mod txn;
 pub mod txn_index;
-pub mod tls;
 pub mod waits;
 
 /// The storage engine API the server codes against.
