@@ -37,7 +37,10 @@
 //! nothing (`Log::complete_sync`), and its waiters get `Truncated` or ask
 //! again; an
 //! exclusive operation takes the log only with no job in flight
-//! (`jobs_in_flight`), so every completion finds the log in place.
+//! (`jobs_in_flight`), so every completion finds the log in place; frames
+//! are placed in the order `append` was called (`append_line`: one blocked
+//! on buffer space or a roll keeps its place; the line holds no I/O, a
+//! place is left as soon as the frame is in the buffer).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -175,6 +178,15 @@ struct Inner<S: Storage> {
     snapshot_lock: async_lock::Mutex<()>,
     /// Bumped by every truncation: a snapshot written across one is removed.
     truncations: Cell<u64>,
+    /// Appends in the order they were called (see [`Partition::append`]):
+    /// the tickets of the appends not yet placed, oldest first; only the
+    /// front one may try. Holds no I/O: a ticket is released as soon as its
+    /// frame is in the log's buffer (or failed), before any write is
+    /// awaited.
+    append_line: RefCell<VecDeque<u64>>,
+    next_append_ticket: Cell<u64>,
+    /// Notified when the front of `append_line` changes.
+    append_turn: Event,
     /// One compaction pass at a time (`compact`); appends never take it.
     cleaner_lock: async_lock::Mutex<()>,
     cleaner_stats: Cell<Option<CleanerStats>>,
@@ -323,6 +335,9 @@ impl<S: Storage> Partition<S> {
             storage,
             snapshot_lock: async_lock::Mutex::new(()),
             truncations: Cell::new(0),
+            append_line: RefCell::new(VecDeque::new()),
+            next_append_ticket: Cell::new(0),
+            append_turn: Event::new(),
             cleaner_lock: async_lock::Mutex::new(()),
             cleaner_stats: Cell::new(None),
         });
@@ -535,6 +550,11 @@ impl<S: Storage> Partition<S> {
         durability: Durability,
     ) -> Result<AppendInfo, EngineError> {
         let mut slot = Some(frame);
+        // Frames are placed in the order appends are called: one blocked on
+        // buffer space or a roll keeps its place, and a later call never
+        // overtakes it when space frees (a Kafka producer's pipelined
+        // requests to one partition are stored in the order it sent them).
+        let _turn = self.wait_append_turn().await;
         let info = loop {
             self.log_ready().await?;
             // Before the attempt: the jobs it starts may complete within it.
@@ -556,6 +576,7 @@ impl<S: Storage> Partition<S> {
                 }
             }
         };
+        drop(_turn);
         let target = info.last_offset + 1;
         let durable = durability == Durability::Durable
             || self.inner.flush_policy.get() == FlushPolicy::EveryAppend;
@@ -565,6 +586,29 @@ impl<S: Storage> Partition<S> {
             self.write_to(target).await?;
         }
         Ok(info)
+    }
+
+    /// Takes a place in the line of appends and waits until it is at the
+    /// front. The returned guard leaves the line when dropped (placed,
+    /// failed, or the append's future dropped), letting the next one go.
+    async fn wait_append_turn(&self) -> AppendTurn<'_, S> {
+        let ticket = self.inner.next_append_ticket.get();
+        self.inner.next_append_ticket.set(ticket.wrapping_add(1));
+        self.inner.append_line.borrow_mut().push_back(ticket);
+        let turn = AppendTurn { part: self, ticket };
+        let at_front = || self.inner.append_line.borrow().front() == Some(&ticket);
+        // The common case: nobody ahead, no listener allocated.
+        if at_front() {
+            return turn;
+        }
+        loop {
+            // Before the check: a turn that changes after it still wakes us.
+            let listener = self.inner.append_turn.listen();
+            if at_front() {
+                return turn;
+            }
+            listener.await;
+        }
     }
 
     /// Waits until every offset below `target` is written: asks the log for
@@ -1063,6 +1107,26 @@ pub struct SnapshotLoad {
 enum Reach {
     Written,
     Durable,
+}
+
+/// A place in a partition's line of appends ([`Partition::append`]).
+struct AppendTurn<'a, S: Storage> {
+    part: &'a Partition<S>,
+    ticket: u64,
+}
+
+impl<S: Storage> Drop for AppendTurn<'_, S> {
+    fn drop(&mut self) {
+        let mut line = self.part.inner.append_line.borrow_mut();
+        let was_front = line.front() == Some(&self.ticket);
+        if let Some(i) = line.iter().position(|&t| t == self.ticket) {
+            line.remove(i);
+        }
+        drop(line);
+        if was_front {
+            self.part.inner.append_turn.notify(usize::MAX);
+        }
+    }
 }
 
 /// Removes a partition's directory (after `close`), for topic deletion.

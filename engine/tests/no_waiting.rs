@@ -306,3 +306,54 @@ fn appends_do_not_wait_for_a_held_disk_read() {
         }
     });
 }
+
+/// Appends are placed in the order they were called: a large frame blocked
+/// on buffer space keeps its place, and a small one called after it does
+/// not slip in ahead when it would fit (a Kafka producer's pipelined
+/// requests were stored out of order this way, found by a compaction test
+/// where the tombstones sent last landed in the middle of the log).
+#[test]
+fn a_blocked_append_keeps_its_place_in_line() {
+    block_on(async {
+        let storage = FaultyStorage::new(3);
+        let p = open(&storage).await;
+        storage.hold_writes(true);
+        // Fill the unwritten buffer until the next large frame blocks.
+        let mut placed = 0;
+        while let Some(r) =
+            within_yields(p.append(frame(placed, 30_000), Durability::Buffered)).await
+        {
+            r.expect("append");
+            placed += 1;
+            assert!(placed < 100, "never blocked on unwritten bytes");
+        }
+        let small_done = std::cell::Cell::new(false);
+        let big = p.append(frame(1_000, 30_000), Durability::Buffered);
+        let small = async {
+            yield_now().await; // the big one has its place and is blocked
+            let r = p.append(frame(1_001, 10), Durability::Buffered).await;
+            small_done.set(true);
+            r
+        };
+        let release = async {
+            for _ in 0..YIELDS_MAX {
+                yield_now().await;
+            }
+            let overtook = small_done.get();
+            storage.hold_writes(false);
+            overtook
+        };
+        let ((big, small), overtook) = zip(zip(big, small), release).await;
+        let (big, small) = (big.expect("big"), small.expect("small"));
+        assert!(
+            !overtook,
+            "the small append was placed while the big one waited"
+        );
+        assert!(
+            big.last_offset < small.last_offset,
+            "placed out of call order: big at {}, small at {}",
+            big.last_offset,
+            small.last_offset
+        );
+    });
+}
