@@ -1,4 +1,5 @@
-"""Native consumers and Kafka transactions on the same topic.
+"""Native clients beside Kafka clients on the same server: transaction markers
+and the order of pipelined batches.
 
 A Kafka transactional producer leaves transaction markers (control frames,
 attribute bit 5) in the log; a native consumer must step over them (they
@@ -59,3 +60,43 @@ def test_native_consumer_steps_over_transaction_markers(server):
     assert values == [b"committed-0", b"committed-1", b"committed-2", b"aborted-0", b"aborted-1"]
     # Offsets 3 and 6 hold the markers.
     assert [r.offset for r in got] == [0, 1, 2, 4, 5]
+
+
+def test_pipelined_kafka_batches_are_stored_in_send_order(server):
+    """A plain (not idempotent) librdkafka producer pipelines up to 5
+    requests per connection; the partition must store them in the order it
+    sent them. Small segments roll often, and an append blocked by a roll
+    used to be overtaken by a later one."""
+    ck = _confluent()
+    admin = strom.Admin(server.addr)
+    admin.create_topic("order", 1, {"segment.bytes": str(64 * 1024)})
+    p = ck.Producer(
+        {
+            "bootstrap.servers": server.kafka,
+            "enable.idempotence": False,
+            "acks": 1,
+            "max.in.flight.requests.per.connection": 5,
+            "linger.ms": 0,
+            "batch.num.messages": 20,
+        }
+    )
+    n = 6000
+    for i in range(n):
+        p.produce("order", value=b"%06d" % i + b"x" * 200, partition=0)
+        if i % 500 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    c = strom.Consumer(server.addr)
+    c.assign([("order", 0)])
+    got = []
+    deadline = time.monotonic() + 60
+    while len(got) < n and time.monotonic() < deadline:
+        got += c.poll(500)
+    c.close()
+    seq = [int(r.value[:6]) for r in got]
+    assert len(seq) == n
+    out_of_order = [(a, b) for a, b in zip(seq, seq[1:]) if b != a + 1]
+    assert not out_of_order, "stored out of send order at %d places, first %s" % (
+        len(out_of_order),
+        out_of_order[:5],
+    )
