@@ -78,6 +78,7 @@ fn run_inner(mut spec: ConsumerSpec, shared: &Shared) -> Result<(), BenchError> 
                     partition_max_bytes: spec.partition_max_bytes,
                 })
                 .collect(),
+            read_committed: false,
         });
         let id = writer.send(&body, &[])?;
         let msg = reader.next_message()?;

@@ -420,6 +420,9 @@ pub struct FetchRequest {
     pub min_bytes: u32,
     pub max_bytes: u32,
     pub partitions: Vec<FetchPartition>,
+    /// Only committed data: below the last stable offset, without aborted
+    /// transactions' frames and without markers.
+    pub read_committed: bool,
 }
 
 /// One result per requested partition, in request order; its `bytes_len`
@@ -433,6 +436,11 @@ pub struct FetchResult {
     pub high_watermark: u64,
     pub log_start_offset: u64,
     pub bytes_len: u32,
+    /// Below it no transaction is open (the high watermark when none is).
+    pub last_stable_offset: u64,
+    /// The offset after the last frame the answer covered, frames left out
+    /// by read_committed included (0: none); consumers move past it.
+    pub read_through: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -1032,6 +1040,7 @@ fn encode_request_body(
                     min_bytes: r.min_bytes,
                     max_bytes: r.max_bytes,
                     partitions,
+                    read_committed: r.read_committed,
                 },
             );
             (T::FetchRequest, o.as_union_value())
@@ -1309,6 +1318,8 @@ fn encode_response_body(
                             high_watermark: p.high_watermark,
                             log_start_offset: p.log_start_offset,
                             bytes_len: p.bytes_len,
+                            last_stable_offset: p.last_stable_offset,
+                            read_through: p.read_through,
                         },
                     )
                 })
@@ -1621,6 +1632,7 @@ fn request_body(r: fb::Request<'_>) -> Result<RequestBody, ProtocolError> {
                         partition_max_bytes: p.partition_max_bytes(),
                     })
                     .collect(),
+                read_committed: b.read_committed(),
             })
         }
         T::ListOffsetsRequest => {
@@ -1814,6 +1826,8 @@ fn response_body(r: fb::Response<'_>) -> Result<ResponseBody, ProtocolError> {
                         high_watermark: p.high_watermark(),
                         log_start_offset: p.log_start_offset(),
                         bytes_len: p.bytes_len(),
+                        last_stable_offset: p.last_stable_offset(),
+                        read_through: p.read_through(),
                     })
                     .collect(),
             })
@@ -2670,6 +2684,7 @@ mod tests {
                     offset: 42,
                     partition_max_bytes: 4096,
                 }],
+                read_committed: true,
             }),
             RequestBody::ListOffsets(ListOffsetsRequest {
                 partitions: vec![ListOffsetsPartition {

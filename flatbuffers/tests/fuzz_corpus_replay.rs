@@ -79,6 +79,7 @@ fn write_seed_corpus() {
                 offset: 0,
                 partition_max_bytes: 0,
             }],
+            read_committed: false,
         }),
         RequestBody::OffsetCommit(OffsetCommitRequest {
             group: "g".into(),

@@ -560,7 +560,7 @@ async fn fetch(
                     0 => max_bytes,
                     n => n.min(max_bytes),
                 },
-                read_committed: false,
+                read_committed: r.read_committed,
             })
             .collect(),
         max_bytes,
@@ -572,7 +572,19 @@ async fn fetch(
     let mut trailer = Vec::new();
     for (p, o) in r.partitions.iter().zip(outs) {
         let mut len = 0usize;
-        for f in o.frames {
+        // Native clients do not filter: the server drops markers and
+        // aborted transactions' frames for them.
+        let read_through = o
+            .frames
+            .last()
+            .and_then(|f| strom_flatbuffers::FrameHeader::ref_from(f))
+            .map_or(0, |h| h.next_offset());
+        let frames = if r.read_committed {
+            ops::fetch::committed_frames(o.frames, &o.aborted)
+        } else {
+            o.frames
+        };
+        for f in frames {
             len += f.len();
             trailer.push(f);
         }
@@ -588,6 +600,8 @@ async fn fetch(
             high_watermark: o.high_watermark,
             log_start_offset: o.log_start_offset,
             bytes_len: len as u32,
+            last_stable_offset: o.last_stable_offset,
+            read_through,
         });
     }
     Ok((FetchResponse { results }, trailer))

@@ -127,6 +127,7 @@ fn long_poll_waits_end_when_their_fetch_is_answered() {
                         partition_max_bytes: 1 << 20,
                     })
                     .collect(),
+                read_committed: false,
             }),
             &[],
         );
@@ -340,6 +341,7 @@ fn wrong_shard_requests_are_forwarded() {
                     partition_max_bytes: 1 << 20,
                 })
                 .collect(),
+            read_committed: false,
         }),
         &[],
     );

@@ -121,6 +121,20 @@ fn read_committed_sees_exactly_the_committed_values() {
     assert!(err.contains("after 30 records"), "{err}");
     assert_eq!(out.lines().count(), 30, "{out}");
     assert_eq!(native, all, "native consumer");
+    // read_committed over the native protocol: the server leaves out the
+    // aborted transaction (between the two committed ones) and the markers;
+    // the consumer still moves past them, to the second committed one.
+    let mut cmd = Command::new(strom_tests::strom_bin());
+    cmd.args(["consume", "txn-basic", "--from-beginning", "--count", "21"])
+        .args(["--read-committed", "--idle-timeout-ms", "3000"])
+        .args(["--server", server.addr()]);
+    let (code, out, err) = run_with_timeout(&mut cmd, b"", SCRIPT_TIMEOUT);
+    let out = String::from_utf8_lossy(&out);
+    let native: BTreeSet<String> = out.lines().map(str::to_owned).collect();
+    assert_ne!(code, 0, "a 21st record was printed:\n{out}");
+    assert!(err.contains("after 20 records"), "{err}");
+    assert_eq!(out.lines().count(), 20, "{out}");
+    assert_eq!(native, committed, "native read_committed consumer");
 }
 
 #[test]

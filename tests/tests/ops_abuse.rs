@@ -436,6 +436,7 @@ fn deaf_consumer(addr: &str, cold_offsets: u64, k: usize) -> std::thread::JoinHa
                         offset,
                         partition_max_bytes: DEAF_FETCH_BYTES,
                     }],
+                    read_committed: false,
                 }),
             )
             .expect("encode");

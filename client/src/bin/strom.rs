@@ -207,6 +207,10 @@ struct ConsumeArgs {
     /// Give up after this long without a new record (ms; default: never).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
+    /// Only committed data (Kafka's isolation.level=read_committed): up to
+    /// the last stable offset, without aborted transactions.
+    #[arg(long)]
+    read_committed: bool,
 }
 
 fn default_server() -> String {
@@ -621,7 +625,13 @@ fn render(
 
 fn consume(client: Client, args: ConsumeArgs) -> Result<(), CliError> {
     let pieces = parse_format(&args.format)?;
-    let mut consumer = Consumer::new(client, ConsumerConfig::default());
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            read_committed: args.read_committed,
+            ..ConsumerConfig::default()
+        },
+    );
     let count = consumer.client().partition_count(&args.topic)?;
     let partitions: Vec<u32> = match args.partition {
         Some(p) => vec![p],
@@ -713,6 +723,7 @@ fn consume_group(
     let mut config = GroupConfig::new(group);
     config.client_id = "strom-cli".to_owned();
     config.session_timeout_ms = args.session_timeout_ms;
+    config.consumer.read_committed = args.read_committed;
     config.strategy = match args.assignment_strategy {
         StrategyArg::Range => AssignmentStrategy::Range,
         StrategyArg::Roundrobin => AssignmentStrategy::RoundRobin,

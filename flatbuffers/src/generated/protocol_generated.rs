@@ -4034,6 +4034,7 @@ impl<'a> FetchRequest<'a> {
   pub const VT_MIN_BYTES: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 8;
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_READ_COMMITTED: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4049,6 +4050,7 @@ impl<'a> FetchRequest<'a> {
     builder.add_max_bytes(args.max_bytes);
     builder.add_min_bytes(args.min_bytes);
     builder.add_max_wait_ms(args.max_wait_ms);
+    builder.add_read_committed(args.read_committed);
     builder.finish()
   }
 
@@ -4081,6 +4083,17 @@ impl<'a> FetchRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchPartition>>>>(FetchRequest::VT_PARTITIONS, None)}
   }
+  /// Kafka's isolation level read_committed: frames only below each
+  /// partition's last stable offset, without the frames of aborted
+  /// transactions and without transaction markers (false: every frame
+  /// below the high watermark, markers included, as before).
+  #[inline]
+  pub fn read_committed(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(FetchRequest::VT_READ_COMMITTED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchRequest<'_> {
@@ -4093,6 +4106,7 @@ impl ::flatbuffers::Verifiable for FetchRequest<'_> {
      .visit_field::<u32>("min_bytes", Self::VT_MIN_BYTES, false)?
      .visit_field::<u32>("max_bytes", Self::VT_MAX_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<FetchPartition>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .visit_field::<bool>("read_committed", Self::VT_READ_COMMITTED, false)?
      .finish();
     Ok(())
   }
@@ -4102,6 +4116,7 @@ pub struct FetchRequestArgs<'a> {
     pub min_bytes: u32,
     pub max_bytes: u32,
     pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchPartition<'a>>>>>,
+    pub read_committed: bool,
 }
 impl<'a> Default for FetchRequestArgs<'a> {
   #[inline]
@@ -4111,6 +4126,7 @@ impl<'a> Default for FetchRequestArgs<'a> {
       min_bytes: 0,
       max_bytes: 0,
       partitions: None,
+      read_committed: false,
     }
   }
 }
@@ -4137,6 +4153,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchRequestBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchRequest::VT_PARTITIONS, partitions);
   }
   #[inline]
+  pub fn add_read_committed(&mut self, read_committed: bool) {
+    self.fbb_.push_slot::<bool>(FetchRequest::VT_READ_COMMITTED, read_committed, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchRequestBuilder {
@@ -4158,6 +4178,7 @@ impl ::core::fmt::Debug for FetchRequest<'_> {
       ds.field("min_bytes", &self.min_bytes());
       ds.field("max_bytes", &self.max_bytes());
       ds.field("partitions", &self.partitions());
+      ds.field("read_committed", &self.read_committed());
       ds.finish()
   }
 }
@@ -4186,6 +4207,8 @@ impl<'a> FetchResult<'a> {
   pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 12;
   pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 14;
   pub const VT_BYTES_LEN: ::flatbuffers::VOffsetT = 16;
+  pub const VT_LAST_STABLE_OFFSET: ::flatbuffers::VOffsetT = 18;
+  pub const VT_READ_THROUGH: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4197,6 +4220,8 @@ impl<'a> FetchResult<'a> {
     args: &'args FetchResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FetchResult<'bldr>> {
     let mut builder = FetchResultBuilder::new(_fbb);
+    builder.add_read_through(args.read_through);
+    builder.add_last_stable_offset(args.last_stable_offset);
     builder.add_log_start_offset(args.log_start_offset);
     builder.add_high_watermark(args.high_watermark);
     builder.add_bytes_len(args.bytes_len);
@@ -4257,6 +4282,26 @@ impl<'a> FetchResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(FetchResult::VT_BYTES_LEN, Some(0)).unwrap()}
   }
+  /// The offset below which no transaction is open (the high watermark
+  /// when none is); read_committed fetches stop there.
+  #[inline]
+  pub fn last_stable_offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(FetchResult::VT_LAST_STABLE_OFFSET, Some(0)).unwrap()}
+  }
+  /// The offset after the last frame this answer covered, the frames a
+  /// read_committed fetch left out included (0: it covered none). A
+  /// consumer moves its position there even when no frame came back, so
+  /// that aborted data does not hold it in place.
+  #[inline]
+  pub fn read_through(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(FetchResult::VT_READ_THROUGH, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchResult<'_> {
@@ -4272,6 +4317,8 @@ impl ::flatbuffers::Verifiable for FetchResult<'_> {
      .visit_field::<u64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
      .visit_field::<u64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<u32>("bytes_len", Self::VT_BYTES_LEN, false)?
+     .visit_field::<u64>("last_stable_offset", Self::VT_LAST_STABLE_OFFSET, false)?
+     .visit_field::<u64>("read_through", Self::VT_READ_THROUGH, false)?
      .finish();
     Ok(())
   }
@@ -4284,6 +4331,8 @@ pub struct FetchResultArgs<'a> {
     pub high_watermark: u64,
     pub log_start_offset: u64,
     pub bytes_len: u32,
+    pub last_stable_offset: u64,
+    pub read_through: u64,
 }
 impl<'a> Default for FetchResultArgs<'a> {
   #[inline]
@@ -4296,6 +4345,8 @@ impl<'a> Default for FetchResultArgs<'a> {
       high_watermark: 0,
       log_start_offset: 0,
       bytes_len: 0,
+      last_stable_offset: 0,
+      read_through: 0,
     }
   }
 }
@@ -4334,6 +4385,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchResultBuilder<'a, 'b, A>
     self.fbb_.push_slot::<u32>(FetchResult::VT_BYTES_LEN, bytes_len, 0);
   }
   #[inline]
+  pub fn add_last_stable_offset(&mut self, last_stable_offset: u64) {
+    self.fbb_.push_slot::<u64>(FetchResult::VT_LAST_STABLE_OFFSET, last_stable_offset, 0);
+  }
+  #[inline]
+  pub fn add_read_through(&mut self, read_through: u64) {
+    self.fbb_.push_slot::<u64>(FetchResult::VT_READ_THROUGH, read_through, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchResultBuilder {
@@ -4358,6 +4417,8 @@ impl ::core::fmt::Debug for FetchResult<'_> {
       ds.field("high_watermark", &self.high_watermark());
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("bytes_len", &self.bytes_len());
+      ds.field("last_stable_offset", &self.last_stable_offset());
+      ds.field("read_through", &self.read_through());
       ds.finish()
   }
 }

@@ -163,6 +163,44 @@ async fn read_all(shard: &Rc<Shard>, parts: &[FetchPart]) -> Vec<FetchOut> {
         .collect()
 }
 
+/// The frames of a read_committed answer a consumer may see, for an edge
+/// whose clients do not filter themselves (the native protocol; Kafka
+/// clients get the aborted list instead and filter as Kafka's fetcher
+/// does): transaction markers go, and so does every transactional frame of
+/// a producer from the first offset of one of its `aborted` transactions
+/// (`(producer id, first offset)`) up to its abort marker. Frames stay
+/// whole and in order; nothing is copied.
+pub fn committed_frames(frames: Vec<bytes::Bytes>, aborted: &[(i64, u64)]) -> Vec<bytes::Bytes> {
+    use strom_flatbuffers::FrameHeader;
+    let mut pending: Vec<(i64, u64)> = aborted.to_vec();
+    pending.sort_by_key(|&(_, first)| std::cmp::Reverse(first));
+    let mut aborting: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    frames
+        .into_iter()
+        .filter(|f| {
+            // Stored frames passed verification: a header is there.
+            let Some(h) = FrameHeader::ref_from(f) else {
+                return false;
+            };
+            while pending
+                .last()
+                .is_some_and(|&(_, first)| first <= h.last_offset())
+            {
+                let (pid, _) = pending.pop().expect("checked");
+                aborting.insert(pid);
+            }
+            let pid = h.producer_id.get();
+            if h.is_control() {
+                if !h.is_commit_marker() {
+                    aborting.remove(&pid);
+                }
+                return false;
+            }
+            !(h.is_transactional() && aborting.contains(&pid))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +233,48 @@ mod tests {
         let mut o = vec![out(&[60, 60]), out(&[10])];
         trim_to_budget(&mut o, 100);
         assert_eq!(lens(&o), vec![vec![60], vec![10]]);
+    }
+
+    #[test]
+    fn committed_frames_drop_markers_and_aborted_transactions() {
+        use bytes::Bytes;
+        use strom_flatbuffers::frame::{ATTR_COMMIT, ATTR_CONTROL, ATTR_TRANSACTIONAL};
+        use strom_flatbuffers::{stamp_base_offset, BatchBuilder, RecordIn};
+        // (base offset, producer id, attribute bits); one record each.
+        let f = |base: u64, pid: i64, bits: u16| {
+            let mut b = BatchBuilder::new();
+            b.set_txn_attributes(bits);
+            if pid >= 0 {
+                b.set_producer(pid, 0, 0);
+            }
+            b.push(&RecordIn {
+                timestamp_ms: 1,
+                key: None,
+                value: Some(b"v"),
+                headers: &[],
+            });
+            let mut v = b.finish();
+            stamp_base_offset(&mut v, base);
+            Bytes::from(v)
+        };
+        let t = ATTR_TRANSACTIONAL;
+        let frames = vec![
+            f(0, -1, 0),                             // plain
+            f(1, 7, t),                              // 7: aborted below
+            f(2, 8, t),                              // 8: committed below
+            f(3, 7, t | ATTR_CONTROL),               // 7's abort marker
+            f(4, 8, t | ATTR_CONTROL | ATTR_COMMIT), // 8's commit marker
+            f(5, 7, t),                              // 7 again: a new, committed txn
+            f(6, -1, 0),
+        ];
+        let kept: Vec<u64> = committed_frames(frames, &[(7, 1)])
+            .iter()
+            .map(|f| {
+                strom_flatbuffers::FrameHeader::ref_from(f)
+                    .unwrap()
+                    .base_offset()
+            })
+            .collect();
+        assert_eq!(kept, vec![0, 2, 5, 6]);
     }
 }

@@ -268,6 +268,7 @@ impl Client {
                     offset,
                     partition_max_bytes: 8 << 20,
                 }],
+                read_committed: false,
             }),
             &[],
         );

@@ -70,8 +70,19 @@ class FetchRequest(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
         return o == 0
 
+    # Kafka's isolation level read_committed: frames only below each
+    # partition's last stable offset, without the frames of aborted
+    # transactions and without transaction markers (false: every frame
+    # below the high watermark, markers included, as before).
+    # FetchRequest
+    def ReadCommitted(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
 def FetchRequestStart(builder):
-    builder.StartObject(4)
+    builder.StartObject(5)
 
 def Start(builder):
     FetchRequestStart(builder)
@@ -105,6 +116,12 @@ def FetchRequestStartPartitionsVector(builder, numElems):
 
 def StartPartitionsVector(builder, numElems):
     return FetchRequestStartPartitionsVector(builder, numElems)
+
+def FetchRequestAddReadCommitted(builder, readCommitted):
+    builder.PrependBoolSlot(4, readCommitted, 0)
+
+def AddReadCommitted(builder, readCommitted):
+    FetchRequestAddReadCommitted(builder, readCommitted)
 
 def FetchRequestEnd(builder):
     return builder.EndObject()

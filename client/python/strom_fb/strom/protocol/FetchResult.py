@@ -75,8 +75,28 @@ class FetchResult(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
+    # The offset below which no transaction is open (the high watermark
+    # when none is); read_committed fetches stop there.
+    # FetchResult
+    def LastStableOffset(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # The offset after the last frame this answer covered, the frames a
+    # read_committed fetch left out included (0: it covered none). A
+    # consumer moves its position there even when no frame came back, so
+    # that aborted data does not hold it in place.
+    # FetchResult
+    def ReadThrough(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def FetchResultStart(builder):
-    builder.StartObject(7)
+    builder.StartObject(9)
 
 def Start(builder):
     FetchResultStart(builder)
@@ -122,6 +142,18 @@ def FetchResultAddBytesLen(builder, bytesLen):
 
 def AddBytesLen(builder, bytesLen):
     FetchResultAddBytesLen(builder, bytesLen)
+
+def FetchResultAddLastStableOffset(builder, lastStableOffset):
+    builder.PrependUint64Slot(7, lastStableOffset, 0)
+
+def AddLastStableOffset(builder, lastStableOffset):
+    FetchResultAddLastStableOffset(builder, lastStableOffset)
+
+def FetchResultAddReadThrough(builder, readThrough):
+    builder.PrependUint64Slot(8, readThrough, 0)
+
+def AddReadThrough(builder, readThrough):
+    FetchResultAddReadThrough(builder, readThrough)
 
 def FetchResultEnd(builder):
     return builder.EndObject()
