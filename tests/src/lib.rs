@@ -153,6 +153,33 @@ pub fn strom_bin() -> PathBuf {
     binary("STROM_BIN", "strom")
 }
 
+/// splitmix64: seeded choices (kill delays, keys, bursts) without a
+/// dependency, the same sequence for the same seed on every machine.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// In `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "below(0)");
+        self.next_u64() % n
+    }
+
+    /// In `lo..=hi` (`lo <= hi`).
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo <= hi, "between({lo}, {hi})");
+        lo + self.next_u64() % (hi - lo).saturating_add(1)
+    }
+}
+
 /// A name no other test (in this or another process) uses.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -179,15 +179,6 @@ fn a_compacted_topic_serves_the_latest_value_per_key_and_drops_old_tombstones() 
     assert_eq!(metric_sum(&http, "strom_cleaner_failed_runs_total"), 0.0);
 }
 
-/// splitmix64 for the kill delays.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[test]
 fn compaction_completes_after_sigkills_in_the_middle_of_passes() {
     const TEST: &str = "compaction_kill";
@@ -199,7 +190,7 @@ fn compaction_completes_after_sigkills_in_the_middle_of_passes() {
         );
         return;
     }
-    let mut seed = std::env::var("STROM_OPS_SEED")
+    let seed = std::env::var("STROM_OPS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -209,6 +200,7 @@ fn compaction_completes_after_sigkills_in_the_middle_of_passes() {
                 .unwrap_or(1)
         });
     println!("{TEST}: seed {seed} (STROM_OPS_SEED={seed} replays the kill delays)");
+    let mut delays = strom_tests::SplitMix64(seed);
     let mut server = TestServer::start(1);
     server.keep_kafka_port();
     let bootstrap = server.kafka_addr().expect("a Kafka listener").to_owned();
@@ -258,7 +250,7 @@ fn compaction_completes_after_sigkills_in_the_middle_of_passes() {
             continue;
         }
         // A pass is running: kill at a seeded moment within it.
-        let delay_ms = splitmix(&mut seed) % 150;
+        let delay_ms = delays.below(150);
         std::thread::sleep(Duration::from_millis(delay_ms));
         server.kill();
         kills += 1;

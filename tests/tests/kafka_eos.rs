@@ -27,17 +27,7 @@ const RUN_MS_MAX: u64 = 3_000;
 /// Bound on the last run of the processor, to the end of the input.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(180);
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use strom_tests::SplitMix64 as Rng;
 
 fn script() -> std::path::PathBuf {
     workspace_root().join("tests/kafka/ck_eos.py")
@@ -92,7 +82,7 @@ fn consume_transform_produce_is_exactly_once_across_processor_sigkills() {
     println!("{TEST}: seed {seed} (STROM_OPS_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let work = TempDir::new("strom-eos");
-    let inputs: Vec<u64> = (0..RECORDS).map(|_| rng.next() % 1_000_000).collect();
+    let inputs: Vec<u64> = (0..RECORDS).map(|_| rng.next_u64() % 1_000_000).collect();
     let values_file = work.path().join("values");
     let text: String = inputs.iter().map(|v| format!("{v}\n")).collect();
     std::fs::write(&values_file, text).expect("values file");
@@ -113,7 +103,7 @@ fn consume_transform_produce_is_exactly_once_across_processor_sigkills() {
     let mut killed = 0;
     for kill in 1..=KILLS {
         let mut p = spawn_processor(&bootstrap, &log);
-        let delay = RUN_MS_MIN + rng.next() % (RUN_MS_MAX - RUN_MS_MIN + 1);
+        let delay = RUN_MS_MIN + rng.next_u64() % (RUN_MS_MAX - RUN_MS_MIN + 1);
         std::thread::sleep(Duration::from_millis(delay));
         match p.try_wait() {
             Ok(Some(status)) => {

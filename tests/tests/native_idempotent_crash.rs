@@ -55,22 +55,7 @@ const BURST_PAUSE_MS: u64 = 2;
 const FLUSH_EVERY: u64 = 400;
 const TOPIC: &str = "crash";
 
-/// splitmix64: a seeded stream without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
-    }
-}
+use strom_tests::SplitMix64 as Rng;
 
 fn seed() -> u64 {
     std::env::var("STROM_OPS_SEED")

@@ -43,22 +43,7 @@ const TEST_BUDGET_MS: u64 = 110_000;
 const VALUE_BYTES_MAX: u64 = 400;
 
 /// splitmix64: a seeded stream without a dependency.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use strom_tests::SplitMix64 as Rng;
 
 /// One record, owned, as generated from (seed, id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +66,7 @@ fn make_record(seed: u64, id: u64) -> Rec {
         None
     } else {
         let len = rng.below(VALUE_BYTES_MAX + 1) as usize;
-        Some((0..len).map(|_| rng.next() as u8).collect())
+        Some((0..len).map(|_| rng.next_u64() as u8).collect())
     };
     let headers = if id.is_multiple_of(3) {
         vec![
@@ -100,7 +85,7 @@ fn make_record(seed: u64, id: u64) -> Rec {
 }
 
 fn partition_of(seed: u64, id: u64) -> u32 {
-    (Rng(seed.rotate_left(17) ^ id).next() % u64::from(PARTITIONS)) as u32
+    (Rng(seed.rotate_left(17) ^ id).next_u64() % u64::from(PARTITIONS)) as u32
 }
 
 /// FNV-1a over every byte of the record, fields length-prefixed.
