@@ -19,6 +19,7 @@ Modes:
       prints the read_committed values of OUTPUT (values=..., keys=...)
       and how many data records read_uncommitted sees (uncommitted=N).
 """
+import os
 import sys
 import time
 
@@ -29,6 +30,7 @@ PARTITIONS = 2
 # Input records per transaction: small, so that a run spans many
 # transactions and a kill lands inside one.
 BATCH = 10
+PACE_S = int(os.environ.get("STROM_EOS_PACE_MS", "0")) / 1000.0
 mode, bootstrap = sys.argv[1], sys.argv[2]
 
 
@@ -125,6 +127,9 @@ elif mode == "process":
         offsets = [TopicPartition(inp, p, pos[p]) for p in range(PARTITIONS)]
         producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(30)
+        # Paced so that a whole run lasts longer than the kills it must
+        # survive, however fast the machine (STROM_EOS_PACE_MS).
+        time.sleep(PACE_S)
     consumer.close()
     print("done=1", flush=True)
 elif mode == "read":

@@ -24,6 +24,11 @@ const KILLS: u32 = 6;
 /// Delay before each kill (the processor needs about a second to start).
 const RUN_MS_MIN: u64 = 1_000;
 const RUN_MS_MAX: u64 = 3_000;
+/// Pause after each transaction of the processor (10 records): about 10 s
+/// of pacing for the whole input, so that at least the first two kills
+/// (each within 3 s of a start) land before it can finish, however fast the
+/// machine (a CI run finished the input before the second kill).
+const PACE_MS: u64 = 20;
 /// Bound on the last run of the processor, to the end of the input.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -46,6 +51,7 @@ fn spawn_processor(bootstrap: &str, log: &std::path::Path) -> Child {
     Command::new("python3")
         .arg(script())
         .args(["process", bootstrap, "eos-in", "eos-out", "eos-group"])
+        .env("STROM_EOS_PACE_MS", PACE_MS.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log file"))

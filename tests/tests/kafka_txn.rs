@@ -187,6 +187,7 @@ fn an_abandoned_transaction_is_aborted_by_its_timeout() {
     );
     let all = set(&kv, "uncommitted");
     assert!(all.contains("plain") && values("open", 0..4).is_subset(&all));
+    // A warning (scripts/test runs servers with STROM_LOG=warn).
     assert!(server.stderr().contains("transaction timed out"));
 }
 

@@ -282,7 +282,7 @@ impl TxnShard {
                 )
                 .await;
             if let Ok(true) = aborted {
-                tracing::info!(txn_id = %id, "transaction timed out: aborting");
+                tracing::warn!(txn_id = %id, "transaction timed out: aborting");
                 let _ = self.complete(shard, &id).await;
             }
         }
