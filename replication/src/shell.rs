@@ -968,15 +968,15 @@ impl Node {
     }
 
     /// Where leader epoch `requested` ended in `group`'s committed log
-    /// (Kafka's OffsetForLeaderEpoch; see [`crate::epochs`]), with the
-    /// group's current term. Only committed entries count, and the latest
+    /// (Kafka's OffsetForLeaderEpoch; see [`crate::epochs`]). Only
+    /// committed entries count, and the latest
     /// epoch ends at the high watermark: nothing a consumer can have read
     /// lies past either. Synchronous: no borrow outlives the call.
     pub fn epoch_end(
         &self,
         group: u64,
         requested: u64,
-    ) -> Result<(u64, crate::epochs::EpochEnd), ReadError> {
+    ) -> Result<crate::epochs::EpochEnd, ReadError> {
         struct Held<'a> {
             store: &'a Store,
             last: u64,
@@ -1015,7 +1015,7 @@ impl Node {
             last: last.max(first.saturating_sub(1)),
         };
         let end = crate::epochs::end_offset_for_epoch(&held, requested, g.announced.high_watermark);
-        Ok((g.core.term(), end))
+        Ok(end)
     }
 
     /// Resolves once `group`'s committed records reach past `offset`

@@ -325,23 +325,21 @@ pub fn epoch_end(shard: &Shard, q: &crate::router::EpochQuery) -> crate::router:
         Ok(v) => v,
         Err(e) => return EpochAnswer::Failed(e),
     };
-    let mut failed = None;
-    let answer = crate::ops::owner::epoch_answer(v.term, q, |requested| {
-        match node(shard).epoch_end(group, requested) {
-            Ok((_, end)) => end,
+    // Looked up before the fencing check (synchronous, from memory), so
+    // that a failed lookup is an error of its own.
+    let end = match u64::try_from(q.leader_epoch) {
+        Ok(requested) => match node(shard).epoch_end(group, requested) {
+            Ok(end) => end,
             Err(e) => {
-                failed = Some(WireError::new(
+                return EpochAnswer::Failed(WireError::new(
                     ErrorCode::PartitionUnavailable,
                     format!("{}/{}: {e}", q.topic, q.partition),
-                ));
-                strom_replication::epochs::EpochEnd::Undefined
+                ))
             }
-        }
-    });
-    match failed {
-        Some(e) => EpochAnswer::Failed(e),
-        None => answer,
-    }
+        },
+        Err(_) => strom_replication::epochs::EpochEnd::Undefined,
+    };
+    crate::ops::owner::epoch_answer(v.term, q, |_| end)
 }
 
 /// The first committed offset whose record timestamp is at or after
